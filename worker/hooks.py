@@ -1,0 +1,86 @@
+"""What the training loop tells the outside world, and what it asks of it.
+
+`worker.train.train()` calls these methods on rank 0 only (other ranks get `Hooks()` that do nothing).
+Standalone runs use `ConsoleHooks`, which prints one progress line per evaluation; coordinator runs use
+`worker.report.CoordinatorHooks`, which also reports to the coordinator over gRPC and uploads
+checkpoints. Keeping this surface small is what keeps `train.py` free of gRPC.
+
+A metric point is a plain dict with the keys of `MetricPoint` in the proto:
+    step, epoch, train_loss, val_loss, val_accuracy, samples_per_second, lr, time_unix
+(val_loss / val_accuracy are NaN when not measured at that step).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Ask the loop to stop at the next step boundary; with `checkpoint`, write one first."""
+    checkpoint: bool = True
+    reason: str = "stop requested"
+
+
+class Hooks:
+    """Every callback a no-op: the base class and the hooks of ranks other than 0."""
+
+    def on_start(self, *, step: int, total_steps: int, epoch: int, info: dict[str, Any]) -> None:
+        """Training is about to run its first step (after any resume). `info` describes the run."""
+
+    def on_metrics(self, point: dict[str, float]) -> None:
+        """A progress/evaluation point (every `eval_every` steps and at the end)."""
+
+    def on_checkpoint(self, path: Path, *, step: int, epoch: int, is_final: bool, metrics: dict[str, float]) -> None:
+        """A checkpoint file was written atomically at `path` (it stays there until keep_last rotates it)."""
+
+    def poll_stop(self) -> StopRequest | None:
+        """Called once per step on rank 0; a StopRequest makes every rank stop at this step boundary."""
+        return None
+
+    def on_finish(self, *, step: int, epoch: int, status: str, message: str = "") -> None:
+        """The loop ended. status: "succeeded" | "stopped" (a StopRequest or SIGTERM) | "nan"."""
+
+
+def format_point(point: dict[str, float], total_steps: int) -> str:
+    parts = [f"step {int(point['step'])}/{total_steps}", f"epoch {int(point['epoch'])}",
+             f"loss {point['train_loss']:.4f}"]
+    if not math.isnan(point.get("val_loss", math.nan)):
+        parts.append(f"val_loss {point['val_loss']:.4f}")
+    if not math.isnan(point.get("val_accuracy", math.nan)):
+        parts.append(f"val_acc {100 * point['val_accuracy']:.2f}%")
+    parts.append(f"{point['samples_per_second']:,.0f} samples/s")
+    parts.append(f"lr {point['lr']:.3g}")
+    return " | ".join(parts)
+
+
+class ConsoleHooks(Hooks):
+    """Standalone output: one line per evaluation, one per checkpoint, flushed so `tail -f` and mpirun show them."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self.total_steps = 0
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def on_start(self, *, step, total_steps, epoch, info):
+        self.total_steps = total_steps
+        resumed = f", resumed at step {step}" if step else ""
+        self._say(f"gradmesh: {info.get('name', 'job')}: {info.get('ranks', 1)} rank(s) × "
+                  f"{info.get('threads_per_rank', '?')} BLAS thread(s), {info.get('params', 0):,} parameters, "
+                  f"{info.get('train_examples', 0):,} train / {info.get('val_examples', 0):,} val examples, "
+                  f"{total_steps} steps{resumed}")
+
+    def on_metrics(self, point):
+        self._say(format_point(point, self.total_steps))
+
+    def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
+        self._say(f"checkpoint {'(final) ' if is_final else ''}{path}")
+
+    def on_finish(self, *, step, epoch, status, message=""):
+        if status != "succeeded":
+            self._say(f"gradmesh: {status} at step {step}: {message}")
