@@ -1,0 +1,240 @@
+"""The training loop: one model, N ranks, the same update everywhere.
+
+    python -m worker --spec examples/digits.toml --out runs/digits             # one process
+    mpirun -n 4 python -m worker --spec examples/digits.toml --out runs/digits # four ranks, same result
+
+Each step, rank r of N takes its slice of the global batch, computes the gradient of its SUMMED loss,
+and appends four numbers to it: [gradient | loss_sum, correct, count, stop]. One in-place Allreduce of
+that vector gives every rank the global sums; dividing the gradient by the global count gives exactly
+the mean gradient one process would compute on the whole batch (up to float rounding), for any N and
+uneven or short batches. Every rank then applies the same optimizer step, so the replicas never drift
+(checked with a hash at the end). `stop` is how a cancel (rank 0's hooks) or a SIGTERM (any rank)
+becomes a decision every rank takes at the same step boundary.
+
+Only rank 0 evaluates the reporting, prints, and writes checkpoints; every rank evaluates its shard of
+the validation set and the sums are allreduced.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worker import faults
+from worker.checkpoint import (Checkpoint, CheckpointError, checkpoint_arrays, load_checkpoint,
+                               periodic_name, rotate, save_checkpoint)
+from worker.data import Normalizer, Sampler, load_dataset
+from worker.hooks import Hooks
+from worker.mlp import MLP
+from worker.optim import learning_rate, make_optimizer
+from worker.spec import JobSpec
+
+# positions of the reduced scalars after the gradient in the sync vector
+LOSS, CORRECT, COUNT, STOP, STOP_CHECKPOINT = range(5)
+EXTRA = 5
+
+
+class Divergence(RuntimeError):
+    """The loss became NaN or infinite; retrying would diverge again."""
+
+    def __init__(self, step: int, value: float):
+        word = "NaN" if math.isnan(value) else "infinite"
+        super().__init__(f"loss became {word} at step {step}")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    status: str                 # "succeeded" | "stopped"
+    step: int
+    epoch: int
+    metrics: dict[str, float]
+    final_path: Path | None
+
+
+class _SigtermFlag:
+    """SIGTERM asks for a checkpoint and a stop at the next step boundary instead of dying mid-step."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. embedded in tests): leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def total_steps_for(spec: JobSpec, steps_per_epoch: int) -> int:
+    return spec.train.steps if spec.train.steps else spec.train.epochs * steps_per_epoch
+
+
+def _check_compatible(ckpt: Checkpoint, model: MLP) -> None:
+    shapes = [(w.shape, b.shape) for w, b in ckpt.layer_arrays()]
+    expected = [(layer.W.shape, layer.b.shape) for layer in model.layers]
+    if shapes != expected:
+        raise CheckpointError(f"{ckpt.path}: layer shapes {shapes} do not match the spec's model {expected}")
+
+
+def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path = "runs/job",
+          resume: Checkpoint | str | Path | None = None, threads: tuple[int, str] = (0, "unset")) -> TrainResult:
+    """Train `spec` on this rank. `resume` matters on rank 0 only (it broadcasts the state).
+
+    Raises Divergence on a NaN/inf loss (on every rank), DataError/SpecError/CheckpointError for bad inputs.
+    """
+    hooks = hooks if (hooks is not None and comm.rank == 0) else Hooks()
+    out_dir = Path(out_dir)
+    rank, size = comm.rank, comm.size
+    t = spec.train
+
+    data = load_dataset(spec.data, spec.model.layers, spec.model.loss, t.seed)
+    sampler = Sampler(len(data.train), t.batch_size, t.seed)
+    total_steps = total_steps_for(spec, sampler.steps_per_epoch)
+
+    model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
+    P = model.num_params
+    sync = np.zeros(P + EXTRA, np.float32)
+    model.use_grad_buffer(sync[:P])
+    grad = model.grad
+    optimizer = make_optimizer(spec.optim, P, total_steps)
+
+    # ---- resume (rank 0 reads, everyone receives) and the initial broadcast
+    ckpt = None
+    if rank == 0 and resume is not None:
+        ckpt = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
+        _check_compatible(ckpt, model)
+    header = np.zeros(3, np.int64)  # [has checkpoint, step, optimizer updates]
+    if ckpt is not None:
+        model.params[...] = ckpt.flat_params()
+        optimizer.load_state_arrays(ckpt.optimizer_arrays())
+        header[:] = (1, ckpt.step, optimizer.t)
+    comm.bcast_(header)
+    start_step = int(header[1])
+    optimizer.t = int(header[2])
+    comm.bcast_(model.params)
+    for vec in optimizer.state_vectors():
+        comm.bcast_(vec)
+
+    normalizer = None
+    if spec.data.normalize == "standard":
+        stats = np.zeros((2, data.features), np.float32)
+        if rank == 0:
+            saved = ckpt.normalizer_arrays() if ckpt is not None else None
+            fitted = (Normalizer(saved["normalize.mean"], saved["normalize.std"]) if saved
+                      else Normalizer.fit(data.train))
+            stats[0], stats[1] = fitted.mean, fitted.std
+        comm.bcast_(stats)
+        normalizer = Normalizer(stats[0].copy(), stats[1].copy())
+
+    val_part = Sampler.rank_slice(np.arange(len(data.val)), rank, size)
+    val_x, val_y = data.val.rows(val_part)
+    if normalizer is not None:
+        val_x = normalizer.apply(val_x)
+
+    def evaluate() -> tuple[float, float]:
+        sums = np.zeros(3, np.float64)
+        if len(val_x):
+            loss_sum, correct, count = model.evaluate(val_x, val_y)
+            sums[:] = (loss_sum, correct, count)
+        comm.allreduce_sum_(sums)
+        n = max(sums[2], 1.0)
+        accuracy = sums[1] / n if spec.model.loss == "cross_entropy" else math.nan
+        return float(sums[0] / n), float(accuracy)
+
+    step = start_step
+    epoch = sampler.locate(step)[0]
+    metrics: dict[str, float] = {}
+
+    def write_checkpoint(is_final: bool) -> Path | None:
+        if rank != 0:
+            return None
+        next_epoch, next_position = sampler.locate(step)
+        meta = {"spec": spec.to_dict(), "step": step, "epoch": next_epoch, "position": next_position,
+                "total_steps": total_steps, "ranks": size, "metrics": metrics, "is_final": is_final,
+                "sampler": {"seed": t.seed, "note": "epoch order = permutation from (seed, epoch)"}}
+        path = out_dir / ("final.npz" if is_final else periodic_name(step))
+        save_checkpoint(path, checkpoint_arrays(model, optimizer, normalizer), meta)
+        if not is_final:
+            rotate(out_dir, spec.checkpoint.keep_last)
+        hooks.on_checkpoint(path, step=step, epoch=next_epoch, is_final=is_final, metrics=dict(metrics))
+        return path
+
+    info = {"name": spec.name, "ranks": size, "threads_per_rank": threads[0], "threads_source": threads[1],
+            "params": P, "train_examples": len(data.train), "val_examples": len(data.val),
+            "steps_per_epoch": sampler.steps_per_epoch, "data": data.description}
+    hooks.on_start(step=step, total_steps=total_steps, epoch=epoch, info=info)
+    fault = faults.from_environment(rank)
+
+    window_loss, window_count, window_start = 0.0, 0.0, time.perf_counter()
+    status = "succeeded"
+    with _SigtermFlag() as sigterm:
+        while step < total_steps:
+            epoch, position = sampler.locate(step)
+            xb, yb = data.train.rows(sampler.rank_batch(epoch, position, rank, size))
+            if normalizer is not None:
+                xb = normalizer.apply(xb)
+            fault.before_step(step)
+            s = model.sum_loss_and_grad(xb, yb)
+            stop = hooks.poll_stop() if rank == 0 else None
+            sync[P + LOSS] = s.loss_sum
+            sync[P + CORRECT] = s.correct
+            sync[P + COUNT] = s.count
+            sync[P + STOP] = 1.0 if (stop is not None or sigterm.raised) else 0.0
+            sync[P + STOP_CHECKPOINT] = 1.0 if (sigterm.raised or (stop is not None and stop.checkpoint)) else 0.0
+            comm.allreduce_sum_(sync)
+            loss_sum = float(sync[P + LOSS])
+            loss_sum = fault.corrupt_loss(step, loss_sum)
+            if not math.isfinite(loss_sum):
+                hooks.on_finish(step=step, epoch=epoch, status="nan", message=str(Divergence(step, loss_sum)))
+                raise Divergence(step, loss_sum)
+            count = float(sync[P + COUNT])
+            grad *= np.float32(1.0 / count)
+            lr = optimizer.step(model.params, grad)
+            step += 1
+            window_loss += loss_sum
+            window_count += count
+
+            if step % t.eval_every == 0 or step == total_steps:
+                val_loss, val_accuracy = evaluate()
+                elapsed = time.perf_counter() - window_start
+                metrics = {"step": step, "epoch": sampler.locate(step - 1)[0], "train_loss": window_loss / window_count,
+                           "val_loss": val_loss, "val_accuracy": val_accuracy,
+                           "samples_per_second": window_count / elapsed if elapsed > 0 else 0.0,
+                           "lr": lr, "time_unix": time.time()}
+                hooks.on_metrics(dict(metrics))
+                window_loss, window_count, window_start = 0.0, 0.0, time.perf_counter()
+
+            if sync[P + STOP] > 0 and step < total_steps:
+                status = "stopped"
+                if sync[P + STOP_CHECKPOINT] > 0:
+                    write_checkpoint(is_final=False)
+                break
+            if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0 and step < total_steps:
+                write_checkpoint(is_final=False)
+
+    epoch = sampler.locate(max(step - 1, 0))[0]
+    final_path = None
+    if status == "succeeded":
+        if not metrics or metrics.get("step") != step:  # resumed at the very end: evaluate what we have
+            val_loss, val_accuracy = evaluate()
+            metrics = {"step": step, "epoch": epoch, "train_loss": math.nan, "val_loss": val_loss,
+                       "val_accuracy": val_accuracy, "samples_per_second": 0.0,
+                       "lr": learning_rate(spec.optim, max(step - 1, 0), total_steps), "time_unix": time.time()}
+        comm.assert_identical(model.params, "parameters")
+        final_path = write_checkpoint(is_final=True)
+    hooks.on_finish(step=step, epoch=epoch, status=status,
+                    message="" if status == "succeeded" else f"stopped at step {step} on request")
+    return TrainResult(status, step, epoch, metrics, final_path)
