@@ -1,0 +1,167 @@
+"""Step time of gradmesh's numpy MLP against PyTorch CPU on the same MLPs, measured side by side.
+
+    pip install -e '.[bench]'            # PyTorch 2.13 CPU, the reference
+    python bench/step.py                 # all shapes, 1 and 2 BLAS threads
+    python bench/step.py --quick         # fewer repetitions
+
+For each MLP and thread count it times, interleaving the two frameworks round by round and taking the
+median round:
+  fwd+bwd   forward, loss, backward (gradients of every weight)
+  step      fwd+bwd plus an Adam update
+and prints gradmesh's time over PyTorch's (below 1.0 means gradmesh is faster), gradmesh's achieved
+GFLOP/s, and that over raw numpy GEMM GFLOP/s for exactly the matrix products a step performs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from worker.mlp import MLP  # noqa: E402
+from worker.optim import make_optimizer  # noqa: E402
+from worker.spec import OptimSpec  # noqa: E402
+
+SHAPES = [([784, 256, 256, 10], 128), ([784, 1024, 1024, 10], 256), ([3072, 2048, 2048, 2048, 10], 512)]
+
+
+def step_flops(sizes, batch):
+    """Multiply-adds ×2 of forward (x@W), weight gradients (a^T@delta) and input gradients (delta@W^T, not for layer 0)."""
+    flops = 0
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        flops += 2 * batch * fan_in * fan_out * (3 if i > 0 else 2)
+    return flops
+
+
+def timed_median(fn, rounds, inner):
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+class Gradmesh:
+    def __init__(self, sizes, batch):
+        rng = np.random.default_rng(0)
+        self.model = MLP(sizes, seed=0)
+        self.opt = make_optimizer(OptimSpec(name="adam", lr=1e-4), self.model.num_params, 10**9)
+        self.x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+        self.y = rng.integers(0, sizes[-1], batch)
+
+    def fwd_bwd(self):
+        self.model.loss_and_grad(self.x, self.y)
+
+    def step(self):
+        _, grad = self.model.loss_and_grad(self.x, self.y)
+        self.opt.step(self.model.params, grad)
+
+
+class RawGemm:
+    """Exactly the GEMMs of one step, into preallocated outputs: the ceiling numpy can reach."""
+
+    def __init__(self, sizes, batch):
+        rng = np.random.default_rng(0)
+        self.ops = []
+        a = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            w = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
+            z = np.empty((batch, fan_out), np.float32)
+            gw = np.empty_like(w)
+            self.ops.append((np.matmul, a, w, z))
+            self.ops.append((np.matmul, a.T, z, gw))
+            if i > 0:
+                self.ops.append((np.matmul, z, w.T, np.empty((batch, fan_in), np.float32)))
+            a = z
+
+    def run(self):
+        for op, left, right, out in self.ops:
+            op(left, right, out=out)
+
+
+class Torch:
+    def __init__(self, torch, sizes, batch):
+        self.torch = torch
+        torch.manual_seed(0)
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(torch.nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        self.model = torch.nn.Sequential(*layers)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.x = torch.randn(batch, sizes[0])
+        self.y = torch.randint(0, sizes[-1], (batch,))
+
+    def fwd_bwd(self):
+        for p in self.model.parameters():
+            p.grad = None
+        self.loss(self.model(self.x), self.y).backward()
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        self.loss(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+
+def measure(sizes, batch, threads, rounds, torch):
+    flops = step_flops(sizes, batch)
+    inner = max(1, int(2e9 / flops))  # about 2 GFLOP of work per timed round
+    ours, raw = Gradmesh(sizes, batch), RawGemm(sizes, batch)
+    theirs = Torch(torch, sizes, batch) if torch else None
+    with threadpool_limits(limits=threads, user_api="blas"):
+        if torch:
+            torch.set_num_threads(threads)
+        for fn in (ours.fwd_bwd, ours.step, raw.run) + ((theirs.fwd_bwd, theirs.step) if torch else ()):
+            fn()  # warm-up: buffers, caches, lazy init
+        result = {"ours_fb": [], "ours_step": [], "raw": [], "torch_fb": [], "torch_step": []}
+        for _ in range(rounds):  # interleaved, so drift and noise hit both sides alike
+            result["ours_fb"].append(timed_median(ours.fwd_bwd, 1, inner))
+            if torch:
+                result["torch_fb"].append(timed_median(theirs.fwd_bwd, 1, inner))
+            result["ours_step"].append(timed_median(ours.step, 1, inner))
+            if torch:
+                result["torch_step"].append(timed_median(theirs.step, 1, inner))
+            result["raw"].append(timed_median(raw.run, 1, inner))
+    med = {k: statistics.median(v) if v else float("nan") for k, v in result.items()}
+    return flops, med
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 rounds instead of 15")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    opts = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("PyTorch is not installed (pip install -e '.[bench]'): only the GEMM ratio is measured")
+    rounds = 5 if opts.quick else 15
+    print(f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", {rounds} rounds, median")
+    header = (f"{'MLP':<26} {'batch':>5} {'thr':>3} | {'fwd+bwd ms':>10} {'torch ms':>9} {'ratio':>6} | "
+              f"{'step ms':>8} {'torch ms':>9} {'ratio':>6} | {'GFLOP/s':>7} {'of GEMM':>7}")
+    print(header)
+    print("-" * len(header))
+    for sizes, batch in SHAPES:
+        for threads in opts.threads:
+            flops, m = measure(sizes, batch, threads, rounds, torch)
+            name = "-".join(map(str, sizes))
+            gflops = flops / m["ours_fb"] / 1e9
+            print(f"{name:<26} {batch:>5} {threads:>3} | {m['ours_fb'] * 1e3:>10.3f} {m['torch_fb'] * 1e3:>9.3f} "
+                  f"{m['ours_fb'] / m['torch_fb']:>6.2f} | {m['ours_step'] * 1e3:>8.3f} {m['torch_step'] * 1e3:>9.3f} "
+                  f"{m['ours_step'] / m['torch_step']:>6.2f} | {gflops:>7.1f} {m['raw'] / m['ours_fb']:>6.0%}", flush=True)
+    print("ratio = gradmesh time / PyTorch time (target <= 0.90); of GEMM = raw GEMM time / gradmesh fwd+bwd time (target >= 90%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
