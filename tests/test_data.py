@@ -101,3 +101,13 @@ def test_normalizer_standardises_the_training_split():
     varying = ds.train.x[ds.train.index].std(axis=0) > 0
     np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(x.std(axis=0)[varying], 1, rtol=1e-3)
+
+
+def test_fast_digits_reader_matches_scikit_learn():
+    from sklearn.datasets import load_digits
+
+    from worker.data import _digits
+    pixels, labels = _digits()
+    reference = load_digits()
+    np.testing.assert_array_equal(pixels, reference.data)
+    np.testing.assert_array_equal(labels, reference.target)

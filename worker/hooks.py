@@ -37,6 +37,9 @@ class Hooks:
     def on_checkpoint(self, path: Path, *, step: int, epoch: int, is_final: bool, metrics: dict[str, float]) -> None:
         """A checkpoint file was written atomically at `path` (it stays there until keep_last rotates it)."""
 
+    def on_step(self, step: int) -> None:
+        """Called once per step on rank 0 with the number of steps done so far; must return at once."""
+
     def poll_stop(self) -> StopRequest | None:
         """Called once per step on rank 0; a StopRequest makes every rank stop at this step boundary."""
         return None

@@ -188,7 +188,11 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
                 xb = normalizer.apply(xb)
             fault.before_step(step)
             s = model.sum_loss_and_grad(xb, yb)
-            stop = hooks.poll_stop() if rank == 0 else None
+            if rank == 0:
+                hooks.on_step(step)
+                stop = hooks.poll_stop()
+            else:
+                stop = None
             sync[P + LOSS] = s.loss_sum
             sync[P + CORRECT] = s.correct
             sync[P + COUNT] = s.count
