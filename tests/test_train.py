@@ -203,3 +203,11 @@ def test_completed_run_is_not_trained_again(tmp_path):
     assert again.returncode == 0 and "resumed at step 20" in again.stdout
     assert [line for line in again.stdout.splitlines() if line.startswith("step ")] == []
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "r" / "final.npz").flat_params(), before)
+
+
+def test_overlap_mode_trains_the_same_model_in_one_process(tmp_path):
+    spec = load_spec(small_spec(tmp_path, steps=30))
+    overlapped = parse_spec({**spec.to_dict(), "train": {**spec.to_dict()["train"], "overlap": True}})
+    a = train(spec, SerialComm(), out_dir=tmp_path / "a")
+    b = train(overlapped, SerialComm(), out_dir=tmp_path / "b")
+    np.testing.assert_array_equal(load_checkpoint(a.final_path).flat_params(), load_checkpoint(b.final_path).flat_params())

@@ -178,6 +178,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     hooks.on_start(step=step, total_steps=total_steps, epoch=epoch, info=info)
     fault = faults.from_environment(rank)
 
+    # overlap mode: one nonblocking allreduce per layer, started as soon as backward finishes that layer
+    layer_slices = model.layer_slices()
     window_loss, window_count, window_start = 0.0, 0.0, time.perf_counter()
     status = "succeeded"
     with _SigtermFlag() as sigterm:
@@ -187,7 +189,12 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
             if normalizer is not None:
                 xb = normalizer.apply(xb)
             fault.before_step(step)
-            s = model.sum_loss_and_grad(xb, yb)
+            if t.overlap:
+                pending = []
+                s = model.sum_loss_and_grad(
+                    xb, yb, on_layer_grad=lambda i: pending.append(comm.iallreduce_sum_(sync[layer_slices[i]])))
+            else:
+                s = model.sum_loss_and_grad(xb, yb)
             if rank == 0:
                 hooks.on_step(step)
                 stop = hooks.poll_stop()
@@ -198,7 +205,12 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
             sync[P + COUNT] = s.count
             sync[P + STOP] = 1.0 if (stop is not None or sigterm.raised) else 0.0
             sync[P + STOP_CHECKPOINT] = 1.0 if (sigterm.raised or (stop is not None and stop.checkpoint)) else 0.0
-            comm.allreduce_sum_(sync)
+            if t.overlap:
+                pending.append(comm.iallreduce_sum_(sync[P:]))
+                for handle in pending:
+                    handle.wait()
+            else:
+                comm.allreduce_sum_(sync)
             loss_sum = float(sync[P + LOSS])
             loss_sum = fault.corrupt_loss(step, loss_sum)
             if not math.isfinite(loss_sum):
