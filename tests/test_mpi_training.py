@@ -1,0 +1,130 @@
+"""The real trainer under real mpirun: N ranks compute what one process computes, and failures end the job.
+
+Equivalence: the same spec (digits, 64-32-10, Adam, 50 steps) on 1, 2 and 3 ranks, with a global batch
+divisible by every rank count (60) and one that is not (61, so shards are uneven). Final parameters
+(final.npz, arrays layers.{i}.W / layers.{i}.b) must agree within float32 rounding: relative difference
+(Frobenius norm) <= 1e-5 per array; measured ~1e-7. A wrong shard, a missing division by the global count
+or a lost rank's gradient moves them by far more. Every run must exit 0, which includes the trainer's
+own cross-rank parameter hash check (a mismatch raises and aborts). One rank under mpirun and a plain
+`python -m worker` (SerialComm, no MPI) must agree bit for bit.
+
+Faults (GRADMESH_FAULT, worker/faults.py): a rank that raises, a rank killed with SIGKILL, and a rank that
+hangs (caught by the hang watchdog with [fault] hang_timeout_s = 2) each end the job non-zero within
+seconds, with the cause in the output and no process left behind.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mpi_programs.launch import REPO, run_mpi
+
+SPEC = """
+name = "equivalence"
+[model]
+layers = [64, 32, 10]
+[data]
+source = "digits"
+[train]
+steps = {steps}
+batch_size = {batch}
+eval_every = 25
+[optim]
+name = "adam"
+lr = 0.01
+[checkpoint]
+every_steps = 0
+[fault]
+hang_timeout_s = {hang}
+"""
+
+
+def write_spec(tmp_path, batch=60, steps=50, hang=60.0):
+    path = tmp_path / f"job-{batch}-{steps}.toml"
+    path.write_text(SPEC.format(batch=batch, steps=steps, hang=hang))
+    return path
+
+
+def train(nprocs, spec, out, timeout=60, env=None):
+    return run_mpi(nprocs, ["python", "-m", "worker", "--spec", str(spec), "--out", str(out), "--no-resume"],
+                   timeout=timeout, env=env)
+
+
+def layer_arrays(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if re.fullmatch(r"layers\.\d+\.(W|b)", k)}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("batch", [60, 61], ids=["divisible", "uneven"])
+def test_one_two_and_three_ranks_reach_the_same_parameters(tmp_path, batch):
+    spec = write_spec(tmp_path, batch=batch)
+    finals = {}
+    for nprocs in (1, 2, 3):
+        result = train(nprocs, spec, tmp_path / f"n{nprocs}")
+        assert result.returncode == 0 and not result.timed_out, result.output
+        assert "done at step 50" in result.output, result.output
+        assert f"{nprocs} rank(s)" in result.output, result.output
+        assert result.leftovers == []
+        finals[nprocs] = layer_arrays(tmp_path / f"n{nprocs}" / "final.npz")
+    reference = finals[1]
+    # Without mpirun the worker is a SerialComm process: the same arithmetic as 1 MPI rank, bit for bit.
+    serial = subprocess.run([sys.executable, "-m", "worker", "--spec", str(spec), "--out", str(tmp_path / "serial"),
+                             "--no-resume"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=60)
+    assert serial.returncode == 0, serial.stdout + serial.stderr
+    for name, arr in layer_arrays(tmp_path / "serial" / "final.npz").items():
+        assert np.array_equal(arr, reference[name]), name
+    assert sorted(reference) == ["layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b"]
+    for nprocs in (2, 3):
+        for name, ref in reference.items():
+            got = finals[nprocs][name]
+            assert got.shape == ref.shape and got.dtype == ref.dtype
+            rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+            assert rel <= 1e-5, f"{nprocs} ranks, batch {batch}: {name} differs by {rel:.2e} (relative)"
+    # The runs really trained (the check above does not compare near-initial weights): 1 step is far away.
+    early = tmp_path / "n1-1step"
+    one_step = train(1, write_spec(tmp_path, batch=batch, steps=1), early)
+    assert one_step.returncode == 0, one_step.output
+    moved = np.linalg.norm(layer_arrays(early / "final.npz")["layers.0.W"] - reference["layers.0.W"])
+    assert moved > 1e-2 * np.linalg.norm(reference["layers.0.W"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_a_rank_raising_mid_training_aborts_every_rank(tmp_path, nprocs):
+    result = train(nprocs, write_spec(tmp_path, steps=2000), tmp_path / "out", timeout=30,
+                   env={"GRADMESH_FAULT": "raise:rank=1:step=20"})
+    assert not result.timed_out, "hung:\n" + result.output
+    assert result.returncode not in (0, None), result.output
+    assert result.elapsed_s < 15, f"{result.elapsed_s:.1f} s"
+    assert "[rank 1 on " in result.output and "RuntimeError: injected fault at step 20" in result.output, \
+        result.output
+    assert not (tmp_path / "out" / "final.npz").exists()
+    assert result.leftovers == [], result.leftovers
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_rank_ends_the_job(tmp_path):
+    result = train(2, write_spec(tmp_path, steps=2000), tmp_path / "out", timeout=30,
+                   env={"GRADMESH_FAULT": "kill:rank=1:step=20"})
+    assert not result.timed_out, "hung:\n" + result.output
+    assert result.returncode not in (0, None), result.output
+    assert result.elapsed_s < 15, f"{result.elapsed_s:.1f} s"
+    assert "KILLED BY SIGNAL: 9" in result.output or "signal 9" in result.output, result.output
+    assert result.leftovers == [], result.leftovers
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_rank_is_caught_by_the_watchdog(tmp_path):
+    result = train(3, write_spec(tmp_path, steps=2000, hang=2.0), tmp_path / "out", timeout=30,
+                   env={"GRADMESH_FAULT": "hang:rank=1:step=20"})
+    assert not result.timed_out, "the watchdog did not fire:\n" + result.output
+    assert result.returncode not in (0, None), result.output
+    assert result.elapsed_s < 15, f"{result.elapsed_s:.1f} s"
+    assert re.search(r"rank [02] on \S+: collective allreduce #\d+ did not complete within 2 s; "
+                     r"silent rank\(s\): 1 \(busy outside any collective", result.output), result.output
+    assert result.leftovers == [], result.leftovers
