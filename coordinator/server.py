@@ -1,0 +1,161 @@
+"""Run the gradmesh coordinator: the gRPC server around the core, the store and the scheduler.
+
+    from coordinator.server import start_server
+    srv = start_server(Path("/var/lib/gradmesh"), port=50051, slots=8)
+    print(srv.address, srv.token)       # 127.0.0.1:50051 and the client bearer token
+    srv.wait_for_termination()          # or srv.stop(grace=5.0)
+
+It serves gradmesh.v1.JobService (clients: "authorization: Bearer <token>"), gradmesh.v1.WorkerService
+(ranks: "x-gradmesh-job-token"), the standard grpc.health.v1 health service (SERVING while up) and server
+reflection (`grpcurl -plaintext 127.0.0.1:50051 list`). It binds 127.0.0.1 unless told otherwise, and
+uses TLS when given a certificate and key (the ranks then get GRADMESH_TLS_CA=<the certificate>).
+
+The client token is `token`, else DATA_DIR/token, else generated into DATA_DIR/token (mode 0600).
+On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
+still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.jobs.recover).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.auth import AuthInterceptor
+from coordinator.jobs import Coordinator
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.scheduler import SlotPool
+from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
+from coordinator.store import Store
+
+log = logging.getLogger("gradmesh.server")
+
+JOB_SERVICE = pb.DESCRIPTOR.services_by_name["JobService"].full_name
+WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
+MAX_MESSAGE_BYTES = 8 << 20  # 1 MiB checkpoint chunks plus headroom; specs are limited to 1 MiB
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Clients and ranks ping every ~30 s so long streams over a dead network are noticed; allow it.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def load_or_create_token(data_dir: Path, token: str | None) -> str:
+    if token:
+        return token
+    path = data_dir / "token"
+    if path.exists():
+        text = path.read_text().strip()
+        if text:
+            return text
+    new = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new + "\n")
+    os.chmod(path, 0o600)
+    return new
+
+
+@dataclass
+class RunningServer:
+    address: str
+    port: int
+    token: str
+    data_dir: Path
+    core: Coordinator
+    store: Store
+    grpc_server: grpc.Server
+    health: health.HealthServicer
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self, grace: float = 5.0, stop_jobs: bool = True) -> None:
+        """Stop serving. With `stop_jobs` (the default) running jobs are stopped too (SIGTERM, grace, SIGKILL);
+        without, they keep training in their own sessions and the next coordinator on this data directory
+        re-adopts them."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self.core.signal.close()  # open watch/log streams end with UNAVAILABLE instead of hanging the stop
+        self.grpc_server.stop(grace).wait()
+        self.core.close(stop_jobs=stop_jobs)
+        self.store.close()
+
+    def job_token(self, job_id: str) -> str:
+        """The job token of the running attempt this server launched (for tests and benchmarks); KeyError if none."""
+        return self.core.job_token(job_id)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+    def __enter__(self) -> "RunningServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slots: int | None = None,
+                 hosts: list[tuple[str, int]] | None = None, data_roots: list[Path] | None = None,
+                 token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 advertise_address: str | None = None, max_workers: int = 128) -> RunningServer:
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    if slots is not None and hosts:
+        raise ValueError("give either slots (this machine) or hosts, not both")
+    client_token = load_or_create_token(data_dir, token)
+    pool = SlotPool(hosts) if hosts else SlotPool.local_pool(slots or os.cpu_count() or 1)
+    store = Store(data_dir / "gradmesh.db")
+    core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
+                       tls_ca=Path(tls_cert).resolve() if tls_cert else None)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gradmesh-rpc"),
+                         interceptors=[AuthInterceptor(client_token)], options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core)),
+                                     method_handlers("WorkerService", WorkerServicer(core))))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", JOB_SERVICE, WORKER_SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((JOB_SERVICE, WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                        server)
+
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if tls_cert is not None:
+            creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+            bound = server.add_secure_port(bind, creds)
+        else:
+            bound = server.add_insecure_port(bind)
+    except RuntimeError as err:
+        store.close()
+        raise OSError(f"cannot listen on {bind}: {err}") from None
+    if not bound:
+        store.close()
+        raise OSError(f"cannot listen on {bind}")
+    shown_host = f"[{host}]" if ":" in host else host
+    address = f"{shown_host}:{bound}"
+    if advertise_address:
+        core.address = advertise_address
+    elif host in ("0.0.0.0", "::", ""):
+        core.address = f"127.0.0.1:{bound}"
+    else:
+        core.address = address
+    server.start()
+    core.start()
+    log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
+    return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
+                         store=store, grpc_server=server, health=health_servicer)

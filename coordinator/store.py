@@ -1,0 +1,494 @@
+"""The coordinator's durable record: jobs, attempts, state transitions, metrics, checkpoint records.
+
+One SQLite database, DATA_DIR/gradmesh.db, in WAL mode with foreign keys on. A single connection is
+shared by all threads behind a lock (SQLite serialises writers anyway, and reads here are tiny); every
+change that touches more than one row runs in one `BEGIN IMMEDIATE` transaction, so a coordinator
+killed at any moment leaves either the old or the new state, never half of one.
+
+    store = Store(Path("/var/lib/gradmesh/gradmesh.db"))
+    job, created = store.create_job(JobRow(...))
+    store.transition("job-1", JobState.RUNNING, "launched on localhost:2", attempt=1)
+    store.add_metrics("job-1", 1, [MetricRow(step=10, ...)])      # duplicates (job, step) are ignored
+
+The state machine lives in `coordinator.states`; `transition()` enforces it inside the transaction.
+Floats that are NaN (metrics not measured at a step) are stored as NULL and read back as NaN.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from coordinator.states import IllegalTransition, JobState, check_transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,      -- submission order: FIFO and paging
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    workers INTEGER NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    labels_json TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    started REAL NOT NULL DEFAULT 0,
+    ended REAL NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    checkpoint_requested INTEGER NOT NULL DEFAULT 0,
+    token_hash TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, priority, seq);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    hosts TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0,
+    pgid INTEGER NOT NULL DEFAULT 0,
+    started REAL NOT NULL,
+    ended REAL NOT NULL DEFAULT 0,
+    exit_code INTEGER,                          -- NULL while running or when unknown
+    outcome TEXT NOT NULL DEFAULT '',           -- '', succeeded, failed, cancelled, ...
+    message TEXT NOT NULL DEFAULT '',
+    log_path TEXT NOT NULL,
+    workdir TEXT NOT NULL,
+    worker_event TEXT NOT NULL DEFAULT '',      -- the last event rank 0 reported (finished, nan, spec, ...)
+    worker_message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, attempt)
+);
+
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    time REAL NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
+
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    train_loss REAL,
+    val_loss REAL,
+    val_accuracy REAL,
+    samples_per_second REAL,
+    lr REAL,
+    time REAL,
+    attempt INTEGER NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    val_loss REAL,
+    val_accuracy REAL,
+    is_final INTEGER NOT NULL,
+    created REAL NOT NULL,
+    attempt INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+"""
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _null(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    name: str
+    spec_json: str
+    state: JobState
+    workers: int
+    priority: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+    created: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    attempts: int = 0
+    restarts: int = 0
+    cancel_requested: bool = False
+    checkpoint_requested: bool = False
+    token_hash: str = ""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    job_id: str
+    attempt: int
+    log_path: str
+    workdir: str
+    started: float
+    hosts: str = ""
+    pid: int = 0
+    pgid: int = 0
+    ended: float = 0.0
+    exit_code: int | None = None
+    outcome: str = ""
+    message: str = ""
+    worker_event: str = ""
+    worker_message: str = ""
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    id: int
+    job_id: str
+    state: JobState
+    message: str
+    time: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    step: int
+    epoch: int = 0
+    train_loss: float = math.nan
+    val_loss: float = math.nan
+    val_accuracy: float = math.nan
+    samples_per_second: float = math.nan
+    lr: float = math.nan
+    time_unix: float = 0.0
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    job_id: str
+    step: int
+    epoch: int
+    size: int
+    sha256: str
+    val_loss: float
+    val_accuracy: float
+    is_final: bool
+    created: float
+    attempt: int
+    path: str
+
+
+class Store:
+    def __init__(self, db_path: Path):
+        self.path = Path(db_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every multi-row change is explicit.
+        self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    def integrity_ok(self) -> bool:
+        return self._query("PRAGMA integrity_check")[0][0] == "ok"
+
+    # ------------------------------------------------------------ jobs
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> JobRow:
+        return JobRow(
+            id=row["id"], name=row["name"], spec_json=row["spec_json"], state=JobState[row["state"]],
+            workers=row["workers"], priority=row["priority"], labels=json.loads(row["labels_json"]),
+            message=row["message"], created=row["created"], started=row["started"], ended=row["ended"],
+            step=row["step"], total_steps=row["total_steps"], epoch=row["epoch"], attempts=row["attempts"],
+            restarts=row["restarts"], cancel_requested=bool(row["cancel_requested"]),
+            checkpoint_requested=bool(row["checkpoint_requested"]), token_hash=row["token_hash"], seq=row["seq"])
+
+    def create_job(self, job: JobRow, message: str = "queued",
+                   seed: CheckpointRow | None = None) -> tuple[JobRow, bool]:
+        """Insert a QUEUED job and its first transition; if the id exists, return it and created=False.
+
+        `seed` is a checkpoint record inserted in the same transaction (a resumed job starts from it), so the
+        scheduler can never launch the job before its checkpoint is there."""
+        now = job.created or time.time()
+        with self._tx() as db:
+            existing = db.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if existing is not None:
+                return self._job(existing), False
+            db.execute(
+                "INSERT INTO jobs (id, name, spec_json, state, message, workers, priority, labels_json, created,"
+                " total_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.name, job.spec_json, JobState.QUEUED.name, message, job.workers, job.priority,
+                 json.dumps(job.labels, sort_keys=True), now, job.total_steps))
+            db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, 0)",
+                       (job.id, JobState.QUEUED.name, message, now))
+            if seed is not None:
+                self._insert_checkpoint(db, seed)
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+        return self._job(row), True
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def list_jobs(self, states: Iterable[JobState] = (), limit: int = 50, before_seq: int = 0) -> list[JobRow]:
+        """Newest first; `before_seq` > 0 continues a previous page."""
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        states = list(states)
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += [s.name for s in states]
+        if before_seq > 0:
+            sql += " AND seq < ?"
+            args.append(before_seq)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        return [self._job(r) for r in self._query(sql, args)]
+
+    def jobs_in(self, *states: JobState) -> list[JobRow]:
+        """Jobs in these states in scheduling order: higher priority first, FIFO within a priority."""
+        marks = ",".join("?" * len(states))
+        rows = self._query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY priority DESC, seq ASC",
+                           [s.name for s in states])
+        return [self._job(r) for r in rows]
+
+    def transition(self, job_id: str, new: JobState, message: str, *, attempt: int = 0,
+                   now: float | None = None, expect: Iterable[JobState] | None = None) -> TransitionRow:
+        """Move a job to `new` (legality checked inside the transaction) and record the transition.
+
+        `expect`, when given, makes the change conditional: if the job is not in one of those states the
+        transition is refused with IllegalTransition, which lets racing threads (reaper vs cancel) agree.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT state, started FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            old = JobState[row["state"]]
+            check_transition(old, new)
+            if expect is not None and old not in set(expect):
+                raise IllegalTransition(old, new)
+            sets = ["state = ?", "message = ?"]
+            args: list = [new.name, message]
+            if new is JobState.RUNNING and not row["started"]:
+                sets.append("started = ?")
+                args.append(now)
+            if new.is_terminal():
+                sets.append("ended = ?")
+                args.append(now)
+            if new is JobState.RESTARTING:
+                sets.append("restarts = restarts + 1")
+            db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+            cur = db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, ?)",
+                             (job_id, new.name, message, now, attempt))
+            return TransitionRow(cur.lastrowid, job_id, new, message, now, attempt)
+
+    def transitions(self, job_id: str, after_id: int = 0) -> list[TransitionRow]:
+        rows = self._query("SELECT * FROM transitions WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id))
+        return [TransitionRow(r["id"], r["job_id"], JobState[r["state"]], r["message"], r["time"], r["attempt"])
+                for r in rows]
+
+    def update_progress(self, job_id: str, *, step: int, total_steps: int, epoch: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE jobs SET step = MAX(step, ?), total_steps = CASE WHEN ? > 0 THEN ? ELSE total_steps END,"
+                " epoch = MAX(epoch, ?) WHERE id = ?", (step, total_steps, total_steps, epoch, job_id))
+
+    def request_cancel(self, job_id: str, checkpoint: bool) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE jobs SET cancel_requested = 1, checkpoint_requested = ? WHERE id = ?",
+                               (int(checkpoint), job_id))
+
+    # ------------------------------------------------------------ attempts
+
+    @staticmethod
+    def _attempt(r: sqlite3.Row) -> AttemptRow:
+        return AttemptRow(job_id=r["job_id"], attempt=r["attempt"], log_path=r["log_path"], workdir=r["workdir"],
+                          started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"], ended=r["ended"],
+                          exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
+                          worker_event=r["worker_event"], worker_message=r["worker_message"])
+
+    def begin_attempt(self, job_id: str, *, hosts: str, log_dir: Path, run_dir: Path, token_hash: str,
+                      message: str, now: float | None = None) -> tuple[AttemptRow, TransitionRow]:
+        """Allocate the next attempt number, rotate the job token and move the job to RUNNING, atomically."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT state, attempts, started FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            old = JobState[row["state"]]
+            check_transition(old, JobState.RUNNING)
+            number = row["attempts"] + 1
+            log_path = str(log_dir / f"attempt-{number}.log")
+            workdir = str(run_dir / f"attempt-{number}")
+            db.execute("INSERT INTO attempts (job_id, attempt, hosts, started, log_path, workdir)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", (job_id, number, hosts, now, log_path, workdir))
+            db.execute("UPDATE jobs SET state = ?, message = ?, attempts = ?, token_hash = ?,"
+                       " started = CASE WHEN started = 0 THEN ? ELSE started END WHERE id = ?",
+                       (JobState.RUNNING.name, message, number, token_hash, now, job_id))
+            cur = db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, ?)",
+                             (job_id, JobState.RUNNING.name, message, now, number))
+            attempt = self._attempt(db.execute("SELECT * FROM attempts WHERE job_id = ? AND attempt = ?",
+                                               (job_id, number)).fetchone())
+        return attempt, TransitionRow(cur.lastrowid, job_id, JobState.RUNNING, message, now, number)
+
+    def record_launch(self, job_id: str, attempt: int, pid: int, pgid: int) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE attempts SET pid = ?, pgid = ? WHERE job_id = ? AND attempt = ?",
+                               (pid, pgid, job_id, attempt))
+
+    def end_attempt(self, job_id: str, attempt: int, *, exit_code: int | None, outcome: str, message: str,
+                    now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._conn.execute("UPDATE attempts SET ended = ?, exit_code = ?, outcome = ?, message = ?"
+                               " WHERE job_id = ? AND attempt = ?", (now, exit_code, outcome, message, job_id, attempt))
+
+    def set_worker_event(self, job_id: str, attempt: int, event: str, message: str) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE attempts SET worker_event = ?, worker_message = ? WHERE job_id = ? AND attempt = ?",
+                               (event, message, job_id, attempt))
+
+    def attempts(self, job_id: str) -> list[AttemptRow]:
+        return [self._attempt(r) for r in
+                self._query("SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,))]
+
+    def attempt(self, job_id: str, attempt: int) -> AttemptRow | None:
+        rows = self._query("SELECT * FROM attempts WHERE job_id = ? AND attempt = ?", (job_id, attempt))
+        return self._attempt(rows[0]) if rows else None
+
+    # ------------------------------------------------------------ metrics
+
+    @staticmethod
+    def _metric(r: sqlite3.Row) -> MetricRow:
+        return MetricRow(step=r["step"], epoch=r["epoch"], train_loss=_nan(r["train_loss"]),
+                         val_loss=_nan(r["val_loss"]), val_accuracy=_nan(r["val_accuracy"]),
+                         samples_per_second=_nan(r["samples_per_second"]), lr=_nan(r["lr"]),
+                         time_unix=_nan(r["time"]), attempt=r["attempt"])
+
+    def add_metrics(self, job_id: str, points: Iterable[MetricRow]) -> int:
+        """Insert points; a (job, step) already present is ignored (reports are retried). Returns rows added."""
+        added = 0
+        with self._tx() as db:
+            for p in points:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO metrics (job_id, step, epoch, train_loss, val_loss, val_accuracy,"
+                    " samples_per_second, lr, time, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, p.step, p.epoch, _null(p.train_loss), _null(p.val_loss), _null(p.val_accuracy),
+                     _null(p.samples_per_second), _null(p.lr), p.time_unix, p.attempt))
+                added += cur.rowcount
+        return added
+
+    def metrics(self, job_id: str, from_step: int = 0, limit: int = -1) -> list[MetricRow]:
+        rows = self._query("SELECT * FROM metrics WHERE job_id = ? AND step >= ? ORDER BY step LIMIT ?",
+                           (job_id, from_step, limit))
+        return [self._metric(r) for r in rows]
+
+    def latest_metric(self, job_id: str) -> MetricRow | None:
+        rows = self._query("SELECT * FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))
+        return self._metric(rows[0]) if rows else None
+
+    def best_metric(self, job_id: str) -> MetricRow | None:
+        rows = self._query("SELECT * FROM metrics WHERE job_id = ? AND val_loss IS NOT NULL"
+                           " ORDER BY val_loss ASC, step ASC LIMIT 1", (job_id,))
+        return self._metric(rows[0]) if rows else None
+
+    # ------------------------------------------------------------ checkpoints
+
+    @staticmethod
+    def _checkpoint(r: sqlite3.Row) -> CheckpointRow:
+        return CheckpointRow(job_id=r["job_id"], step=r["step"], epoch=r["epoch"], size=r["size"], sha256=r["sha256"],
+                             val_loss=_nan(r["val_loss"]), val_accuracy=_nan(r["val_accuracy"]),
+                             is_final=bool(r["is_final"]), created=r["created"], attempt=r["attempt"], path=r["path"])
+
+    def add_checkpoint(self, ckpt: CheckpointRow, keep: "RetentionPolicy") -> list[CheckpointRow]:
+        """Record a checkpoint (replacing one at the same step) and drop the records retention no longer keeps.
+
+        Returns the dropped records; the caller deletes their files after this transaction committed, so a
+        crash in between leaves a stray file, never a record without its file.
+        """
+        with self._tx() as db:
+            self._insert_checkpoint(db, ckpt)
+            rows = [self._checkpoint(r) for r in
+                    db.execute("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (ckpt.job_id,))]
+            kept = keep.retained(rows)
+            dropped = [r for r in rows if r.step not in kept]
+            for r in dropped:
+                db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (r.job_id, r.step))
+        return dropped
+
+    @staticmethod
+    def _insert_checkpoint(db: sqlite3.Connection, ckpt: CheckpointRow) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO checkpoints (job_id, step, epoch, size, sha256, val_loss, val_accuracy,"
+            " is_final, created, attempt, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ckpt.job_id, ckpt.step, ckpt.epoch, ckpt.size, ckpt.sha256, _null(ckpt.val_loss),
+             _null(ckpt.val_accuracy), int(ckpt.is_final), ckpt.created, ckpt.attempt, ckpt.path))
+
+    def checkpoints(self, job_id: str) -> list[CheckpointRow]:
+        return [self._checkpoint(r) for r in
+                self._query("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (job_id,))]
+
+    def checkpoint(self, job_id: str, step: int) -> CheckpointRow | None:
+        rows = self._query("SELECT * FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step))
+        return self._checkpoint(rows[0]) if rows else None
+
+
+class RetentionPolicy:
+    """Which checkpoints to keep: the newest `keep_last`, the best by validation loss, and every final one."""
+
+    def __init__(self, keep_last: int):
+        self.keep_last = max(1, keep_last)
+
+    def retained(self, rows: list[CheckpointRow]) -> set[int]:
+        keep = {r.step for r in rows if r.is_final}
+        by_step = sorted(rows, key=lambda r: r.step)
+        keep.update(r.step for r in by_step[-self.keep_last:])
+        measured = [r for r in rows if not math.isnan(r.val_loss)]
+        if measured:
+            keep.add(min(measured, key=lambda r: (r.val_loss, r.step)).step)
+        return keep
+
+
+__all__ = ["Store", "JobRow", "AttemptRow", "TransitionRow", "MetricRow", "CheckpointRow", "RetentionPolicy"]

@@ -1,0 +1,69 @@
+"""Scheduling order (priority, then FIFO, no backfill) and slot accounting, without processes."""
+from coordinator.scheduler import SlotPool, plan_starts, scheduling_order
+from coordinator.states import JobState
+from coordinator.store import JobRow
+
+
+def job(seq, workers=1, priority=0):
+    return JobRow(id=f"j{seq}", name="n", spec_json="{}", state=JobState.QUEUED, workers=workers, priority=priority,
+                  seq=seq)
+
+
+def test_priority_first_then_fifo():
+    jobs = [job(1), job(2, priority=3), job(3), job(4, priority=3), job(5, priority=-1)]
+    assert [j.id for j in scheduling_order(jobs)] == ["j2", "j4", "j1", "j3", "j5"]
+
+
+def test_a_prefix_that_fits_starts_and_the_head_blocks_the_rest():
+    order = [job(1, workers=2), job(2, workers=1), job(3, workers=1)]
+    assert [j.id for j in plan_starts(order, 3)] == ["j1", "j2"]
+    # the head needs 4 of 3 free: nothing behind it jumps the queue
+    assert plan_starts([job(1, workers=4), job(2, workers=1)], 3) == []
+    assert plan_starts([], 8) == []
+
+
+def test_two_jobs_that_do_not_fit_together_go_one_after_the_other():
+    pool = SlotPool.local_pool(2)
+    a, b = job(1, workers=2), job(2, workers=2)
+    first = plan_starts([a, b], pool.available)
+    assert [j.id for j in first] == ["j1"]
+    alloc = pool.allocate(2)
+    assert plan_starts([b], pool.available) == []
+    pool.release(alloc)
+    assert [j.id for j in plan_starts([b], pool.available)] == ["j2"]
+
+
+def test_allocation_spans_hosts_in_order():
+    pool = SlotPool([("a", 2), ("b", 2), ("c", 1)])
+    assert pool.total == 5
+    assert pool.allocate(3) == [("a", 2), ("b", 1)]
+    assert pool.allocate(3) is None and pool.available == 2
+    assert pool.allocate(2) == [("b", 1), ("c", 1)]
+    pool.release([("a", 2)])
+    assert pool.free == {"a": 2, "b": 0, "c": 0}
+
+
+def test_progress_watch_flags_a_job_whose_step_stops_moving():
+    from coordinator.watchdog import ProgressWatch
+    now = [0.0]
+    watch = ProgressWatch(clock=lambda: now[0], startup_s=5)
+    watch.started("a", timeout_s=10)
+    watch.started("b", timeout_s=10)
+    now[0] = 8.0
+    watch.progress("a", step=5)
+    watch.progress("b", step=0, event=True)  # "started" counts as progress
+    now[0] = 15.0
+    watch.progress("a", step=5)  # a heartbeat at the same step is not progress
+    assert watch.overdue() == []
+    now[0] = 18.5
+    overdue = watch.overdue()
+    assert [j for j, _ in overdue] == ["a", "b"]
+    assert "no progress for 10 s at step 5" in overdue[0][1]
+    assert watch.overdue() == []  # reported once
+    watch.forget("a")
+    watch.started("c", timeout_s=1)  # never reports at all: it gets the start-up allowance of 5 s first
+    now[0] = 23.0
+    assert watch.overdue() == []
+    now[0] = 24.0
+    late = watch.overdue()
+    assert [j for j, _ in late] == ["c"] and "before its first report" in late[0][1]

@@ -1,0 +1,199 @@
+"""Faults injected for real into coordinator-launched jobs (issue 5, coordinator side).
+
+Faults come from the worker's GRADMESH_FAULT hook (a real SIGKILL, exit, stall), set in the coordinator's
+environment, which the launched ranks inherit; `attempt=1` limits a fault to the first attempt.
+What is proved:
+  - a rank killed with SIGKILL → RESTARTING → RUNNING → SUCCEEDED with one restart, the metric history has
+    every eval step exactly once, and the final parameters are bit-identical to an uninterrupted run;
+  - a failure on every attempt → FAILED after max_restarts, naming the last cause;
+  - a stalled rank → the coordinator's no-progress watchdog (or the ranks' own) kills it, restart, success;
+  - a corrupt newest checkpoint is refused for download (DATA_LOSS) and skipped for resume;
+  - cancel with checkpoint → CANCELLED with the checkpoint uploaded; ResumeJob on 1 worker continues it as a
+    new job "<id>-r1" that goes on from that checkpoint (the original stays CANCELLED).
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import AuthedJobStub
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.states import JobState
+from test_service_e2e import assert_legal_path, job_processes, wait_for, watch_to_end
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = """
+name = "fault-digits"
+workers = 2
+[model]
+layers = [64, 32, 10]
+[train]
+steps = 60
+batch_size = 32
+eval_every = 10
+[optim]
+lr = 0.01
+[checkpoint]
+every_steps = 20
+keep_last = 2
+[fault]
+max_restarts = {max_restarts}
+backoff_s = {backoff_s}
+hang_timeout_s = {hang_timeout_s}
+"""
+
+
+def spec(max_restarts=2, backoff_s=0.2, hang_timeout_s=60):
+    return SPEC.format(max_restarts=max_restarts, backoff_s=backoff_s, hang_timeout_s=hang_timeout_s)
+
+
+@pytest.fixture(scope="module")
+def clean_final(tmp_path_factory):
+    """Final checkpoint arrays of the same spec run without any fault (standalone, 2 ranks)."""
+    out = tmp_path_factory.mktemp("clean")
+    (out / "job.toml").write_text(spec())
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("GRADMESH_FAULT", None)
+    done = subprocess.run([str(Path(sys.executable).parent / "mpirun"), "-n", "2", sys.executable, "-m", "worker",
+                           "--spec", str(out / "job.toml"), "--out", str(out / "run")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with np.load(out / "run" / "final.npz") as npz:
+        return {k: npz[k] for k in npz.files if k != "meta"}
+
+
+@pytest.fixture
+def api(coordinator):
+    with grpc.insecure_channel(coordinator.address) as ch:
+        yield AuthedJobStub(ch, coordinator.token, timeout=120)
+
+
+def final_arrays(api, job_id):
+    data = b"".join(c.data for c in api.DownloadCheckpoint(pb.DownloadCheckpointRequest(job_id=job_id, latest=True)))
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files if k != "meta"}
+
+
+def assert_bit_identical(got, want):
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
+
+
+def test_killed_rank_restarts_and_ends_bit_identical(coordinator, api, monkeypatch, clean_final):
+    monkeypatch.setenv("GRADMESH_FAULT", "kill:rank=1:step=45:attempt=1")
+    api.SubmitJob(pb.SubmitJobRequest(spec=spec(), job_id="kill-1"))
+    follow = api.StreamLogs(pb.StreamLogsRequest(job_id="kill-1", follow=True))  # follows across the restart
+    events = watch_to_end(api, "kill-1")
+    states = assert_legal_path(events)
+    assert states == [JobState.QUEUED, JobState.RUNNING, JobState.RESTARTING, JobState.RUNNING, JobState.SUCCEEDED]
+    job = api.GetJob(pb.GetJobRequest(job_id="kill-1"))
+    assert (job.state, job.attempts, job.restarts) == (pb.SUCCEEDED, 2, 1), job.message
+    restarting = next(h for h in job.history if h.state == pb.RESTARTING)
+    assert restarting.message.startswith("attempt 1 failed, restart 1 of 2") and restarting.attempt == 1
+    assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id="kill-1")).points] == list(range(10, 61, 10))
+    assert_bit_identical(final_arrays(api, "kill-1"), clean_final)
+    assert not job_processes("kill-1")
+    chunks = list(follow)
+    assert [c.attempt for c in chunks] == sorted(c.attempt for c in chunks) and {c.attempt for c in chunks} == {1, 2}
+    assert "done at step 60" in b"".join(c.data for c in chunks if c.attempt == 2).decode()
+
+
+def test_failure_on_every_attempt_gives_up_after_max_restarts(coordinator, api, monkeypatch):
+    monkeypatch.setenv("GRADMESH_FAULT", "exit:rank=1:step=5:code=7")
+    api.SubmitJob(pb.SubmitJobRequest(spec=spec(max_restarts=1, backoff_s=0.1), job_id="doomed"))
+    assert_legal_path(watch_to_end(api, "doomed"))
+    job = api.GetJob(pb.GetJobRequest(job_id="doomed"))
+    assert (job.state, job.attempts, job.restarts) == (pb.FAILED, 2, 1)
+    assert job.message.startswith("attempt 2 failed and no restarts are left (max_restarts = 1): "
+                                  "mpirun failed with exit code "), job.message
+    assert [a.outcome for a in coordinator.store.attempts("doomed")] == ["failed", "failed"]
+
+
+def test_stalled_rank_is_detected_killed_and_restarted(coordinator, api, monkeypatch):
+    monkeypatch.setenv("GRADMESH_FAULT", "hang:rank=1:step=25:attempt=1")
+    t0 = time.monotonic()
+    api.SubmitJob(pb.SubmitJobRequest(spec=spec(hang_timeout_s=6), job_id="stall"))
+    assert_legal_path(watch_to_end(api, "stall"))
+    job = api.GetJob(pb.GetJobRequest(job_id="stall"))
+    assert (job.state, job.restarts) == (pb.SUCCEEDED, 1), job.message
+    first = coordinator.store.attempts("stall")[0]
+    assert first.outcome in ("hung", "failed"), first.message  # our watchdog, or the ranks' own, caught it
+    assert time.monotonic() - t0 < 90
+    assert not job_processes("stall")
+
+
+def test_corrupt_newest_checkpoint_is_refused_and_skipped(coordinator, api, monkeypatch, clean_final):
+    monkeypatch.setenv("GRADMESH_FAULT", "kill:rank=1:step=45:attempt=1")
+    api.SubmitJob(pb.SubmitJobRequest(spec=spec(backoff_s=4.0), job_id="corrupt"))
+    wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="corrupt")).state == pb.RESTARTING, what="RESTARTING")
+    stored = coordinator.store.checkpoints("corrupt")
+    newest = stored[-1]  # 40, unless its upload was cut short by the kill (then 20)
+    assert newest.step in (20, 40)
+    raw = bytearray(Path(newest.path).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    Path(newest.path).write_bytes(bytes(raw))
+    with pytest.raises(grpc.RpcError) as err:
+        list(api.DownloadCheckpoint(pb.DownloadCheckpointRequest(job_id="corrupt", step=newest.step)))
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS and "corrupt" in err.value.details()
+    offer = coordinator.core._newest_good_checkpoint("corrupt")  # what FetchJob will offer
+    assert (offer.step if offer else None) == (stored[-2].step if len(stored) > 1 else None)
+    watch_to_end(api, "corrupt")
+    job = api.GetJob(pb.GetJobRequest(job_id="corrupt"))
+    assert (job.state, job.restarts) == (pb.SUCCEEDED, 1), job.message
+    assert_bit_identical(final_arrays(api, "corrupt"), clean_final)  # resumed from the older one: same result
+
+
+def test_cancel_with_checkpoint_stops_at_a_step_boundary_and_keeps_it(coordinator, api):
+    long = spec().replace("steps = 60", "steps = 200000").replace("every_steps = 20", "every_steps = 0")
+    api.SubmitJob(pb.SubmitJobRequest(spec=long, job_id="graceful"))
+    wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="graceful")).latest.step >= 10, what="first point")
+    api.CancelJob(pb.CancelJobRequest(job_id="graceful", checkpoint=True))
+    assert_legal_path(watch_to_end(api, "graceful", timeout=60))
+    job = api.GetJob(pb.GetJobRequest(job_id="graceful"))
+    checkpoints = api.ListCheckpoints(pb.ListCheckpointsRequest(job_id="graceful")).checkpoints
+    assert job.state == pb.CANCELLED and len(checkpoints) == 1 and not checkpoints[0].is_final
+    assert f"last checkpoint at step {checkpoints[0].step}" in job.message, job.message
+    assert coordinator.store.attempts("graceful")[0].exit_code == 4  # the workers stopped themselves
+    assert not job_processes("graceful")
+
+    stopped_at = checkpoints[0].step
+    resumed = api.ResumeJob(pb.ResumeJobRequest(job_id="graceful", workers=1))
+    assert resumed.id == "graceful-r1" and resumed.workers == 1 and resumed.labels["resumed_from"] == "graceful"
+    assert resumed.history[0].message == f"resumed from job graceful at step {stopped_at}"
+    wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="graceful-r1")).step > stopped_at, what="resumed progress")
+    points = api.GetMetrics(pb.GetMetricsRequest(job_id="graceful-r1")).points
+    assert points and points[0].step > stopped_at  # it went on from the checkpoint, not from step 0
+    api.CancelJob(pb.CancelJobRequest(job_id="graceful-r1"))
+    assert watch_to_end(api, "graceful-r1")[-1].state.state == pb.CANCELLED
+    assert api.GetJob(pb.GetJobRequest(job_id="graceful")).state == pb.CANCELLED  # terminal states stay final
+
+
+def test_frozen_job_is_killed_by_the_coordinators_watchdog_and_restarted(coordinator, api):
+    """SIGSTOP on the whole process group: no rank can notice (they are all stopped), only the coordinator can."""
+    import signal
+    api.SubmitJob(pb.SubmitJobRequest(spec=spec(hang_timeout_s=4), job_id="frozen"))
+    wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="frozen")).latest.step >= 10, what="first point")
+    from coordinator.jobs import attempt_tag
+    from coordinator.launcher import tagged_processes
+    pids = tagged_processes(attempt_tag(coordinator.store.get_job("frozen").token_hash))
+    assert len(pids) >= 4  # mpirun, hydra's proxy, 2 ranks
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    assert_legal_path(watch_to_end(api, "frozen"))
+    job = api.GetJob(pb.GetJobRequest(job_id="frozen"))
+    assert (job.state, job.restarts) == (pb.SUCCEEDED, 1), job.message
+    first = coordinator.store.attempts("frozen")[0]
+    assert first.outcome == "hung" and "no progress for" in first.message and "hang_timeout_s = 4" in first.message
+    assert "SIGKILL" in first.message  # stopped processes ignore SIGTERM: killed after the grace period
+    assert not job_processes("frozen")
