@@ -1,0 +1,126 @@
+"""Recovery time: from a worker rank's death (kill -9) to the job training again, and the steps lost.
+
+    PYTHONPATH=. python bench/recovery.py               # 3 kills, ~1 minute
+    PYTHONPATH=. python bench/recovery.py --runs 5 --every-steps 50
+
+A real coordinator (start_server on 127.0.0.1, 2 slots) runs a real 2-rank job. Once it has passed a
+checkpoint, the bench sends SIGKILL to rank 1 (found in /proc by the job's id and PMI_RANK) and records:
+
+  detect    kill → the coordinator records the attempt's end (RESTARTING)
+  relaunch  kill → the new mpirun starts (RUNNING, next attempt), with [fault] backoff_s = 0
+  caught up kill → the new attempt reports the first step beyond the one reached before the kill
+            (eval_every = 1, so every step is a timestamped metric point)
+  start-up  relaunch → caught up: the worker's own start-up (Python, numpy, MPI wire-up, fetching the
+            spec and the checkpoint, loading data) plus redoing the lost steps
+  lost      steps done before the kill that had to be redone (newest step seen − checkpoint resumed from)
+
+Target (issue 5): detect + relaunch < 3 s, plus worker start-up; lost < the checkpoint interval.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from coordinator.client import Client  # noqa: E402
+from coordinator.server import start_server  # noqa: E402
+
+
+def job_spec(every_steps: int) -> dict:
+    return {
+        "name": "recovery-bench", "workers": 2,
+        "model": {"layers": [784, 256, 256, 10]},
+        "data": {"source": "synthetic", "val_fraction": 0.01,
+                 "synthetic": {"samples": 20000, "features": 784, "classes": 10}},
+        "train": {"steps": 100000, "batch_size": 256, "eval_every": 1, "threads_per_rank": 1},
+        "optim": {"name": "adam", "lr": 0.001},
+        "checkpoint": {"every_steps": every_steps, "keep_last": 2},
+        "fault": {"max_restarts": 100, "backoff_s": 0.0, "hang_timeout_s": 60.0},
+    }
+
+
+def rank_pid(job_id: str, rank: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmdline and job_id.encode() in cmdline and f"PMI_RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def one_kill(client: Client, job_id: str, attempt: int, after_step: int) -> dict:
+    wait_for(lambda: client.get(job_id).step >= after_step and client.get(job_id).attempts == attempt,
+             120, f"attempt {attempt} to pass step {after_step}")
+    pid = wait_for(lambda: rank_pid(job_id, 1), 30, "rank 1's process")
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    first = wait_for(lambda: [p for p in client.metrics(job_id) if p.attempt == attempt + 1], 120,
+                     "the next attempt's first step")[0]
+    job = client.get(job_id)
+    restarting = [s for s in job.history if s.state.value == "RESTARTING" and s.time_unix >= killed_at - 1]
+    running = [s for s in job.history if s.state.value == "RUNNING" and s.attempt == attempt + 1]
+    killed_after = max(p.step for p in client.metrics(job_id) if p.attempt == attempt)
+    # the coordinator offers the newest checkpoint; metric points of redone steps are duplicates it ignores,
+    # so the new attempt's first stored point is the first step beyond the kill
+    resumed_from = max(c.step for c in client.checkpoints(job_id) if c.step <= killed_after)
+    return {"detect": restarting[0].time_unix - killed_at if restarting else float("nan"),
+            "relaunch": running[0].time_unix - killed_at if running else float("nan"),
+            "training": first.time_unix - killed_at,
+            "startup": first.time_unix - running[0].time_unix if running else float("nan"),
+            "lost": killed_after - resumed_from, "resumed_from": resumed_from, "killed_after": killed_after}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="kills in one job")
+    parser.add_argument("--every-steps", type=int, default=50, help="checkpoint interval")
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gradmesh-recovery-") as tmp:
+        srv = start_server(Path(tmp) / "data", slots=2, data_roots=[Path(tmp)])
+        try:
+            client = Client(srv.address, token=srv.token)
+            job = client.submit(job_spec(opts.every_steps))
+            rows = []
+            for i in range(opts.runs):
+                start = client.get(job.id).step if i else 0
+                # kill somewhere between two checkpoints, at a different offset each time
+                target = start + opts.every_steps + (opts.every_steps * (i + 1)) // (opts.runs + 1)
+                rows.append(one_kill(client, job.id, attempt=i + 1, after_step=target))
+                r = rows[-1]
+                print(f"kill {i + 1}: after step {r['killed_after']}, resumed from {r['resumed_from']} "
+                      f"(lost {r['lost']} steps) | detect {r['detect']:.2f} s, relaunch {r['relaunch']:.2f} s, "
+                      f"caught up {r['training']:.2f} s (start-up + redo {r['startup']:.2f} s)", flush=True)
+            client.cancel(job.id)
+            print(f"median of {len(rows)}: detect {statistics.median(r['detect'] for r in rows):.2f} s, "
+                  f"relaunch {statistics.median(r['relaunch'] for r in rows):.2f} s, "
+                  f"caught up {statistics.median(r['training'] for r in rows):.2f} s, "
+                  f"start-up + redo {statistics.median(r['startup'] for r in rows):.2f} s; "
+                  f"steps lost {[r['lost'] for r in rows]} with a checkpoint every {opts.every_steps} steps")
+        finally:
+            srv.stop(grace=5.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
