@@ -263,3 +263,24 @@ def test_a_host_list_pool_passes_hosts_to_mpirun(start_coordinator):
         assert srv.store.attempt("hosts-1", 1).hosts == "localhost:1,127.0.0.1:1"
         log = b"".join(c.data for c in api.StreamLogs(pb.StreamLogsRequest(job_id="hosts-1"))).decode()
         assert "mpirun -n 2 -hosts localhost:1,127.0.0.1:1 " in log
+
+
+def test_tls_coordinator_runs_a_job_end_to_end(start_coordinator, tmp_path):
+    """With TLS the ranks get GRADMESH_TLS_CA and report over TLS too."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=30)
+    srv = start_coordinator(tls_cert=cert, tls_key=key)
+    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(srv.address, creds) as ch:
+        api = AuthedJobStub(ch, srv.token, timeout=120)
+        api.SubmitJob(pb.SubmitJobRequest(spec=spec(steps=20), job_id="tls-1"))
+        watch_to_end(api, "tls-1")
+        job = api.GetJob(pb.GetJobRequest(job_id="tls-1"))
+        assert job.state == pb.SUCCEEDED, job.message
+        assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id="tls-1")).points] == [10, 20]

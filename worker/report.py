@@ -199,6 +199,12 @@ class CoordinatorHooks(Hooks):
         self._start_thread()
         self._wake.set()
 
+    def on_step(self, step):
+        with self._lock:
+            done, total, epoch = self._progress
+            if step > done:  # the heartbeat carries it: the coordinator's hang watchdog sees steps between evals
+                self._progress = (step, total, epoch)
+
     def poll_stop(self):
         return self._stop
 
