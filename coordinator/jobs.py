@@ -90,6 +90,9 @@ class CheckpointUpload:
     attempt: int
 
 
+METRICS_PAGE = 20000  # points per GetMetrics reply (~1.3 MB); the client pages past it
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -324,9 +327,11 @@ class Coordinator:
         raise FailedPrecondition(f"job_id: job {job_id} has been resumed too often")
 
     def metrics(self, job_id: str, from_step: int = 0) -> list[MetricRow]:
+        """At most METRICS_PAGE points from `from_step`: a long history would exceed the message size limit,
+        so callers ask again from the step after the last one they got until a reply is shorter."""
         validate.non_negative(from_step, "from_step")
         self._job(job_id)
-        return self.store.metrics(job_id, from_step)
+        return self.store.metrics(job_id, from_step, limit=METRICS_PAGE)
 
     def watch(self, job_id: str, from_step: int = 0, is_active: Callable[[], bool] = lambda: True,
               poll_s: float = 1.0) -> Iterator[tuple[str, object]]:
@@ -530,7 +535,7 @@ class Coordinator:
     # ================================================================ attempts (called by the scheduler)
 
     def launch_attempt(self, job: JobRow, alloc: Allocation) -> Running | None:
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_hex(32)  # hex: never starts with '-', so safe as a CLI argument
         token_hash = hash_token(token)
         hosts = format_hosts(alloc)
         try:

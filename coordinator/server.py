@@ -59,7 +59,7 @@ def load_or_create_token(data_dir: Path, token: str | None) -> str:
         text = path.read_text().strip()
         if text:
             return text
-    new = secrets.token_urlsafe(32)
+    new = secrets.token_hex(32)  # hex: never starts with '-', so `--token VALUE` always parses
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(new + "\n")

@@ -93,6 +93,9 @@ CREATE TABLE IF NOT EXISTS metrics (
     attempt INTEGER NOT NULL,
     PRIMARY KEY (job_id, step)
 );
+-- GetJob shows the best point (lowest val_loss) on every call; without this index it is a scan of the
+-- job's whole history under the store lock (measured 25 ms at 110k points by bench/service.py)
+CREATE INDEX IF NOT EXISTS metrics_best ON metrics(job_id, val_loss, step) WHERE val_loss IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS checkpoints (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,

@@ -420,3 +420,29 @@ def test_tls_server_accepts_tls_clients_only(start_coordinator, tmp_path):
         assert AuthedJobStub(ch, srv.token).ListJobs(pb.ListJobsRequest()).jobs == []
     with grpc.insecure_channel(srv.address) as ch:
         expect_error(CODE.UNAVAILABLE, AuthedJobStub(ch, srv.token, timeout=3).ListJobs, pb.ListJobsRequest())
+
+
+@pytest.mark.timeout(60)
+def test_long_metric_history_is_paged_and_best_lookup_uses_the_index(idle, api, worker_channel):
+    """A history longer than one GetMetrics reply can hold comes back whole through the client's paging."""
+    from coordinator.client import Client
+    from coordinator.jobs import METRICS_PAGE
+
+    job_id, token = running_job(idle)
+    w = worker(worker_channel, token)
+    total = METRICS_PAGE + 1500
+    for start in range(1, total + 1, 5000):
+        w.ReportProgress(pb.ReportProgressRequest(
+            job_id=job_id, attempt=1, points=[_point(s, 1.0 / s) for s in range(start, min(start + 5000, total + 1))]))
+    first = api.GetMetrics(pb.GetMetricsRequest(job_id=job_id)).points
+    assert len(first) == METRICS_PAGE and first[-1].step == METRICS_PAGE
+    client = Client(idle.address, token=idle.token)
+    try:
+        assert [p.step for p in client.metrics(job_id)] == list(range(1, total + 1))
+    finally:
+        client.close()
+    plan = idle.core.store._query(
+        "EXPLAIN QUERY PLAN SELECT * FROM metrics WHERE job_id = ? AND val_loss IS NOT NULL"
+        " ORDER BY val_loss ASC, step ASC LIMIT 1", (job_id,))
+    assert any("metrics_best" in str(tuple(row)) for row in plan), [tuple(r) for r in plan]
+    assert api.GetJob(pb.GetJobRequest(job_id=job_id)).best.step == total
