@@ -123,14 +123,15 @@ def measure(sizes, batch, threads, rounds, torch):
         for fn in (ours.fwd_bwd, ours.step, raw.run) + ((theirs.fwd_bwd, theirs.step) if torch else ()):
             fn()  # warm-up: buffers, caches, lazy init
         result = {"ours_fb": [], "ours_step": [], "raw": [], "torch_fb": [], "torch_step": []}
+        plan = [("ours_fb", ours.fwd_bwd), ("raw", raw.run), ("ours_step", ours.step)]
+        if torch:
+            plan += [("torch_fb", theirs.fwd_bwd), ("torch_step", theirs.step)]
         for _ in range(rounds):  # interleaved, so drift and noise hit both sides alike
-            result["ours_fb"].append(timed_median(ours.fwd_bwd, 1, inner))
-            if torch:
-                result["torch_fb"].append(timed_median(theirs.fwd_bwd, 1, inner))
-            result["ours_step"].append(timed_median(ours.step, 1, inner))
-            if torch:
-                result["torch_step"].append(timed_median(theirs.step, 1, inner))
-            result["raw"].append(timed_median(raw.run, 1, inner))
+            for key, fn in plan:
+                # BLAS and OpenMP worker threads spin for a while after their last task; a pause keeps one
+                # framework's spinning threads from stealing the core the other is being timed on
+                time.sleep(0.05 if threads > 1 else 0.0)
+                result[key].append(timed_median(fn, 1, inner))
     med = {k: statistics.median(v) if v else float("nan") for k, v in result.items()}
     return flops, med
 
