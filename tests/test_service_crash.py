@@ -81,7 +81,7 @@ def test_sigkilled_coordinator_re_adopts_the_running_job(coordinator_process, st
     proc, address = start()
     with grpc.insecure_channel(address) as ch:
         api = AuthedJobStub(ch, "crash-token", timeout=60)
-        api.SubmitJob(pb.SubmitJobRequest(spec=SPEC.format(steps=600), job_id="survivor"))
+        api.SubmitJob(pb.SubmitJobRequest(spec=SPEC.format(steps=8000), job_id="survivor"))
         watch = api.WatchJob(pb.WatchJobRequest(job_id="survivor"), timeout=120)
         seen = []
         for event in watch:
@@ -103,12 +103,12 @@ def test_sigkilled_coordinator_re_adopts_the_running_job(coordinator_process, st
         rest = list(api.WatchJob(pb.WatchJobRequest(job_id="survivor", from_step=seen[-1] + 1), timeout=120))
         assert rest[-1].state.state == pb.SUCCEEDED, rest[-1]
         resumed = [e.metric.step for e in rest if e.WhichOneof("event") == "metric"]
-        assert seen + resumed == list(range(20, 601, 20))  # the reconnected watcher missed nothing
+        assert seen + resumed == list(range(20, 8001, 20))  # the reconnected watcher missed nothing
         job = api.GetJob(pb.GetJobRequest(job_id="survivor"))
         assert (job.state, job.attempts, job.restarts) == (pb.SUCCEEDED, 1, 0), job.message
-        assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id="survivor")).points] == list(range(20, 601, 20))
+        assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id="survivor")).points] == list(range(20, 8001, 20))
         infos = api.ListCheckpoints(pb.ListCheckpointsRequest(job_id="survivor")).checkpoints
-        assert infos[-1].step == 600 and infos[-1].is_final
+        assert infos[-1].step == 8000 and infos[-1].is_final
         for info in infos:
             data = b"".join(c.data for c in api.DownloadCheckpoint(pb.DownloadCheckpointRequest(job_id="survivor",
                                                                                                  step=info.step)))

@@ -38,7 +38,7 @@ workers = 2
 [model]
 layers = [64, 32, 10]
 [train]
-steps = 60
+steps = {steps}
 batch_size = 32
 eval_every = 10
 [optim]
@@ -53,8 +53,8 @@ hang_timeout_s = {hang_timeout_s}
 """
 
 
-def spec(max_restarts=2, backoff_s=0.2, hang_timeout_s=60):
-    return SPEC.format(max_restarts=max_restarts, backoff_s=backoff_s, hang_timeout_s=hang_timeout_s)
+def spec(max_restarts=2, backoff_s=0.2, hang_timeout_s=60, steps=60):
+    return SPEC.format(max_restarts=max_restarts, backoff_s=backoff_s, hang_timeout_s=hang_timeout_s, steps=steps)
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +182,13 @@ def test_cancel_with_checkpoint_stops_at_a_step_boundary_and_keeps_it(coordinato
 def test_frozen_job_is_killed_by_the_coordinators_watchdog_and_restarted(coordinator, api):
     """SIGSTOP on the whole process group: no rank can notice (they are all stopped), only the coordinator can."""
     import signal
-    api.SubmitJob(pb.SubmitJobRequest(spec=spec(hang_timeout_s=4), job_id="frozen"))
+    # long enough that it is still training when the first point arrives, even on an idle fast machine
+    api.SubmitJob(pb.SubmitJobRequest(spec=spec(hang_timeout_s=4, steps=3000), job_id="frozen"))
     wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="frozen")).latest.step >= 10, what="first point")
     from coordinator.jobs import attempt_tag
     from coordinator.launcher import tagged_processes
     pids = tagged_processes(attempt_tag(coordinator.store.get_job("frozen").token_hash))
+    assert api.GetJob(pb.GetJobRequest(job_id="frozen")).state == pb.RUNNING
     assert len(pids) >= 4  # mpirun, hydra's proxy, 2 ranks
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
