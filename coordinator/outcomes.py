@@ -16,12 +16,38 @@ has restarts left (issue 5), and to FAILED otherwise.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from coordinator.launcher import Exit
 from coordinator.states import JobState
 
 FAILURE_EVENTS = {"nan", "spec", "data", "error"}  # events whose message explains a failure
+
+_WATCHDOG = re.compile(r"(rank \d+ on \S+: collective .* did not complete within .*)")
+_RANK_ERROR = re.compile(r"^\[rank (\d+) on ([^\]]+)\] ((?:[\w.]+(?:Error|Exception|Interrupt)|[\w.]+Exit)\b.*)$")
+_HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
+_HYDRA_EXIT = re.compile(r"EXIT STRING: (.+)$")
+
+
+def headline(tail: str) -> str:
+    """The one log line that says which rank failed and why, when the log has one:
+    the hang watchdog's verdict, a rank's uncaught exception, or hydra's report of a killed rank."""
+    lines = tail.splitlines()
+    for line in lines:
+        found = _WATCHDOG.search(line)
+        if found:
+            return found.group(1)
+    for line in reversed(lines):
+        found = _RANK_ERROR.match(line.strip())
+        if found:
+            rank, host, error = found.groups()
+            return f"rank {rank} on {host}: {error}"
+    pid = next((m for m in map(_HYDRA_PID.search, lines) if m), None)
+    how = next((m for m in map(_HYDRA_EXIT.search, lines) if m), None)
+    if pid:
+        return f"a rank (pid {pid.group(1)}) on {pid.group(2)} ended: {how.group(1) if how else 'bad termination'}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -47,7 +73,9 @@ def classify(exit: Exit, *, cancel_requested: bool, final_checkpoint_step: int |
         saved = f"; last checkpoint at step {last_checkpoint_step}" if last_checkpoint_step is not None else ""
         return Outcome(JobState.CANCELLED, False, f"cancelled on request ({exit.describe()}){saved}", "cancelled")
     if killed is not None:  # the coordinator itself stopped this attempt: (outcome word, why)
-        return Outcome(JobState.FAILED, True, f"{killed[1]} ({exit.describe()}){tail_text}", killed[0])
+        cause = headline(tail)
+        said = f"; {cause}" if cause else ""
+        return Outcome(JobState.FAILED, True, f"{killed[1]} ({exit.describe()}){said}{tail_text}", killed[0])
     if worker_event == "nan" or code == 3:
         what = worker_message or "loss became NaN or infinite"
         return Outcome(JobState.FAILED, False, f"{what} ({exit.describe()}); not retried{tail_text}", "nan")
@@ -64,7 +92,8 @@ def classify(exit: Exit, *, cancel_requested: bool, final_checkpoint_step: int |
         said = f"; rank 0 last reported: {worker_event} {worker_message}".rstrip() if worker_event else ""
         return Outcome(JobState.FAILED, True, f"workers ended while not supervised ({exit.describe()}){said}{tail_text}",
                        "lost")
-    said = f": {worker_message}" if worker_message else ""
+    cause = worker_message or headline(tail)
+    said = f": {cause}" if cause else ""
     return Outcome(JobState.FAILED, True, f"mpirun failed with {exit.describe()}{said}{tail_text}", "failed")
 
 

@@ -17,6 +17,7 @@ import io
 import os
 import subprocess
 import sys
+import re
 import time
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def test_killed_rank_restarts_and_ends_bit_identical(coordinator, api, monkeypat
     assert (job.state, job.attempts, job.restarts) == (pb.SUCCEEDED, 2, 1), job.message
     restarting = next(h for h in job.history if h.state == pb.RESTARTING)
     assert restarting.message.startswith("attempt 1 failed, restart 1 of 2") and restarting.attempt == 1
+    # the first line says what happened to which process on which host, before the log tail
+    assert re.search(r"a rank \(pid \d+\) on \S+ ended: Killed \(signal 9\)", restarting.message.splitlines()[0]), \
+        restarting.message
     assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id="kill-1")).points] == list(range(10, 61, 10))
     assert_bit_identical(final_arrays(api, "kill-1"), clean_final)
     assert not job_processes("kill-1")
@@ -129,6 +133,8 @@ def test_stalled_rank_is_detected_killed_and_restarted(coordinator, api, monkeyp
     assert (job.state, job.restarts) == (pb.SUCCEEDED, 1), job.message
     first = coordinator.store.attempts("stall")[0]
     assert first.outcome in ("hung", "failed"), first.message  # our watchdog, or the ranks' own, caught it
+    if first.outcome == "failed":  # the ranks' watchdog: its verdict names the silent rank
+        assert "silent rank(s): 1" in first.message.splitlines()[0], first.message
     assert time.monotonic() - t0 < 90
     assert not job_processes("stall")
 

@@ -1,0 +1,43 @@
+"""A failed attempt's message names the rank and host from the worker log, as a person needs to act on it."""
+from coordinator.launcher import Exit
+from coordinator.outcomes import classify, headline
+
+RAISED = """gradmesh: job: 2 rank(s) × 1 BLAS thread(s)
+[rank 1 on node7] Traceback (most recent call last):
+[rank 1 on node7]   File "/w/worker/faults.py", line 59, in before_step
+[rank 1 on node7]     raise RuntimeError(f"injected fault at step {step}")
+[rank 1 on node7] RuntimeError: injected fault at step 20
+[rank 1 on node7] uncaught RuntimeError: aborting the MPI job
+Abort(1) on node 1 (rank 1 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 1) - process 1
+"""
+
+KILLED = """gradmesh: job: 2 rank(s)
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   PID 29604 RUNNING AT node3
+=   EXIT CODE: 9
+===================================================================================
+YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+"""
+
+HUNG = """step 40/100
+rank 0 on node1: collective allreduce #57 did not complete within 5 s; silent rank(s): 1 (no answer: stopped)
+Abort(1) on node 0
+"""
+
+
+def test_headline_finds_the_failing_rank_and_host():
+    assert headline(RAISED) == "rank 1 on node7: RuntimeError: injected fault at step 20"
+    assert headline(KILLED) == "a rank (pid 29604) on node3 ended: Killed (signal 9)"
+    assert headline(HUNG).startswith("rank 0 on node1: collective allreduce #57 did not complete within 5 s; "
+                                     "silent rank(s): 1")
+    assert headline("nothing useful\nhere") == ""
+
+
+def test_failure_message_leads_with_the_headline_then_the_tail():
+    outcome = classify(Exit(1), cancel_requested=False, final_checkpoint_step=None, worker_event="",
+                       worker_message="", tail=RAISED)
+    assert outcome.retryable
+    first_line = outcome.message.splitlines()[0]
+    assert first_line == "mpirun failed with exit code 1: rank 1 on node7: RuntimeError: injected fault at step 20"
+    assert "last lines of" in outcome.message and "Abort(1)" in outcome.message
