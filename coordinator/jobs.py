@@ -56,7 +56,7 @@ from coordinator.scheduler import Allocation, Running, Scheduler, SlotPool
 from coordinator.states import IllegalTransition, JobState
 from coordinator.store import CheckpointRow, JobRow, MetricRow, RetentionPolicy, Store, TransitionRow
 from coordinator.watchdog import ProgressWatch
-from worker.spec import SpecError, parse_spec, parse_spec_text
+from worker.spec import JobSpec, SpecError, parse_spec, parse_spec_text
 
 log = logging.getLogger("gradmesh.coordinator")
 
@@ -191,19 +191,11 @@ class Coordinator:
         labels = validate.labels(labels or {})
         validate.non_negative(workers, "workers")
         try:
-            spec = parse_spec_text(spec_text)
-            raw = spec.to_dict()
-            if workers:
-                raw["workers"] = workers
-            if spec.source_is_path:
-                raw["data"]["source"] = str(validate.dataset_path(spec.data.source, self.data_roots))
-            spec = parse_spec(raw)
+            raw = parse_spec_text(spec_text).to_dict()
         except SpecError as err:
             # exactly str(SpecError) (parse errors name the field "file"), as clients parse the field from it
             raise InvalidArgument(err.field, err.reason) from None
-        if spec.workers > self.pool.total:
-            raise InvalidArgument("workers", f"the job needs {spec.workers} worker slots but this coordinator has "
-                                         f"{self.pool.total} in all")
+        spec = self._runnable_spec(raw, workers)
         spec_json = spec.to_json()
         new_id = job_id or f"{_slug(spec.name)}-{secrets.token_hex(4)}"
         row = JobRow(id=new_id, name=spec.name, spec_json=spec_json, state=JobState.QUEUED, workers=spec.workers,
@@ -279,6 +271,23 @@ class Coordinator:
         self.signal.changed()
         return self.get(job_id)
 
+    def _runnable_spec(self, raw: dict, workers: int) -> JobSpec:
+        """The spec with its workers override, its dataset path made absolute under a data root, validated,
+        and checked to fit this coordinator's slots."""
+        try:
+            if workers:
+                raw["workers"] = workers
+            spec = parse_spec(raw)
+            if spec.source_is_path:
+                raw["data"]["source"] = str(validate.dataset_path(spec.data.source, self.data_roots))
+                spec = parse_spec(raw)
+        except SpecError as err:
+            raise InvalidArgument(err.field, err.reason) from None
+        if spec.workers > self.pool.total:
+            raise InvalidArgument("workers", f"the job needs {spec.workers} worker slots but this coordinator has "
+                                             f"{self.pool.total} in all")
+        return spec
+
     def resume(self, job_id: str, workers: int = 0) -> JobView:
         """Run a FAILED or CANCELLED job again from its newest intact checkpoint, optionally on another number
         of workers. Terminal states stay final: the run is a NEW job, "<id>-r<N>", labelled resumed_from=<id>,
@@ -291,16 +300,7 @@ class Coordinator:
         source = self._newest_good_checkpoint(job_id)
         if source is None:
             raise FailedPrecondition(f"job_id: job {job_id} has no intact checkpoint to resume from")
-        raw = json.loads(job.spec_json)
-        if workers:
-            raw["workers"] = workers
-        try:
-            spec = parse_spec(raw)
-        except SpecError as err:
-            raise InvalidArgument(err.field, err.reason) from None
-        if spec.workers > self.pool.total:
-            raise InvalidArgument("workers", f"the job needs {spec.workers} worker slots but this coordinator has "
-                                             f"{self.pool.total} in all")
+        spec = self._runnable_spec(json.loads(job.spec_json), workers)
         base = job_id[:58]
         for n in range(1, 10000):
             new_id = f"{base}-r{n}"

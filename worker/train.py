@@ -251,6 +251,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
                        "lr": learning_rate(spec.optim, max(step - 1, 0), total_steps), "time_unix": time.time()}
         comm.assert_identical(model.params, "parameters")
         final_path = write_checkpoint(is_final=True)
-    hooks.on_finish(step=step, epoch=epoch, status=status,
-                    message="" if status == "succeeded" else f"stopped at step {step} on request")
+    stop_message = ""
+    if status == "stopped":
+        saved = "; checkpoint written" if sync[P + STOP_CHECKPOINT] > 0 else ""
+        stop_message = f"a stop was requested (SIGTERM or a cancel){saved}"
+    hooks.on_finish(step=step, epoch=epoch, status=status, message=stop_message)
     return TrainResult(status, step, epoch, metrics, final_path)
