@@ -89,6 +89,37 @@ def _check_compatible(ckpt: Checkpoint, model: MLP) -> None:
         raise CheckpointError(f"{ckpt.path}: layer shapes {shapes} do not match the spec's model {expected}")
 
 
+def _restore_and_broadcast(comm, model: MLP, optimizer, resume) -> tuple[Checkpoint | None, int]:
+    """Rank 0 loads the checkpoint (if any); every rank leaves with rank 0's parameters, optimizer state and
+    step: one Bcast per flat vector. Returns (the checkpoint on rank 0 else None, the step to start from)."""
+    ckpt = None
+    if comm.rank == 0 and resume is not None:
+        ckpt = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
+        _check_compatible(ckpt, model)
+    header = np.zeros(3, np.int64)  # [has checkpoint, step, optimizer updates]
+    if ckpt is not None:
+        model.params[...] = ckpt.flat_params()
+        optimizer.load_state_arrays(ckpt.optimizer_arrays())
+        header[:] = (1, ckpt.step, optimizer.t)
+    comm.bcast_(header)
+    optimizer.t = int(header[2])
+    comm.bcast_(model.params)
+    for vec in optimizer.state_vectors():
+        comm.bcast_(vec)
+    return ckpt, int(header[1])
+
+
+def _shared_normalizer(comm, data, ckpt: Checkpoint | None) -> Normalizer:
+    """Input statistics from the checkpoint, or fitted on rank 0 (one pass over the training split), broadcast."""
+    stats = np.zeros((2, data.features), np.float32)
+    if comm.rank == 0:
+        saved = ckpt.normalizer_arrays() if ckpt is not None else None
+        fitted = Normalizer(saved["normalize.mean"], saved["normalize.std"]) if saved else Normalizer.fit(data.train)
+        stats[0], stats[1] = fitted.mean, fitted.std
+    comm.bcast_(stats)
+    return Normalizer(stats[0].copy(), stats[1].copy())
+
+
 def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path = "runs/job",
           resume: Checkpoint | str | Path | None = None, threads: tuple[int, str] = (0, "unset")) -> TrainResult:
     """Train `spec` on this rank. `resume` matters on rank 0 only (it broadcasts the state).
@@ -111,33 +142,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     grad = model.grad
     optimizer = make_optimizer(spec.optim, P, total_steps)
 
-    # ---- resume (rank 0 reads, everyone receives) and the initial broadcast
-    ckpt = None
-    if rank == 0 and resume is not None:
-        ckpt = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
-        _check_compatible(ckpt, model)
-    header = np.zeros(3, np.int64)  # [has checkpoint, step, optimizer updates]
-    if ckpt is not None:
-        model.params[...] = ckpt.flat_params()
-        optimizer.load_state_arrays(ckpt.optimizer_arrays())
-        header[:] = (1, ckpt.step, optimizer.t)
-    comm.bcast_(header)
-    start_step = int(header[1])
-    optimizer.t = int(header[2])
-    comm.bcast_(model.params)
-    for vec in optimizer.state_vectors():
-        comm.bcast_(vec)
-
-    normalizer = None
-    if spec.data.normalize == "standard":
-        stats = np.zeros((2, data.features), np.float32)
-        if rank == 0:
-            saved = ckpt.normalizer_arrays() if ckpt is not None else None
-            fitted = (Normalizer(saved["normalize.mean"], saved["normalize.std"]) if saved
-                      else Normalizer.fit(data.train))
-            stats[0], stats[1] = fitted.mean, fitted.std
-        comm.bcast_(stats)
-        normalizer = Normalizer(stats[0].copy(), stats[1].copy())
+    ckpt, start_step = _restore_and_broadcast(comm, model, optimizer, resume)
+    normalizer = _shared_normalizer(comm, data, ckpt) if spec.data.normalize == "standard" else None
 
     val_part = Sampler.rank_slice(np.arange(len(data.val)), rank, size)
     val_x, val_y = data.val.rows(val_part)
