@@ -50,7 +50,7 @@ from coordinator.errors import (AlreadyExists, DataLoss, FailedPrecondition, Inv
                                 Unauthenticated, Unavailable)
 from coordinator.events import ChangeSignal
 from coordinator.launcher import (Exit, WorkerProcess, build_mpirun_argv, build_worker_env, find_mpirun,
-                                  format_hosts, log_tail)
+                                  format_hosts, log_tail, parse_formatted_hosts)
 from coordinator.outcomes import classify, decide
 from coordinator.scheduler import Allocation, Running, Scheduler, SlotPool
 from coordinator.states import IllegalTransition, JobState
@@ -167,7 +167,7 @@ class Coordinator:
             if attempt is None:
                 self._fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
                 continue
-            alloc = parse_hosts(attempt.hosts) or [("localhost", job.workers)]
+            alloc = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
             process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash))
             run = Running(job.id, attempt.attempt, process, alloc)
             if process.alive():
@@ -535,7 +535,7 @@ class Coordinator:
     # ================================================================ attempts (called by the scheduler)
 
     def launch_attempt(self, job: JobRow, alloc: Allocation) -> Running | None:
-        token = secrets.token_hex(32)  # hex: never starts with '-', so safe as a CLI argument
+        token = secrets.token_hex(32)
         token_hash = hash_token(token)
         hosts = format_hosts(alloc)
         try:
@@ -679,15 +679,6 @@ def _verified(chunks: Iterator[bytes], row: CheckpointRow) -> Iterator[bytes]:
     if digest.hexdigest() != row.sha256:
         raise DataLoss(f"checkpoint at step {row.step} of job {row.job_id} is corrupt on the coordinator's disk "
                        f"(sha256 {digest.hexdigest()}, recorded {row.sha256})")
-
-
-def parse_hosts(text: str) -> Allocation:
-    alloc = []
-    for part in filter(None, text.split(",")):
-        host, _, n = part.rpartition(":")
-        if host and n.isdigit():
-            alloc.append((host, int(n)))
-    return alloc
 
 
 def _read_from(path: Path, offset: int) -> tuple[int, list[bytes]]:

@@ -46,6 +46,16 @@ def format_hosts(hosts: Sequence[tuple[str, int]]) -> str:
     return ",".join(f"{h}:{n}" for h, n in hosts)
 
 
+def parse_formatted_hosts(text: str) -> list[tuple[str, int]]:
+    """The inverse of format_hosts, for allocations read back from the store (malformed items skipped)."""
+    alloc = []
+    for part in filter(None, text.split(",")):
+        host, _, n = part.rpartition(":")
+        if host and n.isdigit():
+            alloc.append((host, int(n)))
+    return alloc
+
+
 def build_mpirun_argv(*, mpirun: str, python: str, workers: int, hosts: Sequence[tuple[str, int]] | None,
                       coordinator: str, job_id: str, attempt: int, workdir: Path,
                       mpi_args: Sequence[str] = ()) -> list[str]:

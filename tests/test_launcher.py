@@ -203,3 +203,10 @@ def test_hang_outcome_is_retryable_and_says_why():
                    worker_message="", tail="", killed=("hung", "no progress for 61 s at step 25"))
     assert out.state is JobState.FAILED and out.retryable and out.outcome == "hung"
     assert out.message.startswith("no progress for 61 s at step 25 (killed by signal SIGKILL")
+
+
+def test_stored_host_allocation_round_trips():
+    from coordinator.launcher import format_hosts, parse_formatted_hosts
+    alloc = [("node1", 2), ("10.0.0.7", 4)]
+    assert parse_formatted_hosts(format_hosts(alloc)) == alloc
+    assert parse_formatted_hosts("") == [] and parse_formatted_hosts("bad,ok:1") == [("ok", 1)]

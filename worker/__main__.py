@@ -48,6 +48,11 @@ def _say(message: str) -> None:
     print(f"gradmesh: {message}", file=sys.stderr, flush=True)
 
 
+def _json_format(opts) -> bool | None:
+    """The coordinator sends canonical JSON; a file is JSON by its suffix, else sniffed (TOML or '{...}')."""
+    return True if opts.coordinator else (opts.spec.suffix.lower() == ".json" or None)
+
+
 def _fetch_spec_on_root(opts, comm):
     """Rank 0 gets the spec text (and the coordinator hooks and resume path); every rank gets the text."""
     hooks = resume_path = None
@@ -66,7 +71,7 @@ def _fetch_spec_on_root(opts, comm):
                     text = opts.spec.read_text()
                 except OSError as exc:
                     raise SpecError("file", f"cannot read {opts.spec}: {exc.strerror or exc}") from None
-            parse_spec_text(text, json_format=True if opts.coordinator else (opts.spec.suffix.lower() == ".json" or None))
+            parse_spec_text(text, json_format=_json_format(opts))
             payload = b"ok:" + text.encode()
         except SpecError as exc:
             payload = f"spec:{opts.spec or 'spec'}: {exc}".encode()
@@ -79,8 +84,7 @@ def _fetch_spec_on_root(opts, comm):
                 hooks.report_failure("spec", rest.decode())
         sys.exit(EXIT_CONFIG)
     text = rest.decode()
-    json_format = True if opts.coordinator else (opts.spec.suffix.lower() == ".json" or None)
-    return parse_spec_text(text, json_format=json_format), hooks, resume_path
+    return parse_spec_text(text, json_format=_json_format(opts)), hooks, resume_path
 
 
 def main(argv=None) -> int:

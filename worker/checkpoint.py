@@ -155,17 +155,14 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 def newest_valid_checkpoint(directory: str | Path, warn=print) -> Checkpoint | None:
     """The newest checkpoint (final.npz or the highest ckpt-<step>.npz) that loads; corrupt ones are reported and skipped."""
     directory = Path(directory)
-    candidates = [p for _, p in reversed(list_checkpoints(directory))]
     final = directory / "final.npz"
-    loaded = []
-    for path in ([final] if final.exists() else []) + candidates:
+    newest_first = ([final] if final.exists() else []) + [p for _, p in reversed(list_checkpoints(directory))]
+    for path in newest_first:
         try:
-            loaded.append(load_checkpoint(path))
+            return load_checkpoint(path)
         except CheckpointError as exc:
             warn(f"gradmesh: skipping checkpoint: {exc}")
-            continue
-        break
-    return max(loaded, key=lambda c: c.step) if loaded else None
+    return None
 
 
 def rotate(directory: str | Path, keep_last: int) -> list[Path]:

@@ -4,7 +4,7 @@
     mpirun -n 4 python -m worker --spec examples/digits.toml --out runs/digits # four ranks, same result
 
 Each step, rank r of N takes its slice of the global batch, computes the gradient of its SUMMED loss,
-and appends four numbers to it: [gradient | loss_sum, correct, count, stop]. One in-place Allreduce of
+and appends four numbers to it: [gradient | loss_sum, count, stop, stop_with_checkpoint]. One in-place Allreduce of
 that vector gives every rank the global sums; dividing the gradient by the global count gives exactly
 the mean gradient one process would compute on the whole batch (up to float rounding), for any N and
 uneven or short batches. Every rank then applies the same optimizer step, so the replicas never drift
@@ -34,8 +34,8 @@ from worker.optim import learning_rate, make_optimizer
 from worker.spec import JobSpec
 
 # positions of the reduced scalars after the gradient in the sync vector
-LOSS, CORRECT, COUNT, STOP, STOP_CHECKPOINT = range(5)
-EXTRA = 5
+LOSS, COUNT, STOP, STOP_CHECKPOINT = range(4)
+EXTRA = 4
 
 
 class Divergence(RuntimeError):
@@ -207,7 +207,6 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
             else:
                 stop = None
             sync[P + LOSS] = s.loss_sum
-            sync[P + CORRECT] = s.correct
             sync[P + COUNT] = s.count
             sync[P + STOP] = 1.0 if (stop is not None or sigterm.raised) else 0.0
             sync[P + STOP_CHECKPOINT] = 1.0 if (sigterm.raised or (stop is not None and stop.checkpoint)) else 0.0
