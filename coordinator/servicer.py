@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from coordinator import convert
-from coordinator.errors import (AlreadyExists, CoordinatorError, DataLoss, FailedPrecondition, InvalidArgument,
+from coordinator.errors import GradmeshError as CoordinatorError
+from coordinator.errors import (AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument,
                                 NotFound, Unauthenticated, Unavailable, Unimplemented)
 from coordinator.jobs import Coordinator
 from coordinator.rpc import gradmesh_pb2 as pb

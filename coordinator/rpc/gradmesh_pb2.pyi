@@ -16,6 +16,25 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[JobState]
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
+
+class WorkerEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_EVENT_UNSPECIFIED: _ClassVar[WorkerEvent]
+    WORKER_EVENT_STARTED: _ClassVar[WorkerEvent]
+    WORKER_EVENT_FINISHED: _ClassVar[WorkerEvent]
+    WORKER_EVENT_STOPPED: _ClassVar[WorkerEvent]
+    WORKER_EVENT_FAILING: _ClassVar[WorkerEvent]
+
+class FailureCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_CAUSE_UNSPECIFIED: _ClassVar[FailureCause]
+    FAILURE_CAUSE_NAN: _ClassVar[FailureCause]
+    FAILURE_CAUSE_BAD_SPEC: _ClassVar[FailureCause]
+    FAILURE_CAUSE_BAD_DATA: _ClassVar[FailureCause]
+    FAILURE_CAUSE_BAD_CHECKPOINT: _ClassVar[FailureCause]
+    FAILURE_CAUSE_RANK_ERROR: _ClassVar[FailureCause]
+    FAILURE_CAUSE_HANG: _ClassVar[FailureCause]
+    FAILURE_CAUSE_OUT_OF_MEMORY: _ClassVar[FailureCause]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 RUNNING: JobState
@@ -23,6 +42,19 @@ RESTARTING: JobState
 SUCCEEDED: JobState
 FAILED: JobState
 CANCELLED: JobState
+WORKER_EVENT_UNSPECIFIED: WorkerEvent
+WORKER_EVENT_STARTED: WorkerEvent
+WORKER_EVENT_FINISHED: WorkerEvent
+WORKER_EVENT_STOPPED: WorkerEvent
+WORKER_EVENT_FAILING: WorkerEvent
+FAILURE_CAUSE_UNSPECIFIED: FailureCause
+FAILURE_CAUSE_NAN: FailureCause
+FAILURE_CAUSE_BAD_SPEC: FailureCause
+FAILURE_CAUSE_BAD_DATA: FailureCause
+FAILURE_CAUSE_BAD_CHECKPOINT: FailureCause
+FAILURE_CAUSE_RANK_ERROR: FailureCause
+FAILURE_CAUSE_HANG: FailureCause
+FAILURE_CAUSE_OUT_OF_MEMORY: FailureCause
 
 class MetricPoint(_message.Message):
     __slots__ = ("step", "epoch", "train_loss", "val_loss", "val_accuracy", "samples_per_second", "lr", "time_unix", "attempt")
@@ -47,16 +79,18 @@ class MetricPoint(_message.Message):
     def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., lr: _Optional[float] = ..., time_unix: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StateChange(_message.Message):
-    __slots__ = ("state", "message", "time_unix", "attempt")
+    __slots__ = ("state", "message", "time_unix", "attempt", "transition_id")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_ID_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     message: str
     time_unix: float
     attempt: int
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time_unix: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
+    transition_id: int
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time_unix: _Optional[float] = ..., attempt: _Optional[int] = ..., transition_id: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history")
@@ -197,18 +231,24 @@ class WatchJobEvent(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[Job, _Mapping]] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., metric: _Optional[_Union[MetricPoint, _Mapping]] = ...) -> None: ...
 
 class GetMetricsRequest(_message.Message):
-    __slots__ = ("job_id", "from_step")
+    __slots__ = ("job_id", "from_step", "page_size", "page_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_step: int
-    def __init__(self, job_id: _Optional[str] = ..., from_step: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, job_id: _Optional[str] = ..., from_step: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("points",)
+    __slots__ = ("points", "next_page_token")
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
-    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
     __slots__ = ("job_id", "follow", "attempt")
@@ -282,6 +322,22 @@ class CheckpointChunk(_message.Message):
     data: bytes
     def __init__(self, info: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class WorkerFailure(_message.Message):
+    __slots__ = ("cause", "rank", "host", "exception_type", "message", "step")
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    cause: FailureCause
+    rank: int
+    host: str
+    exception_type: str
+    message: str
+    step: int
+    def __init__(self, cause: _Optional[_Union[FailureCause, str]] = ..., rank: _Optional[int] = ..., host: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
 class FetchJobRequest(_message.Message):
     __slots__ = ("job_id", "attempt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -301,7 +357,7 @@ class FetchJobResponse(_message.Message):
     def __init__(self, spec_json: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_from: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "attempt", "points", "step", "total_steps", "epoch", "event", "message")
+    __slots__ = ("job_id", "attempt", "points", "step", "total_steps", "epoch", "event", "message", "worker_event", "failure", "rank")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +366,9 @@ class ReportProgressRequest(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_EVENT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
@@ -318,7 +377,10 @@ class ReportProgressRequest(_message.Message):
     epoch: int
     event: str
     message: str
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., event: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    worker_event: WorkerEvent
+    failure: WorkerFailure
+    rank: int
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., event: _Optional[str] = ..., message: _Optional[str] = ..., worker_event: _Optional[_Union[WorkerEvent, str]] = ..., failure: _Optional[_Union[WorkerFailure, _Mapping]] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("cancel_requested", "checkpoint_requested")
