@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from pathlib import Path
 
 import grpc
 import pytest
@@ -211,3 +212,26 @@ def test_errors_carry_their_kind_and_field_as_ascii_trailers(idle, channel):
         assert err.code() == code and trailers(err)[KIND_TRAILER] == kind, (err.code(), err.details())
     field = trailers(err)[FIELD_TRAILER]
     assert field == "labels[k\\xe9y\\u2192]" and field.isascii()
+
+
+# ---------------------------------------------------------------- streams read in pages
+
+def test_watch_and_logs_deliver_everything_a_page_at_a_time(idle, channel):
+    from coordinator.streams import LOG_CHUNK_BYTES, PAGE
+    job_id, token = running_job(idle)
+    total = 2 * PAGE + 7
+    worker_stub(channel, token).ReportProgress(pb.ReportProgressRequest(
+        job_id=job_id, attempt=1, points=[pb.MetricPoint(step=s) for s in range(1, total + 1)]))
+    log = idle.store.attempt(job_id, 1).log_path
+    text = b"".join(b"line %d\n" % i for i in range(40000))  # several chunks
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    Path(log).write_bytes(text)
+    idle.store.end_attempt(job_id, 1, exit_code=1, outcome="failed", message="ended by the test")
+    idle.store.transition(job_id, JobState.FAILED, "ended by the test", attempt=1)
+    idle.core.signal.changed()
+    api = AuthedJobStub(channel, idle.token, timeout=30)
+    events = list(api.WatchJob(pb.WatchJobRequest(job_id=job_id, from_step=2)))
+    assert [e.metric.step for e in events[1:-1]] == list(range(2, total + 1))
+    assert events[-1].state.state == pb.FAILED
+    chunks = [c.data for c in api.StreamLogs(pb.StreamLogsRequest(job_id=job_id, follow=True))]
+    assert b"".join(chunks) == text and len(chunks) > 1 and max(map(len, chunks)) <= LOG_CHUNK_BYTES

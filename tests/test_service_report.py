@@ -24,10 +24,6 @@ def idle(start_coordinator):
     return idle_server(start_coordinator)
 
 
-def until(predicate, timeout=10.0):
-    return wait_for(predicate, timeout=timeout)
-
-
 def point(step, val_loss=math.nan):
     return {"step": step, "epoch": 0, "train_loss": 1.0, "val_loss": val_loss, "val_accuracy": math.nan,
             "samples_per_second": 500.0, "lr": 0.01, "time_unix": time.time()}
@@ -42,7 +38,7 @@ def test_hooks_report_progress_points_checkpoints_and_hear_cancel(idle, tmp_path
         api = AuthedJobStub(ch, idle.token)
         hooks.on_start(step=0, total_steps=40, epoch=0, info={"ranks": 2})
         hooks.on_step(7)  # between evaluations: only the heartbeat tells
-        until(lambda: api.GetJob(pb.GetJobRequest(job_id=job_id)).step == 7)
+        wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id=job_id)).step == 7)
         assert idle.store.attempt(job_id, 1).worker_message == "2 rank(s)"
         hooks.on_metrics(point(10))
         hooks.on_metrics(point(20, val_loss=0.5))
@@ -50,13 +46,13 @@ def test_hooks_report_progress_points_checkpoints_and_hear_cancel(idle, tmp_path
         original.write_bytes(b"checkpoint bytes" * 1000)
         hooks.on_checkpoint(original, step=20, epoch=0, is_final=False, metrics=point(20, 0.5))
         original.unlink()  # keep_last rotation may delete it at once: the hooks took their own copy
-        until(lambda: len(api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints) == 1)
+        wait_for(lambda: len(api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints) == 1)
         info = api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints[0]
         assert info.sha256 == hashlib.sha256(b"checkpoint bytes" * 1000).hexdigest() and info.val_loss == 0.5
         assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id=job_id)).points] == [10, 20]
         assert hooks.poll_stop() is None
         api.CancelJob(pb.CancelJobRequest(job_id=job_id, checkpoint=True))
-        until(lambda: hooks.poll_stop() is not None)
+        wait_for(lambda: hooks.poll_stop() is not None)
         assert hooks.poll_stop().checkpoint
         hooks.on_finish(step=23, epoch=0, status="stopped", message="stopped at step 23 on request")
         assert hooks.close(timeout=10)
