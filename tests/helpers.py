@@ -140,3 +140,17 @@ def assert_legal_path(events) -> list:
     for old, new in zip(states, states[1:]):
         assert is_legal(old, new), f"{old.name} → {new.name}"
     return states
+
+
+def expect_error(code, fn, *args, match: str | None = None):
+    """Call `fn(*args)` (draining it when it returns a stream) and assert it fails with status `code` and,
+    if given, a message containing `match`; returns the grpc.RpcError."""
+    import grpc
+    with pytest.raises(grpc.RpcError) as info:
+        result = fn(*args)
+        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
+            list(result)
+    assert info.value.code() == code, info.value.details()
+    if match:
+        assert match in info.value.details(), info.value.details()
+    return info.value

@@ -21,7 +21,7 @@ from conftest import AuthedJobStub
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.wire import FIELD_TRAILER, KIND_CHECKPOINT, KIND_JOB, KIND_TRAILER, METRICS_PAGE
-from helpers import SMALL_SPEC, idle_server, running_job, self_signed_cert, upload_checkpoint, worker_stub
+from helpers import SMALL_SPEC, expect_error, idle_server, running_job, self_signed_cert, upload_checkpoint, worker_stub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,17 +44,6 @@ def api(idle):
 def worker_channel(idle):
     with grpc.insecure_channel(idle.address) as ch:
         yield ch
-
-
-def expect_error(code, fn, *args, match=None):
-    with pytest.raises(grpc.RpcError) as info:
-        result = fn(*args)
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    assert info.value.code() == code, info.value.details()
-    if match:
-        assert match in info.value.details(), info.value.details()
-    return info.value
 
 
 # ---------------------------------------------------------------- health, reflection, auth

@@ -21,7 +21,7 @@ from coordinator.states import JobState
 from coordinator.store import Store
 from coordinator.wire import (FIELD_TRAILER, KIND_CHECKPOINT, KIND_FIELD, KIND_JOB, KIND_TOKEN, KIND_TRAILER,
                               METRICS_PAGE)
-from helpers import SMALL_SPEC, idle_server, running_job, worker_stub
+from helpers import SMALL_SPEC, expect_error, idle_server, running_job, worker_stub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,14 +35,6 @@ def idle(start_coordinator):
 def channel(idle):
     with grpc.insecure_channel(idle.address) as ch:
         yield ch
-
-
-def rpc_error(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        result = call()
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    return info.value
 
 
 def trailers(err: grpc.RpcError) -> dict:
@@ -71,8 +63,8 @@ def test_typed_events_are_stored_and_bad_ones_refused(idle, channel):
         (pb.ReportProgressRequest(job_id=job_id, attempt=1, rank=1, step=5), "rank"),
         (pb.ReportProgressRequest(job_id=job_id, attempt=1, rank=-1), "rank"),
     ]:
-        err = rpc_error(lambda: w.ReportProgress(request))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and trailers(err)[FIELD_TRAILER] == field, err.details()
+        err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, w.ReportProgress, request)
+        assert trailers(err)[FIELD_TRAILER] == field, err.details()
     assert idle.store.attempt(job_id, 1).failure is None
 
 
@@ -185,8 +177,8 @@ def test_metrics_come_in_pages_with_an_explicit_next_token(idle, channel):
     assert len(exact.points) == 10 and exact.next_page_token == ""  # a full last page is still the last
     for request, field in [(pb.GetMetricsRequest(job_id=job_id, page_token="x"), "page_token"),
                            (pb.GetMetricsRequest(job_id=job_id, page_size=-1), "page_size")]:
-        err = rpc_error(lambda: api.GetMetrics(request))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and trailers(err)[FIELD_TRAILER] == field
+        err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.GetMetrics, request)
+        assert trailers(err)[FIELD_TRAILER] == field
     assert not math.isnan(whole.points[0].val_loss)
 
 
@@ -208,8 +200,8 @@ def test_errors_carry_their_kind_and_field_as_ascii_trailers(idle, channel):
          grpc.StatusCode.INVALID_ARGUMENT, KIND_FIELD),
     ]
     for call, code, kind in cases:
-        err = rpc_error(call)
-        assert err.code() == code and trailers(err)[KIND_TRAILER] == kind, (err.code(), err.details())
+        err = expect_error(code, call)
+        assert trailers(err)[KIND_TRAILER] == kind, err.details()
     field = trailers(err)[FIELD_TRAILER]
     assert field == "labels[k\\xe9y\\u2192]" and field.isascii()
 
