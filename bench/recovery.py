@@ -15,7 +15,7 @@ checkpoint, the bench sends SIGKILL to rank 1 (found in /proc by the job's id an
             from the old attempt's point timestamps: rank 0 delivers points about once a second)
   lost      steps reached before the kill minus the checkpoint resumed from (the newest one stored)
 
-Target (issue 5): detect + relaunch < 3 s, plus worker start-up; lost: at most the steps since the last
+Target: detect + relaunch < 3 s, plus worker start-up; lost: at most the steps since the last
 checkpoint that reached the coordinator (one still uploading when the rank dies is not there yet).
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coordinator.client import Client  # noqa: E402
+from coordinator.processes import find  # noqa: E402
 from coordinator.server import start_server  # noqa: E402
 
 
@@ -48,17 +49,8 @@ def job_spec(every_steps: int) -> dict:
 
 
 def rank_pid(job_id: str, rank: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in cmdline and job_id.encode() in cmdline and f"PMI_RANK={rank}".encode() in environ:
-            return int(entry.name)
-    return None
+    found = find(argv_has=["worker", job_id], env={"PMI_RANK": str(rank)})
+    return found[0].pid if found else None
 
 
 def wait_for(predicate, timeout: float, what: str):

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coordinator.client import Client, GradmeshError, JobState, MetricReported  # noqa: E402
+from coordinator.processes import Process, alive, find  # noqa: E402
+from coordinator.wire import JOB_TOKEN_ENV  # noqa: E402
 from coordinator.rpc import gradmesh_pb2 as pb  # noqa: E402
 from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -104,32 +106,18 @@ class Server:
                 self.proc.wait(5)
 
 
-def rank_processes(job_id: str) -> list[int]:
-    """PIDs of this job's worker ranks (python -m worker ... --job ID)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in argv and b"--job" in argv and job_id.encode() in argv and b"-m" in argv:
-            pids.append(int(entry.name))
-    return pids
+def rank_processes(job_id: str) -> list[Process]:
+    """This job's worker ranks (python -m worker ... --job ID)."""
+    return find(argv_has=["-m", "worker", "--job", job_id])
 
 
 def job_token(job_id: str) -> tuple[str, list[int]]:
-    """(GRADMESH_JOB_TOKEN, pids of the ranks) of the running job."""
-    pids = rank_processes(job_id)
-    for pid in pids:
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(b"GRADMESH_JOB_TOKEN="):
-                return item.split(b"=", 1)[1].decode(), pids
+    """(GRADMESH_JOB_TOKEN, pids of the ranks) of the running job, read from a rank's environment."""
+    ranks = rank_processes(job_id)
+    for rank in ranks:
+        token = rank.environ().get(JOB_TOKEN_ENV)
+        if token:
+            return token, [r.pid for r in ranks]
     raise RuntimeError(f"no rank process of job {job_id} found in /proc")
 
 
@@ -413,7 +401,7 @@ def main() -> int:
                 pass
         client.close()
         server.stop()
-        signal_all([pid for pid in ranks if Path(f"/proc/{pid}").exists()], signal.SIGKILL)
+        signal_all([pid for pid in ranks if alive(pid)], signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
 
     figures["load_after"] = os.getloadavg()[0]

@@ -2,7 +2,7 @@
 
     JobService     needs ("authorization", "Bearer <token>") with the coordinator's client token
     WorkerService  needs ("x-gradmesh-job-token", "<token>"); that the token belongs to the job named in
-                   the request is checked by the core, which knows the jobs (coordinator.jobs)
+                   the request is checked by the core, which knows the jobs (coordinator.worker_api)
     health, reflection and anything else: no token
 
 A refused call is answered UNAUTHENTICATED before any of the service's code runs.
@@ -14,9 +14,10 @@ from typing import Callable
 
 import grpc
 
+from coordinator.wire import CLIENT_TOKEN_HEADER, JOB_TOKEN_ENV, JOB_TOKEN_HEADER, KIND_TOKEN, KIND_TRAILER
+
 JOB_SERVICE = "/gradmesh.v1.JobService/"
 WORKER_SERVICE = "/gradmesh.v1.WorkerService/"
-JOB_TOKEN_HEADER = "x-gradmesh-job-token"
 
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
@@ -29,9 +30,11 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
 def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that only refuses."""
     def refuse(request_or_iterator, context):
+        context.set_trailing_metadata(((KIND_TRAILER, KIND_TOKEN),))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     def refuse_stream(request_or_iterator, context):
+        context.set_trailing_metadata(((KIND_TRAILER, KIND_TOKEN),))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this a generator for streaming responses
 
@@ -54,7 +57,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method or ""
         if method.startswith(JOB_SERVICE):
-            header = _metadata(handler_call_details).get("authorization", "")
+            header = _metadata(handler_call_details).get(CLIENT_TOKEN_HEADER, "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token.encode()):
                 handler = continuation(handler_call_details)
@@ -66,5 +69,5 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if not _metadata(handler_call_details).get(JOB_TOKEN_HEADER):
                 handler = continuation(handler_call_details)
                 return None if handler is None else _denied(
-                    handler, f"{JOB_TOKEN_HEADER}: missing job token (workers get it in GRADMESH_JOB_TOKEN)")
+                    handler, f"{JOB_TOKEN_HEADER}: missing job token (workers get it in {JOB_TOKEN_ENV})")
         return continuation(handler_call_details)

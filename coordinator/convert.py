@@ -1,10 +1,14 @@
-"""Plain records of the core ↔ gradmesh.v1 messages. No logic beyond copying fields."""
+"""Plain records of the core ↔ gradmesh.v1 messages: copying fields, and the one place where the
+deprecated string `event` of ReportProgressRequest is read (reports.from_legacy)."""
 from __future__ import annotations
 
-
-from coordinator.jobs import CheckpointUpload, JobView
+from coordinator.checkpoints import CheckpointUpload
+from coordinator.errors import InvalidArgument
+from coordinator.jobs import JobView
+from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.store import CheckpointRow, MetricRow, TransitionRow
+from coordinator.worker_api import ProgressReport
 
 
 def metric_to_pb(m: MetricRow) -> pb.MetricPoint:
@@ -20,7 +24,8 @@ def metric_from_pb(p: pb.MetricPoint) -> MetricRow:
 
 
 def state_to_pb(t: TransitionRow) -> pb.StateChange:
-    return pb.StateChange(state=int(t.state), message=t.message, time_unix=t.time, attempt=t.attempt)
+    return pb.StateChange(state=int(t.state), message=t.message, time_unix=t.time, attempt=t.attempt,
+                          transition_id=t.id)
 
 
 def job_to_pb(v: JobView) -> pb.Job:
@@ -49,3 +54,24 @@ def upload_info_from_pb(info: pb.CheckpointInfo, attempt: int) -> CheckpointUplo
                             attempt=attempt or info.attempt)
 
 
+def _enum(cls, value: int, field: str):
+    try:
+        return cls(value)
+    except ValueError:
+        raise InvalidArgument(field, f"{value} is not a known value") from None
+
+
+def progress_from_pb(r: pb.ReportProgressRequest) -> ProgressReport:
+    """The typed report; a request without `worker_event` is read from its deprecated string `event`."""
+    if r.worker_event or r.HasField("failure"):
+        event = _enum(WorkerEvent, r.worker_event, "worker_event")
+        failure = None
+        if r.HasField("failure"):
+            f = r.failure
+            # the failing rank: as the failure says, else the reporting rank (a rank reporting itself)
+            failure = WorkerFailure(_enum(FailureCause, f.cause, "failure.cause"), f.message, rank=f.rank or r.rank,
+                                    host=f.host, exception_type=f.exception_type, step=f.step)
+    else:
+        event, failure = from_legacy(r.event, r.message)
+    return ProgressReport(attempt=r.attempt, rank=r.rank, points=[metric_from_pb(p) for p in r.points], step=r.step,
+                          total_steps=r.total_steps, epoch=r.epoch, event=event, message=r.message, failure=failure)

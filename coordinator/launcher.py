@@ -23,10 +23,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from coordinator import processes
+from coordinator.hosts import format_hosts
+from coordinator.processes import ATTEMPT_TAG_ENV
+from coordinator.wire import JOB_TOKEN_ENV, TLS_CA_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds the `worker` package the ranks import
 
@@ -42,20 +48,6 @@ def find_mpirun() -> str:
     return found
 
 
-def format_hosts(hosts: Sequence[tuple[str, int]]) -> str:
-    return ",".join(f"{h}:{n}" for h, n in hosts)
-
-
-def parse_formatted_hosts(text: str) -> list[tuple[str, int]]:
-    """The inverse of format_hosts, for allocations read back from the store (malformed items skipped)."""
-    alloc = []
-    for part in filter(None, text.split(",")):
-        host, _, n = part.rpartition(":")
-        if host and n.isdigit():
-            alloc.append((host, int(n)))
-    return alloc
-
-
 def build_mpirun_argv(*, mpirun: str, python: str, workers: int, hosts: Sequence[tuple[str, int]] | None,
                       coordinator: str, job_id: str, attempt: int, workdir: Path,
                       mpi_args: Sequence[str] = ()) -> list[str]:
@@ -69,24 +61,21 @@ def build_mpirun_argv(*, mpirun: str, python: str, workers: int, hosts: Sequence
     return argv
 
 
-TAG_VARIABLE = "GRADMESH_ATTEMPT_TAG"
-
-
 def build_worker_env(base: Mapping[str, str], *, job_token: str, attempt_tag: str = "", tls_ca: Path | None = None,
                      project_root: Path = PROJECT_ROOT) -> dict[str, str]:
     """The ranks' environment (hydra forwards it to every host): the job token, the attempt's tag (how the
     coordinator finds every process of the attempt), the TLS CA, and an import path that finds this
     checkout's `worker` package first."""
     env = dict(base)
-    env["GRADMESH_JOB_TOKEN"] = job_token
+    env[JOB_TOKEN_ENV] = job_token
     if attempt_tag:
-        env[TAG_VARIABLE] = attempt_tag
+        env[ATTEMPT_TAG_ENV] = attempt_tag
     else:
-        env.pop(TAG_VARIABLE, None)
+        env.pop(ATTEMPT_TAG_ENV, None)
     if tls_ca is not None:
-        env["GRADMESH_TLS_CA"] = str(tls_ca)
+        env[TLS_CA_ENV] = str(tls_ca)
     else:
-        env.pop("GRADMESH_TLS_CA", None)
+        env.pop(TLS_CA_ENV, None)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(project_root) not in paths:
         paths.insert(0, str(project_root))
@@ -136,67 +125,13 @@ def log_tail(path: Path, lines: int = 15, max_bytes: int = 16384) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is in group `pgid`. Zombies are skipped because an init that does
-    not reap (as in some containers) would otherwise make a finished group look alive forever."""
-    if pgid <= 0:
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _live(pid: int) -> bool:
-    """Not gone and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
-
-
-def tagged_processes(tag: str) -> list[int]:
-    """Live processes whose environment holds GRADMESH_ATTEMPT_TAG=<tag> (Linux /proc; [] elsewhere)."""
-    if not tag:
-        return []
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    me = os.getpid()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and _live(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 class WorkerProcess:
     """One attempt's processes: started by us (`start`) or re-adopted after a coordinator restart (`adopt`).
-    `pid`/`pgid` are mpirun's; `tag` finds the proxies and ranks in their own sessions."""
+    `pid`/`pgid` are mpirun's; `tag` finds the proxies and ranks in their own sessions.
+
+    `poll` and `stop` may be called from several threads at once (the scheduler reaps while a stopper
+    thread stops): one lock orders reaping and signalling, so no thread signals a group whose leader
+    another thread has already reaped (its pgid could then belong to an unrelated process)."""
 
     def __init__(self, pid: int, pgid: int, popen: subprocess.Popen | None = None, tag: str = ""):
         self.pid = pid
@@ -204,6 +139,7 @@ class WorkerProcess:
         self.tag = tag
         self._popen = popen
         self._exit: Exit | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def start(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> "WorkerProcess":
@@ -213,7 +149,7 @@ class WorkerProcess:
             popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      env=dict(env), cwd=str(cwd), start_new_session=True, close_fds=True)
         # start_new_session makes the child a session and group leader: its pgid is its pid.
-        return cls(popen.pid, popen.pid, popen, tag=env.get(TAG_VARIABLE, ""))
+        return cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""))
 
     @classmethod
     def adopt(cls, pid: int, pgid: int, tag: str = "") -> "WorkerProcess":
@@ -221,10 +157,14 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         """Whether any process of the attempt still runs (mpirun's group or a tagged process)."""
-        return group_alive(self.pgid) or bool(tagged_processes(self.tag))
+        return processes.group_alive(self.pgid) or bool(processes.tagged(self.tag))
 
     def poll(self) -> Exit | None:
         """None while running; the Exit once the attempt is over (stragglers in its group killed first)."""
+        with self._lock:
+            return self._poll_locked()
+
+    def _poll_locked(self) -> Exit | None:
         if self._exit is not None:
             return self._exit
         if self._popen is None:
@@ -232,20 +172,17 @@ class WorkerProcess:
                 return None
             self._exit = Exit(None)
             return self._exit
+        # Look without reaping: while the leader is an unreaped zombie its group id cannot be reused,
+        # so killing the group's leftovers cannot hit an unrelated process. Only this method reaps it,
+        # under the lock, so the leader is still ours here.
         try:
-            # Look without reaping: while the leader is an unreaped zombie its group id cannot be reused,
-            # so killing the group's leftovers cannot hit an unrelated process.
-            seen = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            seen = True
-        if seen is None:
-            return None
-        self._kill_all()
+            if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return None
+            self._kill_all()
+        except ChildProcessError:  # reaped outside this object: its pgid may be reused, spare the group
+            self._kill_tagged()
         self._exit = Exit(self._popen.wait())
         return self._exit
-
-    def running(self) -> bool:
-        return self.poll() is None
 
     def _signal_group(self, sig: int) -> None:
         try:
@@ -256,27 +193,36 @@ class WorkerProcess:
     def _kill_all(self) -> None:
         """SIGKILL mpirun's group and every tagged process (ranks and proxies in their own sessions)."""
         self._signal_group(signal.SIGKILL)
-        for pid in tagged_processes(self.tag):
+        self._kill_tagged()
+
+    def _kill_tagged(self) -> None:
+        for pid in processes.tagged(self.tag):
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def _signal_unless_over(self, kill_all: bool) -> bool:
+        """Under the lock: SIGTERM the group (or SIGKILL everything) unless the attempt is over; True if over."""
+        with self._lock:
+            if self._poll_locked() is not None:
+                return True
+            if kill_all:
+                self._kill_all()
+            else:
+                self._signal_group(signal.SIGTERM)
+            return False
+
     def stop(self, grace_s: float = 5.0) -> Exit:
         """SIGTERM to mpirun's group, up to `grace_s` to exit, then SIGKILL to every process of the attempt."""
-        if self.poll() is not None:
-            return self._exit  # type: ignore[return-value]
-        self._signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if self.poll() is not None:
-                return self._exit  # type: ignore[return-value]
-            time.sleep(0.05)
-        self._kill_all()
-        deadline = time.monotonic() + 10
-        while self.poll() is None:
-            if time.monotonic() > deadline:  # a process in uninterruptible sleep: try again
-                self._kill_all()
-                deadline = time.monotonic() + 10
-            time.sleep(0.02)
-        return self._exit  # type: ignore[return-value]
+        if not self._signal_unless_over(kill_all=False):
+            deadline = time.monotonic() + grace_s
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            retry_at = 0.0
+            while self.poll() is None:
+                if time.monotonic() >= retry_at:  # again every 10 s: a process in uninterruptible sleep
+                    self._signal_unless_over(kill_all=True)
+                    retry_at = time.monotonic() + 10
+                time.sleep(0.02)
+        return self.poll()  # type: ignore[return-value]

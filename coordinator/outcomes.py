@@ -1,18 +1,21 @@
 """What the end of an attempt means for its job: a pure decision, unit-tested without processes.
 
-    outcome = classify(Exit(3), cancel_requested=False, final_checkpoint=None,
-                       worker_event="nan", worker_message="loss became NaN at step 41", tail="...")
+    outcome = classify(Exit(3), cancel_requested=False, final_checkpoint_step=None,
+                       worker_event=WorkerEvent.FAILING,
+                       failure=WorkerFailure(FailureCause.NAN, "loss became NaN at step 41"), tail="...")
     outcome.state      # JobState.FAILED
     outcome.retryable  # False: it would diverge again
 
-Exit codes of `python -m worker` (and so of mpirun): 0 succeeded, 2 bad spec or data, 3 loss became
-NaN/inf, 4 stopped early on request (SIGTERM or a cancel) after writing a checkpoint, anything else (1,
-signals) a failure worth retrying. The worker also reports
-the event over gRPC before exiting (`worker_event`), which wins when the exit code was lost (a coordinator
-restart re-adopting a group it did not start) or blurred by mpirun.
+Why an attempt failed comes first from the ranks themselves: the first rank that fails reports a typed
+`WorkerFailure` (cause, rank, host, exception type, message) before it aborts, and its cause decides
+whether another attempt can help (reports.RETRIED_CAUSES). Only when no rank said anything (a rank
+killed by a signal, a whole group that died) does the log tail speak, through `headline`'s regexes.
+Exit codes of `python -m worker` (and so of mpirun) are the last resort: 0 succeeded, 2 bad spec or data,
+3 loss became NaN/inf, 4 stopped early on request after writing a checkpoint, anything else (1, signals)
+a failure worth retrying.
 
-`retryable` is where restarts plug in: the caller moves a retryable failure to RESTARTING while the job
-has restarts left (issue 5), and to FAILED otherwise.
+`decide` turns the outcome into the job's next state: a retryable failure goes to RESTARTING while the
+job has restarts left, and to FAILED otherwise.
 """
 from __future__ import annotations
 
@@ -20,9 +23,18 @@ import re
 from dataclasses import dataclass
 
 from coordinator.launcher import Exit
+from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
 from coordinator.states import JobState
 
-FAILURE_EVENTS = {"nan", "spec", "data", "error"}  # events whose message explains a failure
+# the attempt record's outcome word for a failure a rank reported
+_OUTCOME_OF_CAUSE = {
+    FailureCause.NAN: "nan",
+    FailureCause.BAD_SPEC: "bad-input",
+    FailureCause.BAD_DATA: "bad-input",
+    FailureCause.BAD_CHECKPOINT: "bad-input",
+    FailureCause.OUT_OF_MEMORY: "out-of-memory",
+    FailureCause.HANG: "hung",
+}
 
 _WATCHDOG = re.compile(r"(rank \d+ on \S+: collective .* did not complete within .*)")
 _RANK_ERROR = re.compile(r"^\[rank (\d+) on ([^\]]+)\] ((?:[\w.]+(?:Error|Exception|Interrupt)|[\w.]+Exit)\b.*)$")
@@ -55,44 +67,52 @@ class Outcome:
     state: JobState
     retryable: bool
     message: str
-    outcome: str  # short word for the attempt record: succeeded | cancelled | failed | nan | bad-input | lost
+    outcome: str  # the attempt record's word: succeeded, cancelled, failed, nan, bad-input, out-of-memory, hung, lost, ...
 
 
-def classify(exit: Exit, *, cancel_requested: bool, final_checkpoint_step: int | None, worker_event: str,
-             worker_message: str, tail: str, log_name: str = "the log", killed: tuple[str, str] | None = None,
+def classify(exit: Exit, *, cancel_requested: bool, final_checkpoint_step: int | None,
+             worker_event: WorkerEvent, failure: WorkerFailure | None, tail: str, worker_message: str = "",
+             log_name: str = "the log", killed: tuple[str, str] | None = None,
              last_checkpoint_step: int | None = None) -> Outcome:
-    finished = worker_event == "finished"
-    if worker_event not in FAILURE_EVENTS:
-        worker_message = ""  # e.g. the "started" event's "2 rank(s)" explains nothing
+    """`worker_event`/`worker_message`: rank 0's last event; `failure`: the first failure a rank reported;
+    `tail`: the end of the attempt's log; `killed`: (outcome word, why) when the coordinator stopped it."""
     tail_text = f"\nlast lines of {log_name}:\n{tail}" if tail else ""
     code = exit.code
 
-    if (code == 0 or code is None) and finished and final_checkpoint_step is not None:
+    if (code == 0 or code is None) and worker_event is WorkerEvent.FINISHED and final_checkpoint_step is not None:
         return Outcome(JobState.SUCCEEDED, False, f"finished at step {final_checkpoint_step}", "succeeded")
     if cancel_requested:
         saved = f"; last checkpoint at step {last_checkpoint_step}" if last_checkpoint_step is not None else ""
         return Outcome(JobState.CANCELLED, False, f"cancelled on request ({exit.describe()}){saved}", "cancelled")
-    if killed is not None:  # the coordinator itself stopped this attempt: (outcome word, why)
-        cause = headline(tail)
+    cause = failure.headline() if failure is not None else headline(tail)
+    if killed is not None:  # the coordinator itself stopped this attempt
         said = f"; {cause}" if cause else ""
         return Outcome(JobState.FAILED, True, f"{killed[1]} ({exit.describe()}){said}{tail_text}", killed[0])
-    if worker_event == "nan" or code == 3:
-        what = worker_message or "loss became NaN or infinite"
-        return Outcome(JobState.FAILED, False, f"{what} ({exit.describe()}); not retried{tail_text}", "nan")
-    if worker_event in ("spec", "data") or code == 2:
-        what = worker_message or "bad spec or data"
-        return Outcome(JobState.FAILED, False, f"{what} ({exit.describe()}); not retried{tail_text}", "bad-input")
-    if code == 4 or worker_event == "stopped":
+    if failure is not None:
+        word = _OUTCOME_OF_CAUSE.get(failure.cause, "failed")
+        cause = cause or failure.cause.name.lower().replace("_", " ")
+        if not failure.retryable:
+            return Outcome(JobState.FAILED, False, f"{cause} ({exit.describe()}); not retried{tail_text}", word)
+        if failure.rank is None:  # a report from before typed failures: its message names no rank
+            return Outcome(JobState.FAILED, True, f"mpirun failed with {exit.describe()}: {cause}{tail_text}", word)
+        return Outcome(JobState.FAILED, True, f"{cause} ({exit.describe()}){tail_text}", word)
+    if code == 3:
+        return Outcome(JobState.FAILED, False, f"loss became NaN or infinite ({exit.describe()}); not retried"
+                                               f"{tail_text}", "nan")
+    if code == 2:
+        return Outcome(JobState.FAILED, False, f"bad spec or data ({exit.describe()}); not retried{tail_text}",
+                       "bad-input")
+    if code == 4 or worker_event is WorkerEvent.STOPPED:
         return Outcome(JobState.FAILED, True, f"workers stopped early without a cancel request ({exit.describe()}; "
                                               f"a SIGTERM from outside the coordinator?){tail_text}", "stopped")
     if code == 0:
         return Outcome(JobState.FAILED, True,
                        f"workers exited with exit code 0 but no final checkpoint was uploaded{tail_text}", "failed")
     if code is None:
-        said = f"; rank 0 last reported: {worker_event} {worker_message}".rstrip() if worker_event else ""
+        said = (f"; rank 0 last reported: {worker_event.name.lower()} {worker_message}".rstrip()
+                if worker_event is not WorkerEvent.UNSPECIFIED else "")
         return Outcome(JobState.FAILED, True, f"workers ended while not supervised ({exit.describe()}){said}{tail_text}",
                        "lost")
-    cause = worker_message or headline(tail)
     said = f": {cause}" if cause else ""
     return Outcome(JobState.FAILED, True, f"mpirun failed with {exit.describe()}{said}{tail_text}", "failed")
 

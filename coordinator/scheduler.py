@@ -1,34 +1,48 @@
-"""Worker slots and the queue: which job starts when, and noticing when a running attempt ends.
+"""Worker slots and the queue: which job starts when.
 
-    pool = SlotPool.local(os.cpu_count())            # or SlotPool([("node1", 4), ("node2", 4)])
-    sched = Scheduler(store, pool, launch=core.launch_attempt, finish=core.finish_attempt)
-    sched.start()      # background thread: reap finished attempts, start queued jobs that fit
+    pool = SlotPool.local_pool(os.cpu_count())        # or SlotPool([("node1", 4), ("node2", 4)])
+    sched = Scheduler(store, pool, supervisor)        # supervisor: coordinator.attempts.Supervisor
+    sched.start()      # background thread: reap ended attempts, start queued jobs that fit
     sched.wake()       # after a submit or cancel, so the loop does not wait for its next tick
 
 Order: higher `priority` first, first submitted first within a priority, strictly — when the job at
 the head does not fit in the free slots, nothing behind it starts (no backfill), so a big job is never
 starved by a stream of small ones. A job needing more slots than the pool has is refused at submission.
 
-The scheduler knows slots and processes, not what an exit means: `launch(job, allocation)` starts an
-attempt and returns its `Running`; `finish(running, exit)` records the outcome; `ready(job)` says whether a
-pending job may start now (a RESTARTING job waits out its backoff without blocking the queue); `on_tick()`
-runs every round (cancel grace periods, the hang watchdog). All four are the core's (coordinator.jobs).
-Pending jobs are QUEUED and RESTARTING ones, in the same order.
+The scheduler knows slots and the queue, not processes or what an exit means: it asks the attempts'
+supervisor through the narrow `Attempts` interface below. Pending jobs are QUEUED and RESTARTING ones,
+in the same order.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Protocol, Sequence
 
-from coordinator.launcher import Exit, WorkerProcess
+from coordinator.hosts import Allocation
 from coordinator.states import JobState
 from coordinator.store import JobRow, Store
 
 log = logging.getLogger("gradmesh.scheduler")
 
-Allocation = list[tuple[str, int]]
+
+class Attempts(Protocol):
+    """What the scheduler needs of whoever runs attempts."""
+
+    def launch(self, job: JobRow, allocation: Allocation) -> bool:
+        """Start an attempt on these slots; False when it did not start (the slots are then free again)."""
+
+    def reap(self) -> list[Allocation]:
+        """Settle the attempts that ended; returns the allocations they held."""
+
+    def is_active(self, job_id: str) -> bool:
+        """Whether an attempt of the job is running."""
+
+    def ready(self, job: JobRow) -> bool:
+        """Whether a pending job may start now (a RESTARTING job waits out its backoff, blocking no one)."""
+
+    def tick(self) -> None:
+        """Called every round (stops of cancelled jobs, the hang watch)."""
 
 
 class SlotPool:
@@ -91,28 +105,13 @@ def scheduling_order(jobs: Sequence[JobRow]) -> list[JobRow]:
     return sorted(jobs, key=lambda j: (-j.priority, j.seq))
 
 
-@dataclass
-class Running:
-    job_id: str
-    attempt: int
-    process: WorkerProcess
-    allocation: Allocation
-
-
 class Scheduler:
-    def __init__(self, store: Store, pool: SlotPool, *,
-                 launch: Callable[[JobRow, Allocation], Running | None],
-                 finish: Callable[[Running, Exit], None], on_tick: Callable[[], None] | None = None,
-                 ready: Callable[[JobRow], bool] = lambda job: True, tick_s: float = 0.2):
+    def __init__(self, store: Store, pool: SlotPool, attempts: Attempts, *, tick_s: float = 0.2):
         self.store = store
         self.pool = pool
-        self._launch = launch
-        self._finish = finish
-        self._on_tick = on_tick  # e.g. signalling cancelled jobs whose grace period is over
-        self._ready = ready      # e.g. a RESTARTING job waits out its backoff (and blocks no one meanwhile)
+        self.attempts = attempts
         self.tick_s = tick_s
-        self.running: dict[str, Running] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # the pool's free slots
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,14 +129,10 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def adopt(self, running: Running) -> None:
+    def reserve(self, allocation: Allocation) -> None:
+        """Hold slots of an attempt that runs already (re-adopted after a coordinator restart)."""
         with self._lock:
-            self.pool.reserve(running.allocation)
-            self.running[running.job_id] = running
-
-    def get_running(self, job_id: str) -> Running | None:
-        with self._lock:
-            return self.running.get(job_id)
+            self.pool.reserve(allocation)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -150,42 +145,27 @@ class Scheduler:
 
     def step(self) -> None:
         """One round: reap ended attempts (freeing slots), then start what fits."""
-        self._reap()
-        if self._on_tick is not None:
-            self._on_tick()
+        for allocation in self.attempts.reap():
+            with self._lock:
+                self.pool.release(allocation)
+        self.attempts.tick()
         self._start_pending()
-
-    def _reap(self) -> None:
-        with self._lock:
-            items = list(self.running.values())
-        for run in items:
-            exit = run.process.poll()
-            if exit is None:
-                continue
-            try:
-                self._finish(run, exit)
-            finally:
-                with self._lock:
-                    self.running.pop(run.job_id, None)
-                    self.pool.release(run.allocation)
 
     def _start_pending(self) -> None:
         pending = scheduling_order(self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING))
+        pending = [j for j in pending if not self.attempts.is_active(j.id) and self.attempts.ready(j)]
         with self._lock:
-            pending = [j for j in pending if j.id not in self.running and self._ready(j)]
             chosen = plan_starts(pending, self.pool.available)
         for job in chosen:
             with self._lock:
-                alloc = self.pool.allocate(job.workers)
-            if alloc is None:  # cannot happen with plan_starts, but never launch without slots
+                allocation = self.pool.allocate(job.workers)
+            if allocation is None:  # cannot happen with plan_starts, but never launch without slots
                 break
             try:
-                run = self._launch(job, alloc)
+                started = self.attempts.launch(job, allocation)
             except Exception:
                 log.exception("launching %s failed", job.id)
-                run = None
-            with self._lock:
-                if run is None:
-                    self.pool.release(alloc)
-                else:
-                    self.running[job.id] = run
+                started = False
+            if not started:
+                with self._lock:
+                    self.pool.release(allocation)

@@ -12,7 +12,10 @@ uses TLS when given a certificate and key (the ranks then get GRADMESH_TLS_CA=<t
 
 The client token is `token`, else DATA_DIR/token, else generated into DATA_DIR/token (mode 0600).
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
-still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.jobs.recover).
+still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.attempts).
+
+Serving on every interface (host "0.0.0.0" or "::") needs `advertise_address`: the ranks, possibly on other
+hosts, dial that address, and guessing 127.0.0.1 would fail only at the hang timeout.
 """
 from __future__ import annotations
 
@@ -28,27 +31,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.auth import AuthInterceptor
-from coordinator.jobs import Coordinator
+from coordinator.core import Coordinator
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store import Store
+from coordinator.wire import SERVER_OPTIONS
 
 log = logging.getLogger("gradmesh.server")
 
 JOB_SERVICE = pb.DESCRIPTOR.services_by_name["JobService"].full_name
 WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
-MAX_MESSAGE_BYTES = 8 << 20  # 1 MiB checkpoint chunks plus headroom; specs are limited to 1 MiB
-
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # Clients and ranks ping every ~30 s so long streams over a dead network are noticed; allow it.
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10000),
-    ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.so_reuseport", 0),
-]
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def load_or_create_token(data_dir: Path, token: str | None) -> str:
@@ -93,7 +87,8 @@ class RunningServer:
         self.store.close()
 
     def job_token(self, job_id: str) -> str:
-        """The job token of the running attempt this server launched (for tests and benchmarks); KeyError if none."""
+        """The job token of the running attempt this server launched (for tests and benchmarks); KeyError when
+        no attempt of the job runs (tokens are forgotten when their attempt ends)."""
         return self.core.job_token(job_id)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -116,6 +111,9 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
         raise ValueError("TLS needs both tls_cert and tls_key")
     if slots is not None and hosts:
         raise ValueError("give either slots (this machine) or hosts, not both")
+    if host in WILDCARD_HOSTS and not advertise_address:
+        raise ValueError(f"serving on {host or 'every interface'} needs --advertise-address HOST:PORT, the address "
+                         "the ranks on every host can reach (else they would dial 127.0.0.1)")
     client_token = load_or_create_token(data_dir, token)
     pool = SlotPool(hosts) if hosts else SlotPool.local_pool(slots or os.cpu_count() or 1)
     store = Store(data_dir / "gradmesh.db")
@@ -124,8 +122,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gradmesh-rpc"),
                          interceptors=[AuthInterceptor(client_token)], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core)),
-                                     method_handlers("WorkerService", WorkerServicer(core))))
+    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams)),
+                                     method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", JOB_SERVICE, WORKER_SERVICE):
@@ -148,12 +146,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
         raise OSError(f"cannot listen on {bind}")
     shown_host = f"[{host}]" if ":" in host else host
     address = f"{shown_host}:{bound}"
-    if advertise_address:
-        core.address = advertise_address
-    elif host in ("0.0.0.0", "::", ""):
-        core.address = f"127.0.0.1:{bound}"
-    else:
-        core.address = address
+    core.address = advertise_address or address
     server.start()
     core.start()
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)

@@ -1,12 +1,12 @@
-"""The gRPC face of the coordinator: a thin adapter from gradmesh.v1 messages to `coordinator.jobs`.
+"""The gRPC face of the coordinator: thin adapters from gradmesh.v1 messages to the core's plain objects
+(coordinator.jobs, coordinator.streams, coordinator.worker_api).
 
 Each method unpacks its request, calls the core and packs the answer; streams are generators. The
-core's typed errors become status codes here and nowhere else:
+core's typed errors (coordinator.errors) become status codes here and nowhere else, by their `code`, with
+trailing metadata a client maps without reading the message (both ASCII):
 
-    InvalidArgument → INVALID_ARGUMENT (also trailing metadata "gradmesh-field": the dotted field)
-    NotFound → NOT_FOUND, AlreadyExists → ALREADY_EXISTS, FailedPrecondition → FAILED_PRECONDITION,
-    Unauthenticated → UNAUTHENTICATED, Unimplemented → UNIMPLEMENTED, Unavailable → UNAVAILABLE,
-    DataLoss → DATA_LOSS (a stored checkpoint no longer matches its sha256)
+    gradmesh-kind   always: what the error is about (err.kind: "job", "checkpoint", "attempt", "field", ...)
+    gradmesh-field  for INVALID_ARGUMENT: the dotted request field
     anything else → INTERNAL "internal error: ..." (logged with its traceback; the server keeps serving)
 
 Handlers are registered from the proto's service descriptors with deserializers that never throw: a
@@ -23,26 +23,19 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from coordinator import convert
-from coordinator.errors import GradmeshError as CoordinatorError
-from coordinator.errors import (AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument,
-                                NotFound, Unauthenticated, Unavailable, Unimplemented)
-from coordinator.jobs import Coordinator
+from coordinator.errors import GradmeshError, InvalidArgument
+from coordinator.jobs import Jobs
 from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.streams import Streams
+from coordinator.wire import FIELD_TRAILER, JOB_TOKEN_HEADER, KIND_TRAILER
+from coordinator.worker_api import WorkerApi
 
 log = logging.getLogger("gradmesh.servicer")
 
-JOB_TOKEN_HEADER = "x-gradmesh-job-token"
 
-_CODES: dict[type, grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DataLoss: grpc.StatusCode.DATA_LOSS,
-}
+def ascii_safe(text: str) -> str:
+    """Metadata values must be printable ASCII: anything else is escaped (\xe9, \u2192, ...)."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class Malformed:
@@ -68,10 +61,12 @@ def _check(request: Any) -> None:
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> None:
-    if isinstance(err, CoordinatorError):
-        code = next((c for t, c in _CODES.items() if isinstance(err, t)), grpc.StatusCode.INTERNAL)
+    if isinstance(err, GradmeshError):
+        code = getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN)
+        trailers = [(KIND_TRAILER, ascii_safe(err.kind))]
         if isinstance(err, InvalidArgument):
-            context.set_trailing_metadata((("gradmesh-field", err.field),))
+            trailers.append((FIELD_TRAILER, ascii_safe(err.field)))
+        context.set_trailing_metadata(tuple(trailers))
         context.abort(code, str(err))
     log.exception("internal error in %s", type(err).__name__, exc_info=err)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
@@ -107,35 +102,36 @@ def _token(context: grpc.ServicerContext) -> str:
 
 
 class JobServicer:
-    def __init__(self, core: Coordinator):
-        self.core = core
+    def __init__(self, jobs: Jobs, streams: Streams):
+        self.jobs = jobs
+        self.streams = streams
 
     @rpc
     def SubmitJob(self, request, context):
-        view, created = self.core.submit(request.spec, job_id=request.job_id, labels=dict(request.labels),
+        view, created = self.jobs.submit(request.spec, job_id=request.job_id, labels=dict(request.labels),
                                          workers=request.workers)
         return pb.SubmitJobResponse(job=convert.job_to_pb(view), created=created)
 
     @rpc
     def GetJob(self, request, context):
-        return convert.job_to_pb(self.core.get(request.job_id))
+        return convert.job_to_pb(self.jobs.get(request.job_id))
 
     @rpc
     def ListJobs(self, request, context):
-        views, token = self.core.list(list(request.states), request.page_size, request.page_token)
+        views, token = self.jobs.list(list(request.states), request.page_size, request.page_token)
         return pb.ListJobsResponse(jobs=[convert.job_to_pb(v) for v in views], next_page_token=token)
 
     @rpc
     def CancelJob(self, request, context):
-        return convert.job_to_pb(self.core.cancel(request.job_id, request.checkpoint))
+        return convert.job_to_pb(self.jobs.cancel(request.job_id, request.checkpoint))
 
     @rpc
     def ResumeJob(self, request, context):
-        return convert.job_to_pb(self.core.resume(request.job_id, request.workers))
+        return convert.job_to_pb(self.jobs.resume(request.job_id, request.workers))
 
     @rpc
     def WatchJob(self, request, context):
-        for kind, value in self.core.watch(request.job_id, request.from_step, is_active=context.is_active):
+        for kind, value in self.streams.watch(request.job_id, request.from_step, is_active=context.is_active):
             if kind == "snapshot":
                 yield pb.WatchJobEvent(snapshot=convert.job_to_pb(value))
             elif kind == "metric":
@@ -145,24 +141,24 @@ class JobServicer:
 
     @rpc
     def GetMetrics(self, request, context):
-        return pb.GetMetricsResponse(points=[convert.metric_to_pb(m) for m in
-                                             self.core.metrics(request.job_id, request.from_step)])
+        points, token = self.jobs.metrics(request.job_id, request.from_step, request.page_size, request.page_token)
+        return pb.GetMetricsResponse(points=[convert.metric_to_pb(m) for m in points], next_page_token=token)
 
     @rpc
     def StreamLogs(self, request, context):
-        for attempt, data in self.core.logs(request.job_id, follow=request.follow, attempt=request.attempt,
-                                            is_active=context.is_active):
+        for attempt, data in self.streams.logs(request.job_id, follow=request.follow, attempt=request.attempt,
+                                               is_active=context.is_active):
             yield pb.LogChunk(data=data, attempt=attempt)
 
     @rpc
     def ListCheckpoints(self, request, context):
         return pb.ListCheckpointsResponse(checkpoints=[convert.checkpoint_to_pb(c) for c in
-                                                       self.core.list_checkpoints(request.job_id)])
+                                                       self.jobs.list_checkpoints(request.job_id)])
 
     @rpc
     def DownloadCheckpoint(self, request, context):
         which = request.WhichOneof("which")
-        row, chunks = self.core.open_checkpoint(request.job_id, step=request.step if which == "step" else None,
+        row, chunks = self.jobs.open_checkpoint(request.job_id, step=request.step if which == "step" else None,
                                                 best=which == "best" and request.best)
         yield from _checkpoint_stream(row, chunks)
 
@@ -178,12 +174,12 @@ def _checkpoint_stream(row, chunks: Iterator[bytes]) -> Iterator[pb.CheckpointCh
 
 
 class WorkerServicer:
-    def __init__(self, core: Coordinator):
-        self.core = core
+    def __init__(self, workers: WorkerApi):
+        self.workers = workers
 
     @rpc
     def FetchJob(self, request, context):
-        spec_json, attempt, resume = self.core.fetch_job(request.job_id, _token(context), request.attempt)
+        spec_json, attempt, resume = self.workers.fetch_job(request.job_id, _token(context), request.attempt)
         reply = pb.FetchJobResponse(spec_json=spec_json, attempt=attempt)
         if resume is not None:
             reply.resume_from.CopyFrom(convert.checkpoint_to_pb(resume))
@@ -191,15 +187,13 @@ class WorkerServicer:
 
     @rpc
     def ReportProgress(self, request, context):
-        cancel, checkpoint = self.core.report_progress(
-            request.job_id, _token(context), attempt=request.attempt,
-            points=[convert.metric_from_pb(p) for p in request.points], step=request.step,
-            total_steps=request.total_steps, epoch=request.epoch, event=request.event, message=request.message)
+        cancel, checkpoint = self.workers.report_progress(request.job_id, _token(context),
+                                                          convert.progress_from_pb(request))
         return pb.ReportProgressResponse(cancel_requested=cancel, checkpoint_requested=checkpoint)
 
     @rpc
     def FetchCheckpoint(self, request, context):
-        row, chunks = self.core.fetch_checkpoint(request.job_id, _token(context), request.step)
+        row, chunks = self.workers.fetch_checkpoint(request.job_id, _token(context), request.step)
         yield from _checkpoint_stream(row, chunks)
 
     def UploadCheckpoint(self, request_iterator, context):
@@ -221,7 +215,7 @@ class WorkerServicer:
                                                                        f"message's {job_id!r}")
                     yield msg.data
 
-            stored = self.core.upload_checkpoint(job_id, _token(context), info, data())
+            stored = self.workers.upload_checkpoint(job_id, _token(context), info, data())
             return pb.UploadCheckpointResponse(stored=convert.checkpoint_to_pb(stored))
         except Exception as err:
             _abort(context, err)

@@ -24,10 +24,6 @@ class JobState(enum.IntEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
-    @classmethod
-    def parse(cls, name: str) -> "JobState":
-        return cls[name]
-
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 

@@ -8,7 +8,7 @@ killed at any moment leaves either the old or the new state, never half of one.
     store = Store(Path("/var/lib/gradmesh/gradmesh.db"))
     job, created = store.create_job(JobRow(...))
     store.transition("job-1", JobState.RUNNING, "launched on localhost:2", attempt=1)
-    store.add_metrics("job-1", 1, [MetricRow(step=10, ...)])      # duplicates (job, step) are ignored
+    store.add_metrics("job-1", [MetricRow(step=10, attempt=1, ...)])  # duplicates (job, step) are ignored
 
 The state machine lives in `coordinator.states`; `transition()` enforces it inside the transaction.
 Floats that are NaN (metrics not measured at a step) are stored as NULL and read back as NaN.
@@ -23,9 +23,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
+from coordinator.errors import InvalidArgument
+from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
 from coordinator.states import IllegalTransition, JobState, check_transition
+
+if TYPE_CHECKING:
+    from coordinator.checkpoints import RetentionPolicy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -65,7 +70,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     message TEXT NOT NULL DEFAULT '',
     log_path TEXT NOT NULL,
     workdir TEXT NOT NULL,
-    worker_event TEXT NOT NULL DEFAULT '',      -- the last event rank 0 reported (finished, nan, spec, ...)
+    worker_event TEXT NOT NULL DEFAULT '',      -- the last event rank 0 reported: a WorkerEvent name
     worker_message TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, attempt)
 );
@@ -114,6 +119,18 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
+# Why an attempt failed, as the first rank that reported a failure said it (reports.WorkerFailure).
+# Added after the first release: older databases get them by ALTER TABLE when opened.
+ATTEMPT_FAILURE_COLUMNS = {
+    "failure_cause": "TEXT NOT NULL DEFAULT ''",  # a FailureCause name; '' = no failure reported
+    "failure_rank": "INTEGER",                     # NULL when the report did not say
+    "failure_host": "TEXT NOT NULL DEFAULT ''",
+    "failure_exception": "TEXT NOT NULL DEFAULT ''",
+    "failure_message": "TEXT NOT NULL DEFAULT ''",
+    "failure_step": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
@@ -160,8 +177,9 @@ class AttemptRow:
     exit_code: int | None = None
     outcome: str = ""
     message: str = ""
-    worker_event: str = ""
+    worker_event: WorkerEvent = WorkerEvent.UNSPECIFIED
     worker_message: str = ""
+    failure: WorkerFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +233,14 @@ class Store:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             self._conn.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
+        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(attempts)")}
+        for name, decl in ATTEMPT_FAILURE_COLUMNS.items():
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE attempts ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -349,10 +375,24 @@ class Store:
 
     @staticmethod
     def _attempt(r: sqlite3.Row) -> AttemptRow:
+        failure = None
+        if r["failure_cause"]:
+            failure = WorkerFailure(FailureCause[r["failure_cause"]], r["failure_message"], rank=r["failure_rank"],
+                                    host=r["failure_host"], exception_type=r["failure_exception"],
+                                    step=r["failure_step"])
+        event_name = r["worker_event"]
+        if event_name in WorkerEvent.__members__:
+            event = WorkerEvent[event_name]
+        else:  # written before typed events: "started", "nan", ... (an unknown word reads as a heartbeat)
+            try:
+                event, legacy_failure = from_legacy(event_name, r["worker_message"])
+            except InvalidArgument:
+                event, legacy_failure = WorkerEvent.UNSPECIFIED, None
+            failure = failure or legacy_failure
         return AttemptRow(job_id=r["job_id"], attempt=r["attempt"], log_path=r["log_path"], workdir=r["workdir"],
                           started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"], ended=r["ended"],
                           exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
-                          worker_event=r["worker_event"], worker_message=r["worker_message"])
+                          worker_event=event, worker_message=r["worker_message"], failure=failure)
 
     def begin_attempt(self, job_id: str, *, hosts: str, log_dir: Path, run_dir: Path, token_hash: str,
                       message: str, now: float | None = None) -> tuple[AttemptRow, TransitionRow]:
@@ -388,10 +428,21 @@ class Store:
             self._conn.execute("UPDATE attempts SET ended = ?, exit_code = ?, outcome = ?, message = ?"
                                " WHERE job_id = ? AND attempt = ?", (now, exit_code, outcome, message, job_id, attempt))
 
-    def set_worker_event(self, job_id: str, attempt: int, event: str, message: str) -> None:
+    def set_worker_event(self, job_id: str, attempt: int, event: WorkerEvent, message: str) -> None:
         with self._lock:
             self._conn.execute("UPDATE attempts SET worker_event = ?, worker_message = ? WHERE job_id = ? AND attempt = ?",
-                               (event, message, job_id, attempt))
+                               (event.name, message, job_id, attempt))
+
+    def record_failure(self, job_id: str, attempt: int, failure: WorkerFailure) -> bool:
+        """Keep the first failure reported for the attempt (the root cause; later ones are its echoes, e.g.
+        rank 0's broken collective after rank 1 raised). Returns whether this one was kept."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE attempts SET failure_cause = ?, failure_rank = ?, failure_host = ?, failure_exception = ?,"
+                " failure_message = ?, failure_step = ? WHERE job_id = ? AND attempt = ? AND failure_cause = ''",
+                (failure.cause.name, failure.rank, failure.host, failure.exception_type, failure.message,
+                 failure.step, job_id, attempt))
+            return cur.rowcount > 0
 
     def attempts(self, job_id: str) -> list[AttemptRow]:
         return [self._attempt(r) for r in
@@ -433,6 +484,7 @@ class Store:
         return self._metric(rows[0]) if rows else None
 
     def best_metric(self, job_id: str) -> MetricRow | None:
+        """The point checkpoints.best_of would choose (lowest val_loss, then earliest), as SQL on the index."""
         rows = self._query("SELECT * FROM metrics WHERE job_id = ? AND val_loss IS NOT NULL"
                            " ORDER BY val_loss ASC, step ASC LIMIT 1", (job_id,))
         return self._metric(rows[0]) if rows else None
@@ -473,25 +525,6 @@ class Store:
         return [self._checkpoint(r) for r in
                 self._query("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (job_id,))]
 
-    def checkpoint(self, job_id: str, step: int) -> CheckpointRow | None:
-        rows = self._query("SELECT * FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step))
-        return self._checkpoint(rows[0]) if rows else None
 
 
-class RetentionPolicy:
-    """Which checkpoints to keep: the newest `keep_last`, the best by validation loss, and every final one."""
-
-    def __init__(self, keep_last: int):
-        self.keep_last = max(1, keep_last)
-
-    def retained(self, rows: list[CheckpointRow]) -> set[int]:
-        keep = {r.step for r in rows if r.is_final}
-        by_step = sorted(rows, key=lambda r: r.step)
-        keep.update(r.step for r in by_step[-self.keep_last:])
-        measured = [r for r in rows if not math.isnan(r.val_loss)]
-        if measured:
-            keep.add(min(measured, key=lambda r: (r.val_loss, r.step)).step)
-        return keep
-
-
-__all__ = ["Store", "JobRow", "AttemptRow", "TransitionRow", "MetricRow", "CheckpointRow", "RetentionPolicy"]
+__all__ = ["Store", "JobRow", "AttemptRow", "TransitionRow", "MetricRow", "CheckpointRow"]

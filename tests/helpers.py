@@ -49,3 +49,108 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
                     "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
                    check=True, capture_output=True, timeout=30)
     return cert, key
+
+
+# ---------------------------------------------------------------- a coordinator driven by hand (service tests)
+# A coordinator whose scheduler is stopped launches nothing: a test makes a "running" job by starting an
+# attempt in the store with a token it knows, and plays the job's ranks through the WorkerService.
+
+SMALL_SPEC = """
+name = "api-test"
+workers = 1
+[model]
+layers = [64, 32, 10]
+[train]
+steps = 40
+batch_size = 32
+eval_every = 10
+[checkpoint]
+every_steps = 10
+keep_last = 2
+"""
+
+
+def idle_server(start_coordinator, **kwargs):
+    """A RunningServer whose scheduler is stopped: jobs stay where the test puts them."""
+    srv = start_coordinator(**kwargs)
+    srv.core.scheduler.stop()
+    return srv
+
+
+def running_job(srv, job_id: str = "w1", token: str = "token-w1", spec: str = SMALL_SPEC) -> tuple[str, str]:
+    """A RUNNING job with one attempt whose ranks would hold `token` (no process behind it)."""
+    from coordinator.states import JobState
+    from coordinator.store import JobRow
+    from coordinator.tokens import hash_token
+    from worker.spec import parse_spec_text
+    spec_json = parse_spec_text(spec).to_json()
+    srv.store.create_job(JobRow(id=job_id, name="api-test", spec_json=spec_json, state=JobState.QUEUED, workers=1))
+    srv.store.begin_attempt(job_id, hosts="localhost:1", log_dir=srv.data_dir / "logs" / job_id,
+                            run_dir=srv.data_dir / "runs" / job_id, token_hash=hash_token(token), message="test")
+    srv.core.signal.changed()  # as the core does after its own writes (views are cached per change)
+    return job_id, token
+
+
+def worker_stub(channel, token: str):
+    """A WorkerService stub that sends `token` and a 10 s deadline with every call."""
+    from coordinator.rpc import gradmesh_pb2_grpc as rpc
+    from coordinator.wire import JOB_TOKEN_HEADER
+    stub = rpc.WorkerServiceStub(channel)
+    metadata = ((JOB_TOKEN_HEADER, token),)
+
+    class Worker:
+        def __getattr__(self, name):
+            return lambda req, **kw: getattr(stub, name)(req, timeout=10, metadata=metadata, **kw)
+    return Worker()
+
+
+def upload_checkpoint(worker, job_id: str, step: int, payload: bytes, val_loss: float = float("nan"),
+                      final: bool = False, chunk: int = 1 << 20):
+    """Upload `payload` as the checkpoint at `step` of attempt 1, as rank 0 does; returns the stored info."""
+    import hashlib
+
+    from coordinator.rpc import gradmesh_pb2 as pb
+    info = pb.CheckpointInfo(step=step, epoch=0, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+                             val_loss=val_loss, val_accuracy=float("nan"), is_final=final)
+    msgs = [pb.UploadCheckpointRequest(job_id=job_id, attempt=1, info=info)]
+    msgs += [pb.UploadCheckpointRequest(data=payload[i:i + chunk]) for i in range(0, len(payload), chunk)]
+    return worker.UploadCheckpoint(iter(msgs)).stored
+
+
+# ---------------------------------------------------------------- watching jobs to their end
+
+def watch_to_end(api, job_id: str, timeout: float = 120.0) -> list:
+    """Every WatchJob event until the stream ends, which must be on a terminal state."""
+    from coordinator.rpc import gradmesh_pb2 as pb
+    from coordinator.states import JobState
+    events = list(api.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout))
+    assert events[-1].WhichOneof("event") == "state" and JobState(events[-1].state.state).is_terminal()
+    return events
+
+
+def assert_legal_path(events) -> list:
+    """Every state seen (the snapshot's history, then each state event) follows the state machine."""
+    from coordinator.states import JobState, is_legal
+    snapshot = events[0].snapshot
+    states = [JobState(h.state) for h in snapshot.history]
+    for e in events[1:]:
+        if e.WhichOneof("event") == "state" and (not states or JobState(e.state.state) != states[-1]):
+            states.append(JobState(e.state.state))
+    assert states[0] is JobState.QUEUED
+    for old, new in zip(states, states[1:]):
+        assert is_legal(old, new), f"{old.name} → {new.name}"
+    return states
+
+
+def expect_error(code, fn, *args, match: str | None = None):
+    """Call `fn(*args)` (draining it when it returns a stream) and assert it fails with status `code` and,
+    if given, a message containing `match`; returns the grpc.RpcError."""
+    import grpc
+    with pytest.raises(grpc.RpcError) as info:
+        result = fn(*args)
+        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
+            list(result)
+    assert info.value.code() == code, info.value.details()
+    if match:
+        assert match in info.value.details(), info.value.details()
+    return info.value

@@ -11,9 +11,19 @@ from pathlib import Path
 import pytest
 
 from coordinator.launcher import (PROJECT_ROOT, Exit, WorkerProcess, build_mpirun_argv, build_worker_env,
-                                  describe_exit, find_mpirun, group_alive, log_tail, tagged_processes)
+                                  describe_exit, find_mpirun, log_tail)
 from coordinator.outcomes import classify
+from coordinator.processes import alive, group_alive
+from coordinator.processes import tagged as tagged_processes
+from coordinator.reports import WorkerEvent, from_legacy
 from coordinator.states import JobState
+from helpers import wait_for
+
+
+def legacy(event: str, message: str = "") -> dict:
+    """classify's worker_event/failure arguments for what an old rank 0 reported as a string event."""
+    kind, failure = from_legacy(event, message)
+    return {"worker_event": kind, "failure": failure, "worker_message": message}
 
 
 def test_argv_local():
@@ -72,8 +82,8 @@ def test_log_tail(tmp_path):
     (None, False, None, "", JobState.FAILED, True),
 ])
 def test_classify(code, cancel, final, event, state, retryable):
-    out = classify(Exit(code), cancel_requested=cancel, final_checkpoint_step=final, worker_event=event,
-                   worker_message="loss became NaN at step 7" if event == "nan" else "", tail="Traceback: boom")
+    out = classify(Exit(code), cancel_requested=cancel, final_checkpoint_step=final, tail="Traceback: boom",
+                   **legacy(event, "loss became NaN at step 7" if event == "nan" else ""))
     assert (out.state, out.retryable) == (state, retryable)
     if state is JobState.FAILED and code not in (None,):
         assert describe_exit(code) in out.message and "Traceback: boom" in out.message
@@ -99,24 +109,9 @@ def _tagged_env(tag: str) -> dict:
 
 
 def _child_pid(log: Path) -> int:
-    for _ in range(200):
-        text = log.read_text() if log.exists() else ""
-        if "child" in text:
-            return int(text.split()[1])
-        time.sleep(0.05)
-    raise AssertionError("stand-in did not start")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its parent) counts as gone
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+    text = wait_for(lambda: log.exists() and "child" in log.read_text() and log.read_text(), timeout=10,
+                    what="the stand-in to start")
+    return int(text.split()[1])
 
 
 @pytest.mark.timeout(30)
@@ -135,8 +130,8 @@ def test_stop_terminates_the_whole_group_then_kills(tmp_path, mode, expect):
         assert exit.code == -signal.SIGKILL and time.monotonic() - t0 >= 1.0
     else:
         assert exit.code == expect
-    time.sleep(0.2)
-    assert not _alive(child) and not group_alive(proc.pgid) and tagged_processes(tag) == []
+    wait_for(lambda: not alive(child), timeout=5, what="the child to die")  # a zombie counts as gone
+    assert not alive(child) and not group_alive(proc.pgid) and tagged_processes(tag) == []
 
 
 @pytest.mark.timeout(30)
@@ -145,12 +140,10 @@ def test_leftovers_of_an_exited_leader_are_killed_on_reap(tmp_path):
     proc = WorkerProcess.start([sys.executable, "-c", STANDIN, "exit-leaving-child"], _tagged_env("leave"), log,
                                cwd=tmp_path)
     child = _child_pid(log)
-    deadline = time.monotonic() + 10
-    while (exit := proc.poll()) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    exit = wait_for(proc.poll, timeout=10, what="the leader's exit")
     assert exit == Exit(5)
-    time.sleep(0.2)
-    assert not _alive(child)
+    wait_for(lambda: not alive(child), timeout=5, what="the child to die")
+    assert not alive(child)
 
 
 @pytest.mark.timeout(30)
@@ -160,10 +153,7 @@ def test_adopted_attempt_is_watched_by_liveness_of_its_tagged_processes(tmp_path
     try:
         # mpirun (pid 1 never matches) is gone: the attempt lives as long as a tagged process does
         adopted = WorkerProcess.adopt(pid=1 << 22, pgid=1 << 22, tag="adopted")
-        for _ in range(100):
-            if tagged_processes("adopted"):
-                break
-            time.sleep(0.05)
+        wait_for(lambda: tagged_processes("adopted"), timeout=5, what="the tagged process")
         assert adopted.poll() is None
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
@@ -174,11 +164,11 @@ def test_adopted_attempt_is_watched_by_liveness_of_its_tagged_processes(tmp_path
 
 
 def test_classify_quotes_only_failure_messages_of_the_worker():
-    started = classify(Exit(7), cancel_requested=False, final_checkpoint_step=None, worker_event="started",
-                       worker_message="2 rank(s)", tail="")
+    started = classify(Exit(7), cancel_requested=False, final_checkpoint_step=None, tail="",
+                       **legacy("started", "2 rank(s)"))
     assert started.message == "mpirun failed with exit code 7"
-    error = classify(Exit(1), cancel_requested=False, final_checkpoint_step=None, worker_event="error",
-                     worker_message="rank 1: ValueError: boom", tail="")
+    error = classify(Exit(1), cancel_requested=False, final_checkpoint_step=None, tail="",
+                     **legacy("error", "rank 1: ValueError: boom"))
     assert error.message == "mpirun failed with exit code 1: rank 1: ValueError: boom" and error.retryable
 
 
@@ -199,14 +189,14 @@ def test_restart_policy():
 
 
 def test_hang_outcome_is_retryable_and_says_why():
-    out = classify(Exit(-9), cancel_requested=False, final_checkpoint_step=None, worker_event="started",
-                   worker_message="", tail="", killed=("hung", "no progress for 61 s at step 25"))
+    out = classify(Exit(-9), cancel_requested=False, final_checkpoint_step=None, worker_event=WorkerEvent.STARTED,
+                   failure=None, tail="", killed=("hung", "no progress for 61 s at step 25"))
     assert out.state is JobState.FAILED and out.retryable and out.outcome == "hung"
     assert out.message.startswith("no progress for 61 s at step 25 (killed by signal SIGKILL")
 
 
 def test_stored_host_allocation_round_trips():
-    from coordinator.launcher import format_hosts, parse_formatted_hosts
+    from coordinator.hosts import format_hosts, parse_formatted_hosts
     alloc = [("node1", 2), ("10.0.0.7", 4)]
     assert parse_formatted_hosts(format_hosts(alloc)) == alloc
     assert parse_formatted_hosts("") == [] and parse_formatted_hosts("bad,ok:1") == [("ok", 1)]

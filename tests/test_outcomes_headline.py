@@ -1,6 +1,7 @@
 """A failed attempt's message names the rank and host from the worker log, as a person needs to act on it."""
 from coordinator.launcher import Exit
 from coordinator.outcomes import classify, headline
+from coordinator.reports import WorkerEvent
 
 RAISED = """gradmesh: job: 2 rank(s) × 1 BLAS thread(s)
 [rank 1 on node7] Traceback (most recent call last):
@@ -35,8 +36,8 @@ def test_headline_finds_the_failing_rank_and_host():
 
 
 def test_failure_message_leads_with_the_headline_then_the_tail():
-    outcome = classify(Exit(1), cancel_requested=False, final_checkpoint_step=None, worker_event="",
-                       worker_message="", tail=RAISED)
+    outcome = classify(Exit(1), cancel_requested=False, final_checkpoint_step=None,
+                       worker_event=WorkerEvent.UNSPECIFIED, failure=None, tail=RAISED)
     assert outcome.retryable
     first_line = outcome.message.splitlines()[0]
     assert first_line == "mpirun failed with exit code 1: rank 1 on node7: RuntimeError: injected fault at step 20"

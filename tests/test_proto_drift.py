@@ -20,3 +20,10 @@ def test_proto_states_match_the_state_machine():
     from coordinator.states import JobState
     for state in JobState:
         assert pb.JobState.Value(state.name) == int(state)
+
+
+def test_proto_worker_enums_match_the_cores():
+    from coordinator.reports import FailureCause, WorkerEvent
+    from coordinator.rpc import gradmesh_pb2 as pb
+    assert {f"WORKER_EVENT_{e.name}": int(e) for e in WorkerEvent} == dict(pb.WorkerEvent.items())
+    assert {f"FAILURE_CAUSE_{c.name}": int(c) for c in FailureCause} == dict(pb.FailureCause.items())

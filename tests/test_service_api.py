@@ -11,8 +11,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import subprocess
 
 import grpc
 import pytest
@@ -20,36 +18,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import AuthedJobStub
-from coordinator.jobs import hash_token
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from coordinator.states import JobState
-from coordinator.store import JobRow
-from worker.spec import parse_spec_text
+from coordinator.wire import FIELD_TRAILER, KIND_CHECKPOINT, KIND_JOB, KIND_TRAILER, METRICS_PAGE
+from helpers import SMALL_SPEC, expect_error, idle_server, running_job, self_signed_cert, upload_checkpoint, worker_stub
 
 pytestmark = pytest.mark.timeout(60)
 
-SPEC = """
-name = "api-test"
-workers = 1
-[model]
-layers = [64, 32, 10]
-[train]
-steps = 40
-batch_size = 32
-eval_every = 10
-[checkpoint]
-every_steps = 10
-keep_last = 2
-"""
+SPEC = SMALL_SPEC
 CODE = grpc.StatusCode
 
 
 @pytest.fixture
 def idle(start_coordinator):
-    srv = start_coordinator()
-    srv.core.scheduler.stop()  # nothing is launched: jobs stay where the test puts them
-    return srv
+    return idle_server(start_coordinator)  # nothing is launched: jobs stay where the test puts them
 
 
 @pytest.fixture
@@ -62,37 +44,6 @@ def api(idle):
 def worker_channel(idle):
     with grpc.insecure_channel(idle.address) as ch:
         yield ch
-
-
-def running_job(srv, job_id="w1", token="token-w1", spec=SPEC):
-    """A RUNNING job with one attempt whose ranks would hold `token` (no process behind it)."""
-    spec_json = parse_spec_text(spec).to_json()
-    srv.store.create_job(JobRow(id=job_id, name="api-test", spec_json=spec_json, state=JobState.QUEUED, workers=1))
-    srv.store.begin_attempt(job_id, hosts="localhost:1", log_dir=srv.data_dir / "logs" / job_id,
-                            run_dir=srv.data_dir / "runs" / job_id, token_hash=hash_token(token), message="test")
-    srv.core.signal.changed()  # as the core does after its own writes (views are cached per change)
-    return job_id, token
-
-
-def worker(channel, token):
-    stub = rpc.WorkerServiceStub(channel)
-    md = (("x-gradmesh-job-token", token),)
-
-    class W:
-        def __getattr__(self, name):
-            return lambda req, **kw: getattr(stub, name)(req, timeout=10, metadata=md, **kw)
-    return W()
-
-
-def expect_error(code, fn, *args, match=None):
-    with pytest.raises(grpc.RpcError) as info:
-        result = fn(*args)
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    assert info.value.code() == code, info.value.details()
-    if match:
-        assert match in info.value.details(), info.value.details()
-    return info.value
 
 
 # ---------------------------------------------------------------- health, reflection, auth
@@ -129,15 +80,15 @@ def test_token_file_is_private(idle):
 def test_worker_token_is_good_for_its_own_job_only(idle, worker_channel):
     job_a, token_a = running_job(idle, "job-a", "token-a")
     job_b, _ = running_job(idle, "job-b", "token-b")
-    assert worker(worker_channel, token_a).FetchJob(pb.FetchJobRequest(job_id=job_a)).attempt == 1
-    expect_error(CODE.UNAUTHENTICATED, worker(worker_channel, token_a).FetchJob, pb.FetchJobRequest(job_id=job_b),
+    assert worker_stub(worker_channel, token_a).FetchJob(pb.FetchJobRequest(job_id=job_a)).attempt == 1
+    expect_error(CODE.UNAUTHENTICATED, worker_stub(worker_channel, token_a).FetchJob, pb.FetchJobRequest(job_id=job_b),
                  match="job-b")
-    expect_error(CODE.UNAUTHENTICATED, worker(worker_channel, "guess").ReportProgress,
+    expect_error(CODE.UNAUTHENTICATED, worker_stub(worker_channel, "guess").ReportProgress,
                  pb.ReportProgressRequest(job_id=job_a))
     expect_error(CODE.UNAUTHENTICATED, rpc.WorkerServiceStub(worker_channel).FetchJob,
                  pb.FetchJobRequest(job_id=job_a), match="x-gradmesh-job-token")
     # the client bearer token is not a job token
-    expect_error(CODE.UNAUTHENTICATED, worker(worker_channel, idle.token).FetchJob, pb.FetchJobRequest(job_id=job_a))
+    expect_error(CODE.UNAUTHENTICATED, worker_stub(worker_channel, idle.token).FetchJob, pb.FetchJobRequest(job_id=job_a))
 
 
 # ---------------------------------------------------------------- invalid input, everywhere
@@ -199,7 +150,7 @@ def test_invalid_client_input_is_invalid_argument_naming_the_field(idle, api, da
     api.SubmitJob(pb.SubmitJobRequest(spec=SPEC, job_id="q1"))
     before = idle.store.list_jobs(limit=100)
     err = expect_error(CODE.INVALID_ARGUMENT, getattr(api, method), request_msg, match=message)
-    field = dict(err.trailing_metadata() or ()).get("gradmesh-field")
+    field = dict(err.trailing_metadata() or ()).get(FIELD_TRAILER)
     assert field and err.details().startswith(field + ": ")
     assert idle.store.list_jobs(limit=100) == before and idle.store.integrity_ok()
     assert api.GetJob(pb.GetJobRequest(job_id="q1")).state == pb.QUEUED  # still serving
@@ -224,7 +175,9 @@ NOT_FOUND_CALLS = [
                          ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(NOT_FOUND_CALLS)])
 def test_missing_things_are_not_found(api, method, request_msg, message):
     api.SubmitJob(pb.SubmitJobRequest(spec=SPEC, job_id="q1"))
-    expect_error(CODE.NOT_FOUND, getattr(api, method), request_msg, match=message)
+    err = expect_error(CODE.NOT_FOUND, getattr(api, method), request_msg, match=message)
+    kind = KIND_CHECKPOINT if "checkpoint" in message else KIND_JOB  # the client reads the kind, not the words
+    assert dict(err.trailing_metadata() or ()).get(KIND_TRAILER) == kind
 
 
 def test_malformed_request_bytes_are_invalid_argument(idle, worker_channel):
@@ -239,7 +192,7 @@ def test_malformed_request_bytes_are_invalid_argument(idle, worker_channel):
 
 def test_invalid_worker_input(idle, worker_channel):
     job_id, token = running_job(idle)
-    w = worker(worker_channel, token)
+    w = worker_stub(worker_channel, token)
     expect_error(CODE.INVALID_ARGUMENT, w.ReportProgress, pb.ReportProgressRequest(job_id=job_id, event="explode"),
                  match="event:")
     expect_error(CODE.INVALID_ARGUMENT, w.ReportProgress, pb.ReportProgressRequest(job_id=job_id, step=-3),
@@ -332,17 +285,9 @@ def _point(step, val=math.nan):
                           samples_per_second=1000.0, lr=0.001, time_unix=1.0)
 
 
-def _upload(w, job_id, step, payload, val_loss=math.nan, final=False, chunk=1 << 20):
-    info = pb.CheckpointInfo(step=step, epoch=0, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
-                             val_loss=val_loss, val_accuracy=math.nan, is_final=final)
-    msgs = [pb.UploadCheckpointRequest(job_id=job_id, attempt=1, info=info)]
-    msgs += [pb.UploadCheckpointRequest(data=payload[i:i + chunk]) for i in range(0, len(payload), chunk)]
-    return w.UploadCheckpoint(iter(msgs)).stored
-
-
 def test_worker_reports_feed_metrics_progress_watch_and_cancel(idle, api, worker_channel):
     job_id, token = running_job(idle)
-    w = worker(worker_channel, token)
+    w = worker_stub(worker_channel, token)
     fetched = w.FetchJob(pb.FetchJobRequest(job_id=job_id, attempt=1))
     assert json.loads(fetched.spec_json)["train"]["steps"] == 40 and not fetched.HasField("resume_from")
     reply = w.ReportProgress(pb.ReportProgressRequest(job_id=job_id, attempt=1, event="started", step=0,
@@ -378,11 +323,11 @@ def test_worker_reports_feed_metrics_progress_watch_and_cancel(idle, api, worker
 
 def test_checkpoints_upload_retention_download_and_resume_offer(idle, api, worker_channel):
     job_id, token = running_job(idle)  # keep_last = 2
-    w = worker(worker_channel, token)
+    w = worker_stub(worker_channel, token)
     payloads = {s: os.urandom(2_500_000 if s == 20 else 1000 + s) for s in (10, 20, 30, 40, 50)}
     losses = {10: 0.9, 20: 0.2, 30: 0.5, 40: 0.6, 50: 0.4}
     for step, payload in payloads.items():
-        stored = _upload(w, job_id, step, payload, val_loss=losses[step], final=step == 50)
+        stored = upload_checkpoint(w, job_id, step, payload, val_loss=losses[step], final=step == 50)
         assert stored.sha256 == hashlib.sha256(payload).hexdigest() and stored.size_bytes == len(payload)
     infos = api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints
     assert [c.step for c in infos] == [20, 40, 50]  # last 2, best (20), final (50)
@@ -408,12 +353,7 @@ def test_checkpoints_upload_retention_download_and_resume_offer(idle, api, worke
 
 
 def test_tls_server_accepts_tls_clients_only(start_coordinator, tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=30)
+    cert, key = self_signed_cert(tmp_path)
     srv = start_coordinator(tls_cert=cert, tls_key=key)
     creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     with grpc.secure_channel(srv.address, creds) as ch:
@@ -426,10 +366,9 @@ def test_tls_server_accepts_tls_clients_only(start_coordinator, tmp_path):
 def test_long_metric_history_is_paged_and_best_lookup_uses_the_index(idle, api, worker_channel):
     """A history longer than one GetMetrics reply can hold comes back whole through the client's paging."""
     from coordinator.client import Client
-    from coordinator.jobs import METRICS_PAGE
 
     job_id, token = running_job(idle)
-    w = worker(worker_channel, token)
+    w = worker_stub(worker_channel, token)
     total = METRICS_PAGE + 1500
     for start in range(1, total + 1, 5000):
         w.ReportProgress(pb.ReportProgressRequest(

@@ -20,11 +20,12 @@ import grpc
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.jobs import attempt_tag
-from coordinator.launcher import tagged_processes
+from coordinator.processes import tagged as tagged_processes
+from coordinator.tokens import attempt_tag
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
-from test_service_e2e import assert_legal_path, job_processes, wait_for, watch_to_end
+from coordinator.processes import of_job as job_processes
+from helpers import assert_legal_path, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,18 +16,18 @@ import hashlib
 import io
 import json
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.jobs import attempt_tag
-from coordinator.launcher import group_alive, tagged_processes
+from coordinator.processes import group_alive, of_job as job_processes, tagged as tagged_processes
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from coordinator.states import JobState, is_legal
+from coordinator.states import JobState
+from coordinator.tokens import attempt_tag
+from helpers import assert_legal_path, self_signed_cert, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,51 +56,6 @@ def spec(steps=60, eval_every=10, extra=""):
 def api(coordinator):
     with grpc.insecure_channel(coordinator.address) as ch:
         yield AuthedJobStub(ch, coordinator.token, timeout=120)
-
-
-def watch_to_end(api, job_id, timeout=120.0):
-    events = list(api.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout))
-    assert events[-1].WhichOneof("event") == "state" and JobState(events[-1].state.state).is_terminal()
-    return events
-
-
-def assert_legal_path(events):
-    """Every state seen (the snapshot's history, then each state event) follows the state machine."""
-    snapshot = events[0].snapshot
-    states = [JobState(h.state) for h in snapshot.history]
-    for e in events[1:]:
-        if e.WhichOneof("event") == "state" and (not states or JobState(e.state.state) != states[-1]):
-            states.append(JobState(e.state.state))
-    assert states[0] is JobState.QUEUED
-    for old, new in zip(states, states[1:]):
-        assert is_legal(old, new), f"{old.name} → {new.name}"
-    return states
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def job_processes(job_id):
-    """Live processes whose command line names this job (mpirun, proxies, ranks)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"--job" in cmd and job_id.encode() in cmd and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
 
 
 def test_submit_watch_metrics_checkpoints_download(coordinator, api):
@@ -267,14 +222,7 @@ def test_a_host_list_pool_passes_hosts_to_mpirun(start_coordinator):
 
 def test_tls_coordinator_runs_a_job_end_to_end(start_coordinator, tmp_path):
     """With TLS the ranks get GRADMESH_TLS_CA and report over TLS too."""
-    import shutil
-    import subprocess
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=30)
+    cert, key = self_signed_cert(tmp_path)
     srv = start_coordinator(tls_cert=cert, tls_key=key)
     creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     with grpc.secure_channel(srv.address, creds) as ch:

@@ -1,4 +1,4 @@
-"""Faults injected for real into coordinator-launched jobs (issue 5, coordinator side).
+"""Faults injected for real into coordinator-launched jobs (coordinator side).
 
 Faults come from the worker's GRADMESH_FAULT hook (a real SIGKILL, exit, stall), set in the coordinator's
 environment, which the launched ranks inherit; `attempt=1` limits a fault to the first attempt.
@@ -28,7 +28,8 @@ import pytest
 from conftest import AuthedJobStub
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
-from test_service_e2e import assert_legal_path, job_processes, wait_for, watch_to_end
+from coordinator.processes import of_job as job_processes
+from helpers import assert_legal_path, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +155,7 @@ def test_corrupt_newest_checkpoint_is_refused_and_skipped(coordinator, api, monk
     with pytest.raises(grpc.RpcError) as err:
         list(api.DownloadCheckpoint(pb.DownloadCheckpointRequest(job_id="corrupt", step=newest.step)))
     assert err.value.code() == grpc.StatusCode.DATA_LOSS and "corrupt" in err.value.details()
-    offer = coordinator.core._newest_good_checkpoint("corrupt")  # what FetchJob will offer
+    offer = coordinator.core.checkpoints.newest_intact("corrupt")  # what FetchJob will offer
     assert (offer.step if offer else None) == (stored[-2].step if len(stored) > 1 else None)
     watch_to_end(api, "corrupt")
     job = api.GetJob(pb.GetJobRequest(job_id="corrupt"))
@@ -193,8 +194,8 @@ def test_frozen_job_is_killed_by_the_coordinators_watchdog_and_restarted(coordin
     # long enough that it is still training when the first point arrives, even on an idle fast machine
     api.SubmitJob(pb.SubmitJobRequest(spec=spec(hang_timeout_s=4, steps=3000), job_id="frozen"))
     wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="frozen")).latest.step >= 10, what="first point")
-    from coordinator.jobs import attempt_tag
-    from coordinator.launcher import tagged_processes
+    from coordinator.processes import tagged as tagged_processes
+    from coordinator.tokens import attempt_tag
     pids = tagged_processes(attempt_tag(coordinator.store.get_job("frozen").token_hash))
     assert api.GetJob(pb.GetJobRequest(job_id="frozen")).state == pb.RUNNING
     assert len(pids) >= 4  # mpirun, hydra's proxy, 2 ranks

@@ -11,8 +11,9 @@ import grpc
 import pytest
 
 from conftest import AuthedJobStub
+from coordinator.reports import FailureCause, WorkerEvent
 from coordinator.rpc import gradmesh_pb2 as pb
-from test_service_api import _upload, running_job, worker
+from helpers import idle_server, running_job, upload_checkpoint, wait_for, worker_stub
 from worker.report import CoordinatorError, CoordinatorHooks
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,18 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def idle(start_coordinator):
-    srv = start_coordinator()
-    srv.core.scheduler.stop()
-    return srv
-
-
-def until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+    return idle_server(start_coordinator)
 
 
 def point(step, val_loss=math.nan):
@@ -48,7 +38,7 @@ def test_hooks_report_progress_points_checkpoints_and_hear_cancel(idle, tmp_path
         api = AuthedJobStub(ch, idle.token)
         hooks.on_start(step=0, total_steps=40, epoch=0, info={"ranks": 2})
         hooks.on_step(7)  # between evaluations: only the heartbeat tells
-        until(lambda: api.GetJob(pb.GetJobRequest(job_id=job_id)).step == 7)
+        wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id=job_id)).step == 7)
         assert idle.store.attempt(job_id, 1).worker_message == "2 rank(s)"
         hooks.on_metrics(point(10))
         hooks.on_metrics(point(20, val_loss=0.5))
@@ -56,18 +46,18 @@ def test_hooks_report_progress_points_checkpoints_and_hear_cancel(idle, tmp_path
         original.write_bytes(b"checkpoint bytes" * 1000)
         hooks.on_checkpoint(original, step=20, epoch=0, is_final=False, metrics=point(20, 0.5))
         original.unlink()  # keep_last rotation may delete it at once: the hooks took their own copy
-        until(lambda: len(api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints) == 1)
+        wait_for(lambda: len(api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints) == 1)
         info = api.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id)).checkpoints[0]
         assert info.sha256 == hashlib.sha256(b"checkpoint bytes" * 1000).hexdigest() and info.val_loss == 0.5
         assert [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id=job_id)).points] == [10, 20]
         assert hooks.poll_stop() is None
         api.CancelJob(pb.CancelJobRequest(job_id=job_id, checkpoint=True))
-        until(lambda: hooks.poll_stop() is not None)
+        wait_for(lambda: hooks.poll_stop() is not None)
         assert hooks.poll_stop().checkpoint
         hooks.on_finish(step=23, epoch=0, status="stopped", message="stopped at step 23 on request")
         assert hooks.close(timeout=10)
     attempt = idle.store.attempt(job_id, 1)
-    assert (attempt.worker_event, attempt.worker_message) == ("stopped", "stopped at step 23 on request")
+    assert (attempt.worker_event, attempt.worker_message) == (WorkerEvent.STOPPED, "stopped at step 23 on request")
     assert not any((tmp_path / "work" / ".pending-uploads").iterdir())
 
 
@@ -76,7 +66,8 @@ def test_report_failure_and_a_wrong_token(idle, tmp_path):
     hooks = CoordinatorHooks(idle.address, job_id, token, 1, tmp_path)
     hooks.report_failure("data", "data.source: x has 12 features")
     attempt = idle.store.attempt(job_id, 1)
-    assert (attempt.worker_event, attempt.worker_message) == ("data", "data.source: x has 12 features")
+    assert (attempt.worker_event, attempt.worker_message) == (WorkerEvent.FAILING, "data.source: x has 12 features")
+    assert (attempt.failure.cause, attempt.failure.message) == (FailureCause.BAD_DATA, "data.source: x has 12 features")
     hooks.close(timeout=1)
     intruder = CoordinatorHooks(idle.address, job_id, "wrong", 1, tmp_path)
     with pytest.raises(CoordinatorError, match="UNAUTHENTICATED"):
@@ -88,7 +79,7 @@ def test_resume_checkpoint_is_fetched_and_verified(idle, tmp_path):
     job_id, token = running_job(idle)
     payload = b"resume me" * 5000
     with grpc.insecure_channel(idle.address) as ch:
-        _upload(worker(ch, token), job_id, 30, payload, val_loss=0.3)
+        upload_checkpoint(worker_stub(ch, token), job_id, 30, payload, val_loss=0.3)
     hooks = CoordinatorHooks(idle.address, job_id, token, 1, tmp_path / "w")
     spec_json, resume = hooks.fetch()
     assert resume is not None and resume.read_bytes() == payload and resume.name == "resume-step-30.npz"

@@ -5,8 +5,9 @@ import threading
 
 import pytest
 
+from coordinator.checkpoints import RetentionPolicy
 from coordinator.states import IllegalTransition, JobState
-from coordinator.store import CheckpointRow, JobRow, MetricRow, RetentionPolicy, Store
+from coordinator.store import CheckpointRow, JobRow, MetricRow, Store
 
 
 @pytest.fixture

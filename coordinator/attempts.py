@@ -1,0 +1,316 @@
+"""The supervisor of attempts: it launches them, reaps them, restarts them after a backoff, stops them on
+cancel or when they hang, and re-adopts them after a coordinator restart.
+
+    supervisor = Supervisor(store, signal, data_dir=..., local=True)
+    supervisor.address = "127.0.0.1:50051"        # what the ranks dial (known once the port is bound)
+    allocations = supervisor.recover()            # after a (re)start: re-adopt live attempts
+    # the scheduler's side (coordinator.scheduler.Attempts): launch, reap, is_active, ready, tick
+    supervisor.request_stop("digits-1", delay_s=30)   # a cancel: signal the group when the delay is over
+    supervisor.job_token("digits-1")              # the running attempt's token (tests act as its rank 0)
+
+Every piece of in-memory state (the running attempts with their tokens, pending stops, restart times,
+attempts stopped on purpose, stopper threads) sits behind one lock, because gRPC threads (cancel), the
+scheduler thread (reap, tick) and `close()` all touch it. The hang watch is its own thread-safe object.
+
+An attempt that ended is settled once: its outcome classified (coordinator.outcomes) and recorded, and the
+job moved on. If recording fails (a store error, a bug), the job is still moved on as a retryable failure,
+and if even that fails the attempt stays on the list and is settled again at the next reap: no job is
+left RUNNING without a process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from coordinator.events import ChangeSignal
+from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
+from coordinator.launcher import Exit, WorkerProcess, build_mpirun_argv, build_worker_env, find_mpirun, log_tail
+from coordinator.outcomes import Outcome, classify, decide
+from coordinator.states import IllegalTransition, JobState
+from coordinator.store import JobRow, Store
+from coordinator.tokens import attempt_tag, hash_token, new_token
+from coordinator.watchdog import ProgressWatch
+
+log = logging.getLogger("gradmesh.attempts")
+
+
+@dataclass
+class Running:
+    """An attempt whose processes this coordinator watches. `token` is None once it ended (or when it was
+    re-adopted: the plain token of an attempt launched by an earlier coordinator is not known)."""
+    job_id: str
+    attempt: int
+    process: WorkerProcess
+    allocation: Allocation
+    token: str | None = None
+    end_note: str = ""  # put before a failure message (e.g. it ended while no coordinator watched)
+
+
+def _fault(job: JobRow) -> dict:
+    return json.loads(job.spec_json).get("fault", {})
+
+
+class Supervisor:
+    def __init__(self, store: Store, signal: ChangeSignal, *, data_dir: Path, local: bool,
+                 tls_ca: Path | None = None, mpi_args: Sequence[str] = (), stop_grace_s: float = 5.0):
+        self.store = store
+        self.signal = signal
+        self.data_dir = Path(data_dir)
+        self.local = local  # all ranks on this machine: mpirun gets no host list
+        self.tls_ca = tls_ca
+        self.mpi_args = tuple(mpi_args)
+        self.stop_grace_s = stop_grace_s
+        self.address = ""
+        self.progress = ProgressWatch()
+        self._lock = threading.Lock()
+        self._runs: dict[str, Running] = {}
+        self._stops: dict[str, float] = {}        # job id → monotonic time at which to signal its group
+        self._restart_at: dict[str, float] = {}   # RESTARTING job → monotonic time its backoff ends
+        self._killed: dict[str, tuple[str, str]] = {}  # job id → (outcome, why) when we stopped it ourselves
+        self._stoppers: list[threading.Thread] = []
+
+    # ================================================================ the scheduler's interface
+
+    def launch(self, job: JobRow, allocation: Allocation) -> bool:
+        """Start an attempt of `job` on `allocation`; False when it did not start (the slots are free again)."""
+        token = new_token()
+        token_hash = hash_token(token)
+        hosts = format_hosts(allocation)
+        try:
+            attempt, _ = self.store.begin_attempt(
+                job.id, hosts=hosts, log_dir=self.data_dir / "logs" / job.id, run_dir=self.data_dir / "runs" / job.id,
+                token_hash=token_hash,
+                message=f"running on {hosts}" + (f" (restart {job.restarts})" if job.restarts else ""))
+        except IllegalTransition:
+            return False  # cancelled between the scheduler's read and now
+        self.signal.changed()
+        log_path, workdir = Path(attempt.log_path), Path(attempt.workdir)
+        try:
+            argv = build_mpirun_argv(mpirun=find_mpirun(), python=sys.executable, workers=job.workers,
+                                     hosts=None if self.local else allocation, coordinator=self.address,
+                                     job_id=job.id, attempt=attempt.attempt, workdir=workdir, mpi_args=self.mpi_args)
+            env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as f:
+                f.write(f"gradmesh: attempt {attempt.attempt} of {job.id}: {' '.join(argv)}\n")
+            process = WorkerProcess.start(argv, env, log_path, cwd=workdir)
+        except OSError as err:
+            message = f"could not start mpirun: {err}"
+            self.store.end_attempt(job.id, attempt.attempt, exit_code=None, outcome="launch-failed", message=message)
+            self._fail(job.id, message, attempt.attempt)
+            return False
+        with self._lock:
+            self._runs[job.id] = Running(job.id, attempt.attempt, process, allocation, token)
+            self._restart_at.pop(job.id, None)
+        self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
+        try:
+            self.store.record_launch(job.id, attempt.attempt, process.pid, process.pgid)
+        except Exception:  # only re-adoption by a later coordinator needs it; the tag still finds the processes
+            log.exception("could not record the process group of %s attempt %d", job.id, attempt.attempt)
+        return True
+
+    def reap(self) -> list[Allocation]:
+        """Settle the attempts that ended; the allocations they held are free again."""
+        with self._lock:
+            runs = list(self._runs.values())
+        freed = []
+        for run in runs:
+            exit = run.process.poll()
+            if exit is None or not self._settle(run, exit):
+                continue
+            with self._lock:
+                self._runs.pop(run.job_id, None)
+            freed.append(run.allocation)
+        return freed
+
+    def is_active(self, job_id: str) -> bool:
+        """Whether an attempt of the job is running (or ended and not settled yet)."""
+        with self._lock:
+            return job_id in self._runs
+
+    def ready(self, job: JobRow) -> bool:
+        """QUEUED jobs may start at once; RESTARTING ones after their backoff."""
+        if job.state is not JobState.RESTARTING:
+            return True
+        with self._lock:
+            return time.monotonic() >= self._restart_at.get(job.id, 0.0)
+
+    def tick(self) -> None:
+        """Each scheduler round: kill hung attempts, and signal cancelled ones whose wait is over."""
+        for job_id, message in self.progress.overdue():
+            with self._lock:
+                run = self._runs.get(job_id)
+                if run is not None:
+                    self._killed[job_id] = ("hung", message)
+            if run is not None:
+                log.warning("job %s: %s", job_id, message)
+                self._stop_in_background(run)
+        now = time.monotonic()
+        with self._lock:
+            due = [self._runs[job_id] for job_id, at in self._stops.items() if at <= now and job_id in self._runs]
+            for run in due:
+                self._stops[run.job_id] = math.inf  # signalled once; settling the attempt removes the entry
+        for run in due:
+            self._stop_in_background(run)
+
+    # ================================================================ the core's interface
+
+    def recover(self) -> list[Allocation]:
+        """Re-read the store after a (re)start: every RUNNING job's attempt is watched again. Live ones are
+        re-adopted; the ones that ended while no coordinator watched are settled at the first reap. Returns
+        the allocations they hold."""
+        adopted = []
+        for job in self.store.jobs_in(JobState.RUNNING):
+            attempt = self.store.attempt(job.id, job.attempts)
+            if attempt is None:
+                self._fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
+                continue
+            allocation = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
+            process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash))
+            run = Running(job.id, attempt.attempt, process, allocation)
+            if process.alive():
+                log.info("re-adopting %s attempt %d (process group %d)", job.id, attempt.attempt, attempt.pgid)
+                self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
+            else:
+                run.end_note = "coordinator restarted while the job ran: "
+            with self._lock:
+                self._runs[job.id] = run
+            adopted.append(allocation)
+        self.signal.changed()
+        return adopted
+
+    def request_stop(self, job_id: str, delay_s: float) -> None:
+        """Signal the job's process group after `delay_s` (the time its ranks get to stop on their own)."""
+        with self._lock:
+            self._stops.setdefault(job_id, time.monotonic() + delay_s)
+
+    def forget_restart(self, job_id: str) -> None:
+        with self._lock:
+            self._restart_at.pop(job_id, None)
+
+    def saw_progress(self, job_id: str, step: int, event: bool) -> None:
+        self.progress.progress(job_id, step, event=event)
+
+    def job_token(self, job_id: str) -> str:
+        """The plain token of the job's running attempt, which this coordinator launched. KeyError otherwise:
+        the store keeps only its hash, and the token is forgotten when the attempt ends."""
+        with self._lock:
+            run = self._runs.get(job_id)
+            if run is None or run.token is None:
+                raise KeyError(f"no running attempt of {job_id} launched by this coordinator")
+            return run.token
+
+    def close(self, stop_jobs: bool = False) -> None:
+        """Called after the scheduler stopped. Running jobs keep running (their own sessions) unless `stop_jobs`:
+        then they are stopped and their end recorded like any other, so the next coordinator restarts them."""
+        if stop_jobs:
+            with self._lock:
+                runs = list(self._runs.values())
+                for run in runs:
+                    self._killed[run.job_id] = ("interrupted", "the coordinator shut down and stopped the job")
+            stoppers = [threading.Thread(target=r.process.stop, args=(self.stop_grace_s,), daemon=True) for r in runs]
+            for t in stoppers:
+                t.start()
+            for t in stoppers:
+                t.join(timeout=self.stop_grace_s + 5)
+            self.reap()
+        with self._lock:
+            stoppers = list(self._stoppers)
+        for t in stoppers:
+            t.join(timeout=self.stop_grace_s + 2)
+
+    # ================================================================ inside
+
+    def _stop_in_background(self, run: Running) -> None:
+        thread = threading.Thread(target=run.process.stop, args=(self.stop_grace_s,), name=f"stop-{run.job_id}",
+                                  daemon=True)
+        thread.start()
+        with self._lock:
+            self._stoppers = [t for t in self._stoppers if t.is_alive()] + [thread]
+
+    def _settle(self, run: Running, exit: Exit) -> bool:
+        """Record how the attempt ended and move its job on; False when even that failed (retried later)."""
+        with self._lock:
+            self._stops.pop(run.job_id, None)
+            killed = self._killed.pop(run.job_id, None)
+            run.token = None
+        self.progress.forget(run.job_id)
+        try:
+            self._record_end(run, exit, killed)
+            return True
+        except Exception as err:  # noqa: BLE001 - whatever broke, the job must not stay RUNNING
+            log.exception("recording the end of %s attempt %d failed", run.job_id, run.attempt)
+            cause = err
+        try:
+            self._fail_over(run, exit, cause)
+            return True
+        except Exception:  # noqa: BLE001
+            log.exception("%s attempt %d ended but the job could not be moved on; retrying", run.job_id, run.attempt)
+            with self._lock:
+                if killed is not None:
+                    self._killed.setdefault(run.job_id, killed)
+            return False
+
+    def _record_end(self, run: Running, exit: Exit, killed: tuple[str, str] | None) -> None:
+        job = self.store.get_job(run.job_id)
+        attempt = self.store.attempt(run.job_id, run.attempt)
+        if job is None or attempt is None:
+            return
+        ours = [c for c in self.store.checkpoints(job.id) if c.attempt == run.attempt]
+        finals = [c.step for c in ours if c.is_final]
+        log_path = Path(attempt.log_path)
+        outcome = classify(exit, cancel_requested=job.cancel_requested,
+                           final_checkpoint_step=max(finals) if finals else None,
+                           worker_event=attempt.worker_event, worker_message=attempt.worker_message,
+                           failure=attempt.failure, tail=log_tail(log_path), log_name=log_path.name, killed=killed,
+                           last_checkpoint_step=max(c.step for c in ours) if ours else None)
+        if run.end_note and outcome.state is not JobState.SUCCEEDED:
+            outcome = dataclasses.replace(outcome, message=run.end_note + outcome.message)
+        self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
+                               message=outcome.message)
+        self._move_on(job, run, exit, outcome)
+
+    def _fail_over(self, run: Running, exit: Exit, cause: Exception) -> None:
+        """The job's next state when its attempt's end could not be recorded: a retryable failure."""
+        job = self.store.get_job(run.job_id)
+        if job is None:
+            return
+        outcome = Outcome(JobState.FAILED, True, f"the coordinator could not record how attempt {run.attempt} ended "
+                                                 f"({type(cause).__name__}: {cause}); {exit.describe()}", "unrecorded")
+        self._move_on(job, run, exit, outcome)
+        try:
+            self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
+                                   message=outcome.message)
+        except Exception:  # noqa: BLE001 - the job moved on; the attempt record is secondary
+            log.exception("could not record the end of %s attempt %d", job.id, run.attempt)
+
+    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome) -> None:
+        fault = _fault(job)
+        decision = decide(outcome, attempt=run.attempt, restarts=job.restarts,
+                          max_restarts=fault.get("max_restarts", 2), backoff_s=fault.get("backoff_s", 1.0))
+        if decision.state is JobState.RESTARTING:
+            with self._lock:
+                self._restart_at[job.id] = time.monotonic() + decision.delay_s
+        try:
+            self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
+                                  expect=[JobState.RUNNING])
+        except IllegalTransition:
+            log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
+                        exit.describe())
+        self.signal.changed()
+
+    def _fail(self, job_id: str, message: str, attempt: int) -> None:
+        try:
+            self.store.transition(job_id, JobState.FAILED, message, attempt=attempt)
+        except IllegalTransition:
+            log.warning("could not mark %s FAILED (%s)", job_id, message)
+        self.signal.changed()

@@ -1,0 +1,73 @@
+"""The coordinator's parts wired together, for `coordinator.server` (and for tests that look inside).
+
+    core = Coordinator(data_dir, store, SlotPool.local_pool(4), data_roots=[Path.cwd()])
+    core.address = "127.0.0.1:50051"   # where the ranks reach us (known once the port is bound)
+    core.start()                         # re-adopt what still runs, start the scheduler thread
+    core.jobs.submit(...); core.streams.watch(...); core.workers.report_progress(...)
+    core.close()
+
+    jobs        client operations (coordinator.jobs)       streams   watch and logs (coordinator.streams)
+    workers     the ranks' calls (coordinator.worker_api)  checkpoints  files and records (coordinator.checkpoints)
+    supervisor  attempts (coordinator.attempts)           scheduler    slots and queue (coordinator.scheduler)
+
+Files under DATA_DIR:
+    gradmesh.db                       the store (coordinator.store)
+    checkpoints/<job>/step-N.npz      uploaded checkpoints, retained per the job's keep_last + best + final
+    logs/<job>/attempt-K.log          stdout+stderr of mpirun and every rank of attempt K
+    runs/<job>/attempt-K/             the ranks' working directory (--out)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from coordinator.attempts import Supervisor
+from coordinator.checkpoints import Checkpoints
+from coordinator.events import ChangeSignal
+from coordinator.jobs import Jobs
+from coordinator.scheduler import Scheduler, SlotPool
+from coordinator.store import Store
+from coordinator.streams import Streams
+from coordinator.worker_api import WorkerApi
+
+
+class Coordinator:
+    def __init__(self, data_dir: Path, store: Store, pool: SlotPool, *, data_roots: Sequence[Path],
+                 tls_ca: Path | None = None, stop_grace_s: float = 5.0, cancel_checkpoint_wait_s: float = 30.0,
+                 mpi_args: Sequence[str] = ()):
+        self.data_dir = Path(data_dir)
+        self.store = store
+        self.signal = ChangeSignal()
+        self.checkpoints = Checkpoints(self.data_dir / "checkpoints", store)
+        self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
+                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s)
+        self.scheduler = Scheduler(store, pool, self.supervisor)
+        self.jobs = Jobs(store, self.checkpoints, self.supervisor, self.signal, wake_scheduler=self.scheduler.wake,
+                         total_slots=pool.total, data_roots=data_roots,
+                         cancel_checkpoint_wait_s=cancel_checkpoint_wait_s)
+        self.streams = Streams(store, self.signal, views=self.jobs.get)
+        self.workers = WorkerApi(store, self.checkpoints, self.supervisor, self.signal)
+
+    @property
+    def address(self) -> str:
+        return self.supervisor.address
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.supervisor.address = value
+
+    def start(self) -> None:
+        for allocation in self.supervisor.recover():
+            self.scheduler.reserve(allocation)
+        self.scheduler.start()
+
+    def close(self, stop_jobs: bool = False) -> None:
+        """Stop streams and the scheduler. Running jobs keep running (their own sessions) unless `stop_jobs`."""
+        self.signal.close()
+        self.scheduler.stop()
+        self.supervisor.close(stop_jobs=stop_jobs)
+
+    def job_token(self, job_id: str) -> str:
+        """The plain token of the job's running attempt (tests and benchmarks act as its rank 0 with it);
+        KeyError when this coordinator runs no attempt of the job."""
+        return self.supervisor.job_token(job_id)

@@ -1,0 +1,144 @@
+"""The core of the WorkerService: what the ranks of a running attempt may ask and tell, free of gRPC.
+
+    api = WorkerApi(store, checkpoints, supervisor, signal)
+    spec_json, attempt, resume_from = api.fetch_job("digits-1", token, attempt=1)
+    cancel, checkpoint = api.report_progress("digits-1", token, ProgressReport(attempt=1, step=120, ...))
+    row = api.upload_checkpoint("digits-1", token, info, chunks)
+    row, chunks = api.fetch_checkpoint("digits-1", token, step=100)
+
+Every call carries the job token of the attempt (checked against the hash the store keeps). Rank 0 reports
+progress; any rank may report its own failure (a rank that raises, or whose hang watchdog fires, tells why
+before it aborts), which is stored on the attempt and touches neither metrics nor progress.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from coordinator import validate
+from coordinator.attempts import Supervisor
+from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Checkpoints
+from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from coordinator.events import ChangeSignal
+from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
+from coordinator.store import CheckpointRow, JobRow, MetricRow, Store
+from coordinator.tokens import matches
+from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_JOB, KIND_TOKEN
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_TEXT = 4000  # characters of a worker's message kept
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """One ReportProgress: rank 0's progress and events, or any rank's own failure (event FAILING)."""
+    attempt: int = 0
+    rank: int = 0
+    points: Sequence[MetricRow] = field(default_factory=tuple)
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    event: WorkerEvent = WorkerEvent.UNSPECIFIED
+    message: str = ""
+    failure: WorkerFailure | None = None
+
+
+class WorkerApi:
+    def __init__(self, store: Store, checkpoints: Checkpoints, supervisor: Supervisor, signal: ChangeSignal):
+        self.store = store
+        self.checkpoints = checkpoints
+        self.supervisor = supervisor
+        self.signal = signal
+
+    def authorize(self, job_id: str, token: str) -> JobRow:
+        validate.job_id(job_id)
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", kind=KIND_JOB)
+        if not matches(token, job.token_hash):
+            raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not a valid token for job {job_id}", kind=KIND_TOKEN)
+        return job
+
+    def fetch_job(self, job_id: str, token: str, attempt: int) -> tuple[str, int, CheckpointRow | None]:
+        """The spec, the attempt number and the checkpoint to resume from (the newest intact one, if any)."""
+        job = self.authorize(job_id, token)
+        validate.non_negative(attempt, "attempt")
+        if attempt and attempt != job.attempts:
+            raise FailedPrecondition(f"attempt: attempt {attempt} of job {job.id} is over (the current attempt "
+                                     f"is {job.attempts})", kind=KIND_ATTEMPT)
+        if job.state.is_terminal():
+            raise FailedPrecondition(f"job_id: job {job_id} already ended {job.state.name}", kind=KIND_JOB)
+        return job.spec_json, job.attempts, self.checkpoints.newest_intact(job_id)
+
+    def report_progress(self, job_id: str, token: str, report: ProgressReport) -> tuple[bool, bool]:
+        """Store points (duplicates ignored), progress and events; answer (cancel_requested, checkpoint_requested)."""
+        job = self.authorize(job_id, token)
+        _check(report)
+        if (report.attempt and report.attempt != job.attempts) or job.state.is_terminal():
+            return True, False  # a stale attempt or an ended job: tell its ranks to stop
+        number = job.attempts
+        changed = False
+        if report.failure is not None:
+            failure = dataclasses.replace(report.failure, message=report.failure.message[:MAX_TEXT],
+                                          host=report.failure.host[:256],
+                                          exception_type=report.failure.exception_type[:200])
+            changed = self.store.record_failure(job_id, number, failure)
+        if report.rank == 0:
+            changed = self._progress(job, number, report) or changed
+        if changed:
+            self.signal.changed()
+        return job.cancel_requested, job.checkpoint_requested
+
+    def _progress(self, job: JobRow, number: int, report: ProgressReport) -> bool:
+        rows = [dataclasses.replace(p, attempt=number) for p in report.points]
+        changed = self.store.add_metrics(job.id, rows) > 0
+        last = max([report.step] + [p.step for p in rows])
+        if last > job.step or report.total_steps != job.total_steps or report.epoch > job.epoch:
+            self.store.update_progress(job.id, step=last, total_steps=report.total_steps, epoch=report.epoch)
+            changed = True
+        self.supervisor.saw_progress(job.id, last, event=report.event is not WorkerEvent.UNSPECIFIED)
+        if report.event is not WorkerEvent.UNSPECIFIED:
+            self.store.set_worker_event(job.id, number, report.event, report.message[:MAX_TEXT])
+        return changed
+
+    def upload_checkpoint(self, job_id: str, token: str, info: CheckpointUpload | None,
+                          data: Iterator[bytes]) -> CheckpointRow:
+        job = self.authorize(job_id, token)
+        if info is None:
+            raise InvalidArgument("info", "the first message of an upload must carry info (step, sha256, size)")
+        validate.non_negative(info.step, "info.step")
+        validate.non_negative(info.epoch, "info.epoch")
+        validate.non_negative(info.size_bytes, "info.size_bytes")
+        if not SHA256_RE.fullmatch(info.sha256):
+            raise InvalidArgument("info.sha256", "must be 64 lowercase hex digits")
+        if info.size_bytes > MAX_CHECKPOINT_BYTES:
+            raise InvalidArgument("info.size_bytes", f"checkpoints are limited to {MAX_CHECKPOINT_BYTES} bytes")
+        if info.attempt and info.attempt != job.attempts:
+            raise FailedPrecondition(f"attempt: attempt {info.attempt} of job {job_id} is over", kind=KIND_ATTEMPT)
+        row = self.checkpoints.save(job, info, data)
+        self.signal.changed()
+        return row
+
+    def fetch_checkpoint(self, job_id: str, token: str, step: int) -> tuple[CheckpointRow, Iterator[bytes]]:
+        self.authorize(job_id, token)
+        validate.non_negative(step, "step")
+        row = self.checkpoints.choose(job_id, step=step)
+        return row, self.checkpoints.open(row)
+
+
+def _check(report: ProgressReport) -> None:
+    for name, value in (("step", report.step), ("total_steps", report.total_steps), ("epoch", report.epoch),
+                        ("attempt", report.attempt), ("rank", report.rank)):
+        validate.non_negative(value, name)
+    for i, p in enumerate(report.points):
+        if p.step < 0 or p.epoch < 0:
+            raise InvalidArgument(f"points[{i}].step", "step and epoch must not be negative")
+    if (report.event is WorkerEvent.FAILING) != (report.failure is not None):
+        raise InvalidArgument("failure", "is sent with worker_event FAILING, and only with it")
+    if report.failure is not None and report.failure.cause is FailureCause.UNSPECIFIED:
+        raise InvalidArgument("failure.cause", "must say why the run fails (a FailureCause other than UNSPECIFIED)")
+    if report.rank != 0 and report.failure is None:
+        raise InvalidArgument("rank", f"rank {report.rank} may only report its own failure; progress comes from "
+                                      "rank 0")
