@@ -101,6 +101,20 @@ def test_submit_watch_inspect_download(coordinator, tmp_path):
     assert logs.returncode == 0 and f"attempt 1 of {job_id}" in logs.stdout
 
 
+@pytest.mark.timeout(120)
+def test_watch_and_status_without_a_validation_set_say_so(coordinator, tmp_path):
+    """val_fraction = 0: no `val_loss 0.0000 | val_acc 0.00%` anywhere, "no validation set" instead."""
+    spec = tmp_path / "job.toml"
+    spec.write_text(SMALL_JOB.replace('source = "digits"', 'source = "digits"\nval_fraction = 0.0'))
+    job_id = run_cli(*conn(coordinator), "submit", str(spec)).stdout.strip()
+    watch = run_cli(*conn(coordinator), "watch", job_id, timeout=90)
+    status = run_cli(*conn(coordinator), "status", job_id)
+    assert watch.returncode == 0 and status.returncode == 0, watch.stdout + watch.stderr
+    for text in (watch.stdout, status.stdout):
+        assert "no validation set" in text and "0.00%" not in text and "0.0000 " not in text, text
+    assert watch.stdout.splitlines()[-1].endswith(", no validation set")
+
+
 @pytest.mark.timeout(60)
 def test_bad_spec_names_the_field(coordinator, tmp_path):
     cases = {"train.batch_size": SMALL_JOB.replace("batch_size = 64", "batch_size = 0"),

@@ -6,6 +6,7 @@ one line. `serve` lives in `coordinator.cli.serve`, `demo` in `coordinator.cli.d
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -59,7 +60,7 @@ def watch_job(client: Client, job_id: str, *, stream: TextIO, as_json: bool = Fa
               tty: bool | None = None) -> JobInfo:
     """Follow a job to its end, rendering progress; returns the final job."""
     view = None if as_json else ProgressView(stream, tty=tty)
-    refreshed = time.monotonic()
+    refreshed = -math.inf  # the first metric refreshes at once (an epochs-based job's total is 0 until then)
     for event in client.watch(job_id):
         if as_json:
             print(json.dumps(_event_dict(event)), file=stream, flush=True)

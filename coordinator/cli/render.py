@@ -62,7 +62,7 @@ def progress_bar(step: int, total: int, width: int = 24) -> str:
 def has_validation(job: JobInfo) -> bool:
     """False when the job holds out nothing for validation: its spec's `data.val_fraction` is 0 and no point
     the coordinator has carries a validation loss (a data file may bring its own validation split)."""
-    if job.spec.get("data", {}).get("val_fraction", 0.1) != 0:
+    if job.spec.get("data", {}).get("val_fraction") != 0:
         return True
     return any(p is not None and p.val_loss is not None for p in (job.latest, job.best))
 
@@ -131,8 +131,12 @@ def describe_job(job: JobInfo) -> str:
                else NO_VALIDATION)
         lines.append(f"latest     step {p.step}  epoch {p.epoch}  loss {fmt_num(p.train_loss)}  {val}"
                      f"  {p.samples_per_second:,.0f} samples/s")
-    if job.best or not validation:
-        lines.append(f"best       {best_text(job)}")
+    if job.best and job.best.val_loss is not None:
+        p = job.best
+        lines.append(f"best       step {p.step}  val_loss {fmt_num(p.val_loss)}  val_acc {fmt_pct(p.val_accuracy)}"
+                     f"  (the lowest val_loss)")
+    elif not validation:
+        lines.append(f"best       - ({NO_VALIDATION})")
     labels = ",".join(f"{k}={v}" for k, v in sorted(job.labels.items())) or "-"
     lines.append(f"workers    {job.workers}   priority {job.priority}   labels {labels}")
     lines.append(f"times      created {fmt_time(job.created_unix)}   started {fmt_time(job.started_unix)}"
