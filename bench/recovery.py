@@ -69,13 +69,13 @@ def one_kill(client: Client, job_id: str, attempt: int, after_step: int) -> dict
     pid = wait_for(lambda: rank_pid(job_id, 1), 30, "rank 1's process")
     killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: any(s.state.value == "RUNNING" and s.attempt == attempt + 1 for s in client.get(job_id).history),
+    wait_for(lambda: any(s.state.name == "RUNNING" and s.attempt == attempt + 1 for s in client.get(job_id).history),
              60, "the relaunch")
     # the dead ranks can upload nothing more, so the newest checkpoint now is the one the relaunch resumes from
     resumed_from = max(c.step for c in client.checkpoints(job_id))
     job = client.get(job_id)
-    restarting = [s for s in job.history if s.state.value == "RESTARTING" and s.time_unix >= killed_at - 1]
-    running = [s for s in job.history if s.state.value == "RUNNING" and s.attempt == attempt + 1]
+    restarting = [s for s in job.history if s.state.name == "RESTARTING" and s.time_unix >= killed_at - 1]
+    running = [s for s in job.history if s.state.name == "RUNNING" and s.attempt == attempt + 1]
     # rank 0 delivers its points in batches (about once a second), so the last delivered point is behind the
     # step it had reached; extrapolate from its own timestamps at the rate it was training
     before = [p for p in client.metrics(job_id) if p.attempt == attempt]

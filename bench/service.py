@@ -138,7 +138,7 @@ def wait_state(client: Client, job_id: str, done, timeout: float = 120) -> objec
         if done(job):
             return job
         time.sleep(0.02)
-    raise TimeoutError(f"job {job_id} did not get there in {timeout} s (now {job.state.value} step {job.step})")
+    raise TimeoutError(f"job {job_id} did not get there in {timeout} s (now {job.state.name} step {job.step})")
 
 
 # ---------------------------------------------------------------- 1. submit → first step
@@ -156,7 +156,7 @@ def bench_first_step(client: Client, runs: int) -> tuple[list[float], str]:
             if current.step >= 1:
                 break
             if current.is_terminal():
-                raise RuntimeError(f"bench job {job.id} ended {current.state.value}: {current.message}")
+                raise RuntimeError(f"bench job {job.id} ended {current.state.name}: {current.message}")
             if time.perf_counter() - t0 > 60:
                 raise RuntimeError(f"bench job {job.id} reported no step in 60 s")
             time.sleep(0.005)
@@ -319,7 +319,7 @@ def bench_download(client: Client, tmp: Path, repeats: int) -> tuple[list[float]
                         labels={"bench": "download"})
     final = wait_state(client, job.id, lambda j: j.is_terminal(), timeout=300)
     if final.state is not JobState.SUCCEEDED:
-        raise RuntimeError(f"download bench job {job.id} {final.state.value}: {final.message}")
+        raise RuntimeError(f"download bench job {job.id} {final.state.name}: {final.message}")
     rates, raw_rates, size = [], [], 0
     for i in range(repeats):
         result = client.download(job.id, tmp / f"download-{i}.npz", latest=True)

@@ -3,11 +3,16 @@
     wait_for(lambda: job.state == "RUNNING", timeout=30, what="the job to run")
     small_digits_spec(steps=60, workers=2)          # a quick digits job as a dict
     cert, key = self_signed_cert(tmp_path)          # for TLS tests (needs openssl)
+    run_cli("--address", addr, "status", "J")       # the real CLI in a subprocess (cli_env: its environment)
+    numpy_accuracy(Path("best.npz"))                # a checkpoint's held-out accuracy, plain numpy
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -154,3 +159,57 @@ def expect_error(code, fn, *args, match: str | None = None):
     if match:
         assert match in info.value.details(), info.value.details()
     return info.value
+
+# ---------------------------------------------------------------- the CLI as a subprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: this checkout importable, no GRADMESH_* leaking in from outside."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for key in ("GRADMESH_ADDRESS", "GRADMESH_TOKEN", "GRADMESH_TLS_CA"):
+        env.pop(key, None)
+    env["HOME"] = extra.pop("HOME", env.get("HOME", "/tmp"))
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+            cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m coordinator.cli ARGS` in a fresh process; raises on timeout (the process is killed)."""
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or cli_env(), cwd=cwd or ROOT)
+
+
+def numpy_accuracy(path: Path) -> tuple[float, int]:
+    """(accuracy, examples) of a checkpoint on its job's held-out split, computed independently of the worker's
+    model code: numpy.load and float64 matrix products. Only the data split comes from the worker package,
+    so it is the same split the job evaluated on."""
+    import numpy as np
+
+    from worker.data import load_dataset
+    from worker.spec import parse_spec
+
+    activations = {
+        "relu": lambda z: np.maximum(z, 0),
+        "tanh": np.tanh,
+        "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+        "gelu": lambda z: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3))),
+    }
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    spec = parse_spec(json.loads(str(arrays["meta"]))["spec"])
+    data = load_dataset(spec.data, spec.model.layers, spec.model.loss, spec.train.seed)
+    x, y = data.val.rows(np.arange(len(data.val)))
+    x = x.astype(np.float64)
+    if "normalize.mean" in arrays:
+        x = (x - arrays["normalize.mean"]) / arrays["normalize.std"]
+    n_layers = sum(1 for k in arrays if k.startswith("layers.") and k.endswith(".W"))
+    for i in range(n_layers):
+        x = x @ arrays[f"layers.{i}.W"].astype(np.float64) + arrays[f"layers.{i}.b"].astype(np.float64)
+        if i < n_layers - 1:
+            x = activations[spec.model.activation](x)
+    return float(np.mean(np.argmax(x, axis=1) == y)), len(y)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.cli import evaluate_checkpoint
-from tests._cli_helpers import ROOT, cli_env, run_cli
+from tests.helpers import ROOT, cli_env, numpy_accuracy, run_cli, self_signed_cert
 
 SMALL_JOB = """
 name = "cli-digits"
@@ -90,7 +88,7 @@ def test_submit_watch_inspect_download(coordinator, tmp_path):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == best["sha256"]
     with np.load(out, allow_pickle=False) as npz:
         assert {"layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b", "meta"} <= set(npz.files)
-    accuracy, _ = evaluate_checkpoint(out)
+    accuracy, _ = numpy_accuracy(out)
     assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-6)
 
     by_step = run_cli(*conn(coordinator), "download", job_id, "--step", str(ckpts[0]["step"]), "-o",
@@ -101,6 +99,20 @@ def test_submit_watch_inspect_download(coordinator, tmp_path):
 
     logs = run_cli(*conn(coordinator), "logs", job_id)
     assert logs.returncode == 0 and f"attempt 1 of {job_id}" in logs.stdout
+
+
+@pytest.mark.timeout(120)
+def test_watch_and_status_without_a_validation_set_say_so(coordinator, tmp_path):
+    """val_fraction = 0: no `val_loss 0.0000 | val_acc 0.00%` anywhere, "no validation set" instead."""
+    spec = tmp_path / "job.toml"
+    spec.write_text(SMALL_JOB.replace('source = "digits"', 'source = "digits"\nval_fraction = 0.0'))
+    job_id = run_cli(*conn(coordinator), "submit", str(spec)).stdout.strip()
+    watch = run_cli(*conn(coordinator), "watch", job_id, timeout=90)
+    status = run_cli(*conn(coordinator), "status", job_id)
+    assert watch.returncode == 0 and status.returncode == 0, watch.stdout + watch.stderr
+    for text in (watch.stdout, status.stdout):
+        assert "no validation set" in text and "0.00%" not in text and "0.0000 " not in text, text
+    assert watch.stdout.splitlines()[-1].endswith(", no validation set")
 
 
 @pytest.mark.timeout(60)
@@ -210,6 +222,16 @@ def test_serve_prints_where_and_stops_cleanly(tmp_path, sig):
 
 
 @pytest.mark.timeout(30)
+def test_serve_on_all_interfaces_needs_an_advertise_address(tmp_path):
+    """Remote ranks would dial 127.0.0.1 and fail only at the hang timeout: refused at start, one line, exit 2."""
+    proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--host", "0.0.0.0", "--port", "0", timeout=20)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gradmesh: serve: ") and "Traceback" not in proc.stderr
+    assert "advertise" in proc.stderr
+    assert "listening" not in proc.stdout
+
+
+@pytest.mark.timeout(30)
 def test_serve_refuses_bad_options(tmp_path):
     both = run_cli("serve", "--data-dir", str(tmp_path), "--slots", "2", "--hosts", "a:2")
     assert "only one of" in one_error_line(both)
@@ -222,32 +244,30 @@ def test_demo_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--keep-dir", str(tmp_path / "demo")],
                           capture_output=True, text=True, timeout=200, env=cli_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    match = re.search(r"evaluated with plain numpy on the (\d+) held-out digits: accuracy ([\d.]+)%", proc.stdout)
+    match = re.search(r"evaluated on the (\d+) held-out digits: accuracy ([\d.]+)%", proc.stdout)
     assert match, proc.stdout[-2000:]
     assert float(match.group(2)) >= 95.0
     checkpoint = tmp_path / "demo" / "best.npz"
     assert checkpoint.is_file() and str(checkpoint) in proc.stdout
-    assert evaluate_checkpoint(checkpoint)[0] == pytest.approx(float(match.group(2)) / 100, abs=5e-5)
+    assert numpy_accuracy(checkpoint)[0] == pytest.approx(float(match.group(2)) / 100, abs=5e-5)
     assert "SUCCEEDED" in proc.stdout
+    # the "best" the demo prints is the checkpoint it downloaded, named by its validation loss
+    best = re.search(r"best checkpoint \(lowest val loss\): step (\d+), val loss ([\d.]+) \(acc ([\d.]+)%\)",
+                     proc.stdout)
+    assert best, proc.stdout[-2000:]
+    with np.load(checkpoint, allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"]))
+    assert int(best.group(1)) == meta["step"]
+    assert "best val acc" not in proc.stdout
     job_id = re.search(r"submitted job (\S+):", proc.stdout).group(1)
     leftover = subprocess.run(["pgrep", "-f", job_id], capture_output=True, text=True).stdout.split()
     assert leftover == []  # no worker left behind
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=30)
-    return cert, key
-
-
 @pytest.mark.timeout(120)
 def test_tls_end_to_end(start_coordinator, tmp_path):
     """Over TLS the CLI needs --tls-ca; the workers (given the certificate by the coordinator) report too."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     srv = start_coordinator(tls_cert=cert, tls_key=key)
     spec = tmp_path / "job.toml"
     spec.write_text(SMALL_JOB.replace("steps = 60", "steps = 20"))

@@ -9,10 +9,13 @@ import socket
 import grpc
 import pytest
 
-from coordinator import cli
+from coordinator.cli import commands, render
+from coordinator.cli.main import build_parser
 from coordinator.client import JobInfo, JobState, MetricPoint, StateChange
+from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
 from coordinator.rpc import gradmesh_pb2 as pb
-from tests._cli_helpers import ScriptedServer, cli_env, job_pb, run_cli
+from tests.helpers import cli_env, run_cli
+from tests.scripted_server import ScriptedServer, abort_with, job_pb
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,47 +39,42 @@ def _assert_one_line_error(proc, *needles: str) -> str:
 # ---------------------------------------------------------------- pure functions
 
 def test_fmt_duration():
-    assert [cli.fmt_duration(s) for s in (0, 59.4, 61, 3600 + 62, None, -1, float("inf"))] == \
+    assert [render.fmt_duration(s) for s in (0, 59.4, 61, 3600 + 62, None, -1, float("inf"))] == \
         ["0:00", "0:59", "1:01", "1:01:02", "?", "?", "?"]
 
 
 def test_progress_line_contents():
-    line = cli.progress_line(state=JobState.RUNNING, step=390, total=780, loss=0.08123, val_accuracy=0.975,
+    line = render.progress_line(state=JobState.RUNNING, step=390, total=780, loss=0.08123, val_accuracy=0.975,
                              eta=14.2, samples_per_second=12345, width=10)
     assert line.startswith("[#####.....] 390/780  50.0%")
     for part in ("loss 0.0812", "val acc 97.50%", "12,345 samples/s", "ETA 0:14", "RUNNING"):
         assert part in line
-    unknown = cli.progress_line(state="QUEUED", step=0, total=0, loss=None, val_accuracy=None, eta=None, width=4)
+    unknown = render.progress_line(state="QUEUED", step=0, total=0, loss=None, val_accuracy=None, eta=None, width=4)
     assert unknown.startswith("[????] 0/?") and "loss -" in unknown and "ETA ?" in unknown
 
 
-def test_estimate_eta():
-    assert cli.estimate_eta(100, 300, samples_per_second=6400, batch_size=64) == pytest.approx(2.0)
-    assert cli.estimate_eta(100, 0, 6400, 64) is None
-    assert cli.estimate_eta(100, 300, 0, 64) is None
-
-
 def test_parse_hosts_and_hostfile(tmp_path):
-    assert cli.parse_hosts("a:2, b:4,c") == [("a", 2), ("b", 4), ("c", 1)]
-    with pytest.raises(cli.CliError, match="whole number"):
-        cli.parse_hosts("a:two")
-    with pytest.raises(cli.CliError, match="at least 1"):
-        cli.parse_hosts("a:0")
+    """The CLI's --hosts/--hostfile go through coordinator.hosts (serve turns HostListError into one line)."""
+    assert parse_hosts("a:2, b:4,c") == [("a", 2), ("b", 4), ("c", 1)]
+    with pytest.raises(HostListError, match="whole number"):
+        parse_hosts("a:two")
+    with pytest.raises(HostListError, match="at least 1"):
+        parse_hosts("a:0")
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# cluster\nnode1:4\nnode2 slots=2  # Open MPI style\n\nnode3\n")
-    assert cli.parse_hostfile(hostfile) == [("node1", 4), ("node2", 2), ("node3", 1)]
-    with pytest.raises(cli.CliError, match="cannot read"):
-        cli.parse_hostfile(tmp_path / "missing")
+    assert parse_hostfile(hostfile) == [("node1", 4), ("node2", 2), ("node3", 1)]
+    with pytest.raises(HostListError, match="cannot read"):
+        parse_hostfile(tmp_path / "missing")
 
 
 def test_parse_labels():
-    assert cli.parse_labels(["team=ml", "run = 3", "empty="]) == {"team": "ml", "run": "3", "empty": ""}
-    with pytest.raises(cli.CliError, match="KEY=VALUE"):
-        cli.parse_labels(["oops"])
+    assert commands.parse_labels(["team=ml", "run = 3", "empty="]) == {"team": "ml", "run": "3", "empty": ""}
+    with pytest.raises(commands.CliError, match="KEY=VALUE"):
+        commands.parse_labels(["oops"])
 
 
 def test_global_options_before_or_after_the_command():
-    parser = cli.build_parser()
+    parser = build_parser()
     before = parser.parse_args(["--address", "h:1", "--token", "t", "status", "J"])
     after = parser.parse_args(["status", "J", "--address", "h:2", "--json"])
     neither = parser.parse_args(["status", "J"])
@@ -87,7 +85,7 @@ def test_global_options_before_or_after_the_command():
 
 def test_download_selectors_are_exclusive():
     with pytest.raises(SystemExit) as info:
-        cli.build_parser().parse_args(["download", "J", "--best", "--step", "3", "-o", "x"])
+        build_parser().parse_args(["download", "J", "--best", "--step", "3", "-o", "x"])
     assert info.value.code == 2
 
 
@@ -104,11 +102,11 @@ def _job(**kw) -> JobInfo:
 
 
 def test_describe_job_and_table():
-    text = cli.describe_job(_job(message="waiting"))
+    text = render.describe_job(_job(message="waiting"))
     for part in ("j1", "RUNNING", "message    waiting", "step 100/780 (12.8%)", "val_acc 95.00%", "team=ml",
                  "ETA 0:09"):
         assert part in text
-    table = cli.job_table([_job(), _job(id="j2", state=JobState.FAILED)]).splitlines()
+    table = render.job_table([_job(), _job(id="j2", state=JobState.FAILED)]).splitlines()
     assert table[0].split()[:3] == ["ID", "STATE", "STEP"] and len(table) == 3
     assert table[2].split()[:3] == ["j2", "FAILED", "100/780"]
 
@@ -121,7 +119,7 @@ def test_job_to_dict_is_json():
 
 def test_progress_view_plain_lines_when_not_a_tty():
     out = io.StringIO()
-    view = cli.ProgressView(out, tty=False)
+    view = render.ProgressView(out, tty=False)
     view.on_snapshot(_job(step=0, latest=None, best=None))
     view.on_metric(MetricPoint(step=390, epoch=15, train_loss=0.05, val_loss=0.1, val_accuracy=0.97,
                                samples_per_second=6400, lr=1e-3, time_unix=3.0, attempt=1))
@@ -129,13 +127,13 @@ def test_progress_view_plain_lines_when_not_a_tty():
     view.finish()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) == 3
-    assert "390/780" in lines[1] and "val acc 97.00%" in lines[1] and "ETA 0:04" in lines[1]
+    assert "390/780" in lines[1] and "val acc 97.00%" in lines[1] and "ETA 0:09" in lines[1]  # the job's ETA
     assert lines[2] == "SUCCEEDED: done"
 
 
 def test_progress_view_redraws_in_place_on_a_tty():
     out = io.StringIO()
-    view = cli.ProgressView(out, tty=True, min_interval=0)
+    view = render.ProgressView(out, tty=True, min_interval=0)
     view.on_snapshot(_job(step=0, latest=None, best=None))
     for step in (100, 200):
         view.on_metric(MetricPoint(step=step, epoch=1, train_loss=0.5, val_loss=None, val_accuracy=None,
@@ -179,13 +177,13 @@ def test_scripted_server_errors_and_json(tmp_path):
     """Exact texts the CLI prints for the status codes the server uses, and --json output that parses."""
     def get_job(request, context):
         if request.job_id == "nope":
-            context.abort(grpc.StatusCode.NOT_FOUND, "job_id: no job 'nope'")
+            abort_with(grpc.StatusCode.NOT_FOUND, "job_id: no job 'nope'", kind="job")(request, context)
         if context.invocation_metadata() and dict(context.invocation_metadata()).get("authorization") != "Bearer ok":
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong token")
+            abort_with(grpc.StatusCode.UNAUTHENTICATED, "wrong token", kind="token")(request, context)
         return job_pb(request.job_id, state=pb.SUCCEEDED, step=780, total=780)
 
-    def submit(request, context):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "train.batch_size: must be at least 1")
+    submit = abort_with(grpc.StatusCode.INVALID_ARGUMENT, "train.batch_size: must be at least 1",
+                        field="train.batch_size")
 
     spec = tmp_path / "job.toml"
     spec.write_text("[train]\nbatch_size = 0\n")
@@ -230,13 +228,13 @@ def test_watch_exit_code_follows_the_final_state():
 
 
 def test_token_starting_with_a_dash():
-    args = cli.build_parser().parse_args(["--token=-abc", "status", "J"])
+    args = build_parser().parse_args(["--token=-abc", "status", "J"])
     assert args.token == "-abc"
 
 
 def test_plain_progress_lines_are_rate_limited_but_the_last_is_kept():
     out = io.StringIO()
-    view = cli.ProgressView(out, tty=False, plain_interval=3600)
+    view = render.ProgressView(out, tty=False, plain_interval=3600)
     view.on_snapshot(_job(step=0, latest=None, best=None))
     for step in range(10, 781, 10):
         view.on_metric(MetricPoint(step=step, epoch=1, train_loss=0.5, val_loss=None, val_accuracy=None,
@@ -245,3 +243,88 @@ def test_plain_progress_lines_are_rate_limited_but_the_last_is_kept():
     lines = out.getvalue().splitlines()
     assert len(lines) == 4, lines  # snapshot, first point, the last point (kept), the state
     assert "10/780" in lines[1] and "780/780" in lines[2] and lines[3] == "SUCCEEDED: finished"
+
+
+# ---------------------------------------------------------------- what the coordinator decides, the CLI shows
+
+def _point(step: int, val_loss: float | None = None, val_accuracy: float | None = None, epoch: int = 1):
+    return MetricPoint(step=step, epoch=epoch, train_loss=0.5, val_loss=val_loss, val_accuracy=val_accuracy,
+                       samples_per_second=1000, lr=1e-3, time_unix=1.0, attempt=1)
+
+
+def test_progress_shows_the_coordinators_eta_as_it_is_refreshed():
+    out = io.StringIO()
+    view = render.ProgressView(out, tty=False, plain_interval=0)
+    view.on_snapshot(_job(step=0, latest=None, best=None, eta_seconds=None))
+    view.on_metric(_point(100))
+    view.on_job(_job(eta_seconds=125.0))  # a GetJob while watching
+    view.on_metric(_point(200))
+    view.on_state(StateChange(JobState.SUCCEEDED, "done", 4.0, 1))
+    lines = out.getvalue().splitlines()
+    assert "ETA ?" in lines[1] and "ETA 2:05" in lines[2]
+    assert "ETA" not in render.progress_line(state=JobState.SUCCEEDED, step=780, total=780, loss=0.1,
+                                             val_accuracy=0.9, eta=3.0)
+
+
+def test_no_validation_set_is_said_instead_of_empty_figures():
+    """val_fraction = 0: the progress lines, the status and the final line say "no validation set" instead of
+    val_loss/val_acc figures."""
+    job = _job(spec_json='{"data": {"val_fraction": 0.0}, "train": {"batch_size": 64}}', latest=None, best=None,
+               step=0)
+    out = io.StringIO()
+    view = render.ProgressView(out, tty=False, plain_interval=0)
+    view.on_snapshot(job)
+    view.on_metric(_point(390))
+    view.on_state(StateChange(JobState.SUCCEEDED, "done", 4.0, 1))
+    progress = out.getvalue().splitlines()[1]
+    assert "no validation set" in progress and "val acc" not in progress, progress
+    ended = _job(spec_json=job.spec_json, state=JobState.SUCCEEDED, latest=_point(780), best=None, step=780)
+    assert render.summary_line(ended).endswith(", no validation set")
+    status = render.describe_job(ended)
+    assert "no validation set" in status and "val_acc" not in status and "val_loss" not in status
+    with_val = _job(state=JobState.SUCCEEDED, best=_point(700, val_loss=0.2, val_accuracy=0.95))
+    assert "no validation set" not in render.summary_line(with_val) + render.describe_job(with_val)
+
+
+def test_best_is_named_by_validation_loss():
+    """The final line shows the coordinator's best point, which is chosen by validation loss: it says so."""
+    job = _job(state=JobState.SUCCEEDED, step=225, total_steps=225, started_unix=10.0, ended_unix=40.0,
+               best=_point(200, val_loss=0.2345, val_accuracy=0.8468))
+    line = render.summary_line(job)
+    assert line == "j1 SUCCEEDED at step 225/225 in 0:30, best val loss 0.2345 (acc 84.68%) at step 200"
+    assert "best val acc" not in render.describe_job(job)
+
+
+def test_epoch_is_shown_as_the_worker_reports_it():
+    job = _job(epoch=22, latest=_point(780, val_loss=0.1, val_accuracy=0.9, epoch=22))
+    text = render.describe_job(job)
+    assert "epoch 22" in text and "epoch 23" not in text
+
+
+def test_watch_on_a_tty_prints_the_final_progress_line_then_the_outcome():
+    out = io.StringIO()
+    view = render.ProgressView(out, tty=True, min_interval=0)
+    view.on_snapshot(_job(step=0, latest=None, best=None))
+    view.on_metric(_point(780, val_loss=0.1, val_accuracy=0.97))
+    view.on_state(StateChange(JobState.SUCCEEDED, "finished at step 780", 4.0, 1))
+    view.finish()
+    lines = [line.rsplit("\r\x1b[K", 1)[-1] for line in out.getvalue().split("\n") if line]
+    assert lines[-1] == "SUCCEEDED: finished at step 780"
+    assert "780/780" in lines[-2] and "val acc 97.00%" in lines[-2]
+
+
+def test_metrics_command_shows_the_reported_epoch():
+    def get_metrics(request, context):
+        return pb.GetMetricsResponse(points=[pb.MetricPoint(step=780, epoch=22, train_loss=0.1, val_loss=0.2,
+                                                            val_accuracy=0.9)])
+    with ScriptedServer({"GetMetrics": get_metrics}) as srv:
+        proc = run_cli("--address", srv.address, "metrics", "j")
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.splitlines()
+    assert header.split()[:2] == ["STEP", "EPOCH"] and row.split()[:2] == ["780", "22"]
+
+
+def test_serve_bad_host_list_is_one_usage_line(tmp_path):
+    proc = run_cli("serve", "--data-dir", str(tmp_path), "--hosts", "a:two")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "gradmesh: serve: --hosts 'a:two': slots must be a whole number, got 'two'"

@@ -11,36 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.cli import evaluate_checkpoint
 from coordinator.client import (
-    AlreadyExists, CheckpointNotFound, Client, FailedPrecondition, InvalidArgument, InvalidSpec, JobNotFound,
-    JobSnapshot, JobState, JobStateChanged, MetricReported, NotAuthorized,
+    KIND_CHECKPOINT, KIND_JOB, AlreadyExists, Client, FailedPrecondition, InvalidArgument, InvalidSpec, JobSnapshot,
+    JobState, JobStateChanged, MetricReported, NotFound, Unauthenticated,
 )
+from tests.helpers import numpy_accuracy, small_digits_spec, wait_for
 
 LEGAL = {
     JobState.QUEUED: {JobState.RUNNING, JobState.CANCELLED, JobState.FAILED},
     JobState.RUNNING: {JobState.RESTARTING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
     JobState.RESTARTING: {JobState.RUNNING, JobState.FAILED, JobState.CANCELLED},
 }
-
-
-def small_digits(steps: int = 60, workers: int = 2, **train) -> dict:
-    return {"name": "digits-small", "workers": workers,
-            "model": {"layers": [64, 32, 10]},
-            "data": {"source": "digits"},
-            "train": {"steps": steps, "batch_size": 64, "eval_every": 10, **train},
-            "optim": {"name": "adam", "lr": 3e-3},
-            "checkpoint": {"every_steps": 20, "keep_last": 2}}
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def worker_pids(job_id: str) -> list[int]:
@@ -64,7 +45,7 @@ def client(coordinator):
 
 @pytest.mark.timeout(120)
 def test_submit_watch_metrics_checkpoints_download(client, tmp_path):
-    job = client.submit(small_digits(), labels={"suite": "client"})
+    job = client.submit(small_digits_spec(), labels={"suite": "client"})
     assert job.state in (JobState.QUEUED, JobState.RUNNING) and job.labels == {"suite": "client"}
     assert job.workers == 2 and job.spec["train"]["steps"] == 60
 
@@ -93,7 +74,7 @@ def test_submit_watch_metrics_checkpoints_download(client, tmp_path):
     assert hashlib.sha256(data).hexdigest() == best.sha256 and len(data) == best.size_bytes
     with np.load(result.path, allow_pickle=False) as npz:
         assert npz["layers.0.W"].shape == (64, 32) and npz["layers.1.W"].shape == (32, 10)
-    accuracy, count = evaluate_checkpoint(result.path)
+    accuracy, count = numpy_accuracy(result.path)
     assert 150 < count < 200  # digits: 10% of 1,797 held out
     assert accuracy == pytest.approx(best.val_accuracy, abs=1e-6)
     by_step = client.download(job.id, tmp_path / "s.npz", step=ckpts[0].step)
@@ -105,45 +86,47 @@ def test_submit_watch_metrics_checkpoints_download(client, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_typed_errors_from_the_real_server(coordinator, client, tmp_path):
-    with pytest.raises(JobNotFound, match="nope"):
+    with pytest.raises(NotFound, match="nope") as missing:
         client.get("nope")
+    assert missing.value.kind == KIND_JOB
     with pytest.raises(InvalidSpec) as bad:
         client.submit({"train": {"steps": 10, "batch_size": 0}})
     assert bad.value.field == "train.batch_size" and "at least 1" in bad.value.reason
     with pytest.raises(InvalidSpec) as too_many:
-        client.submit(small_digits(), workers=64)
+        client.submit(small_digits_spec(), workers=64)
     assert too_many.value.field == "workers"
     with pytest.raises(InvalidSpec) as outside:
-        client.submit({**small_digits(), "data": {"source": "/etc/passwd"}})
+        client.submit({**small_digits_spec(), "data": {"source": "/etc/passwd"}})
     assert outside.value.field == "data.source"
     with pytest.raises(InvalidArgument):
         client.get("bad id with spaces/..")
-    with Client(coordinator.address, token="wrong") as intruder, pytest.raises(NotAuthorized):
+    with Client(coordinator.address, token="wrong") as intruder, pytest.raises(Unauthenticated):
         intruder.get("nope")
     with Client(coordinator.address, data_dir=coordinator.data_dir) as local:  # the token file
-        with pytest.raises(JobNotFound):
+        with pytest.raises(NotFound):
             local.get("nope")
 
-    first = client.submit(small_digits(steps=20), job_id="fixed-id")
-    again = client.submit(small_digits(steps=20), job_id="fixed-id")
+    first = client.submit(small_digits_spec(steps=20), job_id="fixed-id")
+    again = client.submit(small_digits_spec(steps=20), job_id="fixed-id")
     assert again.id == first.id == "fixed-id"
     with pytest.raises(AlreadyExists, match="different spec"):
-        client.submit(small_digits(steps=30), job_id="fixed-id")
+        client.submit(small_digits_spec(steps=30), job_id="fixed-id")
     assert client.wait("fixed-id").state is JobState.SUCCEEDED
     with pytest.raises(FailedPrecondition):
         client.cancel("fixed-id")
-    with pytest.raises(CheckpointNotFound):
+    with pytest.raises(NotFound) as no_checkpoint:
         client.download("fixed-id", tmp_path / "x.npz", step=7)
+    assert no_checkpoint.value.kind == KIND_CHECKPOINT
     assert not (tmp_path / "x.npz").exists()
 
 
 @pytest.mark.timeout(90)
 def test_list_pages_and_state_filter(client):
-    ids = [client.submit(small_digits(steps=10_000), labels={"n": str(i)}).id for i in range(5)]
+    ids = [client.submit(small_digits_spec(steps=10_000), labels={"n": str(i)}).id for i in range(5)]
     for job_id in ids:
         client.cancel(job_id)
     for job_id in ids:
-        wait_for(lambda: client.get(job_id).is_terminal(), 30, f"{job_id} to end")
+        wait_for(lambda: client.get(job_id).is_terminal(), 30, what=f"{job_id} to end")
     listed = [j.id for j in client.list(page_size=2)]
     assert listed[:5] == ids[::-1]  # newest first, across 3 pages
     cancelled = [j.id for j in client.list(states=["CANCELLED"], page_size=2)]
@@ -153,15 +136,15 @@ def test_list_pages_and_state_filter(client):
 
 @pytest.mark.timeout(120)
 def test_cancel_running_job_leaves_no_worker(client):
-    job = client.submit(small_digits(steps=100_000, workers=2))
-    wait_for(lambda: client.get(job.id).step >= 5, 60, "the job to train a few steps")
+    job = client.submit(small_digits_spec(steps=100_000, workers=2))
+    wait_for(lambda: client.get(job.id).step >= 5, 60, what="the job to train a few steps")
     assert worker_pids(job.id)
     client.cancel(job.id, checkpoint=True)
     events = list(client.watch(job.id))  # ends by itself once the job has stopped
     assert client.get(job.id).state is JobState.CANCELLED
     assert any(isinstance(e, JobStateChanged) and e.change.state is JobState.CANCELLED for e in events) or \
         events[0].job.state is JobState.CANCELLED
-    wait_for(lambda: not worker_pids(job.id), 15, "the worker processes to exit")
+    wait_for(lambda: not worker_pids(job.id), 15, what="the worker processes to exit")
     resumed = client.resume(job.id, workers=1)
     assert resumed.id != job.id and resumed.labels["resumed_from"] == job.id
     assert resumed.workers == 1 and resumed.state in (JobState.QUEUED, JobState.RUNNING)
@@ -177,7 +160,7 @@ def test_watch_survives_a_coordinator_restart(start_coordinator):
     exactly the metric history the store holds — no gap, no duplicate — and the job's success."""
     first = start_coordinator()
     client = Client(first.address, token=first.token, reconnect_timeout=60)
-    job = client.submit(small_digits(steps=4000, eval_every=20))
+    job = client.submit(small_digits_spec(steps=4000, eval_every=20))
     watched, restarted, second = [], False, None
     try:
         for event in client.watch(job.id):

@@ -1,6 +1,7 @@
-"""The client's own behaviour against a scripted gRPC server: status codes become the right typed errors,
-watch() reconnects after a dropped stream and after a server restart without missing a step or a state
-change, list() walks every page, download() verifies sha256/size and never leaves a bad file behind."""
+"""The client's own behaviour against a scripted gRPC server: status codes and trailers become the right typed
+errors (never the words of a message), watch() reconnects after a dropped stream and after a server restart
+without missing a step or a state change, list() and metrics() walk every page by token, download()
+verifies sha256/size and never leaves a bad file behind."""
 from __future__ import annotations
 
 import hashlib
@@ -12,43 +13,55 @@ import grpc
 import pytest
 
 from coordinator.client import (
-    AlreadyExists, CheckpointNotFound, ChecksumMismatch, Client, FailedPrecondition, InvalidArgument, InvalidSpec,
-    JobNotFound, JobSnapshot, JobState, JobStateChanged, MetricReported, NotAuthorized, ServerError, Unavailable,
-    read_spec_text, resolve_token,
+    KIND_CHECKPOINT, KIND_JOB, AlreadyExists, ChecksumMismatch, Client, DataLoss, FailedPrecondition, Internal,
+    InvalidArgument, InvalidSpec, JobSnapshot, JobState, JobStateChanged, MetricReported, NotFound,
+    ResourceExhausted, Unauthenticated, Unavailable, read_spec_text, resolve_token,
 )
 from coordinator.rpc import gradmesh_pb2 as pb
-from tests._cli_helpers import ScriptedServer, job_pb
+from tests.scripted_server import ScriptedServer, abort_with, job_pb
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _abort_with(code: grpc.StatusCode, details: str):
-    def handler(request, context):
-        context.abort(code, details)
-    return handler
-
-
-@pytest.mark.parametrize("code, details, cls", [
-    (grpc.StatusCode.NOT_FOUND, "job_id: no job 'nope'", JobNotFound),
-    (grpc.StatusCode.NOT_FOUND, "checkpoint: job 'x' has no checkpoint at step 40", CheckpointNotFound),
-    (grpc.StatusCode.FAILED_PRECONDITION, "job 'x' is RUNNING; only FAILED or CANCELLED jobs resume",
+@pytest.mark.parametrize("code, details, kind, cls", [
+    (grpc.StatusCode.NOT_FOUND, "job_id: no job 'nope'", KIND_JOB, NotFound),
+    (grpc.StatusCode.NOT_FOUND, "checkpoint: job 'x' has no checkpoint at step 40", KIND_CHECKPOINT, NotFound),
+    (grpc.StatusCode.FAILED_PRECONDITION, "job 'x' is RUNNING; only FAILED or CANCELLED jobs resume", KIND_JOB,
      FailedPrecondition),
-    (grpc.StatusCode.ALREADY_EXISTS, "job_id: 'x' exists with a different spec", AlreadyExists),
-    (grpc.StatusCode.UNAUTHENTICATED, "missing bearer token", NotAuthorized),
-    (grpc.StatusCode.PERMISSION_DENIED, "wrong token", NotAuthorized),
-    (grpc.StatusCode.INTERNAL, "boom", ServerError),
-    (grpc.StatusCode.DATA_LOSS, "checkpoint file of step 40 is corrupt on the coordinator", ChecksumMismatch),
+    (grpc.StatusCode.ALREADY_EXISTS, "job_id: 'x' exists with a different spec", KIND_JOB, AlreadyExists),
+    (grpc.StatusCode.UNAUTHENTICATED, "missing bearer token", "token", Unauthenticated),
+    (grpc.StatusCode.PERMISSION_DENIED, "wrong token", "token", Unauthenticated),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 1000 queued jobs", "", ResourceExhausted),
+    (grpc.StatusCode.INTERNAL, "boom", "", Internal),
+    (grpc.StatusCode.DATA_LOSS, "checkpoint file of step 40 is corrupt on the coordinator", KIND_CHECKPOINT,
+     DataLoss),
 ])
-def test_status_codes_become_typed_errors(code, details, cls):
-    with ScriptedServer({"GetJob": _abort_with(code, details)}) as srv, Client(srv.address, token="t") as client:
+def test_status_codes_become_typed_errors(code, details, kind, cls):
+    with ScriptedServer({"GetJob": abort_with(code, details, kind=kind)}) as srv, \
+            Client(srv.address, token="t") as client:
         with pytest.raises(cls) as info:
             client.get("x")
     assert details in info.value.message
+    assert info.value.kind == kind
+
+
+def test_not_found_kind_comes_from_the_trailer_not_the_message():
+    """A message that mentions a checkpoint does not make a job's NOT_FOUND a checkpoint's, and vice versa."""
+    handlers = {"GetJob": abort_with(grpc.StatusCode.NOT_FOUND, "no checkpoint-job 'x'", kind=KIND_JOB),
+                "ListCheckpoints": abort_with(grpc.StatusCode.NOT_FOUND, "job 'x' has none at step 7",
+                                              kind=KIND_CHECKPOINT)}
+    with ScriptedServer(handlers) as srv, Client(srv.address, token="t") as client:
+        with pytest.raises(NotFound) as job_err:
+            client.get("x")
+        with pytest.raises(NotFound) as ckpt_err:
+            client.checkpoints("x")
+    assert (job_err.value.kind, ckpt_err.value.kind) == (KIND_JOB, KIND_CHECKPOINT)
 
 
 def test_invalid_argument_names_the_field_and_submit_raises_invalid_spec():
-    handlers = {"SubmitJob": _abort_with(grpc.StatusCode.INVALID_ARGUMENT, "train.batch_size: must be at least 1"),
-                "GetJob": _abort_with(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")}
+    handlers = {"SubmitJob": abort_with(grpc.StatusCode.INVALID_ARGUMENT, "train.batch_size: must be at least 1",
+                                        field="train.batch_size"),
+                "GetJob": abort_with(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty", field="job_id")}
     with ScriptedServer(handlers) as srv, Client(srv.address, token="t") as client:
         with pytest.raises(InvalidSpec) as spec_err:
             client.submit("[train]\nbatch_size = 0\n")
@@ -57,28 +70,52 @@ def test_invalid_argument_names_the_field_and_submit_raises_invalid_spec():
     assert (spec_err.value.field, spec_err.value.reason) == ("train.batch_size", "must be at least 1")
     assert not isinstance(arg_err.value, InvalidSpec)
     assert (arg_err.value.field, arg_err.value.reason) == ("job_id", "must not be empty")
+    assert spec_err.value.message == "train.batch_size: must be at least 1"
 
 
-def test_field_from_trailing_metadata_wins():
-    def handler(request, context):
-        context.set_trailing_metadata((("gradmesh-field", "optim.lr"),))
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "optim.lr: must be positive")
-    with ScriptedServer({"SubmitJob": handler}) as srv, Client(srv.address) as client:
+def test_field_comes_from_the_trailer_only():
+    """The field is the gradmesh-field trailer; a message that merely looks like "field: reason" is not parsed."""
+    handlers = {"SubmitJob": abort_with(grpc.StatusCode.INVALID_ARGUMENT, "optim.lr: must be positive",
+                                        field="optim.lr"),
+                "GetJob": abort_with(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")}
+    with ScriptedServer(handlers) as srv, Client(srv.address) as client:
         with pytest.raises(InvalidSpec) as info:
             client.submit({"optim": {"lr": -1}})
+        with pytest.raises(InvalidArgument) as untagged:
+            client.get("")
     assert info.value.field == "optim.lr" and info.value.reason == "must be positive"
+    assert untagged.value.field == "" and untagged.value.reason == "job_id: must not be empty"
 
 
 def test_unreachable_server_is_unavailable_naming_the_address():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with Client(f"127.0.0.1:{port}", token="t", timeout=5) as client:
+    with Client(f"127.0.0.1:{port}", token="t", timeout=5, retries=False) as client:
         start = time.monotonic()
         with pytest.raises(Unavailable) as info:
             client.get("x")
     assert f"127.0.0.1:{port}" in str(info.value)
     assert time.monotonic() - start < 5  # fails fast, does not wait for the deadline
+
+
+def test_with_retries_a_read_rides_out_a_coordinator_that_comes_up_late():
+    """The default client lets gRPC retry idempotent reads on UNAVAILABLE (wire.SERVICE_CONFIG): a GetJob sent
+    while nothing listens succeeds once a server appears on the port within the retry backoff."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late: dict[str, ScriptedServer] = {}
+    starter = threading.Timer(0.5, lambda: late.__setitem__(
+        "srv", ScriptedServer({"GetJob": lambda request, context: job_pb(request.job_id)}, port=port)))
+    starter.start()
+    try:
+        with Client(f"127.0.0.1:{port}", token="t", timeout=10) as client:
+            assert client.get("late").id == "late"
+    finally:
+        starter.join()
+        if "srv" in late:
+            late["srv"].stop()
 
 
 def test_token_and_deadline_are_sent_on_every_call():
@@ -103,7 +140,7 @@ def test_token_resolution_order(tmp_path, monkeypatch):
     assert resolve_token(None, tmp_path) == "from-env"
     assert resolve_token("from-arg", tmp_path) == "from-arg"
     monkeypatch.delenv("GRADMESH_TOKEN")
-    with pytest.raises(NotAuthorized, match="token file"):
+    with pytest.raises(Unauthenticated, match="token file"):
         resolve_token(None, tmp_path / "missing")
 
 
@@ -152,7 +189,8 @@ def _watch_script():
                                                history=(queued, running, restarting, running2)))
         for step in range(request.from_step, 4):
             yield pb.WatchJobEvent(metric=pb.MetricPoint(step=step, train_loss=0.1, val_loss=0.2, val_accuracy=0.9))
-        yield pb.WatchJobEvent(state=pb.StateChange(state=pb.SUCCEEDED, time_unix=5.0, message="done"))
+        yield pb.WatchJobEvent(state=pb.StateChange(state=pb.SUCCEEDED, time_unix=5.0, message="done",
+                                                    transition_id=5))
         yield pb.WatchJobEvent(metric=pb.MetricPoint(step=99))  # after the terminal event: must not be read
     return watch
 
@@ -186,7 +224,8 @@ def test_watch_survives_a_server_restart_on_the_same_port():
         yield pb.WatchJobEvent(snapshot=job_pb(state=pb.RUNNING, history=((pb.RUNNING, 1.0),)))
         for step in range(request.from_step, 8):
             yield pb.WatchJobEvent(metric=pb.MetricPoint(step=step))
-        yield pb.WatchJobEvent(state=pb.StateChange(state=pb.FAILED, time_unix=9.0, message="rank 1 died"))
+        yield pb.WatchJobEvent(state=pb.StateChange(state=pb.FAILED, time_unix=9.0, message="rank 1 died",
+                                                    transition_id=2))
 
     first = ScriptedServer({"WatchJob": first_watch})
     holder: dict[str, ScriptedServer] = {}
@@ -228,10 +267,11 @@ def test_watch_gives_up_after_reconnect_timeout():
 
 
 def test_watch_not_found_is_not_retried():
-    with ScriptedServer({"WatchJob": _abort_with(grpc.StatusCode.NOT_FOUND, "job_id: no job 'x'")}) as srv, \
+    with ScriptedServer({"WatchJob": abort_with(grpc.StatusCode.NOT_FOUND, "job_id: no job 'x'", kind=KIND_JOB)}) as srv, \
             Client(srv.address) as client:
-        with pytest.raises(JobNotFound):
+        with pytest.raises(NotFound) as info:
             list(client.watch("x"))
+        assert info.value.kind == KIND_JOB
         assert len(srv.service.requests("WatchJob")) == 1
 
 
@@ -268,8 +308,9 @@ def test_download_data_loss_at_the_end_leaves_nothing(tmp_path):
         yield chunk
         context.abort(grpc.StatusCode.DATA_LOSS, "checkpoint at step 40 of job j is corrupt on the coordinator")
     with ScriptedServer({"DownloadCheckpoint": download}) as srv, Client(srv.address) as client:
-        with pytest.raises(ChecksumMismatch, match="corrupt on the coordinator"):
+        with pytest.raises(DataLoss, match="corrupt on the coordinator") as info:
             client.download("j", tmp_path / "c.npz")
+    assert not isinstance(info.value, ChecksumMismatch)  # the coordinator's copy, not the bytes received
     assert list(tmp_path.iterdir()) == []
 
 
@@ -310,7 +351,7 @@ def test_watch_of_an_ended_job_still_replays_its_metrics():
         yield pb.WatchJobEvent(snapshot=job_pb(state=pb.SUCCEEDED, history=((pb.RUNNING, 1.0), (pb.SUCCEEDED, 2.0))))
         for step in (10, 20):
             yield pb.WatchJobEvent(metric=pb.MetricPoint(step=step))
-        yield pb.WatchJobEvent(state=pb.StateChange(state=pb.SUCCEEDED, time_unix=2.0))
+        yield pb.WatchJobEvent(state=pb.StateChange(state=pb.SUCCEEDED, time_unix=2.0, transition_id=2))
     with ScriptedServer({"WatchJob": watch}) as srv, Client(srv.address) as client:
         events = list(client.watch("job-1"))
         assert len(srv.service.requests("WatchJob")) == 1
@@ -318,13 +359,40 @@ def test_watch_of_an_ended_job_still_replays_its_metrics():
     assert events[0].job.state is JobState.SUCCEEDED
 
 
-def test_metrics_pages_through_a_capped_history():
-    """A server that caps GetMetrics replies (here at 1,500 points) is asked again after the last step."""
+def test_metrics_follows_next_page_token_to_the_end():
+    """A long history comes in pages: the client asks again with each reply's next_page_token until it is
+    empty — also after a short page (the length of a reply says nothing)."""
+    pages = {"": (range(1, 1501), "p2"), "p2": (range(1501, 1601), "p3"), "p3": (range(1601, 4001), "")}
+
     def get_metrics(request, context):
-        steps = range(max(request.from_step, 1), 4001)[:1500]
-        return pb.GetMetricsResponse(points=[pb.MetricPoint(step=s, val_loss=float("nan")) for s in steps])
+        steps, nxt = pages[request.page_token]
+        return pb.GetMetricsResponse(points=[pb.MetricPoint(step=s, val_loss=float("nan")) for s in steps],
+                                     next_page_token=nxt)
     with ScriptedServer({"GetMetrics": get_metrics}) as srv, Client(srv.address) as client:
-        points = client.metrics("j")
-        from_steps = [r.from_step for r in srv.service.requests("GetMetrics")]
+        points = client.metrics("j", from_step=1)
+        requests = srv.service.requests("GetMetrics")
     assert [p.step for p in points] == list(range(1, 4001))
-    assert from_steps == [0, 1501, 3001, 4001]  # the third reply (1,000 points) might be capped: one more ask
+    assert [r.page_token for r in requests] == ["", "p2", "p3"]
+    assert all(r.from_step == 1 and r.job_id == "j" for r in requests)
+
+
+def test_metrics_stops_at_an_empty_token_even_after_a_full_page():
+    def get_metrics(request, context):
+        return pb.GetMetricsResponse(points=[pb.MetricPoint(step=s) for s in range(1, 20_001)])
+    with ScriptedServer({"GetMetrics": get_metrics}) as srv, Client(srv.address) as client:
+        assert len(client.metrics("j")) == 20_000
+        assert len(srv.service.requests("GetMetrics")) == 1
+
+
+def test_watch_deduplicates_state_changes_by_transition_id():
+    """Transitions are told apart by their id, not by (state, time, attempt): a restart whose RUNNING carries
+    the same time and attempt as the first RUNNING (a coarse clock) is still yielded, while the repeat of a
+    transition already in the snapshot's history is not."""
+    def watch(request, context):
+        yield pb.WatchJobEvent(snapshot=job_pb(state=pb.RUNNING, history=((pb.QUEUED, 1.0), (pb.RUNNING, 2.0))))
+        for state, transition_id in ((pb.RUNNING, 2), (pb.RESTARTING, 3), (pb.RUNNING, 4), (pb.FAILED, 5)):
+            yield pb.WatchJobEvent(state=pb.StateChange(state=state, time_unix=2.0, transition_id=transition_id))
+    with ScriptedServer({"WatchJob": watch}) as srv, Client(srv.address) as client:
+        changes = [e.change for e in client.watch("job-1") if isinstance(e, JobStateChanged)]
+    assert [(c.state, c.transition_id) for c in changes] == [
+        (JobState.RESTARTING, 3), (JobState.RUNNING, 4), (JobState.FAILED, 5)]

@@ -1,52 +1,44 @@
-"""Helpers for the client and CLI tests: run the real CLI as a subprocess, and a scripted gRPC server.
+"""A scripted gRPC server for the client and CLI tests (a helper module, not a test).
 
-The scripted server is a real grpc.server on 127.0.0.1:0 whose JobService answers are chosen by the test
-(an exact status code, a stream that drops after N events, a checkpoint with a wrong sha256). It exists to
-pin down the client's own behaviour — error translation, reconnecting, paging, checksum checks — in cases
-the real coordinator cannot be made to produce on demand. Everything else is tested against the real one.
+A real grpc.server on 127.0.0.1:0 whose JobService answers are chosen by the test (an exact status code, a
+stream that drops after N events, a checkpoint with a wrong sha256, metric pages). It pins down the client's
+own behaviour — error translation, reconnecting, paging, checksum checks — in cases the real coordinator
+cannot be made to produce on demand; everything else is tested against the real one. Errors carry the
+trailers the real servicer sends (`abort_with`), state changes carry transition ids (`job_pb`).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from concurrent import futures
-from pathlib import Path
 from typing import Callable
 
 import grpc
 
+from coordinator import wire
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
 
+def abort_with(code: grpc.StatusCode, details: str, *, kind: str = "", field: str | None = None) -> Callable:
+    """A handler that fails like the real servicer: status `code`, message `details`, trailers
+    gradmesh-kind (`kind`, or "field" for INVALID_ARGUMENT) and, for INVALID_ARGUMENT, gradmesh-field."""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        kind = kind or wire.KIND_FIELD
+    trailers = [(wire.KIND_TRAILER, kind)] + ([(wire.FIELD_TRAILER, field)] if field is not None else [])
 
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    for key in ("GRADMESH_ADDRESS", "GRADMESH_TOKEN", "GRADMESH_TLS_CA"):
-        env.pop(key, None)
-    env["HOME"] = extra.pop("HOME", env.get("HOME", "/tmp"))
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
-            cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """`python -m coordinator.cli ARGS` in a fresh process; raises on timeout (the process is killed)."""
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or cli_env(), cwd=cwd or ROOT)
+    def handler(request, context):
+        context.set_trailing_metadata(tuple(trailers))
+        context.abort(code, details)
+    return handler
 
 
 def job_pb(job_id: str = "job-1", state: int = pb.RUNNING, step: int = 0, total: int = 100,
            history: tuple = ()) -> pb.Job:
+    """A Job message; `history` is (state, time) pairs, given transition ids 1, 2, ... in that order."""
     job = pb.Job(id=job_id, name="scripted", spec_json='{"train": {"batch_size": 32}}', state=state, step=step,
                  total_steps=total, workers=2, eta_seconds=-1, created_unix=1.0)
-    for st, t in history:
-        job.history.add(state=st, time_unix=t, message=pb.JobState.Name(st).lower())
+    for transition_id, (st, t) in enumerate(history, 1):
+        job.history.add(state=st, time_unix=t, message=pb.JobState.Name(st).lower(), transition_id=transition_id)
     return job
 
 

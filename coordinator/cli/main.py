@@ -1,0 +1,154 @@
+"""`gradmesh`: run a coordinator, submit training jobs to it, watch them and fetch their checkpoints.
+
+    gradmesh demo                                   # everything end to end on this machine, ~10 s
+    gradmesh serve --data-dir ~/.gradmesh --slots 4 # coordinator on 127.0.0.1:50051, token in DATA_DIR/token
+    gradmesh submit examples/digits.toml --workers 2 --label team=ml     # prints the job id
+    gradmesh watch ID                               # live progress; exit 0 only when the job SUCCEEDED
+    gradmesh status ID | list [--state RUNNING] | metrics ID | checkpoints ID | logs ID [-f]
+    gradmesh cancel ID [--checkpoint]
+    gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
+    gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
+
+Where the coordinator is: --address or GRADMESH_ADDRESS (default 127.0.0.1:50051). The token: --token,
+GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh when it has one); --tls-ca for TLS.
+Every read command takes --json for machine-readable output. Expected errors print one line to stderr
+and exit 1 (a refused spec names the field); usage errors exit 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from coordinator.cli.commands import (
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, cmd_cancel, cmd_checkpoints, cmd_download, cmd_list,
+    cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
+)
+from coordinator.cli.demo import run_demo
+from coordinator.cli.serve import cmd_serve
+from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global options are accepted before and after the subcommand: the subparsers repeat them with
+    # SUPPRESS defaults so a value given after the subcommand wins and one given before survives.
+    def add_globals(p: argparse.ArgumentParser, suppress: bool) -> None:
+        d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+        g = p.add_argument_group("connection")
+        g.add_argument("--address", default=d(None),
+                       help="coordinator HOST:PORT (GRADMESH_ADDRESS, default 127.0.0.1:50051)")
+        g.add_argument("--token", default=d(None),
+                       help="bearer token (GRADMESH_TOKEN); write --token=VALUE when it starts with -")
+        g.add_argument("--data-dir", default=d(None), help="coordinator data directory (to read its token file)")
+        g.add_argument("--tls-ca", default=d(None), help="CA certificate PEM for a TLS coordinator (GRADMESH_TLS_CA)")
+        g.add_argument("--timeout", type=float, default=d(10.0), help="seconds per call (default 10)")
+
+    parser = argparse.ArgumentParser(prog="gradmesh", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    add_globals(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Callable, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_globals(p, suppress=True)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("serve", cmd_serve, "run a coordinator until SIGINT/SIGTERM", json_flag=False)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1; another needs --advertise-address)")
+    p.add_argument("--port", type=int, default=50051, help="port (0 = any free one; default 50051)")
+    p.add_argument("--slots", type=int, help="worker slots on this host (default: its cores)")
+    p.add_argument("--hosts", help="several machines: HOST:SLOTS,HOST:SLOTS")
+    p.add_argument("--hostfile", help="file of HOST:SLOTS (or 'HOST slots=N') lines")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="directory dataset paths must lie under (repeatable; default: the current directory)")
+    p.add_argument("--tls-cert", help="server certificate PEM (enables TLS)")
+    p.add_argument("--tls-key", help="server private key PEM")
+    p.add_argument("--advertise-address", help="HOST:PORT the workers use to reach this coordinator")
+    p.add_argument("--keep-jobs", action="store_true",
+                   help="on stop, leave running jobs training; the next coordinator on this data directory "
+                        "re-adopts them")
+
+    p = command("submit", cmd_submit, "submit a job spec (TOML or JSON); prints the job id")
+    p.add_argument("spec", help="job spec file")
+    p.add_argument("--workers", type=int, help="override the spec's workers")
+    p.add_argument("--id", help="choose the job id (resubmitting the same id and spec is a no-op)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label (repeatable)")
+
+    p = command("status", cmd_status, "show one job")
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("list", cmd_list, "list jobs, newest first")
+    p.add_argument("--state", action="append", default=[], metavar="STATE",
+                   help="only jobs in this state (repeatable): QUEUED RUNNING RESTARTING SUCCEEDED FAILED CANCELLED")
+
+    p = command("watch", cmd_watch, "follow a job until it ends; exit 0 only when it SUCCEEDED")
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("logs", cmd_logs, "print a job's worker log")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--attempt", type=int, default=0, help="which attempt (default: the latest)")
+
+    p = command("cancel", cmd_cancel, "stop a job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--checkpoint", action="store_true", help="write a final checkpoint before stopping")
+
+    p = command("resume", cmd_resume, "continue a FAILED or CANCELLED job from its newest checkpoint, as a new job "
+                                      "(prints its id)")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--workers", type=int, help="on this many workers instead")
+
+    p = command("metrics", cmd_metrics, "a job's metric history")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--from-step", type=int, default=0, help="only points at or after this step")
+
+    p = command("checkpoints", cmd_checkpoints, "a job's stored checkpoints")
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("download", cmd_download, "download a checkpoint and verify its sha256")
+    p.add_argument("job_id", metavar="ID")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="the checkpoint at this step")
+    which.add_argument("--best", action="store_true", help="the one with the lowest validation loss")
+    which.add_argument("--latest", action="store_true", help="the newest (default)")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+
+    p = command("demo", run_demo, "train the digits MLP on 2 workers through an embedded coordinator",
+                json_flag=False)
+    p.add_argument("--keep-dir", help="directory for the demo's data (default: a new temporary directory)")
+    p.add_argument("--workers", type=int, default=2, help="MPI ranks (default 2)")
+    p.add_argument("--epochs", type=int, default=0, help="override the demo's epochs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InvalidSpec as err:
+        return _fail(f"invalid job spec: {err.message}")
+    except InvalidArgument as err:
+        return _fail(f"invalid argument: {err.message}")
+    except GradmeshError as err:
+        return _fail(err.message)
+    except CliError as err:
+        return _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `gradmesh logs ID | head` closed the pipe: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _fail(message: str, exit_code: int = EXIT_ERROR) -> int:
+    print(f"gradmesh: {message}", file=sys.stderr)
+    return exit_code

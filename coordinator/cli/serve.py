@@ -1,0 +1,74 @@
+"""`gradmesh serve`: run a coordinator in this process until SIGINT/SIGTERM.
+
+Option mistakes (two pool options, half a TLS pair, a malformed host list, a combination `start_server`
+refuses with ValueError such as --host 0.0.0.0 without --advertise-address) are usage errors: one line,
+exit 2. A port that cannot be bound is an OSError: one line, exit 1.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
+from coordinator.client import TOKEN_FILE
+from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
+
+
+def import_start_server():
+    try:
+        from coordinator.server import start_server
+    except ImportError as exc:  # a client-only installation (e.g. without grpcio-health-checking)
+        raise CliError(f"the coordinator server is not available in this installation: {exc}") from None
+    return start_server
+
+
+def _host_list(args) -> list[tuple[str, int]] | None:
+    try:
+        if args.hosts:
+            return parse_hosts(args.hosts)
+        if args.hostfile:
+            return parse_hostfile(Path(args.hostfile))
+    except HostListError as err:
+        raise CliError(f"serve: {err}", EXIT_USAGE) from None
+    return None
+
+
+def cmd_serve(args) -> int:
+    start_server = import_start_server()
+    if sum(x is not None for x in (args.slots, args.hosts, args.hostfile)) > 1:
+        raise CliError("serve: give only one of --slots, --hosts, --hostfile", EXIT_USAGE)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("serve: --tls-cert and --tls-key go together", EXIT_USAGE)
+    hosts = _host_list(args)
+    data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).expanduser()
+    data_roots = [Path(p).expanduser().resolve() for p in args.data_root] or [Path.cwd()]
+    # the coordinator's own warnings (re-adopted jobs, corrupt checkpoints, internal errors) go to stderr
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        srv = start_server(data_dir, host=args.host, port=args.port, slots=args.slots, hosts=hosts,
+                           data_roots=data_roots, token=args.token,
+                           tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+                           tls_key=Path(args.tls_key) if args.tls_key else None,
+                           advertise_address=args.advertise_address)
+    except ValueError as err:
+        raise CliError(f"serve: {err}", EXIT_USAGE) from None
+    except OSError as err:
+        raise CliError(f"serve: {err}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    token_where = "as given by --token" if args.token else f"in {Path(srv.data_dir) / TOKEN_FILE}"
+    print(f"gradmesh coordinator listening on {srv.address}", flush=True)
+    print(f"data directory {srv.data_dir}; data roots {', '.join(map(str, data_roots))}", flush=True)
+    print(f"client token {token_where}  (export GRADMESH_ADDRESS={srv.address}; "
+          f"use --data-dir {srv.data_dir} or GRADMESH_TOKEN)", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("gradmesh coordinator stopping" + (" (running jobs keep running)" if args.keep_jobs else ""), flush=True)
+        srv.stop(grace=5.0, stop_jobs=not args.keep_jobs)
+    return EXIT_OK

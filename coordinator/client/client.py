@@ -1,0 +1,356 @@
+"""`Client`: one connection to a coordinator — submit, list, watch, fetch metrics, logs and checkpoints.
+
+Every call has a deadline (`timeout`; the long streams `stream_timeout`) and every failure raises a class of
+`coordinator.errors` (see `coordinator.client.errors`). The channel sends keepalive pings, so a stream over
+a dead network fails instead of hanging; `watch()` reconnects on UNAVAILABLE on its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+
+import grpc
+
+from coordinator import wire
+from coordinator.client.errors import InvalidSpec, translate_error
+from coordinator.client.types import (
+    CheckpointInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
+    StateChange, WatchEvent, parse_state,
+)
+from coordinator.errors import ChecksumMismatch, GradmeshError, InvalidArgument, Unauthenticated, Unavailable
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc
+
+TOKEN_FILE = "token"  # the client token's file inside the coordinator's data directory
+
+
+def resolve_token(token: str | None = None, data_dir: str | Path | None = None) -> str | None:
+    """The bearer token: the argument, else GRADMESH_TOKEN, else DATA_DIR/token (when data_dir is given)."""
+    if token:
+        return token
+    env = os.environ.get(wire.TOKEN_ENV, "").strip()
+    if env:
+        return env
+    if data_dir is not None:
+        path = Path(data_dir).expanduser() / TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise Unauthenticated(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    return None
+
+
+def read_spec_text(spec: "str | Path | Mapping[str, Any]") -> str:
+    """Spec text to send: a Path (or a str naming a file) is read, a dict becomes JSON, other text is sent as is."""
+    if isinstance(spec, Mapping):
+        return json.dumps(dict(spec))
+    if isinstance(spec, Path) or (isinstance(spec, str) and _looks_like_path(spec)):
+        path = Path(spec).expanduser()
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise InvalidSpec("file", f"cannot read {path}: {exc.strerror or exc}") from None
+    if isinstance(spec, str):
+        return spec
+    raise TypeError(f"spec must be a path, TOML/JSON text or a dict, not {type(spec).__name__}")
+
+
+def _looks_like_path(text: str) -> bool:
+    if "\n" in text or "=" in text or text.lstrip().startswith("{"):
+        return False
+    return os.path.exists(os.path.expanduser(text)) or text.endswith((".toml", ".json"))
+
+
+class Client:
+    """A connection to one coordinator. Thread-safe; close it (or use `with`) when done.
+
+    `retries`: let gRPC repeat the idempotent reads (GetJob, ListJobs, GetMetrics, ListCheckpoints) on
+    UNAVAILABLE with backoff (wire.SERVICE_CONFIG), which rides out a coordinator restart; off, an
+    unreachable coordinator is reported at once (what the CLI wants)."""
+
+    def __init__(self, address: str | None = None, token: str | None = None, tls_ca: str | Path | None = None,
+                 timeout: float = 10.0, *, data_dir: str | Path | None = None, stream_timeout: float = 3600.0,
+                 reconnect_timeout: float = 120.0, retries: bool = True):
+        self.address = address or os.environ.get(wire.ADDRESS_ENV, "").strip() or wire.DEFAULT_ADDRESS
+        self.token = resolve_token(token, data_dir)
+        self.timeout = timeout
+        self.stream_timeout = stream_timeout          # deadline of one long stream (watch/logs -f/download)
+        self.reconnect_timeout = reconnect_timeout    # how long watch() keeps retrying an unreachable server
+        tls_ca = tls_ca or os.environ.get(wire.TLS_CA_ENV) or None
+        self.tls = bool(tls_ca)
+        options = wire.channel_options(retries=retries)
+        if tls_ca:
+            try:
+                roots = Path(tls_ca).expanduser().read_bytes()
+            except OSError as exc:
+                raise GradmeshError(f"cannot read the TLS CA file {tls_ca}: {exc.strerror or exc}") from None
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.secure_channel(self.address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=options)
+        self._stub = pb_grpc.JobServiceStub(self._channel)
+        self._metadata = ((wire.CLIENT_TOKEN_HEADER, f"Bearer {self.token}"),) if self.token else ()
+
+    # -- plumbing
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _unary(self, method: str, request: Any, what: str) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise self._error(err, what) from None
+
+    def _error(self, err: grpc.RpcError, what: str) -> GradmeshError:
+        return translate_error(err, address=self.address, what=what, tls=self.tls)
+
+    # -- jobs
+
+    def submit(self, spec: "str | Path | Mapping[str, Any]", job_id: str | None = None,
+               labels: Mapping[str, str] | None = None, workers: int | None = None) -> JobInfo:
+        """Submit a job (spec file path, TOML/JSON text or dict). Idempotent on `job_id` with the same spec."""
+        request = pb.SubmitJobRequest(spec=read_spec_text(spec), job_id=job_id or "",
+                                      labels=dict(labels or {}), workers=int(workers or 0))
+        return JobInfo.from_pb(self._unary("SubmitJob", request, "submit").job)
+
+    def get(self, job_id: str) -> JobInfo:
+        return JobInfo.from_pb(self._unary("GetJob", pb.GetJobRequest(job_id=job_id), "get"))
+
+    def list(self, states: Iterable["str | JobState"] | None = None, page_size: int = 200) -> Iterator[JobInfo]:
+        """Every job (newest first), optionally only in `states`; fetches page after page lazily."""
+        wanted = [int(parse_state(s)) for s in (states or ())]
+        token = ""
+        while True:
+            page = self._unary("ListJobs", pb.ListJobsRequest(states=wanted, page_size=page_size,
+                                                              page_token=token), "list")
+            for job in page.jobs:
+                yield JobInfo.from_pb(job)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job_id: str, checkpoint: bool = False) -> JobInfo:
+        """Ask the job to stop (with `checkpoint`, after writing a final checkpoint). Returns at once."""
+        return JobInfo.from_pb(self._unary("CancelJob", pb.CancelJobRequest(job_id=job_id, checkpoint=checkpoint),
+                                           "cancel"))
+
+    def resume(self, job_id: str, workers: int | None = None) -> JobInfo:
+        """Continue a FAILED or CANCELLED job from its newest checkpoint, optionally on another rank count.
+        Terminal states are final, so the run is a NEW job (id "<id>-r<N>", label resumed_from=<id>): the
+        returned JobInfo is that one."""
+        return JobInfo.from_pb(self._unary("ResumeJob", pb.ResumeJobRequest(job_id=job_id, workers=int(workers or 0)),
+                                           "resume"))
+
+    def metrics(self, job_id: str, from_step: int = 0) -> list[MetricPoint]:
+        """The job's metric history from `from_step`, in step order. A long history comes in pages (each
+        reply under gRPC's size limit): ask again with the reply's `next_page_token` until it is empty."""
+        points: list[MetricPoint] = []
+        token = ""
+        while True:
+            reply = self._unary("GetMetrics", pb.GetMetricsRequest(job_id=job_id, from_step=from_step,
+                                                                   page_token=token), "metrics")
+            points.extend(MetricPoint.from_pb(p) for p in reply.points)
+            token = reply.next_page_token
+            if not token:
+                return points
+
+    def checkpoints(self, job_id: str) -> list[CheckpointInfo]:
+        reply = self._unary("ListCheckpoints", pb.ListCheckpointsRequest(job_id=job_id), "checkpoints")
+        return [CheckpointInfo.from_pb(c) for c in reply.checkpoints]
+
+    # -- streams
+
+    def watch(self, job_id: str, from_step: int = 0) -> Iterator[WatchEvent]:
+        """Yield the job's snapshot, then every state change and metric point, until it reaches a terminal state.
+
+        When the connection drops (UNAVAILABLE, or the stream deadline passes) it reconnects asking for
+        the steps after the last one it yielded, and yields the state changes the new snapshot's history
+        holds that it has not yielded yet (by their transition id), for up to `reconnect_timeout` seconds
+        of consecutive failure.
+        """
+        next_step = from_step
+        seen: set[int] = set()  # transition ids already yielded (or shown in the first snapshot)
+
+        def unseen(change: StateChange) -> bool:
+            new = change.transition_id not in seen
+            seen.add(change.transition_id)
+            return new
+
+        connected_once = False
+        down_since: float | None = None
+        delay = 0.1
+        while True:
+            call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id, from_step=next_step),
+                                       timeout=self.stream_timeout, metadata=self._metadata)
+            ended = False  # a terminal state was seen on this connection
+            try:
+                for raw in call:
+                    down_since, delay = None, 0.1
+                    kind = raw.WhichOneof("event")
+                    if kind == "snapshot":
+                        job = JobInfo.from_pb(raw.snapshot)
+                        # what changed while we were away, in order, before the new picture
+                        missed = [change for change in job.history if unseen(change)]
+                        if connected_once:
+                            yield from (JobStateChanged(change) for change in missed)
+                        connected_once = True
+                        ended = job.is_terminal()  # an ended job's stream still replays its metrics
+                        yield JobSnapshot(job)
+                    elif kind == "state":
+                        change = StateChange.from_pb(raw.state)
+                        if unseen(change):
+                            yield JobStateChanged(change)
+                        if change.state.is_terminal():
+                            return
+                    elif kind == "metric":
+                        point = MetricPoint.from_pb(raw.metric)
+                        next_step = max(next_step, point.step + 1)
+                        yield MetricReported(point)
+                if ended:
+                    return
+                # The server ends the stream only after a terminal event; an end without one is a drop.
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise self._error(err, "watch") from None
+            finally:
+                call.cancel()
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since > self.reconnect_timeout:
+                raise Unavailable(f"lost the watch of job {job_id}: cannot reach the coordinator at {self.address} "
+                                  f"for {self.reconnect_timeout:.0f} s") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def wait(self, job_id: str) -> JobInfo:
+        """Block until the job reaches a terminal state (through watch(), so reconnects included); return it."""
+        for _ in self.watch(job_id):
+            pass
+        return self.get(job_id)
+
+    def logs(self, job_id: str, follow: bool = False, attempt: int = 0) -> Iterator[bytes]:
+        """The job's log (the latest attempt unless `attempt`), as chunks of bytes; `follow` waits for more
+        until the job ends. Not resumed after a drop (the log has no offset to resume from): a dropped
+        stream raises Unavailable, and the stream's deadline is `stream_timeout`."""
+        call = self._stub.StreamLogs(pb.StreamLogsRequest(job_id=job_id, follow=follow, attempt=attempt),
+                                     timeout=self.stream_timeout, metadata=self._metadata)
+        try:
+            for chunk in call:
+                yield chunk.data
+        except grpc.RpcError as err:
+            raise self._error(err, "logs") from None
+        finally:
+            call.cancel()
+
+    def download(self, job_id: str, path: str | Path, step: int | None = None, best: bool = False,
+                 latest: bool = False) -> Download:
+        """Stream a checkpoint (`step`, `best` = the lowest validation loss, else the latest) to `path`, verify
+        its sha256 and size, then rename it into place; a mismatch raises ChecksumMismatch and leaves `path`
+        untouched (DataLoss when the coordinator finds its own copy corrupt)."""
+        if sum((step is not None, best, latest)) > 1:
+            raise InvalidArgument("which", "give at most one of step, best, latest")
+        if step is not None:
+            request = pb.DownloadCheckpointRequest(job_id=job_id, step=int(step))
+        elif best:
+            request = pb.DownloadCheckpointRequest(job_id=job_id, best=True)
+        else:
+            request = pb.DownloadCheckpointRequest(job_id=job_id, latest=True)
+        path = Path(path).expanduser()
+        target_dir = path.parent if str(path.parent) else Path(".")
+        target_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=target_dir)
+        call = self._stub.DownloadCheckpoint(request, timeout=self.stream_timeout, metadata=self._metadata)
+        sink = _VerifyingWriter(os.fdopen(fd, "wb"))
+        info = None
+        try:
+            for chunk in call:
+                if info is None:
+                    if not chunk.HasField("info"):
+                        raise ChecksumMismatch("the coordinator sent checkpoint data before its sha256")
+                    info = CheckpointInfo.from_pb(chunk.info)
+                if chunk.data:
+                    sink.put(chunk.data)
+            tally = sink.finish()
+            if info is None:
+                raise ChecksumMismatch(f"the coordinator sent an empty stream for job {job_id}'s checkpoint")
+            tally.check(info.sha256, info.size_bytes, what=f"checkpoint of job {job_id} at step {info.step} is corrupt")
+            os.replace(tmp_name, path)
+            tmp_name = None
+        except grpc.RpcError as err:
+            raise self._error(err, "download") from None
+        finally:
+            call.cancel()
+            sink.abort()
+            if tmp_name is not None:
+                try:
+                    os.unlink(tmp_name)
+                except OSError:
+                    pass
+        return Download(path=path, info=info, seconds=time.perf_counter() - started)
+
+
+class _VerifyingWriter:
+    """Hashes (wire.Sha256Tally, the one streaming verifier) and writes chunks on its own thread, so receiving
+    the next chunk overlaps with both (sha256 and write() release the GIL) and every byte is hashed once.
+    finish() flushes, fsyncs and returns the tally for `check`."""
+
+    _DONE = object()
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._tally = wire.Sha256Tally()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="gradmesh-download", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = self._queue.get()
+                if data is self._DONE:
+                    self._out.flush()
+                    os.fsync(self._out.fileno())
+                    return
+                self._tally.add(data)
+                self._out.write(data)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread by finish()
+            self._error = exc
+            while self._queue.get() is not self._DONE:  # keep draining so put() never blocks forever
+                pass
+        finally:
+            self._out.close()
+
+    def put(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> wire.Sha256Tally:
+        self._closed = True
+        self._queue.put(self._DONE)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._tally
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._DONE)
+            self._thread.join()

@@ -1,0 +1,190 @@
+"""What the client returns: frozen dataclasses made from gradmesh.v1 messages, never the messages themselves.
+
+`JobState` is the coordinator's own (`coordinator.states`, an IntEnum numbered like the proto); results
+serialise its *name* (`to_dict()` → {"state": "RUNNING"}). A float the proto leaves NaN ("not measured")
+becomes None, so `to_dict()` output is plain JSON (null).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from coordinator.errors import Internal, InvalidArgument
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.states import JobState
+
+STATE_NAMES = ", ".join(s.name for s in JobState)
+
+
+def parse_state(value: "str | JobState") -> JobState:
+    """A JobState from its name, any case ("running", "RUNNING"); InvalidArgument("state", ...) otherwise."""
+    if isinstance(value, JobState):
+        return value
+    try:
+        return JobState[str(value).strip().upper()]
+    except KeyError:
+        raise InvalidArgument("state", f"unknown state {value!r} (one of {STATE_NAMES})") from None
+
+
+def state_from_pb(value: int) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError:  # JOB_STATE_UNSPECIFIED or a state this client does not know
+        raise Internal(f"the coordinator sent an unknown job state {value}") from None
+
+
+def _opt(value: float) -> float | None:
+    """NaN (not measured) becomes None, so results serialise to JSON as null."""
+    return None if math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    step: int
+    epoch: int                      # as the worker reports it: the epoch this step belongs to
+    train_loss: float | None
+    val_loss: float | None          # None when not evaluated at this step (or no validation set)
+    val_accuracy: float | None      # None when not evaluated (or for mse)
+    samples_per_second: float
+    lr: float
+    time_unix: float
+    attempt: int
+
+    @classmethod
+    def from_pb(cls, m: pb.MetricPoint) -> "MetricPoint":
+        return cls(step=m.step, epoch=m.epoch, train_loss=_opt(m.train_loss), val_loss=_opt(m.val_loss),
+                   val_accuracy=_opt(m.val_accuracy), samples_per_second=m.samples_per_second, lr=m.lr,
+                   time_unix=m.time_unix, attempt=m.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class StateChange:
+    state: JobState
+    message: str
+    time_unix: float
+    attempt: int
+    transition_id: int = 0          # the store's id of this transition: unique, increasing
+
+    @classmethod
+    def from_pb(cls, s: pb.StateChange) -> "StateChange":
+        return cls(state=state_from_pb(s.state), message=s.message, time_unix=s.time_unix, attempt=s.attempt,
+                   transition_id=s.transition_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state.name, "message": self.message, "time_unix": self.time_unix,
+                "attempt": self.attempt, "transition_id": self.transition_id}
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    name: str
+    spec_json: str
+    state: JobState
+    message: str
+    workers: int
+    priority: int
+    labels: Mapping[str, str]
+    step: int
+    total_steps: int
+    epoch: int
+    latest: MetricPoint | None
+    best: MetricPoint | None        # the coordinator's choice: the point with the lowest validation loss
+    samples_per_second: float
+    eta_seconds: float | None       # the coordinator's estimate; None when unknown
+    attempts: int
+    restarts: int
+    created_unix: float
+    started_unix: float | None      # None until it first runs
+    ended_unix: float | None        # None until terminal
+    history: tuple[StateChange, ...] = field(default=())
+
+    @classmethod
+    def from_pb(cls, j: pb.Job) -> "JobInfo":
+        return cls(
+            id=j.id, name=j.name, spec_json=j.spec_json, state=state_from_pb(j.state), message=j.message,
+            workers=j.workers, priority=j.priority, labels=dict(j.labels), step=j.step,
+            total_steps=j.total_steps, epoch=j.epoch,
+            latest=MetricPoint.from_pb(j.latest) if j.HasField("latest") else None,
+            best=MetricPoint.from_pb(j.best) if j.HasField("best") else None,
+            samples_per_second=j.samples_per_second,
+            eta_seconds=j.eta_seconds if j.eta_seconds >= 0 else None,
+            attempts=j.attempts, restarts=j.restarts, created_unix=j.created_unix,
+            started_unix=j.started_unix or None, ended_unix=j.ended_unix or None,
+            history=tuple(StateChange.from_pb(s) for s in j.history))
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json) if self.spec_json else {}
+
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("spec_json", "history")}
+        out["state"] = self.state.name
+        out["labels"] = dict(self.labels)
+        out["latest"] = self.latest.to_dict() if self.latest else None
+        out["best"] = self.best.to_dict() if self.best else None
+        out["spec"] = self.spec
+        out["history"] = [s.to_dict() for s in self.history]
+        return out
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    epoch: int
+    size_bytes: int
+    sha256: str
+    val_loss: float | None
+    val_accuracy: float | None
+    is_final: bool
+    created_unix: float
+    attempt: int
+
+    @classmethod
+    def from_pb(cls, c: pb.CheckpointInfo) -> "CheckpointInfo":
+        return cls(step=c.step, epoch=c.epoch, size_bytes=c.size_bytes, sha256=c.sha256,
+                   val_loss=_opt(c.val_loss), val_accuracy=_opt(c.val_accuracy), is_final=c.is_final,
+                   created_unix=c.created_unix, attempt=c.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A checkpoint written to `path`, whose bytes matched `info.sha256` and `info.size_bytes`."""
+    path: Path
+    info: CheckpointInfo
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "checkpoint": self.info.to_dict(), "seconds": self.seconds}
+
+
+class WatchEvent:
+    """Base of what `Client.watch()` yields."""
+
+
+@dataclass(frozen=True)
+class JobSnapshot(WatchEvent):
+    """The job as it is now: first event of the stream, and again after every reconnect."""
+    job: JobInfo
+
+
+@dataclass(frozen=True)
+class JobStateChanged(WatchEvent):
+    change: StateChange
+
+
+@dataclass(frozen=True)
+class MetricReported(WatchEvent):
+    point: MetricPoint
