@@ -53,6 +53,23 @@ class Malformed:
         self.error = error
 
 
+# Transitional (worker branch of issue #8): the worker now sends the typed `worker_event` / `failure` instead
+# of the string `event`; until the core stores them, translate them into the strings it knows.
+_LEGACY_EVENTS = {pb.WORKER_EVENT_STARTED: "started", pb.WORKER_EVENT_FINISHED: "finished",
+                  pb.WORKER_EVENT_STOPPED: "stopped"}
+_LEGACY_CAUSES = {pb.FAILURE_CAUSE_NAN: "nan", pb.FAILURE_CAUSE_BAD_SPEC: "spec", pb.FAILURE_CAUSE_BAD_DATA: "data",
+                  pb.FAILURE_CAUSE_BAD_CHECKPOINT: "data"}
+
+
+def _legacy_event(request: Any) -> tuple[str, str]:
+    if request.worker_event == pb.WORKER_EVENT_FAILING:
+        f = request.failure
+        if f.cause in _LEGACY_CAUSES or f.cause == pb.FAILURE_CAUSE_HANG:  # the message says it all
+            return _LEGACY_CAUSES.get(f.cause, "error"), f.message
+        return "error", f"rank {f.rank} on {f.host}: {f.exception_type}: {f.message}"
+    return _LEGACY_EVENTS.get(request.worker_event, request.event), request.message
+
+
 def _safe_parser(message_cls: Any) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
@@ -191,10 +208,11 @@ class WorkerServicer:
 
     @rpc
     def ReportProgress(self, request, context):
+        event, message = _legacy_event(request)
         cancel, checkpoint = self.core.report_progress(
             request.job_id, _token(context), attempt=request.attempt,
             points=[convert.metric_from_pb(p) for p in request.points], step=request.step,
-            total_steps=request.total_steps, epoch=request.epoch, event=request.event, message=request.message)
+            total_steps=request.total_steps, epoch=request.epoch, event=event, message=message)
         return pb.ReportProgressResponse(cancel_requested=cancel, checkpoint_requested=checkpoint)
 
     @rpc
