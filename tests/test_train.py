@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +152,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_4(tmp_path):
     assert proc.returncode == 4, err
     saved = sorted((tmp_path / "run").glob("ckpt-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
     assert saved and int(saved[-1].stem.split("-")[1]) > 20
-    assert "stopped at step" in out
+    assert "stopped at step" in out and ": SIGTERM; checkpoint written" in out, out
 
 
 def test_bad_spec_exits_2_with_one_clear_line(tmp_path):

@@ -72,7 +72,7 @@ def _fetch_spec_on_root(opts, comm):
     if comm.rank == 0:
         hooks = ConsoleHooks()
     elif opts.coordinator:
-        from worker.report import RankFailureHooks
+        from worker.coordinator_link import RankFailureHooks
         hooks = RankFailureHooks(opts.coordinator, opts.job, token, opts.attempt, tls_ca=_tls_ca())
     else:
         hooks = Hooks()
@@ -148,9 +148,9 @@ def main(argv=None) -> int:
         # error happens on rank 0 alone, so abort them all.
         _say(f"{'rank %d: ' % comm.rank if comm.size > 1 else ''}{found.message}")
         hooks.report_failure(found)
-        hooks.close()
         if comm.size > 1:
             comm.abort(code)
+        hooks.close()
         return code
     hooks.close()
     if result.status == "stopped":

@@ -1,5 +1,4 @@
-"""Rank 0's link to the coordinator: fetch the job, report progress, upload checkpoints, hear cancels; and
-every rank's last word when it fails.
+"""Rank 0's link to the coordinator: fetch the job, report progress, upload checkpoints, hear cancels.
 
 `python -m worker --coordinator HOST:PORT --job ID --attempt K --out DIR` uses it:
 
@@ -9,7 +8,7 @@ every rank's last word when it fails.
     hooks.close(timeout=60)                         # deliver every buffered point and upload
     # on a failure instead: hooks.report_failure(pb.WorkerFailure(cause=..., rank=0, ...))   (worker/failure.py)
 
-    RankFailureHooks(address, job_id, token, attempt).report_failure(failure)   # ranks other than 0
+(The other ranks only ever report their own failure: `worker.coordinator_link.RankFailureHooks`.)
 
 The training loop never waits for the network: `on_metrics` and `on_checkpoint` only buffer (a
 checkpoint is hard-linked — or copied — into DIR/.pending-uploads first, because keep_last rotation may
@@ -19,20 +18,14 @@ and the next event: STARTED, FINISHED or STOPPED) and uploads checkpoints in 1 M
 buffered until the coordinator has them (it ignores duplicates, so resending after a lost reply is
 harmless): the heartbeat itself is the retry of the progress report.
 
-Retries, one mechanism each: unary calls (FetchJob, ReportProgress) are retried by gRPC itself on
-UNAVAILABLE, with backoff within each call's deadline, from the service config of
-`coordinator.wire.channel_options()`; what that policy cannot retry (the client-streaming UploadCheckpoint,
-and a FetchCheckpoint stream broken mid-way) is paced by `Backoff`.
-
-A failure report is one unary ReportProgress with `worker_event = WORKER_EVENT_FAILING`, the typed
-`failure`, and a short deadline (it must never hold up the abort that follows it for long).
+Retries (worker/coordinator_link.py): gRPC's own retry policy for the unary calls, `Backoff` for the
+streams. A failure report is one ReportProgress with WORKER_EVENT_FAILING, under a short deadline.
 """
 from __future__ import annotations
 
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from collections import deque
@@ -45,7 +38,8 @@ import grpc
 from coordinator.errors import ChecksumMismatch
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from coordinator.wire import CHUNK_BYTES, JOB_TOKEN_HEADER, channel_options, sha256_of_chunks, verified
+from coordinator.wire import CHUNK_BYTES, JOB_TOKEN_HEADER, sha256_of_chunks, verified
+from worker.coordinator_link import Backoff, CoordinatorRefused, failure_request, open_channel, say
 from worker.hooks import Hooks, StopRequest
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -55,45 +49,6 @@ DISOWNED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.Sta
 FINISH_EVENTS = {"succeeded": pb.WORKER_EVENT_FINISHED, "stopped": pb.WORKER_EVENT_STOPPED}  # "nan": a failure
 FETCH_TIMEOUT_S = 30.0            # FetchJob: a coordinator that is restarting gets this long to come back
 FAILURE_REPORT_TIMEOUT_S = 1.0    # rank 0's failure report, on its open channel
-RANK_FAILURE_TIMEOUT_S = 0.5      # another rank's one-shot failure report (a new channel), before it aborts
-
-
-class CoordinatorRefused(RuntimeError):
-    """The coordinator refused, or could not be reached in time for, a call the worker cannot do without
-    (fetching the job or its checkpoint). `code` is the gRPC status code."""
-
-    def __init__(self, message: str, code: grpc.StatusCode):
-        super().__init__(message)
-        self.code = code
-
-
-class Backoff:
-    """When to try again what gRPC's retry policy cannot retry: waits doubling from `first_s` up to `cap_s`,
-    at most `tries` attempts in all. `failed()` counts a failure and says whether another try is allowed;
-    the background thread checks `ready()` (it must keep heartbeating), a blocking caller calls `wait()`."""
-
-    def __init__(self, tries: int = 6, first_s: float = 0.5, cap_s: float = 10.0):
-        self.tries, self.first_s, self.cap_s = tries, first_s, cap_s
-        self.failures = 0
-        self.not_before = 0.0
-
-    def failed(self) -> bool:
-        self.failures += 1
-        self.not_before = time.monotonic() + min(self.first_s * 2 ** (self.failures - 1), self.cap_s)
-        return not self.exhausted
-
-    def give_up(self) -> None:
-        self.failures = self.tries
-
-    @property
-    def exhausted(self) -> bool:
-        return self.failures >= self.tries
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self.not_before
-
-    def wait(self) -> None:
-        time.sleep(max(0.0, self.not_before - time.monotonic()))
 
 
 @dataclass
@@ -112,27 +67,9 @@ def _f(point: dict[str, Any], key: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def _say(text: str) -> None:
-    print(f"gradmesh report {time.strftime('%H:%M:%S')}: {text}", file=sys.stderr, flush=True)
-
-
-def _open_channel(address: str, tls_ca: Path | None, *, retries: bool = True) -> grpc.Channel:
-    options = channel_options(retries=retries)
-    if tls_ca is None:
-        return grpc.insecure_channel(address, options=options)
-    creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-    return grpc.secure_channel(address, creds, options=options)
-
-
 def _file_blocks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         yield from iter(lambda: f.read(CHUNK_BYTES), b"")
-
-
-def _failure_request(job_id: str, attempt: int, failure: pb.WorkerFailure, **progress) -> pb.ReportProgressRequest:
-    return pb.ReportProgressRequest(job_id=job_id, attempt=attempt, rank=failure.rank,
-                                    worker_event=pb.WORKER_EVENT_FAILING, failure=failure, message=failure.message,
-                                    **progress)
 
 
 class CoordinatorHooks(Hooks):
@@ -146,7 +83,7 @@ class CoordinatorHooks(Hooks):
         self.heartbeat_s = heartbeat_s
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
-        self._channel = _open_channel(address, tls_ca)
+        self._channel = open_channel(address, tls_ca)
         self._stub = rpc.WorkerServiceStub(self._channel)
         self._metadata = ((JOB_TOKEN_HEADER, token),)
         self._lock = threading.Lock()
@@ -272,13 +209,13 @@ class CoordinatorHooks(Hooks):
         with self._lock:
             step, total, epoch = self._progress
             points = list(self._points)
-        request = _failure_request(self.job_id, self.attempt, failure, points=points,
+        request = failure_request(self.job_id, self.attempt, failure, points=points,
                                    step=max(step, failure.step), total_steps=total, epoch=epoch)
         try:
             self._stub.ReportProgress(request, timeout=FAILURE_REPORT_TIMEOUT_S, metadata=self._metadata)
             return
         except grpc.RpcError as err:
-            _say(f"could not report the failure now ({err.code().name}: {err.details()}); queued")
+            say(f"could not report the failure now ({err.code().name}: {err.details()}); queued")
         except ValueError:  # the channel was already closed
             return
         with self._lock:
@@ -295,7 +232,7 @@ class CoordinatorHooks(Hooks):
         with self._lock:
             done = not (self._points or self._events or self._uploads)
         if not done:
-            _say(f"could not deliver everything to {self.address} within {timeout:.0f} s")
+            say(f"could not deliver everything to {self.address} within {timeout:.0f} s")
         self._channel.close()
         return done
 
@@ -330,7 +267,7 @@ class CoordinatorHooks(Hooks):
             event, message, failure = self._events[0] if self._events else (pb.WORKER_EVENT_UNSPECIFIED, "", None)
             step, total, epoch = self._progress
         if failure is not None:
-            request = _failure_request(self.job_id, self.attempt, failure, points=points, step=step,
+            request = failure_request(self.job_id, self.attempt, failure, points=points, step=step,
                                        total_steps=total, epoch=epoch)
         else:
             request = pb.ReportProgressRequest(job_id=self.job_id, attempt=self.attempt, points=points, step=step,
@@ -344,10 +281,10 @@ class CoordinatorHooks(Hooks):
                 self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
                 self._drop_all()
             elif err.code() not in RETRYABLE:
-                _say(f"ReportProgress refused ({err.code().name}: {err.details()}); dropping {len(points)} point(s)")
+                say(f"ReportProgress refused ({err.code().name}: {err.details()}); dropping {len(points)} point(s)")
                 self._forget(len(points), bool(event))
             elif self._report_failures in (1, 5) or self._report_failures % 30 == 0:
-                _say(f"ReportProgress failed ({err.code().name}); will retry")
+                say(f"ReportProgress failed ({err.code().name}); will retry")
             return 0
         self._report_failures = 0
         self._forget(len(points), bool(event))
@@ -383,7 +320,7 @@ class CoordinatorHooks(Hooks):
                         self._uploads.popleft()
                     upload.path.unlink(missing_ok=True)
                     if not ok:
-                        _say(f"giving up uploading the checkpoint of step {upload.step}")
+                        say(f"giving up uploading the checkpoint of step {upload.step}")
                 if not ok:
                     return
 
@@ -393,7 +330,7 @@ class CoordinatorHooks(Hooks):
             size = upload.path.stat().st_size
             sha256 = sha256_of_chunks(_file_blocks(upload.path))
         except OSError as err:
-            _say(f"cannot read the checkpoint of step {upload.step}: {err}")
+            say(f"cannot read the checkpoint of step {upload.step}: {err}")
             upload.backoff.give_up()
             return False
         info = pb.CheckpointInfo(step=upload.step, epoch=upload.epoch, size_bytes=size, sha256=sha256,
@@ -411,37 +348,10 @@ class CoordinatorHooks(Hooks):
             return True
         except grpc.RpcError as err:
             if err.code() in DISOWNED or err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                _say(f"checkpoint of step {upload.step} refused: {err.code().name}: {err.details()}")
+                say(f"checkpoint of step {upload.step} refused: {err.code().name}: {err.details()}")
                 upload.backoff.give_up()
                 if err.code() in DISOWNED:
                     self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
             elif upload.backoff.failed():
-                _say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
+                say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
             return False
-
-
-class RankFailureHooks(Hooks):
-    """The hooks of a rank other than 0 in a coordinator run: silent, except for the rank's own failure,
-    which it reports in one unary ReportProgress (a fresh channel, no retries, RANK_FAILURE_TIMEOUT_S) just
-    before the job is aborted, so the coordinator hears *why* from the rank that failed."""
-
-    def __init__(self, address: str, job_id: str, token: str, attempt: int, tls_ca: Path | None = None,
-                 timeout_s: float = RANK_FAILURE_TIMEOUT_S):
-        self.address, self.job_id, self.attempt, self.tls_ca = address, job_id, attempt, tls_ca
-        self.timeout_s = timeout_s
-        self._metadata = ((JOB_TOKEN_HEADER, token),)
-
-    def report_failure(self, failure: pb.WorkerFailure) -> None:
-        try:
-            channel = _open_channel(self.address, self.tls_ca, retries=False)
-        except OSError as err:  # an unreadable TLS CA file
-            _say(f"could not report the failure: {err}")
-            return
-        try:
-            rpc.WorkerServiceStub(channel).ReportProgress(
-                _failure_request(self.job_id, self.attempt, failure, step=failure.step),
-                timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.RpcError as err:
-            _say(f"could not report the failure: {err.code().name}: {err.details()}")
-        finally:
-            channel.close()

@@ -208,7 +208,7 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
 
     window_loss, window_count, window_start = 0.0, 0.0, time.perf_counter()
     status = "succeeded"
-    stopped_with_checkpoint = False
+    stopped_with_checkpoint, stop_reason = False, ""
     with _SigtermFlag() as sigterm:
         while step < total_steps:
             batch_epoch, position = sampler.locate(step)  # 0-based: where this step's batch comes from
@@ -247,6 +247,7 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
             if total.stop and step < total_steps:
                 status = "stopped"
                 stopped_with_checkpoint = total.checkpoint
+                stop_reason = stop.reason if stop is not None else "SIGTERM" if sigterm.raised else "SIGTERM on another rank"
                 if stopped_with_checkpoint:
                     write_checkpoint(is_final=False)
                 break
@@ -266,6 +267,6 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     stop_message = ""
     if status == "stopped":
         saved = "; checkpoint written" if stopped_with_checkpoint else ""
-        stop_message = f"a stop was requested (SIGTERM or a cancel){saved}"
+        stop_message = f"{stop_reason}{saved}"
     hooks.on_finish(step=step, epoch=epoch, status=status, message=stop_message)
     return TrainResult(status, step, epoch, metrics, final_path)
