@@ -4,7 +4,8 @@
     mpirun -n 2 python bench/allreduce.py --rounds 15 --calls 20
 
 The buffer is what train.py reduces each step for the 784-1024-1024-10 MLP: the flat float32 gradient
-(1,863,690 parameters) plus 4 metric slots. Measured in the same run, interleaved round by round:
+(1,863,690 parameters) plus the step's scalars (worker/stepsync.py's StepSync buffer, taken from the
+product, not rebuilt here). Measured in the same run, interleaved round by round:
 
   bare MPI           COMM_WORLD-dup Allreduce(IN_PLACE, buf, SUM), nothing else
   gradmesh           MpiComm(hang_timeout_s=None).allreduce_sum_(buf)
@@ -27,16 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from worker.comm import MpiComm, launched_by_mpi  # noqa: E402
+from worker.comm import MpiComm, SerialComm, launched_by_mpi  # noqa: E402
+from worker.mlp import MLP  # noqa: E402
+from worker.stepsync import SCALARS, StepSync  # noqa: E402
 
 SIZES = (784, 1024, 1024, 10)
-
-
-def layer_shapes(sizes=SIZES) -> list[tuple[int, ...]]:
-    shapes = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        shapes += [(fan_in, fan_out), (fan_out,)]
-    return shapes
 
 
 def relaunch_under_mpirun(nprocs: int) -> int:
@@ -61,10 +57,11 @@ def main() -> int:
     naive = MPI.COMM_WORLD.Dup()  # each method has its own communicator, as gradmesh has
     sync = MPI.COMM_WORLD.Dup()
 
-    shapes = layer_shapes()
-    params = sum(int(np.prod(s)) for s in shapes)
-    fused = np.ones(params + 4, np.float32)
-    layers = [np.ones(s, np.float32) for s in shapes]
+    model = MLP(SIZES)
+    params = model.num_params
+    fused = StepSync(model, SerialComm()).buffer  # the vector train.py reduces: [gradient | scalars]
+    fused.fill(1.0)
+    layers = [np.ones(a.shape, np.float32) for layer in model.layers for a in (layer.W, layer.b)]
 
     def bare_allreduce():
         bare.Allreduce(MPI.IN_PLACE, fused, op=MPI.SUM)
@@ -109,7 +106,7 @@ def main() -> int:
     if plain.rank == 0:
         base = summary["bare MPI Allreduce"]
         print(f"gradient sync, {plain.size} ranks on {plain.hostname}, MLP {'-'.join(map(str, SIZES))}: "
-              f"{params:,} params + 4 metrics = {fused.nbytes / 1e6:.2f} MB float32, "
+              f"{params:,} params + {SCALARS} scalars = {fused.nbytes / 1e6:.2f} MB float32, "
               f"median of {args.rounds}x{args.calls} calls; 1-min load average {os.getloadavg()[0]:.2f}")
         for name, t in summary.items():
             print(f"  {name:<26} {1e3 * t:8.3f} ms   {t / base:5.2f}x bare")

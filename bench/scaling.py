@@ -3,10 +3,11 @@
     python bench/scaling.py                       # launches itself under `mpirun -n 2`
     python bench/scaling.py --rounds 20 --steps 5
 
-One step is what train.py does: forward + backward of the 784-1024-1024-10 MLP (relu, cross-entropy)
-on this rank's slice of the global batch, one in-place allreduce of [gradient | 4 metrics] through
-worker.comm (hang watchdog on, as in training), division by the global count, an SGD update. Data are
-random (speed does not depend on them). Configurations:
+One step is train.py's own step, through the same functions (worker/stepsync.py): forward + backward of
+the 784-1024-1024-10 MLP (relu, cross-entropy) on this rank's slice of the global batch, one in-place
+allreduce of [gradient | loss_sum, count, stop, stop_with_checkpoint] through worker.comm (hang watchdog
+on, as in training), division by the global count; then an SGD update. Data are random (speed does not
+depend on them). Configurations:
 
   1x1 b256           1 rank  x 1 thread,  global batch 256          (the reference)
   2x1 b256           2 ranks x 1 thread,  global batch 256 (128/rank: strong scaling)
@@ -42,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from worker.comm import SerialComm, init_comm, launched_by_mpi  # noqa: E402
+from worker.mlp import MLP  # noqa: E402
+from worker.stepsync import StepSync  # noqa: E402
 
 SIZES = [784, 1024, 1024, 10]
 CONFIGS = {  # name: (ranks, BLAS threads per rank, global batch, overlap)
@@ -55,36 +58,18 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class Trainer:
-    """One model replica and its step, for a given communicator and per-rank batch."""
+    """One model replica and train.py's step (StepSync), for a given communicator, per-rank batch and mode."""
 
-    def __init__(self, comm, batch_per_rank: int, seed: int):
-        from worker.mlp import MLP
-        self.comm = comm
+    def __init__(self, comm, batch_per_rank: int, seed: int, overlap: bool):
         self.model = MLP(SIZES, activation="relu", loss="cross_entropy", seed=0)
-        self.P = self.model.num_params
-        self.sync = np.zeros(self.P + 4, np.float32)
-        self.model.use_grad_buffer(self.sync[:self.P])
+        self.sync = StepSync(self.model, comm, overlap=overlap)
         rng = np.random.default_rng(seed)
         self.x = rng.standard_normal((batch_per_rank, SIZES[0])).astype(np.float32)
         self.y = rng.integers(0, SIZES[-1], batch_per_rank)
-        self.slices = self.model.layer_slices()
 
-    def step(self, overlap: bool) -> None:
-        model, sync, P, comm = self.model, self.sync, self.P, self.comm
-        if overlap:
-            handles = []
-            s = model.sum_loss_and_grad(self.x, self.y,
-                                        on_layer_grad=lambda i: handles.append(comm.iallreduce_sum_(sync[self.slices[i]])))
-            sync[P:] = (s.loss_sum, s.correct, s.count, 0.0)
-            handles.append(comm.iallreduce_sum_(sync[P:]))
-            for h in handles:
-                h.wait()
-        else:
-            s = model.sum_loss_and_grad(self.x, self.y)
-            sync[P:] = (s.loss_sum, s.correct, s.count, 0.0)
-            comm.allreduce_sum_(sync)
-        model.grad *= np.float32(1.0 / sync[P + 2])
-        model.params -= np.float32(0.01) * model.grad
+    def step(self) -> None:
+        self.sync.reduce(self.sync.backward(self.x, self.y))
+        self.model.params -= np.float32(0.01) * self.model.grad
 
 
 def run_worker(args) -> int:
@@ -96,11 +81,11 @@ def run_worker(args) -> int:
         raise SystemExit("bench/scaling.py runs on exactly 2 ranks")
     world = MPI.COMM_WORLD
     trainers = {}
-    for name, (ranks, _threads, batch, _overlap) in CONFIGS.items():
+    for name, (ranks, _threads, batch, overlap) in CONFIGS.items():
         if ranks == 2:
-            trainers[name] = Trainer(comm, batch // 2, seed=comm.rank)
+            trainers[name] = Trainer(comm, batch // 2, seed=comm.rank, overlap=overlap)
         elif comm.rank == 0:
-            trainers[name] = Trainer(SerialComm(), batch, seed=0)
+            trainers[name] = Trainer(SerialComm(), batch, seed=0, overlap=overlap)
 
     def idle_until_rank0_is_done() -> None:
         request = world.Ibarrier()
@@ -111,16 +96,16 @@ def run_worker(args) -> int:
     order_rng = np.random.default_rng(0)  # the same order on both ranks
     for round_ in range(args.rounds + 1):  # round 0 warms every configuration up, untimed
         for name in order_rng.permutation(list(CONFIGS)):
-            ranks, threads, _batch, overlap = CONFIGS[name]
+            ranks, threads, _batch, _overlap = CONFIGS[name]
             with threadpool_limits(limits=threads):
                 if ranks == 1 and comm.rank == 1:
                     idle_until_rank0_is_done()
                     continue
                 trainer = trainers[name]
-                trainer.step(overlap)  # one untimed step: caches and BLAS threads after the switch
+                trainer.step()  # one untimed step: caches and BLAS threads after the switch
                 for _ in range(args.steps):
                     start = time.perf_counter()
-                    trainer.step(overlap)
+                    trainer.step()
                     if round_:
                         times[name].append(time.perf_counter() - start)
                 if ranks == 1:

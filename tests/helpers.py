@@ -213,3 +213,87 @@ def numpy_accuracy(path: Path) -> tuple[float, int]:
         if i < n_layers - 1:
             x = activations[spec.model.activation](x)
     return float(np.mean(np.argmax(x, axis=1) == y)), len(y)
+
+class RecordingWorkerService:
+    """A real gRPC WorkerService on 127.0.0.1 that serves one job spec and records what workers send.
+
+        with RecordingWorkerService(spec_json, token="t") as coord:      # coord.address: "127.0.0.1:PORT"
+            ... python -m worker --coordinator {coord.address} --job j --attempt 1 ...
+            coord.failures()        # the WorkerFailure of every FAILING report, in arrival order
+
+    It checks the job token, answers ReportProgress with no cancel, stores nothing it is uploaded (it reads
+    and counts the chunks) and offers no checkpoint to resume from. For testing the worker's side of the
+    wire without the coordinator's core.
+    """
+
+    def __init__(self, spec_json: str, token: str = "job-token", job_id: str = "job", attempt: int = 1):
+        from concurrent import futures
+        import threading
+
+        import grpc
+
+        from coordinator.rpc import gradmesh_pb2 as pb
+        from coordinator.rpc import gradmesh_pb2_grpc as rpc
+        from coordinator.wire import JOB_TOKEN_HEADER, SERVER_OPTIONS
+
+        service = self
+        self.spec_json, self.token, self.job_id, self.attempt = spec_json, token, job_id, attempt
+        self.reports: list = []          # every ReportProgressRequest received
+        self.uploaded_steps: list[int] = []
+        self._lock = threading.Lock()
+
+        def authorized(context) -> bool:
+            if dict(context.invocation_metadata()).get(JOB_TOKEN_HEADER) != service.token:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong job token")
+            return True
+
+        class Servicer(rpc.WorkerServiceServicer):
+            def FetchJob(self, request, context):
+                authorized(context)
+                return pb.FetchJobResponse(spec_json=service.spec_json, attempt=service.attempt)
+
+            def ReportProgress(self, request, context):
+                authorized(context)
+                with service._lock:
+                    service.reports.append(request)
+                return pb.ReportProgressResponse()
+
+            def UploadCheckpoint(self, request_iterator, context):
+                authorized(context)
+                first = next(request_iterator)
+                for _ in request_iterator:
+                    pass
+                with service._lock:
+                    service.uploaded_steps.append(first.info.step)
+                return pb.UploadCheckpointResponse(stored=first.info)
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=SERVER_OPTIONS)
+        rpc.add_WorkerServiceServicer_to_server(Servicer(), self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{port}"
+        self._pb = pb
+
+    def __enter__(self) -> "RecordingWorkerService":
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.stop(grace=None)
+
+    def worker_argv(self, out_dir: Path) -> list[str]:
+        """`python -m worker ...` arguments that point a worker at this service."""
+        return ["-m", "worker", "--coordinator", self.address, "--job", self.job_id,
+                "--attempt", str(self.attempt), "--out", str(out_dir)]
+
+    def worker_env(self) -> dict[str, str]:
+        return {"GRADMESH_JOB_TOKEN": self.token}
+
+    def failures(self) -> list:
+        """The `failure` of every report with worker_event FAILING, in arrival order."""
+        with self._lock:
+            return [r.failure for r in self.reports if r.worker_event == self._pb.WORKER_EVENT_FAILING]
+
+    def events(self) -> list[str]:
+        """The names of the non-heartbeat events received, in arrival order (e.g. "WORKER_EVENT_STARTED")."""
+        with self._lock:
+            return [self._pb.WorkerEvent.Name(r.worker_event) for r in self.reports if r.worker_event]

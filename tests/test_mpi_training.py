@@ -32,6 +32,7 @@ source = "digits"
 steps = {steps}
 batch_size = {batch}
 eval_every = 25
+overlap = {overlap}
 [optim]
 name = "adam"
 lr = 0.01
@@ -42,9 +43,9 @@ hang_timeout_s = {hang}
 """
 
 
-def write_spec(tmp_path, batch=60, steps=50, hang=60.0):
-    path = tmp_path / f"job-{batch}-{steps}.toml"
-    path.write_text(SPEC.format(batch=batch, steps=steps, hang=hang))
+def write_spec(tmp_path, batch=60, steps=50, hang=60.0, overlap=False):
+    path = tmp_path / f"job-{batch}-{steps}{'-overlap' if overlap else ''}.toml"
+    path.write_text(SPEC.format(batch=batch, steps=steps, hang=hang, overlap="true" if overlap else "false"))
     return path
 
 
@@ -91,6 +92,27 @@ def test_one_two_and_three_ranks_reach_the_same_parameters(tmp_path, batch):
     assert one_step.returncode == 0, one_step.output
     moved = np.linalg.norm(layer_arrays(early / "final.npz")["layers.0.W"] - reference["layers.0.W"])
     assert moved > 1e-2 * np.linalg.norm(reference["layers.0.W"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_overlap_mode_reaches_the_blocking_mode_parameters(tmp_path, nprocs):
+    """overlap = true: one Iallreduce per layer, started while backward goes on, then the scalars; the
+    same sums as the one blocking Allreduce, so the same parameters up to float rounding (uneven shards)."""
+    finals = {}
+    for overlap in (False, True):
+        out = tmp_path / f"overlap-{overlap}"
+        result = train(nprocs, write_spec(tmp_path, batch=61, overlap=overlap), out)
+        assert result.returncode == 0 and "done at step 50" in result.output, result.output
+        finals[overlap] = layer_arrays(out / "final.npz")
+    assert sorted(finals[True]) == ["layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b"]
+    for name, blocking in finals[False].items():
+        np.testing.assert_allclose(finals[True][name], blocking, rtol=1e-6, atol=1e-7, err_msg=name)
+    # the comparison means something: 50 steps moved the weights far from where one step leaves them
+    one_step = train(nprocs, write_spec(tmp_path, batch=61, steps=1, overlap=True), tmp_path / "one-step")
+    assert one_step.returncode == 0, one_step.output
+    first = layer_arrays(tmp_path / "one-step" / "final.npz")["layers.0.W"]
+    assert not np.allclose(first, finals[True]["layers.0.W"], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.timeout(60)

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from helpers import wait_for
 from mpi_programs.launch import PROGRAMS, rank_pid, run_mpi
 
 PROGRAM = str(PROGRAMS / "hang.py")
@@ -48,10 +49,8 @@ def test_a_rank_stopped_from_outside_mid_collective_is_caught(tmp_path):
 
     def stop_rank_1(marker):
         pid = rank_pid(marker, 1)
-        deadline = time.monotonic() + 20
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
+        wait_for(ready.exists, timeout=20, what="the collectives to flow", interval=0.02)
+        time.sleep(0.2)  # let them run on: rank 1 is then usually inside one when it stops
         os.kill(pid, signal.SIGSTOP)
 
     result = run_mpi(3, ["python", PROGRAM, "--rank", "-1", "--step", "0", "--how", "sleep", "--timeout", "2",

@@ -14,7 +14,7 @@ from conftest import AuthedJobStub
 from coordinator.reports import FailureCause, WorkerEvent
 from coordinator.rpc import gradmesh_pb2 as pb
 from helpers import idle_server, running_job, upload_checkpoint, wait_for, worker_stub
-from worker.report import CoordinatorError, CoordinatorHooks
+from worker.report import CoordinatorHooks, CoordinatorRefused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,13 +64,14 @@ def test_hooks_report_progress_points_checkpoints_and_hear_cancel(idle, tmp_path
 def test_report_failure_and_a_wrong_token(idle, tmp_path):
     job_id, token = running_job(idle)
     hooks = CoordinatorHooks(idle.address, job_id, token, 1, tmp_path)
-    hooks.report_failure("data", "data.source: x has 12 features")
+    hooks.report_failure(pb.WorkerFailure(cause=pb.FAILURE_CAUSE_BAD_DATA, rank=0, host="h",
+                                          message="data.source: x has 12 features"))
     attempt = idle.store.attempt(job_id, 1)
     assert (attempt.worker_event, attempt.worker_message) == (WorkerEvent.FAILING, "data.source: x has 12 features")
     assert (attempt.failure.cause, attempt.failure.message) == (FailureCause.BAD_DATA, "data.source: x has 12 features")
     hooks.close(timeout=1)
     intruder = CoordinatorHooks(idle.address, job_id, "wrong", 1, tmp_path)
-    with pytest.raises(CoordinatorError, match="UNAUTHENTICATED"):
+    with pytest.raises(CoordinatorRefused, match="UNAUTHENTICATED"):
         intruder.fetch()
     intruder.close(timeout=1)
 

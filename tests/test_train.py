@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +152,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_4(tmp_path):
     assert proc.returncode == 4, err
     saved = sorted((tmp_path / "run").glob("ckpt-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
     assert saved and int(saved[-1].stem.split("-")[1]) > 20
-    assert "stopped at step" in out
+    assert "stopped at step" in out and ": SIGTERM; checkpoint written" in out, out
 
 
 def test_bad_spec_exits_2_with_one_clear_line(tmp_path):
@@ -205,14 +204,6 @@ def test_completed_run_is_not_trained_again(tmp_path):
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "r" / "final.npz").flat_params(), before)
 
 
-def test_overlap_mode_trains_the_same_model_in_one_process(tmp_path):
-    spec = load_spec(small_spec(tmp_path, steps=30))
-    overlapped = parse_spec({**spec.to_dict(), "train": {**spec.to_dict()["train"], "overlap": True}})
-    a = train(spec, SerialComm(), out_dir=tmp_path / "a")
-    b = train(overlapped, SerialComm(), out_dir=tmp_path / "b")
-    np.testing.assert_array_equal(load_checkpoint(a.final_path).flat_params(), load_checkpoint(b.final_path).flat_params())
-
-
 def test_standardised_inputs_are_saved_and_reused_on_resume(tmp_path):
     raw = load_spec(small_spec(tmp_path, steps=40, batch_size=64)).to_dict()
     raw["data"]["normalize"] = "standard"
@@ -226,3 +217,59 @@ def test_standardised_inputs_are_saved_and_reused_on_resume(tmp_path):
     np.testing.assert_array_equal(load_checkpoint(full.final_path).flat_params(),
                                   load_checkpoint(rest.final_path).flat_params())
     assert full.metrics["val_accuracy"] > 0.3  # it learns (chance is 0.1); 40 steps are not enough for more
+
+
+class Recorder(Hooks):
+    """Keeps what the loop publishes: metric points, checkpoints (step, epoch) and the final epoch."""
+
+    def __init__(self):
+        self.points, self.checkpoints, self.started, self.finished = [], [], None, None
+
+    def on_start(self, *, step, total_steps, epoch, info):
+        self.started = (step, epoch)
+
+    def on_metrics(self, point):
+        self.points.append(point)
+
+    def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
+        self.checkpoints.append((step, epoch, load_checkpoint(path).meta["epoch"]))
+
+    def on_finish(self, *, step, epoch, status, message=""):
+        self.finished = (step, epoch, status)
+
+
+def test_one_epoch_number_everywhere_counted_from_1(tmp_path):
+    """digits, batch 64: 26 steps per epoch. 3 epochs = 78 steps; checkpoints at 20 (epoch 1), 40 and 60
+    (epoch 2 and 3), evaluations at 26, 52, 78: all say the epoch their last step belongs to."""
+    raw = load_spec(small_spec(tmp_path, batch_size=64)).to_dict()
+    raw["train"].update(steps=0, epochs=3, eval_every=26)
+    spec = parse_spec(raw)
+    seen = Recorder()
+    result = train(spec, SerialComm(), hooks=seen, out_dir=tmp_path / "run")
+    assert [(int(p["step"]), int(p["epoch"])) for p in seen.points] == [(26, 1), (52, 2), (78, 3)]
+    assert seen.checkpoints == [(20, 1, 1), (40, 2, 2), (60, 3, 3), (78, 3, 3)]
+    assert seen.started == (0, 0) and seen.finished == (78, 3, "succeeded") and result.epoch == 3
+    # the console prints the same numbers: the last progress line of a 3-epoch run says epoch 3
+    spec_path = tmp_path / "epochs.toml"
+    spec_path.write_text(small_spec(tmp_path, batch_size=64).read_text().replace("steps = 60", "epochs = 3")
+                         .replace("eval_every = 10", "eval_every = 26"))
+    proc = run_worker("--spec", spec_path, "--out", tmp_path / "cli")
+    assert proc.returncode == 0, proc.stderr
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[1] for line in progress] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert load_checkpoint(tmp_path / "cli" / "final.npz").meta["epoch"] == 3
+
+
+def test_without_a_validation_set_the_lines_say_so(tmp_path):
+    spec_path = small_spec(tmp_path, steps=20)
+    spec_path.write_text(spec_path.read_text().replace('source = "digits"', 'source = "digits"\nval_fraction = 0'))
+    proc = run_worker("--spec", spec_path, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert len(progress) == 2 and all("no validation set" in line for line in progress), proc.stdout
+    assert "val_loss" not in proc.stdout and "val_acc" not in proc.stdout, proc.stdout
+    assert "no validation set" in proc.stdout.splitlines()[0]  # the start line: "... train examples, no ..."
+    done = [line for line in proc.stdout.splitlines() if line.startswith("gradmesh: done")]
+    assert done and done[0].startswith("gradmesh: done at step 20: no validation set; final checkpoint"), done
+    metrics = load_checkpoint(tmp_path / "run" / "final.npz").meta["metrics"]
+    assert np.isnan(metrics["val_loss"]) and np.isnan(metrics["val_accuracy"])

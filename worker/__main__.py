@@ -14,18 +14,21 @@ Launched by the coordinator (`gradmesh serve` does this; not meant to be typed):
 
 Exit codes: 0 done, 2 bad spec/data/checkpoint (retrying cannot help), 3 loss became NaN/inf,
 4 stopped early on request (a checkpoint was written), 1 anything else (an exception on any rank
-aborts every rank, with its traceback).
+aborts every rank, with its traceback). Under a coordinator, the rank that fails also says why in a
+typed report first (worker/failure.py: the cause, its rank and host, the exception, the step).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.wire import JOB_TOKEN_ENV, TLS_CA_ENV
+from worker.hooks import NO_VALIDATION
 from worker.spec import SpecError, parse_spec_text
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NAN, EXIT_STOPPED = 0, 1, 2, 3, 4
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,18 +56,35 @@ def _json_format(opts) -> bool | None:
     return True if opts.coordinator else (opts.spec.suffix.lower() == ".json" or None)
 
 
+def _tls_ca() -> Path | None:
+    return Path(os.environ[TLS_CA_ENV]) if os.environ.get(TLS_CA_ENV) else None
+
+
 def _fetch_spec_on_root(opts, comm):
-    """Rank 0 gets the spec text (and the coordinator hooks and resume path); every rank gets the text."""
-    hooks = resume_path = None
+    """Rank 0 gets the spec text (and the coordinator hooks and resume path); every rank gets the text.
+
+    Returns (spec, hooks, resume path): rank 0's hooks report to the coordinator (or print, standalone);
+    the other ranks' only report their own failure (and do nothing standalone)."""
+    from worker.failure import EXIT_CONFIG, failure
+    from worker.hooks import ConsoleHooks, Hooks
+
+    token = os.environ.get(JOB_TOKEN_ENV, "")
+    if comm.rank == 0:
+        hooks = ConsoleHooks()
+    elif opts.coordinator:
+        from worker.coordinator_link import RankFailureHooks
+        hooks = RankFailureHooks(opts.coordinator, opts.job, token, opts.attempt, tls_ca=_tls_ca())
+    else:
+        hooks = Hooks()
+    resume_path = None
     payload = b""
     if comm.rank == 0:
         try:
             if opts.coordinator:
                 from worker.report import CoordinatorHooks
 
-                hooks = CoordinatorHooks(opts.coordinator, opts.job, os.environ.get("GRADMESH_JOB_TOKEN", ""),
-                                         opts.attempt, opts.out or Path("runs") / opts.job,
-                                         tls_ca=Path(os.environ["GRADMESH_TLS_CA"]) if os.environ.get("GRADMESH_TLS_CA") else None)
+                hooks = CoordinatorHooks(opts.coordinator, opts.job, token, opts.attempt,
+                                         opts.out or Path("runs") / opts.job, tls_ca=_tls_ca())
                 text, resume_path = hooks.fetch()
             else:
                 try:
@@ -80,8 +100,8 @@ def _fetch_spec_on_root(opts, comm):
     if kind != b"ok":
         if comm.rank == 0:
             _say(f"bad spec: {rest.decode()}")
-            if hooks is not None:
-                hooks.report_failure("spec", rest.decode())
+            hooks.report_failure(failure(pb.FAILURE_CAUSE_BAD_SPEC, comm, rest.decode()))
+            hooks.close()
         sys.exit(EXIT_CONFIG)
     text = rest.decode()
     return parse_spec_text(text, json_format=_json_format(opts)), hooks, resume_path
@@ -91,60 +111,61 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     os.environ.setdefault("GRADMESH_ATTEMPT", str(opts.attempt))
 
-    from worker.checkpoint import CheckpointError, newest_valid_checkpoint
+    from worker.checkpoint import newest_valid_checkpoint
     from worker.comm import init_comm
-    from worker.data import DataError
-    from worker.hooks import ConsoleHooks
+    from worker.failure import EXIT_ERROR, EXIT_NAN, EXIT_OK, EXIT_STOPPED, exit_code, failure, failure_from_exception
     from worker.threads import configure_blas_threads
-    from worker.train import Divergence, train
+    from worker.train import Divergence, Progress, train
 
     comm = init_comm()
     spec, hooks, resume = _fetch_spec_on_root(opts, comm)
-    if hasattr(comm, "set_hang_timeout"):
-        comm.set_hang_timeout(spec.fault.hang_timeout_s)
+    progress = Progress()
+
+    def report_hang(verdict: str) -> None:  # called by the hang watchdog's thread just before it aborts
+        hooks.report_failure(failure(pb.FAILURE_CAUSE_HANG, comm, verdict, step=progress.step))
+
+    comm.set_hang_timeout(spec.fault.hang_timeout_s, on_hang=report_hang)
     out = opts.out or Path("runs") / spec.name
-    if comm.rank == 0:
-        hooks = hooks or ConsoleHooks()
-        if opts.spec is not None and opts.resume:
-            resume = newest_valid_checkpoint(out, warn=_say)
-    threads = configure_blas_threads(comm, spec.train.threads_per_rank)
-
-    def fail(kind: str, code: int, message: str) -> int:
-        # Every rank may hit a data error; a checkpoint error happens on rank 0 alone, so abort them all.
-        _say(f"{'rank %d: ' % comm.rank if comm.size > 1 else ''}{message}")
-        if comm.rank == 0 and hasattr(hooks, "report_failure"):
-            hooks.report_failure(kind, message)
-        if comm.size > 1:
-            comm.abort(code)
-        return code
-
     try:
-        result = train(spec, comm, hooks=hooks, out_dir=out, resume=resume, threads=threads)
-    except DataError as exc:
-        return fail("data", EXIT_CONFIG, str(exc))
-    except CheckpointError as exc:
-        return fail("data", EXIT_CONFIG, f"checkpoint: {exc}")
-    except SpecError as exc:
-        return fail("spec", EXIT_CONFIG, f"bad spec: {exc}")
+        if comm.rank == 0 and opts.spec is not None and opts.resume:
+            resume = newest_valid_checkpoint(out, warn=_say)
+        threads = configure_blas_threads(comm, spec.train.threads_per_rank)
+        result = train(spec, comm, hooks=hooks, out_dir=out, resume=resume, threads=threads, progress=progress)
     except Divergence as exc:
-        # every rank sees the same reduced loss, so all stop here together; no abort needed
+        # every rank sees the same reduced loss, so all stop here together; rank 0 speaks for them
         if comm.rank == 0:
             _say(f"{exc}; the last good checkpoint is kept")
-            if hasattr(hooks, "report_failure"):
-                hooks.report_failure("nan", str(exc))
-                hooks.close()
+            hooks.report_failure(failure_from_exception(exc, comm, step=progress.step))
+            hooks.close()
         return EXIT_NAN
-    if comm.rank == 0 and hasattr(hooks, "close"):
+    except Exception as exc:
+        found = failure_from_exception(exc, comm, step=progress.step)
+        code = exit_code(found.cause)
+        if code == EXIT_ERROR:
+            hooks.report_failure(found)  # every rank reports its own failure, with a short deadline
+            raise  # the traceback, then (under MPI) the abort hook ends every rank
+        # A bad spec, data or checkpoint: one clear line. Every rank may hit a data error; a checkpoint
+        # error happens on rank 0 alone, so abort them all.
+        _say(f"{'rank %d: ' % comm.rank if comm.size > 1 else ''}{found.message}")
+        hooks.report_failure(found)
+        if comm.size > 1:
+            comm.abort(code)
         hooks.close()
+        return code
+    hooks.close()
     if result.status == "stopped":
         return EXIT_STOPPED
     if comm.rank == 0:
-        m = result.metrics
-        acc = m.get("val_accuracy", float("nan"))
-        acc_text = f", val_accuracy {100 * acc:.2f}%" if acc == acc else ""
-        print(f"gradmesh: done at step {result.step}: val_loss {m.get('val_loss', float('nan')):.4f}{acc_text}; "
+        print(f"gradmesh: done at step {result.step}: {_final_metrics(result.metrics)}; "
               f"final checkpoint {result.final_path}", flush=True)
     return EXIT_OK
+
+
+def _final_metrics(metrics: dict[str, float]) -> str:
+    val_loss, accuracy = metrics.get("val_loss", math.nan), metrics.get("val_accuracy", math.nan)
+    if math.isnan(val_loss):
+        return NO_VALIDATION
+    return f"val_loss {val_loss:.4f}" + (f", val_accuracy {100 * accuracy:.2f}%" if not math.isnan(accuracy) else "")
 
 
 if __name__ == "__main__":

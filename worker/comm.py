@@ -4,7 +4,7 @@
     comm.bcast_(params)                        # one in-place Bcast of the flat vector from rank 0
     comm.allreduce_sum_(grad_and_metrics)      # ONE in-place Allreduce(IN_PLACE, buf, SUM) per step
     comm.assert_identical(params, "parameters")  # cheap hash compared across ranks, RuntimeError on mismatch
-    comm.set_hang_timeout(spec.fault.hang_timeout_s)  # start the watchdog once the spec is known
+    comm.set_hang_timeout(spec.fault.hang_timeout_s, on_hang=report)  # start the watchdog once the spec is known
 
 Run it like any MPI program:
 
@@ -22,16 +22,11 @@ Three rules make a distributed run fail loudly instead of hanging:
    `python` rank that raises tears itself down through `MPI_Finalize`, which waits for the peers while
    they wait in their next collective: the job hangs forever (measured: tests/test_mpi_kill.py).
    `SystemExit` is not an error and is not caught: when only some ranks stop, call `comm.abort(code)`.
-3. With `hang_timeout_s`, every collective is timed by a watchdog thread. When one has not completed in
-   time, the watchdog asks the other ranks' watchdogs (on a private communicator) where they are, prints
-
-       rank 0 on HOST: collective allreduce #57 did not complete within 5 s; silent rank(s): 1 (no answer: ...)
-
-   and calls `MPI_Abort(1)`. A rank that is SIGSTOPped, stuck in C code or cut off from the network does
-   not answer; a rank busy in Python outside any collective answers with its last collective, so it is
-   named as "busy"; a rank inside a different collective with the same number (the programs diverged,
-   e.g. one rank is exiting: its exit barrier is watched too) is named with that collective.
-   MPI itself never notices a stopped peer: the collective would spin forever.
+3. With `hang_timeout_s`, every collective is timed by a watchdog (`worker/hangwatch.py`, this module's
+   helper). When one has not completed in time, the watchdog asks the other ranks' watchdogs (on a
+   private communicator) where they are, prints which rank is silent and why, hands that verdict to
+   `on_hang` (the worker's failure report) and calls `MPI_Abort(1)`. MPI itself never notices a stopped
+   peer: the collective would spin forever.
    Every abort here is made certain (`_abort_job`): MPICH's MPI_Abort returns when the process manager
    cannot be reached (a host cut off from the network), so the process then exits by itself.
    The watchdog thread calls MPI (Isend/Irecv/Test of its probes) while the main thread sits in a
@@ -42,7 +37,8 @@ Three rules make a distributed run fail loudly instead of hanging:
    The timing itself is two dict operations under a lock per collective: bench/allreduce.py shows
    gradmesh with the watchdog within noise (0.93-1.03x) of a bare Allreduce.
 
-No other module imports mpi4py. `mpi4py.rc` is set here, before the first `from mpi4py import MPI`.
+No other module imports mpi4py (hangwatch.py only calls methods of the communicator handed to it).
+`mpi4py.rc` is set here, before the first `from mpi4py import MPI`.
 """
 from __future__ import annotations
 
@@ -52,12 +48,13 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
+
+from worker.hangwatch import Watchdog
 
 # Environment variables that MPI launchers set in every rank: MPICH hydra (PMI_*, MPI_LOCALNRANKS),
 # Slurm's PMI-2/PMIx plugins (PMI_RANK / PMIX_RANK) and Open MPI.
@@ -77,7 +74,7 @@ class Handle(Protocol):
 
 
 class Comm(Protocol):
-    """What the training loop may ask of a communicator (CONTRACTS.md)."""
+    """What the training loop may ask of a communicator: MpiComm and SerialComm both provide it."""
 
     rank: int
     size: int
@@ -92,7 +89,7 @@ class Comm(Protocol):
     def assert_identical(self, vec: np.ndarray, what: str) -> None: ...
     def barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
-    def set_hang_timeout(self, seconds: float) -> None: ...
+    def set_hang_timeout(self, seconds: float, on_hang: Callable[[str], None] | None = None) -> None: ...
 
 
 def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
@@ -188,7 +185,7 @@ class SerialComm:
         _check_reducible(buf)
         return _DoneHandle()
 
-    def set_hang_timeout(self, seconds: float) -> None:
+    def set_hang_timeout(self, seconds: float, on_hang: Callable[[str], None] | None = None) -> None:
         """Nothing can hang without peers; accepted (and checked) for symmetry with MpiComm."""
         if not seconds > 0:
             raise ValueError(f"hang timeout must be positive, got {seconds!r}")
@@ -237,22 +234,29 @@ class MpiComm:
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
 
-        self._watchdog: _Watchdog | None = None
+        self._watchdog: Watchdog | None = None
         if hang_timeout_s is not None:
             self.set_hang_timeout(hang_timeout_s)
 
-    def set_hang_timeout(self, seconds: float) -> None:
-        """Start (or retune) the hang watchdog. Collective on first use: every rank must call it together."""
+    def set_hang_timeout(self, seconds: float, on_hang: Callable[[str], None] | None = None) -> None:
+        """Start (or retune) the hang watchdog. Collective on first use: every rank must call it together.
+
+        `on_hang(verdict)` is called by the watchdog just before it aborts the job (it must return quickly)."""
         if not seconds > 0:
             raise ValueError(f"hang timeout must be positive, got {seconds!r}")
         if self._watchdog is not None:
             self._watchdog.retune(float(seconds))
+            if on_hang is not None:
+                self._watchdog.on_hang = on_hang
             return
         MPI = self._MPI
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise RuntimeError("the hang watchdog needs MPI_THREAD_MULTIPLE; mpi4py was initialised with "
                                f"thread level {MPI.Query_thread()} (was mpi4py imported before worker.comm?)")
-        self._watchdog = _Watchdog(self._world.Dup(), self.rank, self.size, self.hostname, float(seconds))
+        world = self._world
+        self._watchdog = Watchdog(world.Dup(), self.rank, self.size, self.hostname, float(seconds),
+                                  any_source=MPI.ANY_SOURCE, abort=lambda: _abort_job(world, ABORT_CODE),
+                                  on_hang=on_hang)
         atexit.register(self._finish_watched)
 
     # ---- collectives ---------------------------------------------------------------------------------
@@ -338,7 +342,7 @@ class MpiComm:
 
 
 class _RequestHandle:
-    def __init__(self, request, watchdog: "_Watchdog | None", ticket: int | None):
+    def __init__(self, request, watchdog: Watchdog | None, ticket: int | None):
         self._request = request
         self._watchdog = watchdog
         self._ticket = ticket
@@ -366,141 +370,3 @@ def _install_abort_hook(world, rank: int, hostname: str) -> None:
             _abort_job(world, 130 if issubclass(exc_type, KeyboardInterrupt) else ABORT_CODE)
 
     sys.excepthook = abort_on_uncaught
-
-
-# ---- hang watchdog -----------------------------------------------------------------------------------
-_TAG_PROBE = 1   # "where are you?"  payload: [asking rank, collective number]
-_TAG_ANSWER = 2  # the answer        payload: [collectives entered, in flight, name code of the newest]
-_COLLECTIVE_NAMES = ("allreduce", "iallreduce", "bcast", "bcast_bytes", "assert_identical", "barrier",
-                     "barrier at exit", "other")
-
-
-def _name_code(name: str | None) -> int:
-    """Index of a collective's base name in _COLLECTIVE_NAMES ("bcast_bytes(length)" -> bcast_bytes)."""
-    if name is None:
-        return -1
-    base = name.split("(")[0]
-    return _COLLECTIVE_NAMES.index(base) if base in _COLLECTIVE_NAMES else len(_COLLECTIVE_NAMES) - 1
-
-
-class _Watchdog:
-    """A daemon thread that times the collectives of its rank and aborts the job when one is late.
-
-    The main thread only records (number, name, start time) on entry and deletes it on exit. The thread
-    wakes every `poll_s`, answers other ranks' probes, and when an entry is older than the timeout it
-    probes every other rank, waits `answer_grace_s` for answers, prints who is silent, and aborts.
-    """
-
-    def __init__(self, comm, rank: int, size: int, hostname: str, timeout_s: float):
-        from mpi4py import MPI
-        self._MPI = MPI
-        self._comm = comm
-        self.rank, self.size, self.hostname = rank, size, hostname
-        self.retune(timeout_s)
-        self._inflight: dict[int, tuple[str, float]] = {}
-        self._entered = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._probe_buf = np.zeros(2, np.int64)
-        self._probe_req = comm.Irecv(self._probe_buf, source=MPI.ANY_SOURCE, tag=_TAG_PROBE)
-        self._pending_sends: list = []
-        self._askers: dict[int, int] = {}  # rank -> collective number it asked about (it is stuck there)
-        self._thread = threading.Thread(target=self._run, name="gradmesh-hang-watchdog", daemon=True)
-        self._thread.start()
-
-    def retune(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.poll_s = min(0.1, timeout_s / 10)
-        self.answer_grace_s = min(2.0, max(0.5, timeout_s / 4))
-
-    def enter(self, name: str) -> int:
-        with self._lock:
-            self._entered += 1
-            ticket = self._entered
-            self._inflight[ticket] = (name, time.monotonic())
-        return ticket
-
-    def leave(self, ticket: int) -> None:
-        with self._lock:
-            self._inflight.pop(ticket, None)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._probe_req.Cancel()
-        self._probe_req.Wait()
-        for req in self._pending_sends:
-            req.Wait()
-        self._comm.Free()
-
-    # -- thread side --
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.poll_s):
-                self._answer_probes()
-                late = self._late_collective()
-                if late is not None:
-                    self._fire(*late)
-        except BaseException:
-            sys.stderr.write(f"[rank {self.rank} on {self.hostname}] hang watchdog failed:\n"
-                             + traceback.format_exc())
-            _abort_job(self._MPI.COMM_WORLD, ABORT_CODE)
-
-    def _state(self) -> tuple[int, int, int]:
-        """(collectives entered, collectives in flight, code of the newest one in flight or -1)."""
-        with self._lock:
-            newest = self._inflight[max(self._inflight)][0] if self._inflight else None
-            return self._entered, len(self._inflight), _name_code(newest)
-
-    def _late_collective(self) -> tuple[int, str, float] | None:
-        now = time.monotonic()
-        with self._lock:
-            for ticket, (name, started) in self._inflight.items():
-                if now - started > self.timeout_s:
-                    return ticket, name, now - started
-        return None
-
-    def _answer_probes(self) -> None:
-        self._pending_sends = [r for r in self._pending_sends if not r.Test()]
-        while self._probe_req.Test():
-            asker = int(self._probe_buf[0])
-            self._askers[asker] = max(self._askers.get(asker, 0), int(self._probe_buf[1]))
-            answer = np.array(self._state(), np.int64)
-            self._pending_sends.append(self._comm.Isend(answer, dest=asker, tag=_TAG_ANSWER))
-            self._probe_req = self._comm.Irecv(self._probe_buf, source=self._MPI.ANY_SOURCE, tag=_TAG_PROBE)
-
-    def _fire(self, ticket: int, name: str, waited_s: float) -> None:
-        peers = [r for r in range(self.size) if r != self.rank]
-        question = np.array([self.rank, ticket], np.int64)
-        sends = [self._comm.Isend(question, dest=r, tag=_TAG_PROBE) for r in peers]
-        answers = {r: np.full(3, -1, np.int64) for r in peers}
-        receives = {r: self._comm.Irecv(answers[r], source=r, tag=_TAG_ANSWER) for r in peers}
-        deadline = time.monotonic() + self.answer_grace_s
-        while receives and time.monotonic() < deadline:
-            # Peers whose own watchdog is firing answer us from this same loop.
-            self._answer_probes()
-            for r in [r for r, req in receives.items() if req.Test()]:
-                del receives[r]
-            time.sleep(0.01)
-        silent = []
-        for r in peers:
-            if r in receives:
-                if self._askers.get(r, 0) >= ticket:
-                    continue  # it probed us about this collective: waiting in it too (now aborting)
-                silent.append(f"{r} (no answer: stopped, stuck in C code, dead or cut off)")
-                continue
-            entered, inflight, code = (int(v) for v in answers[r])
-            if entered < ticket:
-                where = "inside an earlier collective" if inflight else "busy outside any collective"
-                silent.append(f"{r} ({where}; has entered {entered} of {ticket} collectives)")
-            elif inflight and entered == ticket and code != _name_code(name):
-                # Same count, different call: the ranks' programs diverged (e.g. one is exiting).
-                silent.append(f"{r} (inside a different collective: {_COLLECTIVE_NAMES[code]} #{entered})")
-        who = "; ".join(silent) if silent else "none found (every rank answered from inside it: MPI or network stall)"
-        message = (f"rank {self.rank} on {self.hostname}: collective {name} #{ticket} did not complete "
-                   f"within {self.timeout_s:g} s; silent rank(s): {who}\n")
-        _flush_std_streams()
-        sys.stderr.write(message)
-        _flush_std_streams()
-        del sends
-        _abort_job(self._MPI.COMM_WORLD, ABORT_CODE)

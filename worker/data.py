@@ -242,5 +242,10 @@ class Sampler:
         return self.rank_slice(self.global_batch(epoch, position), rank, size)
 
     def locate(self, step: int) -> tuple[int, int]:
-        """(epoch, position) of the 0-based global `step`."""
+        """(epoch, position), both 0-based, of the 0-based global `step`: where the batch of that step comes from."""
         return divmod(step, self.steps_per_epoch)
+
+    def epoch_of(self, steps_done: int) -> int:
+        """The 1-based epoch that the last of `steps_done` steps belongs to (0 before the first step): the one
+        epoch number gradmesh publishes (progress lines, metric points, reports, checkpoint metadata)."""
+        return -(-steps_done // self.steps_per_epoch)

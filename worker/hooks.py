@@ -7,7 +7,11 @@ checkpoints. Keeping this surface small is what keeps `train.py` free of gRPC.
 
 A metric point is a plain dict with the keys of `MetricPoint` in the proto:
     step, epoch, train_loss, val_loss, val_accuracy, samples_per_second, lr, time_unix
-(val_loss / val_accuracy are NaN when not measured at that step).
+(val_loss / val_accuracy are NaN when not measured at that step, or when there is no validation set;
+`epoch` is the 1-based epoch of the step, see worker/train.py).
+
+`__main__` also calls `report_failure` (on every rank: a `WorkerFailure` saying why the run is ending)
+and `close` (rank 0, after training); both are no-ops here, so it never needs to ask which hooks it has.
 """
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # the proto message, built by worker.failure; hooks themselves need no protobuf
+    from coordinator.rpc.gradmesh_pb2 import WorkerFailure
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,22 @@ class Hooks:
     def on_finish(self, *, step: int, epoch: int, status: str, message: str = "") -> None:
         """The loop ended. status: "succeeded" | "stopped" (a StopRequest or SIGTERM) | "nan"."""
 
+    def report_failure(self, failure: "WorkerFailure") -> None:
+        """The run is ending in failure, for the reason given; must return within about a second."""
 
-def format_point(point: dict[str, float], total_steps: int) -> str:
+    def close(self, timeout: float = 60.0) -> bool:
+        """Deliver whatever is buffered; True when everything was delivered."""
+        return True
+
+
+NO_VALIDATION = "no validation set"
+
+
+def format_point(point: dict[str, float], total_steps: int, has_validation: bool = True) -> str:
     parts = [f"step {int(point['step'])}/{total_steps}", f"epoch {int(point['epoch'])}",
              f"loss {point['train_loss']:.4f}"]
+    if not has_validation:
+        parts.append(NO_VALIDATION)
     if not math.isnan(point.get("val_loss", math.nan)):
         parts.append(f"val_loss {point['val_loss']:.4f}")
     if not math.isnan(point.get("val_accuracy", math.nan)):
@@ -66,20 +85,23 @@ class ConsoleHooks(Hooks):
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
         self.total_steps = 0
+        self.has_validation = True
 
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
     def on_start(self, *, step, total_steps, epoch, info):
         self.total_steps = total_steps
+        self.has_validation = info.get("val_examples", 1) > 0
         resumed = f", resumed at step {step}" if step else ""
+        examples = (f"{info.get('train_examples', 0):,} train / {info.get('val_examples', 0):,} val examples"
+                    if self.has_validation else f"{info.get('train_examples', 0):,} train examples, {NO_VALIDATION}")
         self._say(f"gradmesh: {info.get('name', 'job')}: {info.get('ranks', 1)} rank(s) × "
                   f"{info.get('threads_per_rank', '?')} BLAS thread(s), {info.get('params', 0):,} parameters, "
-                  f"{info.get('train_examples', 0):,} train / {info.get('val_examples', 0):,} val examples, "
-                  f"{total_steps} steps{resumed}")
+                  f"{examples}, {total_steps} steps{resumed}")
 
     def on_metrics(self, point):
-        self._say(format_point(point, self.total_steps))
+        self._say(format_point(point, self.total_steps, self.has_validation))
 
     def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
         self._say(f"checkpoint {'(final) ' if is_final else ''}{path}")

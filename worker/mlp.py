@@ -18,7 +18,7 @@ the bias gradient as a matrix-vector product, and softmax fused with the cross-e
 
     model = MLP([64, 128, 10], activation="relu", loss="cross_entropy", seed=0)
     loss, grad = model.loss_and_grad(x, y)          # mean loss; grad of the mean
-    s = model.sum_loss_and_grad(x, y)               # s.loss_sum, s.count, s.correct; model.grad = d(sum)/dparams
+    s = model.sum_loss_and_grad(x, y)               # s.loss_sum, s.count; model.grad = d(sum)/dparams
     model.params -= 0.1 * grad                      # W and b views see the change
 """
 from __future__ import annotations
@@ -42,21 +42,12 @@ class Layer:
     gW: np.ndarray
     gb: np.ndarray
 
-    @property
-    def fan_in(self) -> int:
-        return self.W.shape[0]
-
-    @property
-    def fan_out(self) -> int:
-        return self.W.shape[1]
-
 
 class SumResult(NamedTuple):
-    """The summed loss over a batch, the gradient of that sum (the model's `grad`), and counts."""
+    """The summed loss over a batch, the gradient of that sum (the model's `grad`), and the example count."""
     loss_sum: float
     grad: np.ndarray
     count: int
-    correct: int      # argmax == label, for cross_entropy; 0 for mse
 
 
 class _Buffers:
@@ -227,8 +218,9 @@ class MLP:
             a += t
             delta *= a
 
-    def _loss_delta(self, out: np.ndarray, y, buf: _Buffers) -> tuple[float, int]:
-        """Summed loss and correct count; turns `out` in place into d(summed loss)/d(out)."""
+    def _loss_delta(self, out: np.ndarray, y, buf: _Buffers, count_correct: bool = False) -> tuple[float, int]:
+        """Summed loss and (with `count_correct`, for evaluation) the correct count, else 0; turns `out` in
+        place into d(summed loss)/d(out). Training steps skip the count: an argmax per step nobody reads."""
         n = out.shape[0]
         if self.loss == "cross_entropy":
             y = np.asarray(y)
@@ -237,7 +229,7 @@ class MLP:
             if n and (y.min() < 0 or y.max() >= out.shape[1]):
                 raise ValueError(f"labels must be in 0..{out.shape[1] - 1}")
             rows = buf.rows[:n]
-            correct = int(np.count_nonzero(out.argmax(axis=1) == y))
+            correct = int(np.count_nonzero(out.argmax(axis=1) == y)) if count_correct else 0
             out -= out.max(axis=1, keepdims=True)
             picked = out[rows, y]
             np.exp(out, out=out)
@@ -272,10 +264,10 @@ class MLP:
             if on_layer_grad:
                 for i in reversed(range(len(self.layers))):
                     on_layer_grad(i)
-            return SumResult(0.0, self.grad, 0, 0)
+            return SumResult(0.0, self.grad, 0)
         buf = self._buffers_for(n)
         out = self._forward(x, buf)
-        loss_sum, correct = self._loss_delta(out, y, buf)
+        loss_sum, _ = self._loss_delta(out, y, buf)
         delta = out
         ones = buf.ones
         for i in range(len(self.layers) - 1, -1, -1):
@@ -290,7 +282,7 @@ class MLP:
                 delta = d_prev
             if on_layer_grad:
                 on_layer_grad(i)
-        return SumResult(loss_sum, self.grad, n, correct)
+        return SumResult(loss_sum, self.grad, n)
 
     def loss_and_grad(self, x, y) -> tuple[float, np.ndarray]:
         """Mean loss over the batch and its gradient (the model's `grad`, scaled in place)."""
@@ -314,7 +306,7 @@ class MLP:
             yb = y[start:start + batch_size]
             buf = self._buffers_for(xb.shape[0])
             out = self._forward(xb, buf)
-            loss_sum, correct = self._loss_delta(out, yb, buf)
+            loss_sum, correct = self._loss_delta(out, yb, buf, count_correct=True)
             total_loss += loss_sum
             total_correct += correct
             total += xb.shape[0]

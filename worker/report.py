@@ -1,64 +1,54 @@
 """Rank 0's link to the coordinator: fetch the job, report progress, upload checkpoints, hear cancels.
 
-`python -m worker --coordinator HOST:PORT --job ID --attempt K --out DIR` uses it on rank 0 only:
+`python -m worker --coordinator HOST:PORT --job ID --attempt K --out DIR` uses it:
 
     hooks = CoordinatorHooks("127.0.0.1:50051", "digits-1", os.environ["GRADMESH_JOB_TOKEN"], 1, Path(DIR))
     spec_json, resume_path = hooks.fetch()          # FetchJob (+ FetchCheckpoint, sha256-verified)
     train(spec, comm, hooks=hooks, out_dir=DIR, resume=resume_path)
     hooks.close(timeout=60)                         # deliver every buffered point and upload
-    # on an error instead: hooks.report_failure("data", "cannot read x.npz: ...")
+    # on a failure instead: hooks.report_failure(pb.WorkerFailure(cause=..., rank=0, ...))   (worker/failure.py)
+
+(The other ranks only ever report their own failure: `worker.coordinator_link.RankFailureHooks`.)
 
 The training loop never waits for the network: `on_metrics` and `on_checkpoint` only buffer (a
 checkpoint is hard-linked — or copied — into DIR/.pending-uploads first, because keep_last rotation may
 delete the original), and `poll_stop`, called every step, returns the answer of the last ReportProgress.
 A background thread sends a ReportProgress about every second (the heartbeat, with any buffered points
-and events) and uploads checkpoints in 1 MiB chunks. Every call has a deadline; failed deliveries are
-retried with exponential backoff and the points stay buffered until the coordinator has them (it
-ignores duplicates, so a retry after a lost reply is harmless).
+and the next event: STARTED, FINISHED or STOPPED) and uploads checkpoints in 1 MiB chunks. Points stay
+buffered until the coordinator has them (it ignores duplicates, so resending after a lost reply is
+harmless): the heartbeat itself is the retry of the progress report.
+
+Retries (worker/coordinator_link.py): gRPC's own retry policy for the unary calls, `Backoff` for the
+streams. A failure report is one ReportProgress with WORKER_EVENT_FAILING, under a short deadline.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import grpc
 
+from coordinator.errors import ChecksumMismatch
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
+from coordinator.wire import CHUNK_BYTES, JOB_TOKEN_HEADER, sha256_of_chunks, verified
+from worker.coordinator_link import Backoff, CoordinatorRefused, failure_request, open_channel, say
 from worker.hooks import Hooks, StopRequest
 
-CHUNK_BYTES = 1 << 20
-JOB_TOKEN_HEADER = "x-gradmesh-job-token"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # The coordinator no longer knows this attempt (a newer one holds the token): stop training.
 DISOWNED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
-FINISH_EVENTS = {"succeeded": "finished", "stopped": "stopped", "nan": "nan"}
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 8 << 20),
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.keepalive_time_ms", 30000),
-    ("grpc.keepalive_timeout_ms", 10000),
-    ("grpc.http2.ping_timeout_ms", 10000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # find a restarted coordinator within a couple of seconds instead of gRPC's default backoff (up to 120 s)
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-
-
-class CoordinatorError(RuntimeError):
-    """The coordinator refused or could not be reached for a call the worker cannot do without."""
+FINISH_EVENTS = {"succeeded": pb.WORKER_EVENT_FINISHED, "stopped": pb.WORKER_EVENT_STOPPED}  # "nan": a failure
+FETCH_TIMEOUT_S = 30.0            # FetchJob: a coordinator that is restarting gets this long to come back
+FAILURE_REPORT_TIMEOUT_S = 1.0    # rank 0's failure report, on its open channel
 
 
 @dataclass
@@ -69,8 +59,7 @@ class _Upload:
     is_final: bool
     val_loss: float
     val_accuracy: float
-    tries: int = 0
-    not_before: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 def _f(point: dict[str, Any], key: str) -> float:
@@ -78,8 +67,9 @@ def _f(point: dict[str, Any], key: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def _say(text: str) -> None:
-    print(f"gradmesh report {time.strftime('%H:%M:%S')}: {text}", file=sys.stderr, flush=True)
+def _file_blocks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(CHUNK_BYTES), b"")
 
 
 class CoordinatorHooks(Hooks):
@@ -93,16 +83,13 @@ class CoordinatorHooks(Hooks):
         self.heartbeat_s = heartbeat_s
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
-        if tls_ca is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-            self._channel = grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(address, tls_ca)
         self._stub = rpc.WorkerServiceStub(self._channel)
         self._metadata = ((JOB_TOKEN_HEADER, token),)
         self._lock = threading.Lock()
         self._points: list[pb.MetricPoint] = []
-        self._events: deque[tuple[str, str]] = deque()
+        # events still to deliver, oldest first: (WorkerEvent, message, WorkerFailure or None)
+        self._events: deque[tuple[int, str, pb.WorkerFailure | None]] = deque()
         self._uploads: deque[_Upload] = deque()
         self._progress = (0, 0, 0)  # step, total_steps, epoch
         self._stop: StopRequest | None = None
@@ -116,8 +103,15 @@ class CoordinatorHooks(Hooks):
     # ------------------------------------------------------------ before training
 
     def fetch(self) -> tuple[str, Path | None]:
-        """The job's spec JSON, and the verified checkpoint to resume from (or None). Raises CoordinatorError."""
-        reply = self._call_with_retry(self._stub.FetchJob, pb.FetchJobRequest(job_id=self.job_id, attempt=self.attempt))
+        """The job's spec JSON, and the verified checkpoint to resume from (or None).
+
+        Raises CoordinatorRefused, or ChecksumMismatch when the checkpoint arrives damaged."""
+        try:
+            reply = self._stub.FetchJob(pb.FetchJobRequest(job_id=self.job_id, attempt=self.attempt),
+                                        timeout=FETCH_TIMEOUT_S, metadata=self._metadata, wait_for_ready=True)
+        except grpc.RpcError as err:
+            raise CoordinatorRefused(f"FetchJob at {self.address}: {err.code().name}: {err.details()}",
+                                     err.code()) from None
         self.attempt = reply.attempt or self.attempt
         resume = None
         if reply.HasField("resume_from") and reply.resume_from.sha256:
@@ -128,49 +122,40 @@ class CoordinatorHooks(Hooks):
     def _fetch_checkpoint(self, info: pb.CheckpointInfo) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         target = self.workdir / f"resume-step-{info.step}.npz"
-        tmp = target.with_suffix(".npz.part")
-        for tries in range(5):
-            digest = hashlib.sha256()
+        backoff = Backoff(tries=5)
+        while True:
             try:
-                with open(tmp, "wb") as out:
-                    for chunk in self._stub.FetchCheckpoint(pb.FetchCheckpointRequest(job_id=self.job_id, step=info.step),
-                                                            timeout=self.rpc_timeout_s + info.size_bytes / 20e6,
-                                                            metadata=self._metadata, wait_for_ready=True):
-                        out.write(chunk.data)
-                        digest.update(chunk.data)
+                self._download(info, target)
+                return target
             except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or tries == 4:
-                    raise CoordinatorError(f"FetchCheckpoint step {info.step}: {err.code().name}: {err.details()}") from None
-                time.sleep(0.5 * 2 ** tries)
-                continue
-            if digest.hexdigest() != info.sha256:
-                tmp.unlink(missing_ok=True)
-                raise CoordinatorError(f"checkpoint at step {info.step} arrived with sha256 {digest.hexdigest()}, "
-                                       f"expected {info.sha256}")
-            os.replace(tmp, target)
-            return target
-        raise CoordinatorError("unreachable")  # pragma: no cover
+                if err.code() not in RETRYABLE or not backoff.failed():
+                    raise CoordinatorRefused(f"FetchCheckpoint step {info.step}: {err.code().name}: {err.details()}",
+                                             err.code()) from None
+            backoff.wait()
 
-    def _call_with_retry(self, method, request, tries: int = 6):
-        delay = 0.2
-        for attempt in range(tries):
-            try:
-                return method(request, timeout=self.rpc_timeout_s, metadata=self._metadata, wait_for_ready=True)
-            except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or attempt == tries - 1:
-                    raise CoordinatorError(f"{type(request).__name__[:-7]} at {self.address}: "
-                                           f"{err.code().name}: {err.details()}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise CoordinatorError("unreachable")  # pragma: no cover
+    def _download(self, info: pb.CheckpointInfo, target: Path) -> None:
+        """One FetchCheckpoint into `target`, through a temporary file; sha256 and size checked at the end."""
+        tmp = target.with_suffix(".npz.part")
+        stream = self._stub.FetchCheckpoint(pb.FetchCheckpointRequest(job_id=self.job_id, step=info.step),
+                                            timeout=self.rpc_timeout_s + info.size_bytes / 20e6,
+                                            metadata=self._metadata, wait_for_ready=True)
+        try:
+            with open(tmp, "wb") as out:
+                for data in verified((chunk.data for chunk in stream), info.sha256, info.size_bytes,
+                                     what=f"the checkpoint of step {info.step}"):
+                    out.write(data)
+        except (grpc.RpcError, ChecksumMismatch, OSError):
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, target)
 
     # ------------------------------------------------------------ Hooks (called by train() on rank 0)
 
     def on_start(self, *, step, total_steps, epoch, info):
+        ranks = f"{info.get('ranks', '?')} rank(s)"
         with self._lock:
             self._progress = (step, total_steps, epoch)
-            self._events.append(("started", f"{info.get('ranks', '?')} rank(s), resumed at step {step}" if step
-                                 else f"{info.get('ranks', '?')} rank(s)"))
+            self._events.append((pb.WORKER_EVENT_STARTED, f"{ranks}, resumed at step {step}" if step else ranks, None))
         self._start_thread()
         self._wake.set()
 
@@ -193,7 +178,7 @@ class CoordinatorHooks(Hooks):
         except OSError:
             shutil.copyfile(path, own)
         upload = _Upload(own, int(step), int(epoch), bool(is_final), _f(metrics or {}, "val_loss"),
-                         _f(metrics or {}, "val_accuracy"))
+                         _f(metrics or {}, "val_accuracy"), Backoff(tries=self.max_upload_tries))
         with self._lock:
             self._uploads.append(upload)
         self._start_thread()
@@ -212,10 +197,29 @@ class CoordinatorHooks(Hooks):
         with self._lock:
             s, total, e = self._progress
             self._progress = (max(s, step), total, max(e, epoch))
-            self._events.append((FINISH_EVENTS.get(status, "error"), message))
+            if status in FINISH_EVENTS:  # a NaN ends in report_failure, which says more
+                self._events.append((FINISH_EVENTS[status], message, None))
         self._wake.set()
 
-    # ------------------------------------------------------------ after training
+    # ------------------------------------------------------------ the end
+
+    def report_failure(self, failure: pb.WorkerFailure) -> None:
+        """Tell the coordinator at once why this attempt is failing (one call, short deadline). If that call
+        fails, the report waits in the queue for `close()` to deliver it."""
+        with self._lock:
+            step, total, epoch = self._progress
+            points = list(self._points)
+        request = failure_request(self.job_id, self.attempt, failure, points=points,
+                                   step=max(step, failure.step), total_steps=total, epoch=epoch)
+        try:
+            self._stub.ReportProgress(request, timeout=FAILURE_REPORT_TIMEOUT_S, metadata=self._metadata)
+            return
+        except grpc.RpcError as err:
+            say(f"could not report the failure now ({err.code().name}: {err.details()}); queued")
+        except ValueError:  # the channel was already closed
+            return
+        with self._lock:
+            self._events.append((pb.WORKER_EVENT_FAILING, failure.message, failure))
 
     def close(self, timeout: float = 60.0) -> bool:
         """Deliver everything buffered (uploads first), then stop the thread. True when all was delivered."""
@@ -228,23 +232,9 @@ class CoordinatorHooks(Hooks):
         with self._lock:
             done = not (self._points or self._events or self._uploads)
         if not done:
-            _say(f"could not deliver everything to {self.address} within {timeout:.0f} s")
+            say(f"could not deliver everything to {self.address} within {timeout:.0f} s")
         self._channel.close()
         return done
-
-    def report_failure(self, kind: str, message: str) -> None:
-        """Tell the coordinator why this attempt is failing ("spec" | "data" | "nan" | "error"). Best effort."""
-        with self._lock:
-            step, total, epoch = self._progress
-            points = list(self._points)
-        request = pb.ReportProgressRequest(job_id=self.job_id, attempt=self.attempt, points=points, step=step,
-                                           total_steps=total, epoch=epoch, event=kind, message=message[:4000])
-        try:
-            self._stub.ReportProgress(request, timeout=3.0, metadata=self._metadata)
-        except grpc.RpcError as err:
-            _say(f"could not report the failure: {err.code().name}: {err.details()}")
-        except ValueError:  # the channel was already closed
-            pass
 
     # ------------------------------------------------------------ the background thread
 
@@ -274,10 +264,14 @@ class CoordinatorHooks(Hooks):
         with self._lock:
             uploads_covered = len(self._uploads)
             points = list(self._points)
-            event, message = self._events[0] if self._events else ("", "")
+            event, message, failure = self._events[0] if self._events else (pb.WORKER_EVENT_UNSPECIFIED, "", None)
             step, total, epoch = self._progress
-        request = pb.ReportProgressRequest(job_id=self.job_id, attempt=self.attempt, points=points, step=step,
-                                           total_steps=total, epoch=epoch, event=event, message=message)
+        if failure is not None:
+            request = failure_request(self.job_id, self.attempt, failure, points=points, step=step,
+                                       total_steps=total, epoch=epoch)
+        else:
+            request = pb.ReportProgressRequest(job_id=self.job_id, attempt=self.attempt, points=points, step=step,
+                                               total_steps=total, epoch=epoch, worker_event=event, message=message)
         try:
             reply = self._stub.ReportProgress(request, timeout=self.rpc_timeout_s, metadata=self._metadata,
                                               wait_for_ready=True)
@@ -287,10 +281,10 @@ class CoordinatorHooks(Hooks):
                 self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
                 self._drop_all()
             elif err.code() not in RETRYABLE:
-                _say(f"ReportProgress refused ({err.code().name}: {err.details()}); dropping {len(points)} point(s)")
+                say(f"ReportProgress refused ({err.code().name}: {err.details()}); dropping {len(points)} point(s)")
                 self._forget(len(points), bool(event))
             elif self._report_failures in (1, 5) or self._report_failures % 30 == 0:
-                _say(f"ReportProgress failed ({err.code().name}); will retry")
+                say(f"ReportProgress failed ({err.code().name}); will retry")
             return 0
         self._report_failures = 0
         self._forget(len(points), bool(event))
@@ -317,40 +311,36 @@ class CoordinatorHooks(Hooks):
         for _ in range(ready - 1):
             with self._lock:
                 upload = self._uploads[0] if self._uploads else None
-            if upload is None or upload.not_before > time.monotonic():
+            if upload is None or not upload.backoff.ready():
                 return
             ok = self._upload(upload)
             with self._lock:
-                if ok or upload.tries >= self.max_upload_tries:
+                if ok or upload.backoff.exhausted:
                     if self._uploads and self._uploads[0] is upload:
                         self._uploads.popleft()
                     upload.path.unlink(missing_ok=True)
                     if not ok:
-                        _say(f"giving up uploading the checkpoint of step {upload.step}")
+                        say(f"giving up uploading the checkpoint of step {upload.step}")
                 if not ok:
                     return
 
     def _upload(self, upload: _Upload) -> bool:
-        upload.tries += 1
+        """One UploadCheckpoint; on failure, `upload.backoff` says when (and whether) to try again."""
         try:
             size = upload.path.stat().st_size
-            digest = hashlib.sha256()
-            with open(upload.path, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK_BYTES), b""):
-                    digest.update(block)
+            sha256 = sha256_of_chunks(_file_blocks(upload.path))
         except OSError as err:
-            _say(f"cannot read the checkpoint of step {upload.step}: {err}")
-            upload.tries = self.max_upload_tries
+            say(f"cannot read the checkpoint of step {upload.step}: {err}")
+            upload.backoff.give_up()
             return False
-        info = pb.CheckpointInfo(step=upload.step, epoch=upload.epoch, size_bytes=size, sha256=digest.hexdigest(),
+        info = pb.CheckpointInfo(step=upload.step, epoch=upload.epoch, size_bytes=size, sha256=sha256,
                                  val_loss=upload.val_loss, val_accuracy=upload.val_accuracy, is_final=upload.is_final,
                                  attempt=self.attempt)
 
         def messages():
             yield pb.UploadCheckpointRequest(job_id=self.job_id, attempt=self.attempt, info=info)
-            with open(upload.path, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK_BYTES), b""):
-                    yield pb.UploadCheckpointRequest(data=block)
+            for block in _file_blocks(upload.path):
+                yield pb.UploadCheckpointRequest(data=block)
 
         try:
             self._stub.UploadCheckpoint(messages(), timeout=self.rpc_timeout_s + size / 10e6, metadata=self._metadata,
@@ -358,11 +348,10 @@ class CoordinatorHooks(Hooks):
             return True
         except grpc.RpcError as err:
             if err.code() in DISOWNED or err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                _say(f"checkpoint of step {upload.step} refused: {err.code().name}: {err.details()}")
-                upload.tries = self.max_upload_tries
+                say(f"checkpoint of step {upload.step} refused: {err.code().name}: {err.details()}")
+                upload.backoff.give_up()
                 if err.code() in DISOWNED:
                     self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
-            else:
-                _say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
-                upload.not_before = time.monotonic() + min(0.5 * 2 ** upload.tries, 10.0)
+            elif upload.backoff.failed():
+                say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
             return False

@@ -4,15 +4,19 @@
     mpirun -n 4 python -m worker --spec examples/digits.toml --out runs/digits # four ranks, same result
 
 Each step, rank r of N takes its slice of the global batch, computes the gradient of its SUMMED loss,
-and appends four numbers to it: [gradient | loss_sum, count, stop, stop_with_checkpoint]. One in-place Allreduce of
-that vector gives every rank the global sums; dividing the gradient by the global count gives exactly
-the mean gradient one process would compute on the whole batch (up to float rounding), for any N and
-uneven or short batches. Every rank then applies the same optimizer step, so the replicas never drift
-(checked with a hash at the end). `stop` is how a cancel (rank 0's hooks) or a SIGTERM (any rank)
-becomes a decision every rank takes at the same step boundary.
+and reduces [gradient | loss_sum, count, stop, stop_with_checkpoint] over the ranks in one in-place
+Allreduce (worker/stepsync.py): every rank gets the mean gradient of the whole global batch and applies
+the same optimizer step, so the replicas never drift (checked with a hash at the end). `stop` is how a
+cancel (rank 0's hooks) or a SIGTERM (any rank) becomes a decision every rank takes at the same step
+boundary.
 
 Only rank 0 evaluates the reporting, prints, and writes checkpoints; every rank evaluates its shard of
 the validation set and the sums are allreduced.
+
+Epochs are published one way everywhere (progress lines, metric points, reports, checkpoint metadata):
+the 1-based epoch that the last step done belongs to (`Sampler.epoch_of`), 0 before the first step; the
+last point of a 22-epoch run says 22. Resuming needs only the step (`Sampler.locate` turns it into the
+0-based epoch and position of the next batch).
 """
 from __future__ import annotations
 
@@ -32,10 +36,7 @@ from worker.hooks import Hooks
 from worker.mlp import MLP
 from worker.optim import learning_rate, make_optimizer
 from worker.spec import JobSpec
-
-# positions of the reduced scalars after the gradient in the sync vector
-LOSS, COUNT, STOP, STOP_CHECKPOINT = range(4)
-EXTRA = 4
+from worker.stepsync import StepSync
 
 
 class Divergence(RuntimeError):
@@ -45,6 +46,19 @@ class Divergence(RuntimeError):
         word = "NaN" if math.isnan(value) else "infinite"
         super().__init__(f"loss became {word} at step {step}")
         self.step = step
+
+
+@dataclass
+class Progress:
+    """Where the loop is, readable from outside (a failure report names the step it failed at)."""
+    step: int = 0               # steps done
+    total_steps: int = 0
+    sampler: Sampler | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The published (1-based) epoch of the last step done; 0 before the first."""
+        return self.sampler.epoch_of(self.step) if self.sampler is not None else 0
 
 
 @dataclass
@@ -121,8 +135,10 @@ def _shared_normalizer(comm, data, ckpt: Checkpoint | None) -> Normalizer:
 
 
 def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path = "runs/job",
-          resume: Checkpoint | str | Path | None = None, threads: tuple[int, str] = (0, "unset")) -> TrainResult:
-    """Train `spec` on this rank. `resume` matters on rank 0 only (it broadcasts the state).
+          resume: Checkpoint | str | Path | None = None, threads: tuple[int, str] = (0, "unset"),
+          progress: Progress | None = None) -> TrainResult:
+    """Train `spec` on this rank. `resume` matters on rank 0 only (it broadcasts the state). `progress`, when
+    given, is kept up to date (one attribute store per step) for whoever reports a failure.
 
     Raises Divergence on a NaN/inf loss (on every rank), DataError/SpecError/CheckpointError for bad inputs.
     """
@@ -135,10 +151,12 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     sampler = Sampler(len(data.train), t.batch_size, t.seed)
     total_steps = total_steps_for(spec, sampler.steps_per_epoch)
 
+    progress = progress if progress is not None else Progress()
+    progress.total_steps, progress.sampler = total_steps, sampler
+
     model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
     P = model.num_params
-    sync = np.zeros(P + EXTRA, np.float32)
-    model.use_grad_buffer(sync[:P])
+    sync = StepSync(model, comm, overlap=t.overlap)
     grad = model.grad
     optimizer = make_optimizer(spec.optim, P, total_steps)
 
@@ -150,7 +168,12 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     if normalizer is not None:
         val_x = normalizer.apply(val_x)
 
+    has_validation = len(data.val) > 0  # the same on every rank: each loads the whole dataset
+
     def evaluate() -> tuple[float, float]:
+        """(validation loss, accuracy) over every rank's shard; NaN when there is no validation set."""
+        if not has_validation:
+            return math.nan, math.nan
         sums = np.zeros(3, np.float64)
         if len(val_x):
             loss_sum, correct, count = model.evaluate(val_x, val_y)
@@ -160,93 +183,78 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
         accuracy = sums[1] / n if spec.model.loss == "cross_entropy" else math.nan
         return float(sums[0] / n), float(accuracy)
 
-    step = start_step
-    epoch = sampler.locate(step)[0]
+    step = progress.step = start_step
     metrics: dict[str, float] = {}
 
     def write_checkpoint(is_final: bool) -> Path | None:
         if rank != 0:
             return None
-        next_epoch, next_position = sampler.locate(step)
-        meta = {"spec": spec.to_dict(), "step": step, "epoch": next_epoch, "position": next_position,
+        epoch = sampler.epoch_of(step)
+        meta = {"spec": spec.to_dict(), "step": step, "epoch": epoch, "position": sampler.locate(step)[1],
                 "total_steps": total_steps, "ranks": size, "metrics": metrics, "is_final": is_final,
                 "sampler": {"seed": t.seed, "note": "epoch order = permutation from (seed, epoch)"}}
         path = out_dir / ("final.npz" if is_final else periodic_name(step))
         save_checkpoint(path, checkpoint_arrays(model, optimizer, normalizer), meta)
         if not is_final:
             rotate(out_dir, spec.checkpoint.keep_last)
-        hooks.on_checkpoint(path, step=step, epoch=next_epoch, is_final=is_final, metrics=dict(metrics))
+        hooks.on_checkpoint(path, step=step, epoch=epoch, is_final=is_final, metrics=dict(metrics))
         return path
 
     info = {"name": spec.name, "ranks": size, "threads_per_rank": threads[0], "threads_source": threads[1],
             "params": P, "train_examples": len(data.train), "val_examples": len(data.val),
             "steps_per_epoch": sampler.steps_per_epoch, "data": data.description}
-    hooks.on_start(step=step, total_steps=total_steps, epoch=epoch, info=info)
+    hooks.on_start(step=step, total_steps=total_steps, epoch=sampler.epoch_of(step), info=info)
     fault = faults.from_environment(rank)
 
-    # overlap mode: one nonblocking allreduce per layer, started as soon as backward finishes that layer
-    layer_slices = model.layer_slices()
     window_loss, window_count, window_start = 0.0, 0.0, time.perf_counter()
     status = "succeeded"
+    stopped_with_checkpoint, stop_reason = False, ""
     with _SigtermFlag() as sigterm:
         while step < total_steps:
-            epoch, position = sampler.locate(step)
-            xb, yb = data.train.rows(sampler.rank_batch(epoch, position, rank, size))
+            batch_epoch, position = sampler.locate(step)  # 0-based: where this step's batch comes from
+            xb, yb = data.train.rows(sampler.rank_batch(batch_epoch, position, rank, size))
             if normalizer is not None:
                 xb = normalizer.apply(xb)
             fault.before_step(step)
-            if t.overlap:
-                pending = []
-                s = model.sum_loss_and_grad(
-                    xb, yb, on_layer_grad=lambda i: pending.append(comm.iallreduce_sum_(sync[layer_slices[i]])))
-            else:
-                s = model.sum_loss_and_grad(xb, yb)
+            s = sync.backward(xb, yb)
             if rank == 0:
                 hooks.on_step(step)
                 stop = hooks.poll_stop()
             else:
                 stop = None
-            sync[P + LOSS] = s.loss_sum
-            sync[P + COUNT] = s.count
-            sync[P + STOP] = 1.0 if (stop is not None or sigterm.raised) else 0.0
-            sync[P + STOP_CHECKPOINT] = 1.0 if (sigterm.raised or (stop is not None and stop.checkpoint)) else 0.0
-            if t.overlap:
-                pending.append(comm.iallreduce_sum_(sync[P:]))
-                for handle in pending:
-                    handle.wait()
-            else:
-                comm.allreduce_sum_(sync)
-            loss_sum = float(sync[P + LOSS])
-            loss_sum = fault.corrupt_loss(step, loss_sum)
+            total = sync.reduce(s, stop=stop is not None or sigterm.raised,
+                                checkpoint=sigterm.raised or (stop is not None and stop.checkpoint))
+            loss_sum = fault.corrupt_loss(step, total.loss_sum)
             if not math.isfinite(loss_sum):
-                hooks.on_finish(step=step, epoch=epoch, status="nan", message=str(Divergence(step, loss_sum)))
+                hooks.on_finish(step=step, epoch=sampler.epoch_of(step), status="nan",
+                                message=str(Divergence(step, loss_sum)))
                 raise Divergence(step, loss_sum)
-            count = float(sync[P + COUNT])
-            grad *= np.float32(1.0 / count)
             lr = optimizer.step(model.params, grad)
-            step += 1
+            step = progress.step = step + 1
             window_loss += loss_sum
-            window_count += count
+            window_count += total.count
 
             if step % t.eval_every == 0 or step == total_steps:
                 val_loss, val_accuracy = evaluate()
                 elapsed = time.perf_counter() - window_start
-                metrics = {"step": step, "epoch": sampler.locate(step - 1)[0], "train_loss": window_loss / window_count,
+                metrics = {"step": step, "epoch": sampler.epoch_of(step), "train_loss": window_loss / window_count,
                            "val_loss": val_loss, "val_accuracy": val_accuracy,
                            "samples_per_second": window_count / elapsed if elapsed > 0 else 0.0,
                            "lr": lr, "time_unix": time.time()}
                 hooks.on_metrics(dict(metrics))
                 window_loss, window_count, window_start = 0.0, 0.0, time.perf_counter()
 
-            if sync[P + STOP] > 0 and step < total_steps:
+            if total.stop and step < total_steps:
                 status = "stopped"
-                if sync[P + STOP_CHECKPOINT] > 0:
+                stopped_with_checkpoint = total.checkpoint
+                stop_reason = stop.reason if stop is not None else "SIGTERM" if sigterm.raised else "SIGTERM on another rank"
+                if stopped_with_checkpoint:
                     write_checkpoint(is_final=False)
                 break
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0 and step < total_steps:
                 write_checkpoint(is_final=False)
 
-    epoch = sampler.locate(max(step - 1, 0))[0]
+    epoch = sampler.epoch_of(step)
     final_path = None
     if status == "succeeded":
         if not metrics or metrics.get("step") != step:  # resumed at the very end: evaluate what we have
@@ -258,7 +266,7 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
         final_path = write_checkpoint(is_final=True)
     stop_message = ""
     if status == "stopped":
-        saved = "; checkpoint written" if sync[P + STOP_CHECKPOINT] > 0 else ""
-        stop_message = f"a stop was requested (SIGTERM or a cancel){saved}"
+        saved = "; checkpoint written" if stopped_with_checkpoint else ""
+        stop_message = f"{stop_reason}{saved}"
     hooks.on_finish(step=step, epoch=epoch, status=status, message=stop_message)
     return TrainResult(status, step, epoch, metrics, final_path)
