@@ -56,5 +56,7 @@ def failure_from_exception(exc: BaseException, comm, *, step: int = 0) -> pb.Wor
     """What `exc`, raised on this rank at `step`, says about the run (its message is what a person reads)."""
     cause, lead = next(((cause, lead) for kind, cause, lead in _CAUSES if isinstance(exc, kind)),
                        (pb.FAILURE_CAUSE_RANK_ERROR, ""))
+    # gradmesh's own typed errors are fully said by their cause; only a foreign exception's type helps a reader
+    foreign = cause in (pb.FAILURE_CAUSE_RANK_ERROR, pb.FAILURE_CAUSE_OUT_OF_MEMORY)
     return failure(cause, comm, lead + (str(exc) or type(exc).__name__), step=step,
-                   exception_type=type(exc).__name__)
+                   exception_type=type(exc).__name__ if foreign else "")
