@@ -36,7 +36,8 @@ from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
 from coordinator.launcher import Exit, WorkerProcess, build_mpirun_argv, build_worker_env, find_mpirun, log_tail
 from coordinator.outcomes import Outcome, classify, decide
 from coordinator.states import IllegalTransition, JobState
-from coordinator.store import JobRow, Store
+from coordinator.records import JobRow
+from coordinator.store import Store
 from coordinator.tokens import attempt_tag, hash_token, new_token
 from coordinator.watchdog import ProgressWatch
 

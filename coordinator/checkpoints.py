@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence, TypeVar
 
 from coordinator.errors import ChecksumMismatch, InvalidArgument, NotFound
-from coordinator.store import CheckpointRow, JobRow, Store
+from coordinator.records import CheckpointRow, JobRow
+from coordinator.store import Store
 from coordinator.wire import CHUNK_BYTES, KIND_CHECKPOINT, Sha256Tally, sha256_of_chunks, verified
 
 log = logging.getLogger("gradmesh.checkpoints")

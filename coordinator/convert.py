@@ -7,7 +7,7 @@ from coordinator.errors import InvalidArgument
 from coordinator.jobs import JobView
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
 from coordinator.rpc import gradmesh_pb2 as pb
-from coordinator.store import CheckpointRow, MetricRow, TransitionRow
+from coordinator.records import CheckpointRow, MetricRow, TransitionRow
 from coordinator.worker_api import ProgressReport
 
 

@@ -31,7 +31,8 @@ from coordinator.checkpoints import Checkpoints
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from coordinator.events import ChangeSignal
 from coordinator.states import IllegalTransition, JobState
-from coordinator.store import CheckpointRow, JobRow, MetricRow, Store, TransitionRow
+from coordinator.records import CheckpointRow, JobRow, MetricRow, TransitionRow
+from coordinator.store import Store
 from coordinator.wire import KIND_JOB, METRICS_PAGE
 from worker.spec import JobSpec, SpecError, parse_spec, parse_spec_text
 

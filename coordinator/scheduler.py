@@ -21,7 +21,8 @@ from typing import Protocol, Sequence
 
 from coordinator.hosts import Allocation
 from coordinator.states import JobState
-from coordinator.store import JobRow, Store
+from coordinator.records import JobRow
+from coordinator.store import Store
 
 log = logging.getLogger("gradmesh.scheduler")
 

@@ -36,6 +36,7 @@ from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store import Store
+from coordinator import wire
 from coordinator.wire import SERVER_OPTIONS
 
 log = logging.getLogger("gradmesh.server")
@@ -48,7 +49,7 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 def load_or_create_token(data_dir: Path, token: str | None) -> str:
     if token:
         return token
-    path = data_dir / "token"
+    path = data_dir / wire.TOKEN_FILE
     if path.exists():
         text = path.read_text().strip()
         if text:

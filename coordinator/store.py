@@ -17,207 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from coordinator.errors import InvalidArgument
+from coordinator.records import (AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow, nan_from_sql,
+                                 sql_from_nan)
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
+from coordinator.schema import SCHEMA, migrate
 from coordinator.states import IllegalTransition, JobState, check_transition
 
 if TYPE_CHECKING:
     from coordinator.checkpoints import RetentionPolicy
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,      -- submission order: FIFO and paging
-    id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    spec_json TEXT NOT NULL,
-    state TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT '',
-    workers INTEGER NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    labels_json TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL,
-    started REAL NOT NULL DEFAULT 0,
-    ended REAL NOT NULL DEFAULT 0,
-    step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER NOT NULL DEFAULT 0,
-    epoch INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    restarts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    checkpoint_requested INTEGER NOT NULL DEFAULT 0,
-    token_hash TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, priority, seq);
-
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    attempt INTEGER NOT NULL,
-    hosts TEXT NOT NULL DEFAULT '',
-    pid INTEGER NOT NULL DEFAULT 0,
-    pgid INTEGER NOT NULL DEFAULT 0,
-    started REAL NOT NULL,
-    ended REAL NOT NULL DEFAULT 0,
-    exit_code INTEGER,                          -- NULL while running or when unknown
-    outcome TEXT NOT NULL DEFAULT '',           -- '', succeeded, failed, cancelled, ...
-    message TEXT NOT NULL DEFAULT '',
-    log_path TEXT NOT NULL,
-    workdir TEXT NOT NULL,
-    worker_event TEXT NOT NULL DEFAULT '',      -- the last event rank 0 reported: a WorkerEvent name
-    worker_message TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (job_id, attempt)
-);
-
-CREATE TABLE IF NOT EXISTS transitions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    state TEXT NOT NULL,
-    message TEXT NOT NULL,
-    time REAL NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
-
-CREATE TABLE IF NOT EXISTS metrics (
-    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    step INTEGER NOT NULL,
-    epoch INTEGER NOT NULL,
-    train_loss REAL,
-    val_loss REAL,
-    val_accuracy REAL,
-    samples_per_second REAL,
-    lr REAL,
-    time REAL,
-    attempt INTEGER NOT NULL,
-    PRIMARY KEY (job_id, step)
-);
--- GetJob shows the best point (lowest val_loss) on every call; without this index it is a scan of the
--- job's whole history under the store lock (measured 25 ms at 110k points by bench/service.py)
-CREATE INDEX IF NOT EXISTS metrics_best ON metrics(job_id, val_loss, step) WHERE val_loss IS NOT NULL;
-
-CREATE TABLE IF NOT EXISTS checkpoints (
-    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    step INTEGER NOT NULL,
-    epoch INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    val_loss REAL,
-    val_accuracy REAL,
-    is_final INTEGER NOT NULL,
-    created REAL NOT NULL,
-    attempt INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    PRIMARY KEY (job_id, step)
-);
-"""
-
-
-# Why an attempt failed, as the first rank that reported a failure said it (reports.WorkerFailure).
-# Added after the first release: older databases get them by ALTER TABLE when opened.
-ATTEMPT_FAILURE_COLUMNS = {
-    "failure_cause": "TEXT NOT NULL DEFAULT ''",  # a FailureCause name; '' = no failure reported
-    "failure_rank": "INTEGER",                     # NULL when the report did not say
-    "failure_host": "TEXT NOT NULL DEFAULT ''",
-    "failure_exception": "TEXT NOT NULL DEFAULT ''",
-    "failure_message": "TEXT NOT NULL DEFAULT ''",
-    "failure_step": "INTEGER NOT NULL DEFAULT 0",
-}
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _null(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: str
-    name: str
-    spec_json: str
-    state: JobState
-    workers: int
-    priority: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-    message: str = ""
-    created: float = 0.0
-    started: float = 0.0
-    ended: float = 0.0
-    step: int = 0
-    total_steps: int = 0
-    epoch: int = 0
-    attempts: int = 0
-    restarts: int = 0
-    cancel_requested: bool = False
-    checkpoint_requested: bool = False
-    token_hash: str = ""
-    seq: int = 0
-
-
-@dataclass(frozen=True)
-class AttemptRow:
-    job_id: str
-    attempt: int
-    log_path: str
-    workdir: str
-    started: float
-    hosts: str = ""
-    pid: int = 0
-    pgid: int = 0
-    ended: float = 0.0
-    exit_code: int | None = None
-    outcome: str = ""
-    message: str = ""
-    worker_event: WorkerEvent = WorkerEvent.UNSPECIFIED
-    worker_message: str = ""
-    failure: WorkerFailure | None = None
-
-
-@dataclass(frozen=True)
-class TransitionRow:
-    id: int
-    job_id: str
-    state: JobState
-    message: str
-    time: float
-    attempt: int
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    step: int
-    epoch: int = 0
-    train_loss: float = math.nan
-    val_loss: float = math.nan
-    val_accuracy: float = math.nan
-    samples_per_second: float = math.nan
-    lr: float = math.nan
-    time_unix: float = 0.0
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class CheckpointRow:
-    job_id: str
-    step: int
-    epoch: int
-    size: int
-    sha256: str
-    val_loss: float
-    val_accuracy: float
-    is_final: bool
-    created: float
-    attempt: int
-    path: str
 
 
 class Store:
@@ -233,14 +47,7 @@ class Store:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             self._conn.executescript(SCHEMA)
-            self._migrate()
-
-    def _migrate(self) -> None:
-        """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
-        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(attempts)")}
-        for name, decl in ATTEMPT_FAILURE_COLUMNS.items():
-            if name not in have:
-                self._conn.execute(f"ALTER TABLE attempts ADD COLUMN {name} {decl}")
+            migrate(self._conn)
 
     def close(self) -> None:
         with self._lock:
@@ -456,10 +263,10 @@ class Store:
 
     @staticmethod
     def _metric(r: sqlite3.Row) -> MetricRow:
-        return MetricRow(step=r["step"], epoch=r["epoch"], train_loss=_nan(r["train_loss"]),
-                         val_loss=_nan(r["val_loss"]), val_accuracy=_nan(r["val_accuracy"]),
-                         samples_per_second=_nan(r["samples_per_second"]), lr=_nan(r["lr"]),
-                         time_unix=_nan(r["time"]), attempt=r["attempt"])
+        return MetricRow(step=r["step"], epoch=r["epoch"], train_loss=nan_from_sql(r["train_loss"]),
+                         val_loss=nan_from_sql(r["val_loss"]), val_accuracy=nan_from_sql(r["val_accuracy"]),
+                         samples_per_second=nan_from_sql(r["samples_per_second"]), lr=nan_from_sql(r["lr"]),
+                         time_unix=nan_from_sql(r["time"]), attempt=r["attempt"])
 
     def add_metrics(self, job_id: str, points: Iterable[MetricRow]) -> int:
         """Insert points; a (job, step) already present is ignored (reports are retried). Returns rows added."""
@@ -469,8 +276,8 @@ class Store:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO metrics (job_id, step, epoch, train_loss, val_loss, val_accuracy,"
                     " samples_per_second, lr, time, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, p.step, p.epoch, _null(p.train_loss), _null(p.val_loss), _null(p.val_accuracy),
-                     _null(p.samples_per_second), _null(p.lr), p.time_unix, p.attempt))
+                    (job_id, p.step, p.epoch, sql_from_nan(p.train_loss), sql_from_nan(p.val_loss), sql_from_nan(p.val_accuracy),
+                     sql_from_nan(p.samples_per_second), sql_from_nan(p.lr), p.time_unix, p.attempt))
                 added += cur.rowcount
         return added
 
@@ -494,7 +301,7 @@ class Store:
     @staticmethod
     def _checkpoint(r: sqlite3.Row) -> CheckpointRow:
         return CheckpointRow(job_id=r["job_id"], step=r["step"], epoch=r["epoch"], size=r["size"], sha256=r["sha256"],
-                             val_loss=_nan(r["val_loss"]), val_accuracy=_nan(r["val_accuracy"]),
+                             val_loss=nan_from_sql(r["val_loss"]), val_accuracy=nan_from_sql(r["val_accuracy"]),
                              is_final=bool(r["is_final"]), created=r["created"], attempt=r["attempt"], path=r["path"])
 
     def add_checkpoint(self, ckpt: CheckpointRow, keep: "RetentionPolicy") -> list[CheckpointRow]:
@@ -518,8 +325,8 @@ class Store:
         db.execute(
             "INSERT OR REPLACE INTO checkpoints (job_id, step, epoch, size, sha256, val_loss, val_accuracy,"
             " is_final, created, attempt, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ckpt.job_id, ckpt.step, ckpt.epoch, ckpt.size, ckpt.sha256, _null(ckpt.val_loss),
-             _null(ckpt.val_accuracy), int(ckpt.is_final), ckpt.created, ckpt.attempt, ckpt.path))
+            (ckpt.job_id, ckpt.step, ckpt.epoch, ckpt.size, ckpt.sha256, sql_from_nan(ckpt.val_loss),
+             sql_from_nan(ckpt.val_accuracy), int(ckpt.is_final), ckpt.created, ckpt.attempt, ckpt.path))
 
     def checkpoints(self, job_id: str) -> list[CheckpointRow]:
         return [self._checkpoint(r) for r in
@@ -527,4 +334,4 @@ class Store:
 
 
 
-__all__ = ["Store", "JobRow", "AttemptRow", "TransitionRow", "MetricRow", "CheckpointRow"]
+__all__ = ["Store"]

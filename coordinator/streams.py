@@ -18,7 +18,8 @@ from coordinator import validate
 from coordinator.errors import InvalidArgument, Unavailable
 from coordinator.events import ChangeSignal
 from coordinator.jobs import JobView, find_job
-from coordinator.store import MetricRow, Store
+from coordinator.records import MetricRow
+from coordinator.store import Store
 
 PAGE = 1000                # metric points read from the store at a time
 LOG_CHUNK_BYTES = 64 << 10

@@ -31,6 +31,7 @@ TOKEN_ENV = "GRADMESH_TOKEN"
 TLS_CA_ENV = "GRADMESH_TLS_CA"
 JOB_TOKEN_ENV = "GRADMESH_JOB_TOKEN"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+TOKEN_FILE = "token"                           # the client token's file in the coordinator's data directory
 
 # Values of KIND_TRAILER.
 KIND_JOB = "job"

@@ -23,7 +23,8 @@ from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Chec
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from coordinator.events import ChangeSignal
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
-from coordinator.store import CheckpointRow, JobRow, MetricRow, Store
+from coordinator.records import CheckpointRow, JobRow, MetricRow
+from coordinator.store import Store
 from coordinator.tokens import matches
 from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_JOB, KIND_TOKEN
 

@@ -85,7 +85,7 @@ def idle_server(start_coordinator, **kwargs):
 def running_job(srv, job_id: str = "w1", token: str = "token-w1", spec: str = SMALL_SPEC) -> tuple[str, str]:
     """A RUNNING job with one attempt whose ranks would hold `token` (no process behind it)."""
     from coordinator.states import JobState
-    from coordinator.store import JobRow
+    from coordinator.records import JobRow
     from coordinator.tokens import hash_token
     from worker.spec import parse_spec_text
     spec_json = parse_spec_text(spec).to_json()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from coordinator.client import (
     KIND_CHECKPOINT, KIND_JOB, AlreadyExists, Client, FailedPrecondition, InvalidArgument, InvalidSpec, JobSnapshot,
     JobState, JobStateChanged, MetricReported, NotFound, Unauthenticated,
 )
+from coordinator import processes
 from tests.helpers import numpy_accuracy, small_digits_spec, wait_for
 
 LEGAL = {
@@ -22,19 +22,6 @@ LEGAL = {
     JobState.RUNNING: {JobState.RESTARTING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
     JobState.RESTARTING: {JobState.RUNNING, JobState.FAILED, JobState.CANCELLED},
 }
-
-
-def worker_pids(job_id: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if job_id.encode() in argv and b"--job" in argv:
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture
@@ -138,13 +125,13 @@ def test_list_pages_and_state_filter(client):
 def test_cancel_running_job_leaves_no_worker(client):
     job = client.submit(small_digits_spec(steps=100_000, workers=2))
     wait_for(lambda: client.get(job.id).step >= 5, 60, what="the job to train a few steps")
-    assert worker_pids(job.id)
+    assert processes.of_job(job.id)
     client.cancel(job.id, checkpoint=True)
     events = list(client.watch(job.id))  # ends by itself once the job has stopped
     assert client.get(job.id).state is JobState.CANCELLED
     assert any(isinstance(e, JobStateChanged) and e.change.state is JobState.CANCELLED for e in events) or \
         events[0].job.state is JobState.CANCELLED
-    wait_for(lambda: not worker_pids(job.id), 15, what="the worker processes to exit")
+    wait_for(lambda: not processes.of_job(job.id), 15, what="the worker processes to exit")
     resumed = client.resume(job.id, workers=1)
     assert resumed.id != job.id and resumed.labels["resumed_from"] == job.id
     assert resumed.workers == 1 and resumed.state in (JobState.QUEUED, JobState.RUNNING)

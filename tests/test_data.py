@@ -106,8 +106,8 @@ def test_normalizer_standardises_the_training_split():
 def test_fast_digits_reader_matches_scikit_learn():
     from sklearn.datasets import load_digits
 
-    from worker.data import _digits
-    pixels, labels = _digits()
+    from worker.data import digits_arrays
+    pixels, labels = digits_arrays()
     reference = load_digits()
     np.testing.assert_array_equal(pixels, reference.data)
     np.testing.assert_array_equal(labels, reference.target)

@@ -1,7 +1,7 @@
 """Scheduling order (priority, then FIFO, no backfill) and slot accounting, without processes."""
 from coordinator.scheduler import SlotPool, plan_starts, scheduling_order
 from coordinator.states import JobState
-from coordinator.store import JobRow
+from coordinator.records import JobRow
 
 
 def job(seq, workers=1, priority=0):

@@ -7,7 +7,8 @@ import pytest
 
 from coordinator.checkpoints import RetentionPolicy
 from coordinator.states import IllegalTransition, JobState
-from coordinator.store import CheckpointRow, JobRow, MetricRow, Store
+from coordinator.records import CheckpointRow, JobRow, MetricRow
+from coordinator.store import Store
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ class Dataset:
     description: str
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits. Reading its bundled CSV directly skips importing scikit-learn, which is
     most of a worker's start-up time (about 1 s of CPU); the import is the fallback if the file moved."""
     spec = importlib.util.find_spec("sklearn")
@@ -109,7 +109,7 @@ def _synthetic(samples: int, features: int, classes: int, seed: int) -> tuple[np
 
 def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str]:
     if spec.source == "digits":
-        pixels, labels = _digits()
+        pixels, labels = digits_arrays()
         # pixel intensities 0..16 scaled to [0, 1], as image loaders do
         x = (pixels / 16.0).astype(np.float32)
         return x, labels, None, None, "digits (scikit-learn, pixels scaled to [0, 1])"

@@ -18,7 +18,7 @@ NotFound (`.kind` "job" or "checkpoint"), AlreadyExists, FailedPrecondition, Una
 ResourceExhausted, Unavailable, DeadlineExceeded, DataLoss (ChecksumMismatch for a download that does not
 match its sha256), Unimplemented, Internal. `str(err)` is one line a person can act on.
 """
-from coordinator.client.client import TOKEN_FILE, Client, read_spec_text, resolve_token
+from coordinator.client.client import Client, read_spec_text, resolve_token
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
     CheckpointInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
@@ -28,7 +28,7 @@ from coordinator.errors import (
     AlreadyExists, ChecksumMismatch, DataLoss, DeadlineExceeded, FailedPrecondition, GradmeshError, Internal,
     InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
 )
-from coordinator.wire import DEFAULT_ADDRESS, KIND_CHECKPOINT, KIND_JOB
+from coordinator.wire import DEFAULT_ADDRESS, KIND_CHECKPOINT, KIND_JOB, TOKEN_FILE
 
 __all__ = [
     "Client", "JobState", "JobInfo", "MetricPoint", "StateChange", "CheckpointInfo", "Download",

@@ -27,7 +27,6 @@ from coordinator.errors import ChecksumMismatch, GradmeshError, InvalidArgument,
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc
 
-TOKEN_FILE = "token"  # the client token's file inside the coordinator's data directory
 
 
 def resolve_token(token: str | None = None, data_dir: str | Path | None = None) -> str | None:
@@ -38,7 +37,7 @@ def resolve_token(token: str | None = None, data_dir: str | Path | None = None) 
     if env:
         return env
     if data_dir is not None:
-        path = Path(data_dir).expanduser() / TOKEN_FILE
+        path = Path(data_dir).expanduser() / wire.TOKEN_FILE
         try:
             return path.read_text().strip()
         except OSError as exc:
