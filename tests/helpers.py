@@ -45,6 +45,20 @@ def small_digits_spec(steps: int = 60, workers: int = 2, **train: Any) -> dict:
             "checkpoint": {"every_steps": 20, "keep_last": 2}}
 
 
+def digits_toml(name: str, *, steps: int, workers: int = 2, batch_size: int = 32, eval_every: int = 10,
+                lr: float | None = None, every_steps: int = 20, keep_last: int = 2, **fault: float) -> str:
+    """The TOML text of a small digits job with 2 workers, as the service tests submit it; `fault` keys
+    (max_restarts, backoff_s, hang_timeout_s) go to its [fault] section."""
+    lines = [f'name = "{name}"', f"workers = {workers}", "[model]", "layers = [64, 32, 10]", "[train]",
+             f"steps = {steps}", f"batch_size = {batch_size}", f"eval_every = {eval_every}"]
+    if lr is not None:
+        lines += ["[optim]", f"lr = {lr}"]
+    lines += ["[checkpoint]", f"every_steps = {every_steps}", f"keep_last = {keep_last}"]
+    if fault:
+        lines += ["[fault]"] + [f"{key} = {value}" for key, value in fault.items()]
+    return "\n".join(lines) + "\n"
+
+
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """A certificate and key for 127.0.0.1/localhost, valid for a day; skips the test without openssl."""
     if not shutil.which("openssl"):

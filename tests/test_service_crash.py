@@ -25,26 +25,15 @@ from coordinator.tokens import attempt_tag
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
 from coordinator.processes import of_job as job_processes
-from helpers import assert_legal_path, wait_for, watch_to_end
+from helpers import assert_legal_path, digits_toml, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
 
-SPEC = """
-name = "crash-digits"
-workers = 2
-[model]
-layers = [64, 32, 10]
-[train]
-steps = {steps}
-batch_size = 32
-eval_every = 20
-[checkpoint]
-every_steps = 40
-keep_last = 2
-[fault]
-backoff_s = 0.2
-"""
+
+def spec(steps: int) -> str:
+    return digits_toml("crash-digits", steps=steps, eval_every=20, every_steps=40, backoff_s=0.2)
+
 
 SERVE = textwrap.dedent("""
     import sys
@@ -82,7 +71,7 @@ def test_sigkilled_coordinator_re_adopts_the_running_job(coordinator_process, st
     proc, address = start()
     with grpc.insecure_channel(address) as ch:
         api = AuthedJobStub(ch, "crash-token", timeout=60)
-        api.SubmitJob(pb.SubmitJobRequest(spec=SPEC.format(steps=8000), job_id="survivor"))
+        api.SubmitJob(pb.SubmitJobRequest(spec=spec(8000), job_id="survivor"))
         watch = api.WatchJob(pb.WatchJobRequest(job_id="survivor"), timeout=120)
         seen = []
         for event in watch:
@@ -123,7 +112,7 @@ def test_job_that_died_while_the_coordinator_was_down_restarts_from_its_checkpoi
     proc, address = start()
     with grpc.insecure_channel(address) as ch:
         api = AuthedJobStub(ch, "crash-token", timeout=60)
-        api.SubmitJob(pb.SubmitJobRequest(spec=SPEC.format(steps=100000), job_id="orphan"))
+        api.SubmitJob(pb.SubmitJobRequest(spec=spec(100000), job_id="orphan"))
         wait_for(lambda: len(api.ListCheckpoints(pb.ListCheckpointsRequest(job_id="orphan")).checkpoints) >= 1,
                  what="a first checkpoint")
     proc.send_signal(signal.SIGKILL)
@@ -161,7 +150,7 @@ def test_graceful_shutdown_stops_jobs_and_records_why(start_coordinator, tmp_pat
     srv = start_coordinator(tmp_path / "d")
     with grpc.insecure_channel(srv.address) as ch:
         api = AuthedJobStub(ch, srv.token, timeout=60)
-        api.SubmitJob(pb.SubmitJobRequest(spec=SPEC.format(steps=100000), job_id="shut"))
+        api.SubmitJob(pb.SubmitJobRequest(spec=spec(100000), job_id="shut"))
         wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="shut")).latest.step >= 20, what="first point")
     tag = attempt_tag(srv.store.get_job("shut").token_hash)
     srv.stop(grace=1.0)  # stop_jobs=True by default

@@ -27,29 +27,14 @@ from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.states import JobState
 from coordinator.tokens import attempt_tag
-from helpers import assert_legal_path, self_signed_cert, wait_for, watch_to_end
+from helpers import assert_legal_path, digits_toml, self_signed_cert, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 
-SPEC = """
-name = "e2e-digits"
-workers = 2
-[model]
-layers = [64, 32, 10]
-[train]
-steps = {steps}
-batch_size = 32
-eval_every = {eval_every}
-[optim]
-lr = 0.01
-[checkpoint]
-every_steps = 20
-keep_last = 2
-"""
 
 
 def spec(steps=60, eval_every=10, extra=""):
-    return SPEC.format(steps=steps, eval_every=eval_every) + extra
+    return digits_toml("e2e-digits", steps=steps, eval_every=eval_every, lr=0.01) + extra
 
 
 @pytest.fixture

@@ -29,34 +29,16 @@ from conftest import AuthedJobStub
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
 from coordinator.processes import of_job as job_processes
-from helpers import assert_legal_path, wait_for, watch_to_end
+from helpers import assert_legal_path, digits_toml, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
 
-SPEC = """
-name = "fault-digits"
-workers = 2
-[model]
-layers = [64, 32, 10]
-[train]
-steps = {steps}
-batch_size = 32
-eval_every = 10
-[optim]
-lr = 0.01
-[checkpoint]
-every_steps = 20
-keep_last = 2
-[fault]
-max_restarts = {max_restarts}
-backoff_s = {backoff_s}
-hang_timeout_s = {hang_timeout_s}
-"""
 
 
 def spec(max_restarts=2, backoff_s=0.2, hang_timeout_s=60, steps=60):
-    return SPEC.format(max_restarts=max_restarts, backoff_s=backoff_s, hang_timeout_s=hang_timeout_s, steps=steps)
+    return digits_toml("fault-digits", steps=steps, lr=0.01, max_restarts=max_restarts, backoff_s=backoff_s,
+                       hang_timeout_s=hang_timeout_s)
 
 
 @pytest.fixture(scope="module")
