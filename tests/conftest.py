@@ -79,3 +79,16 @@ def job_stub(srv, channel: grpc.Channel | None = None) -> AuthedJobStub:
 def jobs(coordinator, channel) -> AuthedJobStub:
     """JobService stub for `coordinator`, token attached."""
     return AuthedJobStub(channel, coordinator.token)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (tests/slurm_cluster.py), shared by the tests that need it; skipped, with the
+    reason, where it cannot be brought up."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable
+    try:
+        cluster = SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
+    except SlurmUnavailable as why:
+        pytest.skip(f"no test Slurm here: {why}")
+    yield cluster
+    cluster.stop()
