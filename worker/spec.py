@@ -158,16 +158,20 @@ def load_spec(path: str | Path) -> JobSpec:
 
 def parse_spec_text(text: str, json_format: bool | None = None) -> JobSpec:
     """Parse spec text; JSON when `json_format` is true, or when None and the text starts with '{'."""
+    return parse_spec(load_raw(text, json_format))
+
+
+def load_raw(text: str, json_format: bool | None = None) -> Any:
+    """The plain structure of spec text, not yet validated (SpecError, field "file", when it does not parse)."""
     if json_format is None:
         json_format = text.lstrip().startswith("{")
     try:
-        raw = json.loads(text) if json_format else tomllib.loads(text)
+        return json.loads(text) if json_format else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         kind = "JSON" if json_format else "TOML"
         raise SpecError("file", f"not valid {kind}: {exc}") from None
     except RecursionError:
         raise SpecError("file", "nested too deeply (a job spec is at most a few tables deep)") from None
-    return parse_spec(raw)
 
 
 def parse_spec(raw: Any) -> JobSpec:
@@ -308,6 +312,8 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(obj.samples * obj.features <= 1 << 31, p + "samples", "samples × features exceeds 2^31")
     elif isinstance(obj, DataSpec):
         _require(obj.source.strip() != "", p + "source", "must not be empty")
+        _require(len(obj.source) <= 4096 and "\0" not in obj.source, p + "source",
+                 "must be a path of at most 4096 characters, without NUL")
         _require(0.0 <= obj.val_fraction < 1.0, p + "val_fraction", "must be in [0, 1)")
         _one_of(obj.normalize, NORMALIZATIONS, p + "normalize")
     elif isinstance(obj, TrainSpec):
