@@ -37,6 +37,7 @@ from coordinator.store import Store
 from coordinator.wire import KIND_JOB, METRICS_PAGE
 
 KIND_QUEUE = "queue"  # a ResourceExhausted about the queue of jobs
+LIST_PAGE_MAX = 200   # jobs in one ListJobs reply (the client's own page size)
 from worker.spec import JobSpec, SpecError, drop_unused, load_raw, parse_spec
 
 
@@ -155,7 +156,8 @@ class Jobs:
                 wanted.append(JobState(value))
             except ValueError:
                 raise InvalidArgument("states", f"{value} is not a job state (use QUEUED..CANCELLED)") from None
-        size = validate.page_size(page_size)
+        # each job comes with its history (bounded by fault.max_restarts): pages stay small enough to build at once
+        size = validate.page_size(page_size, limit=LIST_PAGE_MAX)
         before = validate.page_token(page_token)
         rows = self.store.list_jobs(wanted, limit=size, before_seq=before)
         token = str(rows[-1].seq) if len(rows) == size else ""
