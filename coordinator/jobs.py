@@ -10,7 +10,9 @@
 Lifecycle of a job: QUEUED → the scheduler launches an attempt (RUNNING) → the supervisor
 (coordinator.attempts) settles its end: SUCCEEDED, FAILED, or RESTARTING and relaunched from the newest
 intact checkpoint after its backoff. ResumeJob continues a FAILED/CANCELLED job as a new job "<id>-r<N>"
-from its checkpoint (terminal states stay final). Errors are the typed ones of coordinator.errors, whose
+from its checkpoint (terminal states stay final). Submission enforces coordinator.limits: the spec's size
+and depth, labels, the queue, and (coordinator.footprint) a rank's memory, the job's metric points and its
+checkpoints. Errors are the typed ones of coordinator.errors, whose
 `kind` says what a NOT_FOUND or FAILED_PRECONDITION is about.
 """
 from __future__ import annotations
