@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coordinator.client import Client  # noqa: E402
 from coordinator.processes import find  # noqa: E402
+from coordinator.limits import Limits  # noqa: E402
 from coordinator.server import start_server  # noqa: E402
 
 
@@ -98,7 +99,8 @@ def main() -> int:
     parser.add_argument("--every-steps", type=int, default=50, help="checkpoint interval")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gradmesh-recovery-") as tmp:
-        srv = start_server(Path(tmp) / "data", slots=2, data_roots=[Path(tmp)])
+        # a point every step of 100,000 steps: one more than a job may store by default (coordinator.limits)
+        srv = start_server(Path(tmp) / "data", slots=2, data_roots=[Path(tmp)], limits=Limits(points_per_job=10 ** 6))
         try:
             client = Client(srv.address, token=srv.token)
             job = client.submit(job_spec(opts.every_steps))

@@ -76,7 +76,10 @@ class Server:
         env.pop("GRADMESH_TOKEN", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
-             "--slots", str(slots), "--data-root", str(data_dir)],
+             "--slots", str(slots), "--data-root", str(data_dir),
+             # the first-step job (10M steps, a point each) and the ingestion phase store far more points than a
+             # production job may (coordinator.limits): lift that one cap for the measurement
+             "--max-points-per-job", str(10 ** 9)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         self.address = None
         deadline = time.monotonic() + 60

@@ -25,6 +25,7 @@ from coordinator.attempts import Supervisor
 from coordinator.checkpoints import Checkpoints
 from coordinator.events import ChangeSignal
 from coordinator.jobs import Jobs
+from coordinator.limits import Limits, host_memory_bytes
 from coordinator.scheduler import Scheduler, SlotPool
 from coordinator.store import Store
 from coordinator.streams import Streams
@@ -34,7 +35,7 @@ from coordinator.worker_api import WorkerApi
 class Coordinator:
     def __init__(self, data_dir: Path, store: Store, pool: SlotPool, *, data_roots: Sequence[Path],
                  tls_ca: Path | None = None, stop_grace_s: float = 5.0, cancel_checkpoint_wait_s: float = 30.0,
-                 mpi_args: Sequence[str] = ()):
+                 mpi_args: Sequence[str] = (), limits: Limits = Limits()):
         self.data_dir = Path(data_dir)
         self.store = store
         self.signal = ChangeSignal()
@@ -42,11 +43,14 @@ class Coordinator:
         self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
                                      mpi_args=mpi_args, stop_grace_s=stop_grace_s)
         self.scheduler = Scheduler(store, pool, self.supervisor)
+        self.limits = limits
+        # a rank may use its host's memory divided by the host's slots (hosts of a pool are taken to be alike)
+        per_slot = limits.memory_per_slot_or(host_memory_bytes() // max(pool.capacity.values()))
         self.jobs = Jobs(store, self.checkpoints, self.supervisor, self.signal, wake_scheduler=self.scheduler.wake,
                          total_slots=pool.total, data_roots=data_roots,
-                         cancel_checkpoint_wait_s=cancel_checkpoint_wait_s)
+                         cancel_checkpoint_wait_s=cancel_checkpoint_wait_s, limits=limits, memory_per_slot=per_slot)
         self.streams = Streams(store, self.signal, views=self.jobs.get)
-        self.workers = WorkerApi(store, self.checkpoints, self.supervisor, self.signal)
+        self.workers = WorkerApi(store, self.checkpoints, self.supervisor, self.signal, limits=limits)
 
     @property
     def address(self) -> str:

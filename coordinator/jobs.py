@@ -10,7 +10,9 @@
 Lifecycle of a job: QUEUED → the scheduler launches an attempt (RUNNING) → the supervisor
 (coordinator.attempts) settles its end: SUCCEEDED, FAILED, or RESTARTING and relaunched from the newest
 intact checkpoint after its backoff. ResumeJob continues a FAILED/CANCELLED job as a new job "<id>-r<N>"
-from its checkpoint (terminal states stay final). Errors are the typed ones of coordinator.errors, whose
+from its checkpoint (terminal states stay final). Submission enforces coordinator.limits: the spec's size
+and depth, labels, the queue, and (coordinator.footprint) a rank's memory, the job's metric points and its
+checkpoints. Errors are the typed ones of coordinator.errors, whose
 `kind` says what a NOT_FOUND or FAILED_PRECONDITION is about.
 """
 from __future__ import annotations
@@ -25,16 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from coordinator import validate
+from coordinator import footprint, validate
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import Checkpoints
-from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.states import IllegalTransition, JobState
 from coordinator.records import CheckpointRow, JobRow, MetricRow, TransitionRow
 from coordinator.store import Store
 from coordinator.wire import KIND_JOB, METRICS_PAGE
-from worker.spec import JobSpec, SpecError, parse_spec, parse_spec_text
+
+KIND_QUEUE = "queue"  # a ResourceExhausted about the queue of jobs
+LIST_PAGE_MAX = 200   # jobs in one ListJobs reply (the client's own page size)
+from worker.spec import JobSpec, SpecError, drop_unused, load_raw, parse_spec
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def _slug(name: str) -> str:
 class Jobs:
     def __init__(self, store: Store, checkpoints: Checkpoints, supervisor: Supervisor, signal: ChangeSignal, *,
                  wake_scheduler: Callable[[], None], total_slots: int, data_roots: Sequence[Path],
-                 cancel_checkpoint_wait_s: float = 30.0):
+                 cancel_checkpoint_wait_s: float = 30.0, limits: Limits = Limits(), memory_per_slot: int = 0):
         self.store = store
         self.checkpoints = checkpoints
         self.supervisor = supervisor
@@ -85,6 +91,9 @@ class Jobs:
         self.total_slots = total_slots
         self.data_roots = [Path(r) for r in data_roots]
         self.cancel_checkpoint_wait_s = cancel_checkpoint_wait_s
+        self.limits = limits
+        self.memory_per_slot = memory_per_slot  # bytes a rank may use; 0 = not checked
+        self._creating = threading.Lock()      # the queue cap's count and the insert, as one step
         self._views: dict[str, tuple[int, JobView]] = {}  # job id → (signal version, view at that version)
         self._views_lock = threading.Lock()
 
@@ -92,14 +101,20 @@ class Jobs:
                workers: int = 0) -> tuple[JobView, bool]:
         if not spec_text.strip():
             raise InvalidArgument("spec", "must not be empty (send the TOML or JSON text of a job spec)")
-        if len(spec_text.encode()) > validate.MAX_SPEC_BYTES:
-            raise InvalidArgument("spec", f"is larger than {validate.MAX_SPEC_BYTES} bytes")
+        size = len(spec_text.encode("utf-8", "surrogatepass"))
+        if size > self.limits.spec_bytes:
+            raise InvalidArgument("spec", f"is {size} bytes; this coordinator takes at most {self.limits.spec_bytes} "
+                                          "(--max-spec-bytes)")
         if job_id:
             validate.job_id(job_id)
-        labels = validate.labels(labels or {})
+        labels = validate.labels(labels or {}, self.limits)
         validate.non_negative(workers, "workers")
         try:
-            raw = parse_spec_text(spec_text).to_dict()
+            raw = load_raw(spec_text)
+            if validate.nesting_depth(raw) > self.limits.spec_depth:
+                raise SpecError("file", f"nested {validate.nesting_depth(raw)} deep; at most "
+                                        f"{self.limits.spec_depth} (--max-spec-depth)")
+            raw = parse_spec(raw).to_dict()
         except SpecError as err:
             # exactly str(SpecError) (parse errors name the field "file"), as clients parse the field from it
             raise InvalidArgument(err.field, err.reason) from None
@@ -108,7 +123,10 @@ class Jobs:
         new_id = job_id or f"{_slug(spec.name)}-{secrets.token_hex(4)}"
         row = JobRow(id=new_id, name=spec.name, spec_json=spec_json, state=JobState.QUEUED, workers=spec.workers,
                      priority=spec.priority, labels=labels, created=time.time(), total_steps=spec.train.steps)
-        stored, created = self.store.create_job(row)
+        with self._creating:
+            if self.store.get_job(new_id) is None:
+                self._check_queue()
+            stored, created = self.store.create_job(row)
         if not created and stored.spec_json != spec_json:
             raise AlreadyExists(f"job_id: job {new_id} already exists with a different spec; choose another id "
                                 "or resubmit the identical spec", kind=KIND_JOB)
@@ -140,7 +158,8 @@ class Jobs:
                 wanted.append(JobState(value))
             except ValueError:
                 raise InvalidArgument("states", f"{value} is not a job state (use QUEUED..CANCELLED)") from None
-        size = validate.page_size(page_size)
+        # each job comes with its history (bounded by fault.max_restarts): pages stay small enough to build at once
+        size = validate.page_size(page_size, limit=LIST_PAGE_MAX)
         before = validate.page_token(page_token)
         rows = self.store.list_jobs(wanted, limit=size, before_seq=before)
         token = str(rows[-1].seq) if len(rows) == size else ""
@@ -194,7 +213,37 @@ class Jobs:
         if spec.workers > self.total_slots:
             raise InvalidArgument("workers", f"the job needs {spec.workers} worker slots but this coordinator has "
                                              f"{self.total_slots} in all")
+        self._check_size(spec)
         return spec
+
+    def _check_size(self, spec: JobSpec) -> None:
+        """Refuse a job that cannot fit a slot's memory, or would store more points or checkpoints than a job may."""
+        dataset = Path(spec.data.source) if spec.source_is_path else None
+        need = footprint.rank_memory(spec, dataset)
+        if self.memory_per_slot and need.total > self.memory_per_slot:
+            raise InvalidArgument("model.layers", f"the job needs {need.describe()}; this coordinator allows "
+                                                  f"{footprint.human(self.memory_per_slot)} per rank "
+                                                  "(--memory-per-slot): use smaller layers, a smaller batch per "
+                                                  "rank or less data")
+        points = footprint.metric_points(spec, footprint.train_rows(spec, dataset))
+        cap = self.limits.points_per_job
+        if points is not None and points > cap:
+            steps = footprint.total_steps(spec, footprint.train_rows(spec, dataset)) or 0
+            raise InvalidArgument("train.eval_every", f"the job would report {points} metric points ({steps} steps, "
+                                                      f"one every {spec.train.eval_every}); this coordinator keeps at "
+                                                      f"most {cap} per job (--max-points-per-job): set eval_every to "
+                                                      f"at least {-(-steps // (cap - 1))}")
+        keep = self.limits.checkpoints_per_job - 2
+        if spec.checkpoint.keep_last > keep:
+            raise InvalidArgument("checkpoint.keep_last", f"at most {keep} on this coordinator (it keeps "
+                                                          f"{self.limits.checkpoints_per_job} checkpoints per job, "
+                                                          "--max-checkpoints-per-job, with the best and the final)")
+
+    def _check_queue(self) -> None:
+        queued = self.store.count_jobs(JobState.QUEUED)
+        if queued >= self.limits.queued_jobs:
+            raise ResourceExhausted(f"jobs: {queued} jobs are queued, the most this coordinator takes "
+                                    "(--max-queued-jobs); submit again when some have started", kind=KIND_QUEUE)
 
     def resume(self, job_id: str, workers: int = 0) -> JobView:
         """Run a FAILED or CANCELLED job again from its newest intact checkpoint, optionally on another number
@@ -208,7 +257,12 @@ class Jobs:
         source = self.checkpoints.newest_intact(job_id)
         if source is None:
             raise FailedPrecondition(f"job_id: job {job_id} has no intact checkpoint to resume from", kind=KIND_JOB)
-        spec = self._runnable_spec(json.loads(job.spec_json), workers)
+        try:  # a spec stored before unused settings were refused still lists them: drop them
+            raw = drop_unused(json.loads(job.spec_json))
+        except SpecError as err:
+            raise InvalidArgument(err.field, err.reason) from None
+        spec = self._runnable_spec(raw, workers)
+        self._check_queue()
         base = job_id[:58]
         for n in range(1, 10000):
             new_id = f"{base}-r{n}"
@@ -234,9 +288,7 @@ class Jobs:
         validate.non_negative(from_step, "from_step")
         validate.non_negative(page_size, "page_size")
         if page_token:
-            if not page_token.isdigit():
-                raise InvalidArgument("page_token", f"{page_token[:40]!r} is not a token returned by GetMetrics")
-            from_step = int(page_token)
+            from_step = validate.page_token(page_token, call="GetMetrics")
         size = min(page_size or METRICS_PAGE, METRICS_PAGE)
         find_job(self.store, job_id)
         points = self.store.metrics(job_id, from_step, limit=size + 1)

@@ -125,13 +125,24 @@ class Decision:
     delay_s: float = 0.0
 
 
+MAX_RESTART_DELAY_S = 3600.0  # the doubling stops here: an hour between relaunches at most
+
+
+def restart_delay(backoff_s: float, restarts: int) -> float:
+    """backoff_s·2^restarts, at most MAX_RESTART_DELAY_S, for any restarts (2.0 ** 1100 would overflow)."""
+    if backoff_s <= 0:
+        return 0.0
+    return min(MAX_RESTART_DELAY_S, backoff_s * 2.0 ** min(restarts, 64))
+
+
 def decide(outcome: Outcome, *, attempt: int, restarts: int, max_restarts: int, backoff_s: float) -> Decision:
     """The restart policy: a retryable failure restarts while restarts are left, waiting backoff_s·2^restarts;
-    past max_restarts (or not retryable) the job is FAILED with the last cause."""
+    past max_restarts (or not retryable) the job is FAILED with the last cause.
+    The delay doubles up to MAX_RESTART_DELAY_S."""
     if outcome.state is not JobState.FAILED:
         return Decision(outcome.state, outcome.message)
     if outcome.retryable and restarts < max_restarts:
-        delay = backoff_s * 2 ** restarts
+        delay = restart_delay(backoff_s, restarts)
         return Decision(JobState.RESTARTING,
                         f"attempt {attempt} failed, restart {restarts + 1} of {max_restarts} in {delay:.1f} s: "
                         f"{outcome.message}", delay)

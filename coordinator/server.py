@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.auth import AuthInterceptor
 from coordinator.core import Coordinator
+from coordinator.limits import Limits
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
@@ -105,7 +106,8 @@ class RunningServer:
 def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slots: int | None = None,
                  hosts: list[tuple[str, int]] | None = None, data_roots: list[Path] | None = None,
                  token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 advertise_address: str | None = None, max_workers: int = 128) -> RunningServer:
+                 advertise_address: str | None = None, max_workers: int = 128,
+                 limits: Limits | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if (tls_cert is None) != (tls_key is None):
@@ -119,7 +121,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     pool = SlotPool(hosts) if hosts else SlotPool.local_pool(slots or os.cpu_count() or 1)
     store = Store(data_dir / "gradmesh.db")
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
-                       tls_ca=Path(tls_cert).resolve() if tls_cert else None)
+                       tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits())
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gradmesh-rpc"),
                          interceptors=[AuthInterceptor(client_token)], options=SERVER_OPTIONS)

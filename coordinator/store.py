@@ -124,6 +124,11 @@ class Store:
         args.append(limit)
         return [self._job(r) for r in self._query(sql, args)]
 
+    def count_jobs(self, *states: JobState) -> int:
+        """How many jobs are in these states (the queue cap counts QUEUED ones)."""
+        marks = ",".join("?" * len(states))
+        return self._query(f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", [s.name for s in states])[0][0]
+
     def jobs_in(self, *states: JobState) -> list[JobRow]:
         """Jobs in these states in scheduling order: higher priority first, FIFO within a priority."""
         marks = ",".join("?" * len(states))
@@ -280,6 +285,9 @@ class Store:
                      sql_from_nan(p.samples_per_second), sql_from_nan(p.lr), p.time_unix, p.attempt))
                 added += cur.rowcount
         return added
+
+    def count_metrics(self, job_id: str) -> int:
+        return self._query("SELECT COUNT(*) FROM metrics WHERE job_id = ?", (job_id,))[0][0]
 
     def metrics(self, job_id: str, from_step: int = 0, limit: int = -1) -> list[MetricRow]:
         rows = self._query("SELECT * FROM metrics WHERE job_id = ? AND step >= ? ORDER BY step LIMIT ?",

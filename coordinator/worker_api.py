@@ -13,23 +13,35 @@ before it aborts), which is stored on the attempt and touches neither metrics no
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from coordinator import validate
+from coordinator import footprint, validate
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Checkpoints
-from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
+from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
 from coordinator.records import CheckpointRow, JobRow, MetricRow
 from coordinator.store import Store
 from coordinator.tokens import matches
-from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_JOB, KIND_TOKEN
+from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_CHECKPOINT, KIND_JOB, KIND_TOKEN
+from worker.spec import drop_unused, parse_spec
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 4000  # characters of a worker's message kept
+CHECKPOINT_SLACK_BYTES = 4 << 20
+KIND_POINTS = "points"  # a ResourceExhausted: the job stored all the metric points it may
+
+
+def checkpoint_limit(spec_json: str) -> int:
+    """The largest upload accepted as a checkpoint of this spec: the size it implies, 1/8 more, and
+    CHECKPOINT_SLACK_BYTES (metadata grows with the metrics it carries)."""
+    expected = footprint.checkpoint_bytes(parse_spec(drop_unused(json.loads(spec_json))))
+    return min(expected + expected // 8 + CHECKPOINT_SLACK_BYTES, MAX_CHECKPOINT_BYTES)
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,9 @@ class ProgressReport:
 
 
 class WorkerApi:
-    def __init__(self, store: Store, checkpoints: Checkpoints, supervisor: Supervisor, signal: ChangeSignal):
+    def __init__(self, store: Store, checkpoints: Checkpoints, supervisor: Supervisor, signal: ChangeSignal,
+                 limits: Limits = Limits()):
+        self.limits = limits
         self.store = store
         self.checkpoints = checkpoints
         self.supervisor = supervisor
@@ -77,6 +91,9 @@ class WorkerApi:
         """Store points (duplicates ignored), progress and events; answer (cancel_requested, checkpoint_requested)."""
         job = self.authorize(job_id, token)
         _check(report)
+        if len(report.points) > self.limits.points_per_report:
+            raise InvalidArgument("points", f"{len(report.points)} points in one report; at most "
+                                            f"{self.limits.points_per_report} (send the rest in the next report)")
         if (report.attempt and report.attempt != job.attempts) or job.state.is_terminal():
             return True, False  # a stale attempt or an ended job: tell its ranks to stop
         number = job.attempts
@@ -94,6 +111,12 @@ class WorkerApi:
 
     def _progress(self, job: JobRow, number: int, report: ProgressReport) -> bool:
         rows = [dataclasses.replace(p, attempt=number) for p in report.points]
+        if rows:
+            stored = self.store.count_metrics(job.id)
+            if stored + len(rows) > self.limits.points_per_job:
+                raise ResourceExhausted(f"points: job {job.id} has stored {stored} metric points, and may store "
+                                        f"{self.limits.points_per_job} (--max-points-per-job); these {len(rows)} are "
+                                        "refused", kind=KIND_POINTS)
         changed = self.store.add_metrics(job.id, rows) > 0
         last = max([report.step] + [p.step for p in rows])
         if last > job.step or report.total_steps != job.total_steps or report.epoch > job.epoch:
@@ -114,11 +137,18 @@ class WorkerApi:
         validate.non_negative(info.size_bytes, "info.size_bytes")
         if not SHA256_RE.fullmatch(info.sha256):
             raise InvalidArgument("info.sha256", "must be 64 lowercase hex digits")
-        if info.size_bytes > MAX_CHECKPOINT_BYTES:
-            raise InvalidArgument("info.size_bytes", f"checkpoints are limited to {MAX_CHECKPOINT_BYTES} bytes")
+        limit = checkpoint_limit(job.spec_json)
+        if info.size_bytes > limit:
+            raise InvalidArgument("info.size_bytes", f"{info.size_bytes} bytes is not a checkpoint of this job: its "
+                                                     f"spec implies at most {limit}")
         if info.attempt and info.attempt != job.attempts:
             raise FailedPrecondition(f"attempt: attempt {info.attempt} of job {job_id} is over", kind=KIND_ATTEMPT)
-        row = self.checkpoints.save(job, info, data)
+        stored = self.store.checkpoints(job_id)
+        cap = self.limits.checkpoints_per_job
+        if len(stored) >= cap and all(r.step != info.step for r in stored):
+            raise ResourceExhausted(f"checkpoint: job {job_id} holds {len(stored)} checkpoints, the most a job may "
+                                    "(--max-checkpoints-per-job)", kind=KIND_CHECKPOINT)
+        row = self.checkpoints.save(job, info, _at_most(data, info.size_bytes or limit))
         self.signal.changed()
         return row
 
@@ -127,6 +157,16 @@ class WorkerApi:
         validate.non_negative(step, "step")
         row = self.checkpoints.choose(job_id, step=step)
         return row, self.checkpoints.open(row)
+
+
+def _at_most(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """The upload's chunks, refused as soon as they exceed `limit` bytes (before they reach the disk)."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise InvalidArgument("data", f"the upload exceeds the {limit} bytes announced or allowed for it")
+        yield chunk
 
 
 def _check(report: ProgressReport) -> None:

@@ -370,9 +370,9 @@ def test_long_metric_history_is_paged_and_best_lookup_uses_the_index(idle, api, 
     job_id, token = running_job(idle)
     w = worker_stub(worker_channel, token)
     total = METRICS_PAGE + 1500
-    for start in range(1, total + 1, 5000):
+    for start in range(1, total + 1, 1000):  # limits.points_per_report
         w.ReportProgress(pb.ReportProgressRequest(
-            job_id=job_id, attempt=1, points=[_point(s, 1.0 / s) for s in range(start, min(start + 5000, total + 1))]))
+            job_id=job_id, attempt=1, points=[_point(s, 1.0 / s) for s in range(start, min(start + 1000, total + 1))]))
     first = api.GetMetrics(pb.GetMetricsRequest(job_id=job_id)).points
     assert len(first) == METRICS_PAGE and first[-1].step == METRICS_PAGE
     client = Client(idle.address, token=idle.token)

@@ -212,8 +212,9 @@ def test_watch_and_logs_deliver_everything_a_page_at_a_time(idle, channel):
     from coordinator.streams import LOG_CHUNK_BYTES, PAGE
     job_id, token = running_job(idle)
     total = 2 * PAGE + 7
-    worker_stub(channel, token).ReportProgress(pb.ReportProgressRequest(
-        job_id=job_id, attempt=1, points=[pb.MetricPoint(step=s) for s in range(1, total + 1)]))
+    for start in range(1, total + 1, 1000):  # limits.points_per_report
+        worker_stub(channel, token).ReportProgress(pb.ReportProgressRequest(
+            job_id=job_id, attempt=1, points=[pb.MetricPoint(step=s) for s in range(start, min(start + 1000, total + 1))]))
     log = idle.store.attempt(job_id, 1).log_path
     text = b"".join(b"line %d\n" % i for i in range(40000))  # several chunks
     Path(log).parent.mkdir(parents=True, exist_ok=True)

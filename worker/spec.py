@@ -8,6 +8,10 @@ from `worker`) to refuse bad jobs at submission, so it must stay free of numpy, 
     spec = load_spec("examples/digits.toml")
     spec.train.batch_size            # 64
     spec.to_dict()                   # plain dict, round-trips through parse_spec()
+
+A setting the chosen option does not use (`momentum` for `[optim] name = "sgd"`, `[data.synthetic]` for a
+file source, ...) is refused like an unknown key rather than silently ignored: see UNUSED_WHEN. So
+`to_dict()` leaves such settings out, and the canonical JSON a coordinator stores parses again.
 """
 from __future__ import annotations
 
@@ -25,6 +29,11 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 NORMALIZATIONS = ("none", "standard")
 BUILTIN_SOURCES = ("digits", "synthetic")
+MAX_LAYER_SIZE = 1 << 20
+MAX_RESTARTS = 1000             # a retry policy beyond this is a loop, not a policy
+MAX_BACKOFF_S = 3600.0          # the first relaunch waits at most an hour (coordinator.outcomes caps the doubling)
+MAX_HANG_TIMEOUT_S = 7 * 86400.0
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # the store's integers are SQLite's int64
 
 
 class SpecError(ValueError):
@@ -113,7 +122,11 @@ class JobSpec:
     fault: FaultSpec = field(default_factory=FaultSpec)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """Every setting the job uses, as plain values (settings its options do not use are left out)."""
+        raw = _plain(dataclasses.asdict(self))
+        for section, key, _reason in _unused_settings(self):
+            del raw[section][key]
+        return raw
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -145,14 +158,20 @@ def load_spec(path: str | Path) -> JobSpec:
 
 def parse_spec_text(text: str, json_format: bool | None = None) -> JobSpec:
     """Parse spec text; JSON when `json_format` is true, or when None and the text starts with '{'."""
+    return parse_spec(load_raw(text, json_format))
+
+
+def load_raw(text: str, json_format: bool | None = None) -> Any:
+    """The plain structure of spec text, not yet validated (SpecError, field "file", when it does not parse)."""
     if json_format is None:
         json_format = text.lstrip().startswith("{")
     try:
-        raw = json.loads(text) if json_format else tomllib.loads(text)
+        return json.loads(text) if json_format else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         kind = "JSON" if json_format else "TOML"
         raise SpecError("file", f"not valid {kind}: {exc}") from None
-    return parse_spec(raw)
+    except RecursionError:
+        raise SpecError("file", "nested too deeply (a job spec is at most a few tables deep)") from None
 
 
 def parse_spec(raw: Any) -> JobSpec:
@@ -161,7 +180,46 @@ def parse_spec(raw: Any) -> JobSpec:
         raise SpecError("spec", "must be a table of keys")
     spec = _build(JobSpec, raw, "")
     _check_cross_fields(spec)
+    for section, key, reason in _unused_settings(spec):
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise SpecError(f"{section}.{key}", f"not used: {reason}")
     return spec
+
+
+def drop_unused(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` without the settings its options do not use: for specs stored before such settings were
+    refused (their canonical JSON listed every key). Raises SpecError when `raw` is otherwise invalid."""
+    if not isinstance(raw, dict):
+        raise SpecError("spec", "must be a table of keys")
+    spec = _build(JobSpec, raw, "")
+    cleaned = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, key, _reason in _unused_settings(spec):
+        if isinstance(cleaned.get(section), dict):
+            cleaned[section].pop(key, None)
+    return cleaned
+
+
+# (section, key, the option that would use it): a setting is refused when its option is not chosen
+def _unused_settings(spec: JobSpec) -> list[tuple[str, str, str]]:
+    o, unused = spec.optim, []
+    if o.name not in ("momentum", "nesterov"):
+        unused.append(("optim", "momentum", f'optimizer {o.name!r} has no momentum (use name = "momentum" or '
+                                            '"nesterov")'))
+    if o.name not in ("adam", "adamw"):
+        unused += [("optim", k, f"only adam and adamw use {k}; optimizer {o.name!r} does not")
+                   for k in ("beta1", "beta2", "eps")]
+    if o.schedule != "step":
+        unused += [("optim", k, f'only schedule = "step" uses {k}; this job\'s schedule is {o.schedule!r}')
+                   for k in ("step_size", "gamma")]
+    if o.schedule != "cosine":
+        unused.append(("optim", "min_lr", f'only schedule = "cosine" uses min_lr; this job\'s schedule is '
+                                          f'{o.schedule!r}'))
+    if spec.data.source != "synthetic":
+        unused.append(("data", "synthetic", f'[data.synthetic] is only read when source = "synthetic"; this '
+                                            f'job\'s source is {_short(spec.data.source)}'))
+    if spec.fault.max_restarts == 0:
+        unused.append(("fault", "backoff_s", "max_restarts = 0: there is no relaunch to wait for"))
+    return unused
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -171,7 +229,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise SpecError(prefix + unknown[0], f"unknown key (allowed: {', '.join(sorted(fields))})")
+        raise SpecError(prefix + _short(unknown[0], 64).strip("'"), f"unknown key (allowed: {', '.join(sorted(fields))})")
     values = {}
     for name, value in raw.items():
         key = prefix + name
@@ -191,27 +249,42 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     """Type-check one scalar (or list) against the type of its default."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise SpecError(key, f"must be true or false, got {value!r}")
+            raise SpecError(key, f"must be true or false, got {_short(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(key, f"must be an integer, got {value!r}")
+            raise SpecError(key, f"must be an integer, got {_short(value)}")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise SpecError(key, f"must fit in 64 bits (at most {INT64_MAX}), got {_short(value)}")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(key, f"must be a number, got {value!r}")
+            raise SpecError(key, f"must be a number, got {_short(value)}")
+        if isinstance(value, int) and not -1e308 < value < 1e308:
+            raise SpecError(key, f"must be finite, got {_short(value)}")
         if not math.isfinite(value):
-            raise SpecError(key, f"must be finite, got {value!r}")
+            raise SpecError(key, f"must be finite, got {_short(value)}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise SpecError(key, f"must be a string, got {value!r}")
+            raise SpecError(key, f"must be a string, got {_short(value)}")
         return value
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise SpecError(key, f"must be a list of integers, got {value!r}")
+            raise SpecError(key, f"must be a list of integers, got {_short(value)}")
+        if len(value) > 1024:
+            raise SpecError(key, f"at most 1024 entries, got {len(value)}")
         return tuple(value)
     raise AssertionError(f"no coercion for {key}")  # pragma: no cover - a programming error
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as the message shows it: repr, cut to `limit` characters (a spec may hold huge values)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python converts to text
+        text = "a value too large to show"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _require(ok: bool, key: str, reason: str) -> None:
@@ -220,23 +293,27 @@ def _require(ok: bool, key: str, reason: str) -> None:
 
 
 def _one_of(value: str, allowed: tuple[str, ...], key: str) -> None:
-    _require(value in allowed, key, f"must be one of {', '.join(allowed)}; got {value!r}")
+    _require(value in allowed, key, f"must be one of {', '.join(allowed)}; got {_short(value)}")
 
 
 def _check_section(obj: Any, prefix: str) -> None:
     p = prefix
     if isinstance(obj, ModelSpec):
         _require(len(obj.layers) >= 2, p + "layers", "needs at least [inputs, outputs]")
-        _require(all(0 < n <= 1 << 20 for n in obj.layers), p + "layers", "every size must be in 1..1048576")
+        _require(all(0 < n <= MAX_LAYER_SIZE for n in obj.layers), p + "layers",
+                 f"every size must be in 1..{MAX_LAYER_SIZE}")
         _one_of(obj.activation, ACTIVATIONS, p + "activation")
         _one_of(obj.loss, LOSSES, p + "loss")
     elif isinstance(obj, SyntheticSpec):
         _require(obj.samples >= 2, p + "samples", "must be at least 2")
         _require(obj.features >= 1, p + "features", "must be at least 1")
-        _require(obj.classes >= 2, p + "classes", "must be at least 2")
+        _require(2 <= obj.classes <= MAX_LAYER_SIZE, p + "classes", f"must be in 2..{MAX_LAYER_SIZE}")
+        _require(obj.seed >= 0, p + "seed", "must not be negative")
         _require(obj.samples * obj.features <= 1 << 31, p + "samples", "samples × features exceeds 2^31")
     elif isinstance(obj, DataSpec):
         _require(obj.source.strip() != "", p + "source", "must not be empty")
+        _require(len(obj.source) <= 4096 and "\0" not in obj.source, p + "source",
+                 "must be a path of at most 4096 characters, without NUL")
         _require(0.0 <= obj.val_fraction < 1.0, p + "val_fraction", "must be in [0, 1)")
         _one_of(obj.normalize, NORMALIZATIONS, p + "normalize")
     elif isinstance(obj, TrainSpec):
@@ -244,6 +321,7 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(obj.steps >= 0, p + "steps", "must not be negative")
         _require((obj.epochs > 0) != (obj.steps > 0), p + "epochs", "set exactly one of epochs or steps")
         _require(obj.batch_size >= 1, p + "batch_size", "must be at least 1")
+        _require(obj.seed >= 0, p + "seed", "must not be negative")
         _require(obj.eval_every >= 1, p + "eval_every", "must be at least 1")
         _require(obj.threads_per_rank >= 0, p + "threads_per_rank", "must not be negative (0 = automatic)")
     elif isinstance(obj, OptimSpec):
@@ -264,9 +342,10 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(obj.every_steps >= 0, p + "every_steps", "must not be negative (0 = only at the end)")
         _require(obj.keep_last >= 1, p + "keep_last", "must be at least 1")
     elif isinstance(obj, FaultSpec):
-        _require(obj.max_restarts >= 0, p + "max_restarts", "must not be negative")
-        _require(obj.backoff_s >= 0, p + "backoff_s", "must not be negative")
-        _require(obj.hang_timeout_s > 0, p + "hang_timeout_s", "must be positive")
+        _require(0 <= obj.max_restarts <= MAX_RESTARTS, p + "max_restarts", f"must be in 0..{MAX_RESTARTS}")
+        _require(0 <= obj.backoff_s <= MAX_BACKOFF_S, p + "backoff_s", f"must be in 0..{MAX_BACKOFF_S:g} seconds")
+        _require(0 < obj.hang_timeout_s <= MAX_HANG_TIMEOUT_S, p + "hang_timeout_s",
+                 f"must be positive and at most {MAX_HANG_TIMEOUT_S:g} seconds (a week)")
     elif isinstance(obj, JobSpec):
         _require(0 < len(obj.name) <= 128, p + "name", "must be 1..128 characters")
         _require(1 <= obj.workers <= 4096, p + "workers", "must be in 1..4096")

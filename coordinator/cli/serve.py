@@ -15,6 +15,7 @@ from pathlib import Path
 from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
 from coordinator.client import TOKEN_FILE
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
+from coordinator.limits import Limits
 
 
 def import_start_server():
@@ -52,7 +53,7 @@ def cmd_serve(args) -> int:
                            data_roots=data_roots, token=args.token,
                            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                            tls_key=Path(args.tls_key) if args.tls_key else None,
-                           advertise_address=args.advertise_address)
+                           advertise_address=args.advertise_address, limits=Limits.from_args(args))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:
