@@ -345,7 +345,7 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             self._error(404, f"no static file {name}")
             return
-        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        kind = "text/plain" if name.endswith("LICENSE") else mimetypes.guess_type(name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind.endswith("javascript"):
             kind += "; charset=utf-8"
         self._send(200, body, kind, [("Cache-Control", "no-cache")])
@@ -357,16 +357,18 @@ class Handler(BaseHTTPRequestHandler):
         app, states = self.server.app, self._job_states()
         app.listing(states)  # a bad filter is a 400 before the stream starts
         alive = self._events_start()
-        sent = None
+        sent, seen = None, None
         while alive() and not app.core.signal.closed:
-            seen, began = app.core.signal.version, time.monotonic()
-            listing = app.listing(states)
-            if listing != sent:
-                self._event("jobs", listing)
-                sent = listing
-            # coalesce a burst of reports into one list, then sleep until something changes
-            time.sleep(max(0.0, LIST_MIN_INTERVAL - (time.monotonic() - began)))
-            app.core.signal.wait(seen, 1.0)
+            version = app.core.signal.version
+            if version != seen:  # every visible write bumps the version: nothing else can change the list
+                began, seen = time.monotonic(), version
+                listing = app.listing(states)
+                if listing != sent:
+                    self._event("jobs", listing)
+                    sent = listing
+                # coalesce a burst of reports into one list
+                time.sleep(max(0.0, LIST_MIN_INTERVAL - (time.monotonic() - began)))
+            app.core.signal.wait(version, 1.0)
 
     def job(self, job_id: str) -> None:
         self._json(self.server.app.detail(job_id))
