@@ -235,7 +235,7 @@ def test_log_stream_and_checkpoint_download(dash):
     detail = json.loads(web.request("GET", "/api/jobs/w1")[1])
     assert [(c["step"], c["sha256"], c["size"]) for c in detail["checkpoints"]] == [
         (10, hashlib.sha256(payload).hexdigest(), len(payload))]
-    assert detail["attempts"][0]["ranks"] == 1 and detail["spec"]["train"]["steps"] == 40
+    assert detail["attempt_list"][0]["ranks"] == 1 and detail["spec"]["train"]["steps"] == 40
 
 
 def test_dashboard_over_tls(start_coordinator, tmp_path):

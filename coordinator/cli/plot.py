@@ -46,6 +46,7 @@ def draw_curves(curves: Mapping[str, Sequence[Any]], output: Path) -> Path:
             ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.tick_params(labelbottom=True)  # shared x axes hide inner tick labels; every panel stands alone
         ax.grid(True, alpha=0.3)
     legend = axes[len(PANELS)] if len(PANELS) < 6 else None
     if legend is not None:  # the sixth cell holds the legend: which colour is which job

@@ -223,6 +223,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for key, value in (*SECURITY_HEADERS.items(), *headers):
             self.send_header(key, value)
         self.end_headers()
@@ -233,6 +235,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(value).encode(), "application/json", [("Cache-Control", "no-store")])
 
     def _error(self, status: int, message: str, err: GradmeshError | None = None) -> None:
+        if self.command == "POST":
+            # its body may be unread (refused before it was looked at): it must not be taken for the next request
+            self.close_connection = True
         body = {"error": message, "code": err.code if err else HTTPStatus(status).name,
                 "kind": err.kind if err else "", "field": getattr(err, "field", "")}
         if status == 401 and "text/html" in self.headers.get("Accept", ""):
@@ -500,6 +505,10 @@ class Dashboard:
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True  # an open event stream must not hold up the coordinator's stop
     app: Dashboard
+
+    def handle_error(self, request, client_address) -> None:
+        # a failed TLS handshake or a peer gone mid-request: not worth a traceback on the coordinator's stderr
+        log.debug("dashboard: connection from %s failed", client_address, exc_info=True)
 
 
 class RunningDashboard:

@@ -59,9 +59,9 @@ def checkpoint(c: CheckpointRow) -> dict[str, Any]:
 
 
 def job_detail(v: JobView, attempts: Sequence[AttemptRow], checkpoints: Sequence[CheckpointRow]) -> dict[str, Any]:
-    """Everything of the job page but its metric points and log, which stream."""
+    """Everything of the job page but its metric points and log, which stream ("attempts" stays the count)."""
     return {**job(v), "spec": json.loads(v.job.spec_json), "history": [transition(t) for t in v.history],
-            "attempts": [attempt(a) for a in attempts], "checkpoints": [checkpoint(c) for c in checkpoints]}
+            "attempt_list": [attempt(a) for a in attempts], "checkpoints": [checkpoint(c) for c in checkpoints]}
 
 
 def slots(usage: Sequence[tuple[str, int, int]], running: Sequence[AttemptRow]) -> list[dict[str, Any]]:

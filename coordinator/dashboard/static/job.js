@@ -17,6 +17,12 @@ const charts = [
   {el: "chart-sps", series: [["samples/s", "samples_per_second", "#5b6270"]]},
 ];
 let zoomed = false;
+function axisLabel(v) {  // short tick labels: 120k, 0.00125, 2.50
+  const a = Math.abs(v);
+  if (a >= 1e6) return +(v / 1e6).toPrecision(3) + "M";
+  if (a >= 1e4) return +(v / 1e3).toPrecision(3) + "k";
+  return +Number(v).toPrecision(3) + "";
+}
 
 function chartData(c) { return [cols.step, ...c.series.map(s => cols[s[1]])]; }
 
@@ -28,7 +34,7 @@ for (const c of charts) {
     cursor: {sync: {key: "gradmesh"}, drag: {x: true, y: false}},
     series: [{label: "step", value: (u, v) => v === null ? "–" : v},
              ...c.series.map(([label, , color]) => ({label, stroke: color, width: 1.5, spanGaps: true, value: fmt(4)}))],
-    axes: [{}, {size: 64, values: (u, vals) => vals.map(v => Number(v).toPrecision(3))}],
+    axes: [{}, {size: 64, values: (u, vals) => vals.map(axisLabel)}],
     hooks: {setSelect: [u => {
       if (u.select.width <= 0) return;
       const lo = u.posToVal(u.select.left, "x"), hi = u.posToVal(u.select.left + u.select.width, "x");
@@ -85,7 +91,7 @@ function renderDetail(d) {
   document.getElementById("cancel-checkpoint").disabled = !cancellable || d.state !== "RUNNING";
   document.getElementById("resume").disabled = !["FAILED", "CANCELLED"].includes(d.state) || !d.checkpoints.length;
 
-  document.querySelector("#attempts tbody").replaceChildren(...d.attempts.map(a => G.el("tr", {},
+  document.querySelector("#attempts tbody").replaceChildren(...d.attempt_list.map(a => G.el("tr", {},
     G.el("td", {text: a.attempt}), G.el("td", {text: a.hosts.join(", ")}), G.el("td", {class: "num", text: a.ranks}),
     G.el("td", {text: G.time(a.started)}), G.el("td", {text: a.ended ? G.time(a.ended) : "running"}),
     G.el("td", {class: "num", text: a.exit_code === null ? "–" : a.exit_code}), G.el("td", {text: a.outcome}),
