@@ -34,7 +34,7 @@ from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.states import IllegalTransition, JobState
-from coordinator.records import CheckpointRow, JobRow, MetricRow, TransitionRow
+from coordinator.records import AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
 from coordinator.store import Store
 from coordinator.wire import KIND_JOB, METRICS_PAGE
 
@@ -299,6 +299,11 @@ class Jobs:
     def list_checkpoints(self, job_id: str) -> list[CheckpointRow]:
         find_job(self.store, job_id)
         return self.store.checkpoints(job_id)
+
+    def attempts(self, job_id: str) -> list[AttemptRow]:
+        """The job's attempts, oldest first: hosts, exit, outcome and failure of each (for the dashboard)."""
+        find_job(self.store, job_id)
+        return self.store.attempts(job_id)
 
     def open_checkpoint(self, job_id: str, *, step: int | None = None,
                         best: bool = False) -> tuple[CheckpointRow, Iterator[bytes]]:

@@ -130,6 +130,11 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def usage(self) -> list[tuple[str, int, int]]:
+        """(host, slots, slots free) per host of the pool, read under the pool's lock (for the dashboard)."""
+        with self._lock:
+            return [(host, n, self.pool.free.get(host, 0)) for host, n in self.pool.capacity.items()]
+
     def reserve(self, allocation: Allocation) -> None:
         """Hold slots of an attempt that runs already (re-adopted after a coordinator restart)."""
         with self._lock:

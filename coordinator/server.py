@@ -3,6 +3,7 @@
     from coordinator.server import start_server
     srv = start_server(Path("/var/lib/gradmesh"), port=50051, slots=8)
     print(srv.address, srv.token)       # 127.0.0.1:50051 and the client bearer token
+    # start_server(..., http_port=50052) also serves the web dashboard (coordinator.dashboard): srv.dashboard.url
     srv.wait_for_termination()          # or srv.stop(grace=5.0)
 
 It serves gradmesh.v1.JobService (clients: "authorization: Bearer <token>"), gradmesh.v1.WorkerService
@@ -33,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from coordinator.auth import AuthInterceptor
 from coordinator.core import Coordinator
 from coordinator.limits import Limits
+from coordinator.dashboard import RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
@@ -73,6 +75,7 @@ class RunningServer:
     store: Store
     grpc_server: grpc.Server
     health: health.HealthServicer
+    dashboard: "RunningDashboard | None" = None  # the web dashboard, when started with http_port
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, grace: float = 5.0, stop_jobs: bool = True) -> None:
@@ -84,6 +87,8 @@ class RunningServer:
         self._stopped = True
         self.health.enter_graceful_shutdown()
         self.core.signal.close()  # open watch/log streams end with UNAVAILABLE instead of hanging the stop
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.grpc_server.stop(grace).wait()
         self.core.close(stop_jobs=stop_jobs)
         self.store.close()
@@ -107,7 +112,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  hosts: list[tuple[str, int]] | None = None, data_roots: list[Path] | None = None,
                  token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
                  advertise_address: str | None = None, max_workers: int = 128,
-                 limits: Limits | None = None) -> RunningServer:
+                 limits: Limits | None = None, http_port: int | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if (tls_cert is None) != (tls_key is None):
@@ -150,8 +155,17 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     shown_host = f"[{host}]" if ":" in host else host
     address = f"{shown_host}:{bound}"
     core.address = advertise_address or address
+    dashboard = None
+    if http_port is not None:  # the dashboard: same interface, TLS when gRPC has it (None = no dashboard)
+        try:
+            dashboard = start_dashboard(core, client_token, host=host or "0.0.0.0", port=http_port,
+                                        tls_cert=tls_cert, tls_key=tls_key)
+        except OSError:
+            server.stop(None)
+            store.close()
+            raise
     server.start()
     core.start()
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
     return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
-                         store=store, grpc_server=server, health=health_servicer)
+                         store=store, grpc_server=server, health=health_servicer, dashboard=dashboard)

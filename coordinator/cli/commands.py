@@ -179,11 +179,27 @@ def cmd_metrics(args) -> int:
     if args.json:
         print_json([p.to_dict() for p in points])
         return EXIT_OK
+    if getattr(args, "csv", False):
+        write_metrics_csv(points, sys.stdout)
+        return EXIT_OK
     rows = [("STEP", "EPOCH", "LOSS", "VAL LOSS", "VAL ACC", "SAMPLES/S", "LR", "ATTEMPT")]
     rows += [(str(p.step), str(p.epoch), fmt_num(p.train_loss), fmt_num(p.val_loss), fmt_pct(p.val_accuracy),
               f"{p.samples_per_second:,.0f}", f"{p.lr:.3g}", str(p.attempt)) for p in points]
     print(table(rows) if points else "no metrics yet")
     return EXIT_OK
+
+
+METRIC_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "val_accuracy", "samples_per_second", "lr",
+                  "time_unix", "attempt")
+
+
+def write_metrics_csv(points: Sequence[Any], out: TextIO) -> None:
+    """A header, then one row per point; a value not measured at that step is an empty cell (pandas: NaN)."""
+    import csv
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for p in points:
+        writer.writerow(["" if getattr(p, c) is None else getattr(p, c) for c in METRIC_COLUMNS])  # floats: repr
 
 
 def cmd_checkpoints(args) -> int:

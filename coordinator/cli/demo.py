@@ -2,6 +2,8 @@
 best checkpoint (the one with the lowest validation loss) and evaluate it on the held-out digits.
 
 Ctrl-C or SIGTERM cancels the job and stops the coordinator, so no worker is left behind (exit 130).
+It prints the URL of the coordinator's web dashboard; with `--keep`, the coordinator and the dashboard stay
+up after a successful run until Ctrl-C (then exit 0), so a newcomer can look at the job in a browser.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 from coordinator.cli.commands import EXIT_OK, CliError, watch_job
 from coordinator.cli.render import fmt_bytes, fmt_num, fmt_pct, summary_line
 from coordinator.cli.serve import import_start_server
-from coordinator.client import CheckpointInfo, Client, GradmeshError, JobState
+from coordinator.client import TOKEN_FILE, CheckpointInfo, Client, GradmeshError, JobState
 
 
 def demo_spec(workers: int = 2, epochs: int = 30) -> dict[str, Any]:
@@ -55,6 +57,19 @@ def best_checkpoint_line(info: CheckpointInfo) -> str:
     return f"best checkpoint (lowest val loss): step {info.step}, val loss {fmt_num(info.val_loss)}{acc}"
 
 
+def keep_up(srv) -> None:
+    """`--keep`: leave the coordinator and its dashboard up for a newcomer to look at, until Ctrl-C/SIGTERM."""
+    url = srv.dashboard.url if srv.dashboard is not None else "(no dashboard)"
+    print(f"--keep: coordinator on {srv.address}, web dashboard on {url}; log in with the token {srv.token}\n"
+          f"  (or: GRADMESH_ADDRESS={srv.address} gradmesh --data-dir {srv.data_dir} list). Ctrl-C stops them.",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the demo coordinator", flush=True)
+
+
 def run_demo(args) -> int:
     start_server = import_start_server()
     workers = max(1, args.workers)
@@ -68,12 +83,16 @@ def run_demo(args) -> int:
     def terminated(signum, frame):  # SIGTERM cleans up like Ctrl-C: cancel the job, stop the coordinator
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, terminated)
-    srv = start_server(root / "coordinator", host="127.0.0.1", port=0, slots=max(2, workers), data_roots=[root])
+    srv = start_server(root / "coordinator", host="127.0.0.1", port=0, slots=max(2, workers), data_roots=[root],
+                       http_port=0)
     job_id = None
     client = Client(srv.address, token=srv.token, timeout=args.timeout)
     try:
         print(f"gradmesh demo: coordinator on {srv.address} ({max(2, workers)} worker slots, data in {root})",
               flush=True)
+        if srv.dashboard is not None:
+            print(f"web dashboard on {srv.dashboard.url} (log in with the token in {srv.data_dir / TOKEN_FILE})",
+                  flush=True)
         job = client.submit(spec, labels={"demo": "digits"})
         job_id = job.id
         print(f"submitted job {job.id}: digits MLP {spec['model']['layers']}, adam lr {spec['optim']['lr']}, "
@@ -98,6 +117,8 @@ def run_demo(args) -> int:
         if info.val_accuracy is not None and abs(accuracy - info.val_accuracy) > 1e-6:
             raise CliError(f"the checkpoint's accuracy {accuracy:.6f} differs from the reported "
                            f"{info.val_accuracy:.6f}")
+        if getattr(args, "keep", False):
+            keep_up(srv)
         return EXIT_OK
     except KeyboardInterrupt:
         if job_id is not None:

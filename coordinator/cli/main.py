@@ -1,13 +1,16 @@
 """`gradmesh`: run a coordinator, submit training jobs to it, watch them and fetch their checkpoints.
 
     gradmesh demo                                   # everything end to end on this machine, ~10 s
-    gradmesh serve --data-dir ~/.gradmesh --slots 4 # coordinator on 127.0.0.1:50051, token in DATA_DIR/token
+    gradmesh serve --data-dir ~/.gradmesh --slots 4 # coordinator on 127.0.0.1:50051, token in DATA_DIR/token,
+                                                    # web dashboard on http://127.0.0.1:50052/
     gradmesh submit examples/digits.toml --workers 2 --label team=ml     # prints the job id
     gradmesh watch ID                               # live progress; exit 0 only when the job SUCCEEDED
     gradmesh status ID | list [--state RUNNING] | metrics ID | checkpoints ID | logs ID [-f]
     gradmesh cancel ID [--checkpoint]
     gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
+    gradmesh plot ID [ID ...] -o curves.png         # curves of several jobs on shared axes (extra: plot)
+    gradmesh metrics ID --csv > history.csv         # the history for spreadsheets and pandas
 
 Where the coordinator is: --address or GRADMESH_ADDRESS (default 127.0.0.1:50051). The token: --token,
 GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh when it has one); --tls-ca for TLS.
@@ -26,6 +29,7 @@ from coordinator.cli.commands import (
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
+from coordinator.cli.plot import cmd_plot
 from coordinator.cli.serve import cmd_serve
 from coordinator.limits import Limits
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
@@ -71,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="server certificate PEM (enables TLS)")
     p.add_argument("--tls-key", help="server private key PEM")
     p.add_argument("--advertise-address", help="HOST:PORT the workers use to reach this coordinator")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="web dashboard port on the same interface (default: the gRPC port + 1, a free one when "
+                        "--port is 0; 0 = no dashboard)")
     p.add_argument("--keep-jobs", action="store_true",
                    help="on stop, leave running jobs training; the next coordinator on this data directory "
                         "re-adopts them")
@@ -109,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("metrics", cmd_metrics, "a job's metric history")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--from-step", type=int, default=0, help="only points at or after this step")
+    p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")
+
+    p = command("plot", cmd_plot, "draw jobs' curves (loss, validation, lr, samples/s vs step) on shared axes "
+                                  "into an image (needs matplotlib: pip install 'gradmesh[plot]')", json_flag=False)
+    p.add_argument("job_ids", nargs="+", metavar="ID")
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
 
     p = command("checkpoints", cmd_checkpoints, "a job's stored checkpoints")
     p.add_argument("job_id", metavar="ID")
@@ -126,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-dir", help="directory for the demo's data (default: a new temporary directory)")
     p.add_argument("--workers", type=int, default=2, help="MPI ranks (default 2)")
     p.add_argument("--epochs", type=int, default=0, help="override the demo's epochs")
+    p.add_argument("--keep", action="store_true",
+                   help="afterwards, keep the coordinator and its dashboard up until Ctrl-C, to look around")
     return parser
 
 

@@ -37,6 +37,17 @@ def _host_list(args) -> list[tuple[str, int]] | None:
     return None
 
 
+def _http_port(args) -> int | None:
+    """The dashboard's port: --http-port (0 = none), by default the gRPC port + 1, or a free one when the gRPC
+    port is itself chosen freely (--port 0)."""
+    http_port = getattr(args, "http_port", None)
+    if http_port is None:
+        return args.port + 1 if args.port else 0
+    if http_port < 0 or http_port > 65535:
+        raise CliError(f"serve: --http-port {http_port} is not a port (0 = no dashboard)", EXIT_USAGE)
+    return http_port or None
+
+
 def cmd_serve(args) -> int:
     start_server = import_start_server()
     if sum(x is not None for x in (args.slots, args.hosts, args.hostfile)) > 1:
@@ -53,7 +64,8 @@ def cmd_serve(args) -> int:
                            data_roots=data_roots, token=args.token,
                            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                            tls_key=Path(args.tls_key) if args.tls_key else None,
-                           advertise_address=args.advertise_address, limits=Limits.from_args(args))
+                           advertise_address=args.advertise_address, limits=Limits.from_args(args),
+                           http_port=_http_port(args))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:
@@ -64,6 +76,8 @@ def cmd_serve(args) -> int:
     token_where = "as given by --token" if args.token else f"in {Path(srv.data_dir) / TOKEN_FILE}"
     print(f"gradmesh coordinator listening on {srv.address}", flush=True)
     print(f"data directory {srv.data_dir}; data roots {', '.join(map(str, data_roots))}", flush=True)
+    if srv.dashboard is not None:
+        print(f"web dashboard on {srv.dashboard.url}  (log in with the client token)", flush=True)
     print(f"client token {token_where}  (export GRADMESH_ADDRESS={srv.address}; "
           f"use --data-dir {srv.data_dir} or GRADMESH_TOKEN)", flush=True)
     try:

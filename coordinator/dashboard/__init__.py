@@ -1,0 +1,18 @@
+"""The web dashboard: jobs, live curves, attempts, checkpoints, logs and actions in a browser.
+
+    from coordinator.dashboard import start_dashboard
+    dash = start_dashboard(srv.core, srv.token, host="127.0.0.1", port=50052)   # tls_cert=, tls_key= for https
+    print(dash.url)     # http://127.0.0.1:50052/ — log in once with the client token
+    dash.stop()
+
+`gradmesh serve` starts it next to the gRPC server (`--http-port`, default the gRPC port + 1; 0 disables).
+
+    http.py     routing, the session cookie, CSRF checks, server-sent events, error statuses (a thin adapter
+                over the same core objects as the gRPC servicer)
+    views.py    the core's records as the JSON the pages render
+    static/     the pages (plain HTML, CSS and JavaScript, no build step) and uPlot 1.6.32 (MIT, vendored
+                with its licence: the dashboard works offline)
+"""
+from coordinator.dashboard.http import RunningDashboard, start_dashboard
+
+__all__ = ["RunningDashboard", "start_dashboard"]

@@ -1,0 +1,547 @@
+"""The dashboard's HTTP face: routing, the login cookie, CSRF, server-sent events, error statuses.
+
+A second thin adapter over the same core objects as the gRPC servicer (coordinator.jobs, coordinator.streams,
+the scheduler's slot usage): each route unpacks the request, calls the core, and answers JSON (shaped by
+coordinator.dashboard.views), a stream, or a static file. The standard library's ThreadingHTTPServer is
+enough: one thread per connection, and a server-sent event stream is a response that never ends.
+
+    GET  /login                      the login page (the only thing served without the session cookie)
+    POST /login                      token=<client token> → the session cookies, 303 to /
+    POST /logout                     clears them
+    GET  /  /jobs/<id>               the jobs list, a job's page (static HTML; static/*.js fill them in)
+    GET  /static/<file>              scripts, styles, the vendored uPlot and its licence
+    GET  /api/jobs?state=S           the jobs (newest first, at most LIST_LIMIT) and the slots in use, as JSON
+    GET  /api/jobs/stream?state=S    the same, as an event stream: a "jobs" event whenever it changes
+    GET  /api/jobs/<id>              the job with its attempts, checkpoints and spec
+    GET  /api/jobs/<id>/events       event stream: "metrics" (the history, in pages), "snapshot", then live
+                                     "metric" and "state" events, as WatchJob; every point's step is its
+                                     event id, so a reconnect (Last-Event-ID) resumes after the last step seen
+    GET  /api/jobs/<id>/log          event stream of the latest attempt's log, following it
+    GET  /api/jobs/<id>/checkpoints/<step>   the file (sha256 in the X-Checksum-Sha256 header)
+    POST /api/jobs/<id>/cancel       {"checkpoint": bool}   the same Jobs.cancel as CancelJob
+    POST /api/jobs/<id>/resume       {"workers": int}       the same Jobs.resume as ResumeJob
+
+Auth: the login page takes the client token once; the answer sets `gradmesh_session` (HttpOnly,
+SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), so sessions need no server state, survive a
+restart, and all end when the token changes. Anything else without a valid session is 401.
+CSRF: SameSite=Strict keeps the cookie off cross-site requests, but another port of the same host is the
+same *site*; so every POST must also carry X-CSRF-Token (HMAC(token, "csrf:" + nonce), which the page reads
+from the non-HttpOnly `gradmesh_csrf` cookie: another origin cannot) and, when the browser sends Origin,
+come from this origin. A refused POST is 403 and never reaches the core.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import hmac
+import json
+import logging
+import mimetypes
+import re
+import secrets
+import socket
+import ssl
+import threading
+import time
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs, quote, urlsplit
+
+from coordinator.core import Coordinator
+from coordinator.dashboard import views
+from coordinator.errors import GradmeshError, InvalidArgument, Unauthenticated
+from coordinator.states import JobState
+
+log = logging.getLogger("gradmesh.dashboard")
+
+STATIC = Path(__file__).resolve().parent / "static"
+SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "gradmesh_session", "gradmesh_csrf", "X-CSRF-Token"
+SESSION_MAX_AGE = 30 * 86400
+LIST_LIMIT = 500          # jobs in one list answer (newest first); the page says when there are more
+LIST_MIN_INTERVAL = 0.25  # a busy coordinator re-sends the list at most this often to each open page
+HEARTBEAT_S = 15.0        # an idle event stream writes a comment this often, which finds closed pages
+MAX_BODY = 64 << 10
+
+# The one table from the error vocabulary (coordinator.errors `code`) to HTTP statuses.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 429, "DATA_LOSS": 500, "INTERNAL": 500,
+    "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+}
+
+SECURITY_HEADERS = {
+    # no inline scripts and nothing from elsewhere: the pages work offline; styles may be set inline
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # not no-referrer: that would make browsers send "Origin: null"
+}
+
+
+class Forbidden(Exception):
+    """A POST that fails the CSRF checks."""
+
+
+class _Gone(Exception):
+    """The page closed its connection."""
+
+
+class Sessions:
+    """Stateless sessions derived from the client token (see the module docstring)."""
+
+    def __init__(self, token: str):
+        self._key = token.encode()
+
+    def _mac(self, message: str) -> str:
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
+
+    def check_token(self, token: str) -> bool:
+        return hmac.compare_digest(token.strip().encode(), self._key)
+
+    def new(self) -> tuple[str, str]:
+        """(session cookie, CSRF token) of a new session."""
+        nonce = secrets.token_hex(16)
+        return f"{nonce}.{self._mac('session:' + nonce)}", self.csrf(nonce)
+
+    def csrf(self, nonce: str) -> str:
+        return self._mac("csrf:" + nonce)
+
+    def nonce(self, cookie: str) -> str | None:
+        """The session's nonce when the cookie is one of ours, else None."""
+        nonce, _, mac = cookie.partition(".")
+        if nonce and hmac.compare_digest(mac.encode(), self._mac("session:" + nonce).encode()):
+            return nonce
+        return None
+
+
+class Route:
+    def __init__(self, method: str, pattern: str, handler: Callable[..., None], public: bool = False):
+        self.method, self.regex, self.handler, self.public = method, re.compile(pattern + r"\Z"), handler, public
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a page's scripts and styles come over one connection
+    server_version = "gradmesh-dashboard"
+    server: "DashboardServer"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def setup(self) -> None:
+        super().setup()
+        # an event is one small write; without this, Nagle's algorithm may hold it for a delayed ACK
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("GET")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        self.query = parse_qs(url.query)
+        app = self.server.app
+        try:
+            for route in app.routes:
+                match = route.regex.match(url.path)
+                if match and route.method == method:
+                    break
+            else:
+                if self.nonce is None:
+                    raise Unauthenticated("log in first: open /login and enter the coordinator's client token")
+                known = any(r.regex.match(url.path) for r in app.routes)
+                self._error(405 if known else 404, "method not allowed" if known else f"no page {url.path}")
+                return
+            if not route.public and self.nonce is None:
+                raise Unauthenticated("log in first: open /login and enter the coordinator's client token")
+            if method == "POST" and not route.public:
+                self._check_csrf()
+            route.handler(self, *match.groups())
+        except _Gone:
+            self.close_connection = True
+        except Forbidden as err:
+            self._error(403, str(err))
+        except GradmeshError as err:
+            self._error(HTTP_STATUS.get(err.code, 500), str(err), err)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            self.close_connection = True
+        except Exception as err:  # a bug: the page gets a 500, the server keeps serving
+            log.exception("dashboard: %s %s failed", method, url.path)
+            self._error(500, f"internal error: {type(err).__name__}: {err}")
+
+    @property
+    def nonce(self) -> str | None:
+        cookies = SimpleCookie()
+        try:
+            cookies.load(self.headers.get("Cookie", ""))
+        except Exception:
+            return None
+        morsel = cookies.get(SESSION_COOKIE)
+        return self.server.app.sessions.nonce(morsel.value) if morsel else None
+
+    def origin(self) -> str:
+        return f"{self.server.app.scheme}://{self.headers.get('Host', '')}"
+
+    def _check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin is not None and origin != self.origin():
+            raise Forbidden(f"cross-origin request refused (Origin {origin[:80]})")
+
+    def _check_csrf(self) -> None:
+        self._check_origin()
+        sent = self.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), self.server.app.sessions.csrf(self.nonce or "").encode()):
+            raise Forbidden(f"missing or wrong {CSRF_HEADER} header")
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise InvalidArgument("body", f"is larger than {MAX_BODY} bytes")
+        return self.rfile.read(length) if length else b""
+
+    def _json_body(self) -> dict:
+        raw = self._body()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise InvalidArgument("body", "is not JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("body", "must be a JSON object")
+        return body
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        for key, value in (*SECURITY_HEADERS.items(), *headers):
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, value: Any, status: int = 200) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json", [("Cache-Control", "no-store")])
+
+    def _error(self, status: int, message: str, err: GradmeshError | None = None) -> None:
+        if self.command == "POST":
+            # its body may be unread (refused before it was looked at): it must not be taken for the next request
+            self.close_connection = True
+        body = {"error": message, "code": err.code if err else HTTPStatus(status).name,
+                "kind": err.kind if err else "", "field": getattr(err, "field", "")}
+        if status == 401 and "text/html" in self.headers.get("Accept", ""):
+            # a person opening a page: the login form, which comes back here (still a 401 for the record)
+            self._send(401, self.server.app.login_page(self.path), "text/html; charset=utf-8")
+            return
+        self._json(body, status)
+
+    def _redirect(self, location: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.send_response(303)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        for key, value in headers:
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _job_states(self) -> list[int]:
+        states = []
+        for name in self.query.get("state", []):
+            for part in filter(None, name.upper().split(",")):
+                if part not in JobState.__members__:
+                    raise InvalidArgument("state", f"{part[:20]!r} is not a job state (QUEUED..CANCELLED)")
+                states.append(int(JobState[part]))
+        return states
+
+    # ------------------------------------------------------------------ event streams
+
+    def _events_start(self) -> Callable[[], bool]:
+        """Send the headers of an event stream; returns `alive`, which writes a heartbeat comment now and
+        then and answers False once the page has gone (so a stream waiting for events notices)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")  # the stream has no length: it ends with the connection
+        for key, value in SECURITY_HEADERS.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.close_connection = True
+        self._wrote = time.monotonic()
+        self._write(b"retry: 1000\n\n")  # reconnect after a second, not the browser's default three
+
+        def alive() -> bool:
+            if time.monotonic() - self._wrote < HEARTBEAT_S:
+                return True
+            try:
+                self._write(b": heartbeat\n\n")
+                return True
+            except _Gone:
+                return False
+        return alive
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except (OSError, ssl.SSLError):
+            raise _Gone from None
+        self._wrote = time.monotonic()
+
+    def _event(self, event: str, data: Any, event_id: int | None = None) -> None:
+        head = f"id: {event_id}\n" if event_id is not None else ""
+        self._write(f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+
+    def _events_from_step(self) -> int:
+        last = self.headers.get("Last-Event-ID", "")
+        if last.isdigit():
+            return int(last) + 1
+        return _int(self.query.get("from_step", ["0"])[0], "from_step")
+
+    # ------------------------------------------------------------------ routes
+
+    def login_page(self) -> None:
+        failed = "failed" in self.query
+        body = self.server.app.login_page(self.query.get("next", ["/"])[0], failed)
+        self._send(401 if failed else 200, body, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
+
+    def login(self) -> None:
+        self._check_origin()  # no login CSRF: another site cannot log a browser into this one
+        form = parse_qs(self._body().decode(errors="replace"))
+        app = self.server.app
+        if not app.sessions.check_token(form.get("token", [""])[0]):
+            self._redirect("/login?failed=1&next=" + quote(form.get("next", ["/"])[0]))
+            return
+        session, csrf = app.sessions.new()
+        secure = "; Secure" if app.scheme == "https" else ""
+        nxt = form.get("next", ["/"])[0]
+        self._redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/", [
+            ("Set-Cookie", f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
+                           f"Max-Age={SESSION_MAX_AGE}{secure}"),
+            ("Set-Cookie", f"{CSRF_COOKIE}={csrf}; Path=/; SameSite=Strict; Max-Age={SESSION_MAX_AGE}{secure}")])
+
+    def logout(self) -> None:
+        self.send_response(204)
+        for name in (SESSION_COOKIE, CSRF_COOKIE):
+            self.send_header("Set-Cookie", f"{name}=; Path=/; Max-Age=0; SameSite=Strict")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def jobs_page(self) -> None:
+        self._static("jobs.html")
+
+    def job_page(self, job_id: str) -> None:
+        self._static("job.html")
+
+    def static(self, name: str) -> None:
+        self._static(name)
+
+    def _static(self, name: str) -> None:
+        body = self.server.app.static.get(name)
+        if body is None:
+            self._error(404, f"no static file {name}")
+            return
+        kind = "text/plain" if name.endswith("LICENSE") else mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind.endswith("javascript"):
+            kind += "; charset=utf-8"
+        self._send(200, body, kind, [("Cache-Control", "no-cache")])
+
+    def jobs(self) -> None:
+        self._json(self.server.app.listing(self._job_states()))
+
+    def jobs_stream(self) -> None:
+        app, states = self.server.app, self._job_states()
+        app.listing(states)  # a bad filter is a 400 before the stream starts
+        alive = self._events_start()
+        sent, seen = None, None
+        while alive() and not app.core.signal.closed:
+            version = app.core.signal.version
+            if version != seen:  # every visible write bumps the version: nothing else can change the list
+                began, seen = time.monotonic(), version
+                listing = app.listing(states)
+                if listing != sent:
+                    self._event("jobs", listing)
+                    sent = listing
+                # coalesce a burst of reports into one list
+                time.sleep(max(0.0, LIST_MIN_INTERVAL - (time.monotonic() - began)))
+            app.core.signal.wait(version, 1.0)
+
+    def job(self, job_id: str) -> None:
+        self._json(self.server.app.detail(job_id))
+
+    def job_events(self, job_id: str) -> None:
+        app = self.server.app
+        from_step = self._events_from_step()
+        page, token = app.core.jobs.metrics(job_id, from_step)  # NotFound/InvalidArgument before the stream
+        alive = self._events_start()
+        # The history in pages (one event each, not one per point), then WatchJob's own stream from the step
+        # after it: snapshot, the points since, live points and state changes, ending on the terminal state.
+        while page:
+            self._event("metrics", [views.metric(m) for m in page], page[-1].step)
+            from_step = page[-1].step + 1
+            if not token:
+                break
+            page, token = app.core.jobs.metrics(job_id, page_token=token)
+        try:
+            for kind, value in app.core.streams.watch(job_id, from_step, is_active=alive):
+                if kind == "snapshot":
+                    self._event("snapshot", app.detail(job_id, value))
+                elif kind == "metric":
+                    self._event("metric", views.metric(value), value.step)
+                else:
+                    self._event("state", {**views.transition(value), "job": app.detail(job_id)})
+        except GradmeshError as err:  # e.g. UNAVAILABLE at shutdown: the headers are gone, say it as an event
+            self._event("failure", {"error": str(err), "code": err.code})
+
+    def job_log(self, job_id: str) -> None:
+        app = self.server.app
+        app.core.jobs.get(job_id)
+        alive = self._events_start()
+        try:
+            for attempt, data in app.core.streams.logs(job_id, follow=True, is_active=alive):
+                self._event("log", {"attempt": attempt, "text": data.decode("utf-8", "replace")})
+        except GradmeshError as err:
+            self._event("failure", {"error": str(err), "code": err.code})
+        self._event("end", {})
+
+    def download(self, job_id: str, step: str) -> None:
+        row, chunks = self.server.app.core.jobs.open_checkpoint(job_id, step=int(step))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(row.size))
+        self.send_header("Content-Disposition", f'attachment; filename="{job_id}-step-{row.step}.npz"')
+        self.send_header("X-Checksum-Sha256", row.sha256)
+        for key, value in SECURITY_HEADERS.items():
+            self.send_header(key, value)
+        self.end_headers()
+        try:
+            for data in chunks:
+                self.wfile.write(data)
+        except GradmeshError:
+            # the bytes on disk no longer match their sha256: cut the transfer short of its Content-Length,
+            # so the browser reports a failed download instead of keeping a corrupt file
+            log.error("checkpoint step %s of %s is corrupt on disk; download aborted", step, job_id)
+            self.close_connection = True
+            raise _Gone from None
+
+    def cancel(self, job_id: str) -> None:
+        body = self._json_body()
+        view = self.server.app.core.jobs.cancel(job_id, checkpoint=bool(body.get("checkpoint", False)))
+        self._json(views.job(view))
+
+    def resume(self, job_id: str) -> None:
+        workers = self._json_body().get("workers", 0)
+        if not isinstance(workers, int):
+            raise InvalidArgument("workers", "must be an integer")
+        self._json(views.job(self.server.app.core.jobs.resume(job_id, workers)))
+
+
+def _int(text: str, field: str) -> int:
+    if not text.isdigit():
+        raise InvalidArgument(field, f"{text[:20]!r} is not a non-negative integer")
+    return int(text)
+
+
+JOB = r"/([A-Za-z0-9][A-Za-z0-9._-]*)"
+ROUTES = [
+    Route("GET", "/login", Handler.login_page, public=True),
+    Route("POST", "/login", Handler.login, public=True),
+    Route("POST", "/logout", Handler.logout),
+    Route("GET", "/", Handler.jobs_page),
+    Route("GET", "/jobs" + JOB, Handler.job_page),
+    Route("GET", r"/static/([A-Za-z0-9._-]+)", Handler.static),
+    Route("GET", "/api/jobs", Handler.jobs),
+    Route("GET", "/api/jobs/stream", Handler.jobs_stream),
+    Route("GET", "/api/jobs" + JOB, Handler.job),
+    Route("GET", "/api/jobs" + JOB + "/events", Handler.job_events),
+    Route("GET", "/api/jobs" + JOB + "/log", Handler.job_log),
+    Route("GET", "/api/jobs" + JOB + r"/checkpoints/(\d+)", Handler.download),
+    Route("POST", "/api/jobs" + JOB + "/cancel", Handler.cancel),
+    Route("POST", "/api/jobs" + JOB + "/resume", Handler.resume),
+]
+
+
+class Dashboard:
+    """What the routes share: the core, the sessions, the static files (read once, they are small)."""
+
+    def __init__(self, core: Coordinator, token: str, scheme: str):
+        self.core = core
+        self.sessions = Sessions(token)
+        self.scheme = scheme
+        self.routes = ROUTES
+        self.static = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
+
+    def listing(self, states: list[int]) -> dict[str, Any]:
+        jobs, more = self.core.jobs.list(states, LIST_LIMIT, "")
+        if states and int(JobState.RUNNING) not in states:
+            running_views = self.core.jobs.list([int(JobState.RUNNING)], LIST_LIMIT, "")[0]
+        else:
+            running_views = [v for v in jobs if v.job.state is JobState.RUNNING]
+        running = [a for v in running_views for a in self.core.jobs.attempts(v.job.id)[-1:] if not a.ended]
+        return {"jobs": [views.job(v) for v in jobs], "more": bool(more),
+                "slots": views.slots(self.core.scheduler.usage(), running)}
+
+    def login_page(self, next_path: str, failed: bool = False) -> bytes:
+        """login.html with the page to return to and, after a wrong token, the reason."""
+        page = self.static["login.html"].decode()
+        message = "That is not this coordinator's client token." if failed else ""
+        return (page.replace("{{next}}", html.escape(next_path if next_path.startswith("/") else "/"))
+                .replace("{{message}}", message).encode())
+
+    def detail(self, job_id: str, view=None) -> dict[str, Any]:
+        jobs = self.core.jobs
+        return views.job_detail(view or jobs.get(job_id), jobs.attempts(job_id), jobs.list_checkpoints(job_id))
+
+
+class DashboardServer(ThreadingHTTPServer):
+    daemon_threads = True  # an open event stream must not hold up the coordinator's stop
+    app: Dashboard
+
+    def handle_error(self, request, client_address) -> None:
+        # a failed TLS handshake or a peer gone mid-request: not worth a traceback on the coordinator's stderr
+        log.debug("dashboard: connection from %s failed", client_address, exc_info=True)
+
+
+class RunningDashboard:
+    """A dashboard serving in a thread of its own: `url`, `port`, `stop()`."""
+
+    def __init__(self, httpd: DashboardServer, url: str):
+        self.httpd, self.url, self.port = httpd, url, httpd.server_address[1]
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="gradmesh-dashboard", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", port: int = 0,
+                    tls_cert: Path | None = None, tls_key: Path | None = None) -> RunningDashboard:
+    """Serve the dashboard of `core` on host:port (0 = any free port), over TLS when given a certificate."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_cls = type("DashboardServer", (DashboardServer,), {"address_family": family})
+    try:
+        httpd = server_cls((host, port), Handler)
+    except OSError as err:
+        raise OSError(f"dashboard: cannot listen on {host}:{port}: {err.strerror or err}") from None
+    scheme = "http"
+    if tls_cert is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls_cert), str(tls_key))
+        # the handshake happens in the connection's own thread (at its first read), not in the accept loop
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        scheme = "https"
+    httpd.app = Dashboard(core, token, scheme)
+    shown = f"[{host}]" if ":" in host else host
+    return RunningDashboard(httpd, f"{scheme}://{shown}:{httpd.server_address[1]}/")

@@ -1,0 +1,74 @@
+"""The dashboard's JSON: the core's records as plain dicts a page renders, and nothing else.
+
+Pure functions of the core's objects (coordinator.jobs.JobView, coordinator.records rows), so the HTTP
+adapter stays routing and transport. Floats that were not measured (NaN) become null: JSON has no NaN, and
+the charts draw null as a gap. Paths on the coordinator's disk are never sent.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+from coordinator.hosts import parse_formatted_hosts
+from coordinator.jobs import JobView
+from coordinator.records import AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
+
+
+def number(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) or math.isinf(x) else x
+
+
+def metric(m: MetricRow) -> dict[str, Any]:
+    return {"step": m.step, "epoch": m.epoch, "train_loss": number(m.train_loss), "val_loss": number(m.val_loss),
+            "val_accuracy": number(m.val_accuracy), "samples_per_second": number(m.samples_per_second),
+            "lr": number(m.lr), "time": m.time_unix, "attempt": m.attempt}
+
+
+def transition(t: TransitionRow) -> dict[str, Any]:
+    return {"id": t.id, "state": t.state.name, "message": t.message, "time": t.time, "attempt": t.attempt}
+
+
+def job(v: JobView) -> dict[str, Any]:
+    """A job as the list shows it (and the job page's header)."""
+    j: JobRow = v.job
+    return {"id": j.id, "name": j.name, "state": j.state.name, "terminal": j.state.is_terminal(),
+            "message": j.message, "workers": j.workers, "priority": j.priority, "labels": j.labels,
+            "step": j.step, "total_steps": j.total_steps, "epoch": j.epoch, "attempts": j.attempts,
+            "restarts": j.restarts, "created": j.created, "started": j.started, "ended": j.ended,
+            "cancel_requested": j.cancel_requested, "samples_per_second": number(v.samples_per_second),
+            "eta_seconds": v.eta_seconds if v.eta_seconds >= 0 else None,
+            "latest": metric(v.latest) if v.latest else None, "best": metric(v.best) if v.best else None}
+
+
+def attempt(a: AttemptRow) -> dict[str, Any]:
+    hosts = parse_formatted_hosts(a.hosts)
+    failure = None
+    if a.failure is not None:
+        f = a.failure
+        failure = {"cause": f.cause.name, "message": f.message, "rank": f.rank, "host": f.host,
+                   "exception_type": f.exception_type, "step": f.step, "headline": f.headline()}
+    return {"attempt": a.attempt, "hosts": [h for h, _ in hosts], "ranks": sum(n for _, n in hosts),
+            "started": a.started, "ended": a.ended, "exit_code": a.exit_code, "outcome": a.outcome,
+            "message": a.message, "failure": failure}
+
+
+def checkpoint(c: CheckpointRow) -> dict[str, Any]:
+    return {"step": c.step, "epoch": c.epoch, "size": c.size, "sha256": c.sha256, "val_loss": number(c.val_loss),
+            "val_accuracy": number(c.val_accuracy), "final": c.is_final, "created": c.created, "attempt": c.attempt}
+
+
+def job_detail(v: JobView, attempts: Sequence[AttemptRow], checkpoints: Sequence[CheckpointRow]) -> dict[str, Any]:
+    """Everything of the job page but its metric points and log, which stream ("attempts" stays the count)."""
+    return {**job(v), "spec": json.loads(v.job.spec_json), "history": [transition(t) for t in v.history],
+            "attempt_list": [attempt(a) for a in attempts], "checkpoints": [checkpoint(c) for c in checkpoints]}
+
+
+def slots(usage: Sequence[tuple[str, int, int]], running: Sequence[AttemptRow]) -> list[dict[str, Any]]:
+    """Per host: its slots, how many are in use, and which running job holds how many of them."""
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for a in running:
+        for host, n in parse_formatted_hosts(a.hosts):
+            jobs.setdefault(host, []).append({"job": a.job_id, "slots": n})
+    return [{"host": host, "slots": total, "in_use": total - free, "jobs": jobs.get(host, [])}
+            for host, total, free in usage]
