@@ -6,9 +6,13 @@
     row = api.upload_checkpoint("digits-1", token, info, chunks)
     row, chunks = api.fetch_checkpoint("digits-1", token, step=100)
 
-Every call carries the job token of the attempt (checked against the hash the store keeps). Rank 0 reports
-progress; any rank may report its own failure (a rank that raises, or whose hang watchdog fires, tells why
-before it aborts), which is stored on the attempt and touches neither metrics nor progress.
+Every call carries the job token of the attempt, good for that job only and only while that attempt runs:
+the store knows the token by its hash, and the job must be RUNNING with this attempt as its current one.
+An unknown job id and a wrong token get the same UNAUTHENTICATED answer, so a token holder cannot probe
+which jobs exist, and a job that ended takes no more writes (an upload is checked again after its last
+byte, before it is stored). Rank 0 reports progress; any rank may report its own failure (a rank that
+raises, or whose hang watchdog fires, tells why before it aborts), which is stored on the attempt and
+touches neither metrics nor progress.
 """
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ from typing import Iterator, Sequence
 from coordinator import validate
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Checkpoints
-from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from coordinator.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from coordinator.events import ChangeSignal
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
 from coordinator.records import CheckpointRow, JobRow, MetricRow
 from coordinator.store import Store
+from coordinator.states import JobState
 from coordinator.tokens import matches
-from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_JOB, KIND_TOKEN
+from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_TOKEN
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 4000  # characters of a worker's message kept
@@ -54,12 +59,13 @@ class WorkerApi:
         self.signal = signal
 
     def authorize(self, job_id: str, token: str) -> JobRow:
+        """The job, RUNNING, whose current attempt holds `token`; Unauthenticated otherwise, with the same
+        words whether the job exists or not."""
         validate.job_id(job_id)
         job = self.store.get_job(job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found", kind=KIND_JOB)
-        if not matches(token, job.token_hash):
-            raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not a valid token for job {job_id}", kind=KIND_TOKEN)
+        if job is None or job.state is not JobState.RUNNING or not matches(token, job.token_hash):
+            raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not the token of a running attempt of job {job_id}",
+                                  kind=KIND_TOKEN)
         return job
 
     def fetch_job(self, job_id: str, token: str, attempt: int) -> tuple[str, int, CheckpointRow | None]:
@@ -69,16 +75,14 @@ class WorkerApi:
         if attempt and attempt != job.attempts:
             raise FailedPrecondition(f"attempt: attempt {attempt} of job {job.id} is over (the current attempt "
                                      f"is {job.attempts})", kind=KIND_ATTEMPT)
-        if job.state.is_terminal():
-            raise FailedPrecondition(f"job_id: job {job_id} already ended {job.state.name}", kind=KIND_JOB)
         return job.spec_json, job.attempts, self.checkpoints.newest_intact(job_id)
 
     def report_progress(self, job_id: str, token: str, report: ProgressReport) -> tuple[bool, bool]:
         """Store points (duplicates ignored), progress and events; answer (cancel_requested, checkpoint_requested)."""
         job = self.authorize(job_id, token)
         _check(report)
-        if (report.attempt and report.attempt != job.attempts) or job.state.is_terminal():
-            return True, False  # a stale attempt or an ended job: tell its ranks to stop
+        if report.attempt and report.attempt != job.attempts:
+            return True, False  # a report that names another attempt than its token's: tell its ranks to stop
         number = job.attempts
         changed = False
         if report.failure is not None:
@@ -118,9 +122,14 @@ class WorkerApi:
             raise InvalidArgument("info.size_bytes", f"checkpoints are limited to {MAX_CHECKPOINT_BYTES} bytes")
         if info.attempt and info.attempt != job.attempts:
             raise FailedPrecondition(f"attempt: attempt {info.attempt} of job {job_id} is over", kind=KIND_ATTEMPT)
-        row = self.checkpoints.save(job, info, data)
+        row = self.checkpoints.save(job, info, self._while_authorized(job_id, token, data))
         self.signal.changed()
         return row
+
+    def _while_authorized(self, job_id: str, token: str, data: Iterator[bytes]) -> Iterator[bytes]:
+        """`data`, then the token checked again: an attempt that ended during a slow upload stores nothing."""
+        yield from data
+        self.authorize(job_id, token)
 
     def fetch_checkpoint(self, job_id: str, token: str, step: int) -> tuple[CheckpointRow, Iterator[bytes]]:
         self.authorize(job_id, token)
