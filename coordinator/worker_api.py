@@ -35,6 +35,8 @@ from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_TOKEN
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 4000  # characters of a worker's message kept
+MAX_STEP = 1 << 53  # steps and epochs a worker may report: beyond any real job, exact as a float, and room
+                    # for `step + 1` in SQLite's int64 (a watch resumes at the next step)
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,8 @@ class WorkerApi:
         job = self.authorize(job_id, token)
         if info is None:
             raise InvalidArgument("info", "the first message of an upload must carry info (step, sha256, size)")
-        validate.non_negative(info.step, "info.step")
-        validate.non_negative(info.epoch, "info.epoch")
+        _step(info.step, "info.step")
+        _step(info.epoch, "info.epoch")
         validate.non_negative(info.size_bytes, "info.size_bytes")
         if not SHA256_RE.fullmatch(info.sha256):
             raise InvalidArgument("info.sha256", "must be 64 lowercase hex digits")
@@ -133,18 +135,25 @@ class WorkerApi:
 
     def fetch_checkpoint(self, job_id: str, token: str, step: int) -> tuple[CheckpointRow, Iterator[bytes]]:
         self.authorize(job_id, token)
-        validate.non_negative(step, "step")
+        _step(step, "step")
         row = self.checkpoints.choose(job_id, step=step)
         return row, self.checkpoints.open(row)
 
 
+def _step(value: int, field: str) -> None:
+    validate.non_negative(value, field)
+    if value > MAX_STEP:
+        raise InvalidArgument(field, f"must be at most 2**53, got {value}")
+
+
 def _check(report: ProgressReport) -> None:
-    for name, value in (("step", report.step), ("total_steps", report.total_steps), ("epoch", report.epoch),
-                        ("attempt", report.attempt), ("rank", report.rank)):
+    for name, value in (("step", report.step), ("total_steps", report.total_steps), ("epoch", report.epoch)):
+        _step(value, name)
+    for name, value in (("attempt", report.attempt), ("rank", report.rank)):
         validate.non_negative(value, name)
     for i, p in enumerate(report.points):
-        if p.step < 0 or p.epoch < 0:
-            raise InvalidArgument(f"points[{i}].step", "step and epoch must not be negative")
+        if not (0 <= p.step <= MAX_STEP and 0 <= p.epoch <= MAX_STEP):
+            raise InvalidArgument(f"points[{i}].step", "step and epoch must be in 0..2**53")
     if (report.event is WorkerEvent.FAILING) != (report.failure is not None):
         raise InvalidArgument("failure", "is sent with worker_event FAILING, and only with it")
     if report.failure is not None and report.failure.cause is FailureCause.UNSPECIFIED:
