@@ -24,8 +24,8 @@ from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.states import JobState
 from coordinator.tokens import hash_token
 from coordinator.wire import JOB_TOKEN_HEADER
-from helpers import (SMALL_SPEC, expect_error, idle_server, running_job, small_digits_spec, upload_checkpoint,
-                     wait_for, worker_stub)
+from helpers import (SMALL_SPEC, cli_env, expect_error, idle_server, run_cli, running_job, small_digits_spec,
+                     upload_checkpoint, wait_for, worker_stub)
 
 pytestmark = pytest.mark.timeout(120)
 CODE = grpc.StatusCode
@@ -316,3 +316,12 @@ def test_error_details_are_bounded_printable_ascii(start_coordinator):
             assert details.isascii() and details.isprintable() and len(details) <= 1000, details[:200]
             for key, value in err.trailing_metadata():
                 assert value.isascii() and len(value) <= 200, (key, value[:100])
+
+
+# ---------------------------------------------------------------- the caps' flags
+
+@pytest.mark.parametrize("flag, value", [("--max-worker-rpcs", "0"), ("--max-client-rpcs", "-1"),
+                                         ("--max-health-rpcs", "0"), ("--idle-timeout", "0")])
+def test_serve_refuses_a_cap_that_would_lock_the_door(tmp_path, flag, value):
+    done = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path / "d"), flag, value, env=cli_env(HOME=str(tmp_path)))
+    assert done.returncode == 2 and flag in done.stderr, done.stderr

@@ -26,7 +26,7 @@ from coordinator.cli.commands import (
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
-from coordinator.cli.serve import cmd_serve
+from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
 
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-jobs", action="store_true",
                    help="on stop, leave running jobs training; the next coordinator on this data directory "
                         "re-adopts them")
+    add_limit_flags(p)
 
     p = command("submit", cmd_submit, "submit a job spec (TOML or JSON); prints the job id")
     p.add_argument("spec", help="job spec file")
