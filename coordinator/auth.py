@@ -1,73 +1,95 @@
-"""Who may call what: a server interceptor in front of both gradmesh services.
+"""Who may call what: the server's one interceptor, in front of every service it serves.
 
-    JobService     needs ("authorization", "Bearer <token>") with the coordinator's client token
-    WorkerService  needs ("x-gradmesh-job-token", "<token>"); that the token belongs to the job named in
-                   the request is checked by the core, which knows the jobs (coordinator.worker_api)
-    health, reflection and anything else: no token
+    gradmesh.v1.JobService, server reflection and anything else    ("authorization", "Bearer <client token>")
+    gradmesh.v1.WorkerService    ("x-gradmesh-job-token", "<token>"): the token of a running attempt; which
+                                 job it may touch is checked by the core (coordinator.worker_api)
+    grpc.health.v1.Health        no token
 
-A refused call is answered UNAUTHENTICATED before any of the service's code runs.
+Both tokens are checked from the call's metadata alone, on gRPC's dispatch thread, before a single message
+is read: a refused call is answered UNAUTHENTICATED at once and holds no thread and no capacity, so callers
+without credentials cannot starve anyone. An accepted call is then admitted under its class's cap
+(coordinator.admission). A worker token is live while its attempt runs: the store finds the RUNNING job
+whose current attempt holds a token with its sha256 (Store.job_of_token, an index lookup).
 """
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Callable
 
 import grpc
 
-from coordinator.wire import CLIENT_TOKEN_HEADER, JOB_TOKEN_ENV, JOB_TOKEN_HEADER, KIND_TOKEN, KIND_TRAILER
+from coordinator.admission import CLIENT, OPEN, WORKER, Admission, refusing
+from coordinator.wire import CLIENT_TOKEN_HEADER, JOB_TOKEN_ENV, JOB_TOKEN_HEADER, KIND_TOKEN
+
+log = logging.getLogger("gradmesh.auth")
 
 JOB_SERVICE = "/gradmesh.v1.JobService/"
 WORKER_SERVICE = "/gradmesh.v1.WorkerService/"
+HEALTH_SERVICE = "/grpc.health.v1.Health/"
 
 
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
-    found = {}
+def caller_class(method: str) -> str:
+    """The capacity class of a method: the ranks' service, the open health service, or (default) a client's."""
+    if method.startswith(WORKER_SERVICE):
+        return WORKER
+    if method.startswith(HEALTH_SERVICE):
+        return OPEN
+    return CLIENT
+
+
+def _header(details: grpc.HandlerCallDetails, name: str) -> str:
     for key, value in details.invocation_metadata or ():
-        found[key] = value if isinstance(value, str) else value.decode(errors="replace")
-    return found
-
-
-def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that only refuses."""
-    def refuse(request_or_iterator, context):
-        context.set_trailing_metadata(((KIND_TRAILER, KIND_TOKEN),))
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    def refuse_stream(request_or_iterator, context):
-        context.set_trailing_metadata(((KIND_TRAILER, KIND_TOKEN),))
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this a generator for streaming responses
-
-    shape: dict[tuple[bool, bool], Callable] = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    key = (handler.request_streaming, handler.response_streaming)
-    return shape[key](refuse_stream if handler.response_streaming else refuse,
-                      request_deserializer=handler.request_deserializer,
-                      response_serializer=handler.response_serializer)
+        if key == name:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, client_token: str):
-        self._token = client_token
+    """`live_worker(token)` says whether a worker token belongs to a running attempt (it may raise when the
+    store is closing: the call is then answered UNAVAILABLE)."""
+
+    def __init__(self, client_token: str, live_worker: Callable[[str], bool], admission: Admission):
+        self._token = client_token.encode()
+        self._live_worker = live_worker
+        self._admission = admission
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method or ""
-        if method.startswith(JOB_SERVICE):
-            header = _metadata(handler_call_details).get(CLIENT_TOKEN_HEADER, "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token.encode()):
-                handler = continuation(handler_call_details)
-                reason = "missing" if not header else "wrong"
-                return None if handler is None else _denied(
-                    handler, f"authorization: {reason} bearer token (send metadata 'authorization: Bearer <token>'; "
-                             "the token is in the coordinator's DATA_DIR/token)")
-        elif method.startswith(WORKER_SERVICE):
-            if not _metadata(handler_call_details).get(JOB_TOKEN_HEADER):
-                handler = continuation(handler_call_details)
-                return None if handler is None else _denied(
-                    handler, f"{JOB_TOKEN_HEADER}: missing job token (workers get it in {JOB_TOKEN_ENV})")
-        return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # gRPC answers UNIMPLEMENTED on the spot
+        klass = caller_class(method)
+        if klass == CLIENT:
+            refusal = self._client_refusal(_header(handler_call_details, CLIENT_TOKEN_HEADER))
+        elif klass == WORKER:
+            refusal = self._worker_refusal(_header(handler_call_details, JOB_TOKEN_HEADER))
+        else:
+            refusal = None
+        if refusal is not None:
+            code, message = refusal
+            return refusing(handler, code, message, KIND_TOKEN)
+        return self._admission.admit(klass, method, handler)
+
+    def _client_refusal(self, header: str) -> tuple[grpc.StatusCode, str] | None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token):
+            return None
+        reason = "missing" if not header else "wrong"
+        return grpc.StatusCode.UNAUTHENTICATED, (
+            f"authorization: {reason} bearer token (send metadata 'authorization: Bearer <token>'; the token is "
+            "in the coordinator's DATA_DIR/token)")
+
+    def _worker_refusal(self, token: str) -> tuple[grpc.StatusCode, str] | None:
+        if not token:
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                f"{JOB_TOKEN_HEADER}: missing job token (workers get it in {JOB_TOKEN_ENV})")
+        try:
+            live = self._live_worker(token)
+        except Exception as err:  # noqa: BLE001 - the store is closing: say so rather than fail the dispatch
+            log.debug("cannot check a job token: %s: %s", type(err).__name__, err)
+            return grpc.StatusCode.UNAVAILABLE, "the coordinator cannot check job tokens now; retry shortly"
+        if live:
+            return None
+        return grpc.StatusCode.UNAUTHENTICATED, (
+            f"{JOB_TOKEN_HEADER}: not the token of a running attempt (a token ends with its attempt)")

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     token_hash TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, priority, seq);
+-- every worker call is authenticated by its token's hash (Store.job_of_token), before any message is read
+CREATE INDEX IF NOT EXISTS jobs_by_token ON jobs(token_hash);
 
 CREATE TABLE IF NOT EXISTS attempts (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,

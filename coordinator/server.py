@@ -7,9 +7,15 @@
     srv.wait_for_termination()          # or srv.stop(grace=5.0)
 
 It serves gradmesh.v1.JobService (clients: "authorization: Bearer <token>"), gradmesh.v1.WorkerService
-(ranks: "x-gradmesh-job-token"), the standard grpc.health.v1 health service (SERVING while up) and server
-reflection (`grpcurl -plaintext 127.0.0.1:50051 list`). It binds 127.0.0.1 unless told otherwise, and
-uses TLS when given a certificate and key (the ranks then get GRADMESH_TLS_CA=<the certificate>).
+(ranks: "x-gradmesh-job-token"), the standard grpc.health.v1 health service (SERVING while up, no token)
+and server reflection, behind the client token like the JobService
+(`grpcurl -plaintext -H "authorization: Bearer $(cat DATA_DIR/token)" 127.0.0.1:50051 list`). It binds
+127.0.0.1 unless told otherwise, and uses TLS when given a certificate and key (the ranks then get
+GRADMESH_TLS_CA=<the certificate>).
+
+Calls are admitted per class of caller, each under its own cap (`limits`, coordinator.admission): the
+ranks' calls never wait behind the clients', callers without a valid token are refused before a message
+is read, and a call that waits on its client longer than the idle timeout is cancelled.
 
 The client token is `token`, else DATA_DIR/token, else generated into DATA_DIR/token (mode 0600).
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
@@ -31,6 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coordinator.admission import Admission, CallLimits
 from coordinator.auth import AuthInterceptor
 from coordinator.core import Coordinator
 from coordinator.limits import Limits
@@ -39,6 +46,7 @@ from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store import Store
+from coordinator.tokens import hash_token
 from coordinator import wire
 from coordinator.wire import SERVER_OPTIONS
 
@@ -75,6 +83,7 @@ class RunningServer:
     store: Store
     grpc_server: grpc.Server
     health: health.HealthServicer
+    admission: Admission
     dashboard: "RunningDashboard | None" = None  # the web dashboard, when started with http_port
     _stopped: bool = field(default=False, repr=False)
 
@@ -90,6 +99,7 @@ class RunningServer:
         if self.dashboard is not None:
             self.dashboard.stop()
         self.grpc_server.stop(grace).wait()
+        self.admission.close()
         self.core.close(stop_jobs=stop_jobs)
         self.store.close()
 
@@ -111,8 +121,8 @@ class RunningServer:
 def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slots: int | None = None,
                  hosts: list[tuple[str, int]] | None = None, data_roots: list[Path] | None = None,
                  token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 advertise_address: str | None = None, max_workers: int = 128,
-                 limits: Limits | None = None, http_port: int | None = None) -> RunningServer:
+                 advertise_address: str | None = None, limits: Limits | None = None,
+                 call_limits: CallLimits | None = None, http_port: int | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if (tls_cert is None) != (tls_key is None):
@@ -128,8 +138,12 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
                        tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits())
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gradmesh-rpc"),
-                         interceptors=[AuthInterceptor(client_token)], options=SERVER_OPTIONS)
+    admission = Admission(call_limits or CallLimits())
+    interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,
+                                  admission)
+    # More threads than the classes' caps together: an admitted call never queues for a thread.
+    threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
+    server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams)),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
@@ -147,9 +161,11 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
         else:
             bound = server.add_insecure_port(bind)
     except RuntimeError as err:
+        admission.close()
         store.close()
         raise OSError(f"cannot listen on {bind}: {err}") from None
     if not bound:
+        admission.close()
         store.close()
         raise OSError(f"cannot listen on {bind}")
     shown_host = f"[{host}]" if ":" in host else host
@@ -168,4 +184,5 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     core.start()
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
     return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
-                         store=store, grpc_server=server, health=health_servicer, dashboard=dashboard)
+                         store=store, grpc_server=server, health=health_servicer, admission=admission,
+                         dashboard=dashboard)

@@ -9,6 +9,11 @@ trailing metadata a client maps without reading the message (both ASCII):
     gradmesh-field  for INVALID_ARGUMENT: the dotted request field
     anything else → INTERNAL "internal error: ..." (logged with its traceback; the server keeps serving)
 
+What goes back is bounded and printable ASCII whatever the request held: the message at most
+MAX_DETAILS_CHARS, each trailer at most MAX_TRAILER_CHARS, anything else escaped (\xe9, \u30b8, ...).
+A call its client cancelled, or that broke or idled away (coordinator.admission), is a normal event: one
+DEBUG line, no traceback.
+
 Handlers are registered from the proto's service descriptors with deserializers that never throw: a
 request whose bytes do not parse reaches the method as `Malformed` and is answered INVALID_ARGUMENT
 (gRPC's own behaviour would be a bare INTERNAL).
@@ -33,9 +38,18 @@ from coordinator.worker_api import WorkerApi
 log = logging.getLogger("gradmesh.servicer")
 
 
-def ascii_safe(text: str) -> str:
-    """Metadata values must be printable ASCII: anything else is escaped (\xe9, \u2192, ...)."""
-    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+MAX_DETAILS_CHARS = 1000   # an error's message as sent back (a request may echo a field of any size)
+MAX_TRAILER_CHARS = 200    # each gradmesh-* trailer
+
+
+def ascii_safe(text: str, limit: int | None = None) -> str:
+    """Printable ASCII (metadata values must be; messages are kept so too): anything else is escaped
+    (\xe9, \u2192, ...). With `limit`, cut to at most that many characters, saying how many were left out."""
+    safe = "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+    if limit is None or len(safe) <= limit:
+        return safe
+    note = f"... ({len(safe) - limit} more characters)"
+    return safe[:max(0, limit - len(note))] + note
 
 
 class Malformed:
@@ -61,15 +75,20 @@ def _check(request: Any) -> None:
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> None:
+    if isinstance(err, grpc.RpcError) or not context.is_active():
+        # The client cancelled, went away, or was cut off as idle: nobody is there to answer.
+        log.debug("call ended by its client or its connection: %s", type(err).__name__)
+        context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
     if isinstance(err, GradmeshError):
         code = getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN)
-        trailers = [(KIND_TRAILER, ascii_safe(err.kind))]
+        trailers = [(KIND_TRAILER, ascii_safe(err.kind, MAX_TRAILER_CHARS))]
         if isinstance(err, InvalidArgument):
-            trailers.append((FIELD_TRAILER, ascii_safe(err.field)))
+            trailers.append((FIELD_TRAILER, ascii_safe(err.field, MAX_TRAILER_CHARS)))
         context.set_trailing_metadata(tuple(trailers))
-        context.abort(code, str(err))
+        context.abort(code, ascii_safe(str(err), MAX_DETAILS_CHARS))
     log.exception("internal error in %s", type(err).__name__, exc_info=err)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
+    context.abort(grpc.StatusCode.INTERNAL, ascii_safe(f"internal error: {type(err).__name__}: {err}",
+                                                       MAX_DETAILS_CHARS))
 
 
 def rpc(method: Callable) -> Callable:

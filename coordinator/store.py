@@ -106,6 +106,16 @@ class Store:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
         return self._job(row), True
 
+    def job_of_token(self, token_hash: str) -> tuple[str, int] | None:
+        """(job id, attempt) of the RUNNING job whose current attempt holds the token with this hash; None for
+        any other token: a worker token lives exactly as long as its attempt (begin_attempt rotates it, and
+        the job leaves RUNNING when the attempt ends). An index lookup: the server asks it for every worker call."""
+        if not token_hash:
+            return None
+        rows = self._query("SELECT id, attempts FROM jobs WHERE token_hash = ? AND state = ?",
+                           (token_hash, JobState.RUNNING.name))
+        return (rows[0]["id"], rows[0]["attempts"]) if rows else None
+
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._job(rows[0]) if rows else None

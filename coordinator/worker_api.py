@@ -6,9 +6,13 @@
     row = api.upload_checkpoint("digits-1", token, info, chunks)
     row, chunks = api.fetch_checkpoint("digits-1", token, step=100)
 
-Every call carries the job token of the attempt (checked against the hash the store keeps). Rank 0 reports
-progress; any rank may report its own failure (a rank that raises, or whose hang watchdog fires, tells why
-before it aborts), which is stored on the attempt and touches neither metrics nor progress.
+Every call carries the job token of the attempt, good for that job only and only while that attempt runs:
+the store knows the token by its hash, and the job must be RUNNING with this attempt as its current one.
+An unknown job id and a wrong token get the same UNAUTHENTICATED answer, so a token holder cannot probe
+which jobs exist, and a job that ended takes no more writes (an upload is checked again after its last
+byte, before it is stored). Rank 0 reports progress; any rank may report its own failure (a rank that
+raises, or whose hang watchdog fires, tells why before it aborts), which is stored on the attempt and
+touches neither metrics nor progress.
 """
 from __future__ import annotations
 
@@ -21,18 +25,21 @@ from typing import Iterator, Sequence
 from coordinator import footprint, validate
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Checkpoints
-from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
+from coordinator.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unauthenticated
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
 from coordinator.records import CheckpointRow, JobRow, MetricRow
 from coordinator.store import Store
+from coordinator.states import JobState
 from coordinator.tokens import matches
-from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_CHECKPOINT, KIND_JOB, KIND_TOKEN
+from coordinator.wire import JOB_TOKEN_HEADER, KIND_ATTEMPT, KIND_CHECKPOINT, KIND_TOKEN
 from worker.spec import drop_unused, parse_spec
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 4000  # characters of a worker's message kept
+MAX_STEP = 1 << 53  # steps and epochs a worker may report: beyond any real job, exact as a float, and room
+                    # for `step + 1` in SQLite's int64 (a watch resumes at the next step)
 CHECKPOINT_SLACK_BYTES = 4 << 20
 KIND_POINTS = "points"  # a ResourceExhausted: the job stored all the metric points it may
 
@@ -68,12 +75,13 @@ class WorkerApi:
         self.signal = signal
 
     def authorize(self, job_id: str, token: str) -> JobRow:
+        """The job, RUNNING, whose current attempt holds `token`; Unauthenticated otherwise, with the same
+        words whether the job exists or not."""
         validate.job_id(job_id)
         job = self.store.get_job(job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found", kind=KIND_JOB)
-        if not matches(token, job.token_hash):
-            raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not a valid token for job {job_id}", kind=KIND_TOKEN)
+        if job is None or job.state is not JobState.RUNNING or not matches(token, job.token_hash):
+            raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not the token of a running attempt of job {job_id}",
+                                  kind=KIND_TOKEN)
         return job
 
     def fetch_job(self, job_id: str, token: str, attempt: int) -> tuple[str, int, CheckpointRow | None]:
@@ -83,8 +91,6 @@ class WorkerApi:
         if attempt and attempt != job.attempts:
             raise FailedPrecondition(f"attempt: attempt {attempt} of job {job.id} is over (the current attempt "
                                      f"is {job.attempts})", kind=KIND_ATTEMPT)
-        if job.state.is_terminal():
-            raise FailedPrecondition(f"job_id: job {job_id} already ended {job.state.name}", kind=KIND_JOB)
         return job.spec_json, job.attempts, self.checkpoints.newest_intact(job_id)
 
     def report_progress(self, job_id: str, token: str, report: ProgressReport) -> tuple[bool, bool]:
@@ -94,8 +100,8 @@ class WorkerApi:
         if len(report.points) > self.limits.points_per_report:
             raise InvalidArgument("points", f"{len(report.points)} points in one report; at most "
                                             f"{self.limits.points_per_report} (send the rest in the next report)")
-        if (report.attempt and report.attempt != job.attempts) or job.state.is_terminal():
-            return True, False  # a stale attempt or an ended job: tell its ranks to stop
+        if report.attempt and report.attempt != job.attempts:
+            return True, False  # a report that names another attempt than its token's: tell its ranks to stop
         number = job.attempts
         changed = False
         if report.failure is not None:
@@ -132,8 +138,8 @@ class WorkerApi:
         job = self.authorize(job_id, token)
         if info is None:
             raise InvalidArgument("info", "the first message of an upload must carry info (step, sha256, size)")
-        validate.non_negative(info.step, "info.step")
-        validate.non_negative(info.epoch, "info.epoch")
+        _step(info.step, "info.step")
+        _step(info.epoch, "info.epoch")
         validate.non_negative(info.size_bytes, "info.size_bytes")
         if not SHA256_RE.fullmatch(info.sha256):
             raise InvalidArgument("info.sha256", "must be 64 lowercase hex digits")
@@ -148,13 +154,19 @@ class WorkerApi:
         if len(stored) >= cap and all(r.step != info.step for r in stored):
             raise ResourceExhausted(f"checkpoint: job {job_id} holds {len(stored)} checkpoints, the most a job may "
                                     "(--max-checkpoints-per-job)", kind=KIND_CHECKPOINT)
-        row = self.checkpoints.save(job, info, _at_most(data, info.size_bytes or limit))
+        row = self.checkpoints.save(job, info, self._while_authorized(job_id, token,
+                                                                     _at_most(data, info.size_bytes or limit)))
         self.signal.changed()
         return row
 
+    def _while_authorized(self, job_id: str, token: str, data: Iterator[bytes]) -> Iterator[bytes]:
+        """`data`, then the token checked again: an attempt that ended during a slow upload stores nothing."""
+        yield from data
+        self.authorize(job_id, token)
+
     def fetch_checkpoint(self, job_id: str, token: str, step: int) -> tuple[CheckpointRow, Iterator[bytes]]:
         self.authorize(job_id, token)
-        validate.non_negative(step, "step")
+        _step(step, "step")
         row = self.checkpoints.choose(job_id, step=step)
         return row, self.checkpoints.open(row)
 
@@ -169,13 +181,20 @@ def _at_most(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
         yield chunk
 
 
+def _step(value: int, field: str) -> None:
+    validate.non_negative(value, field)
+    if value > MAX_STEP:
+        raise InvalidArgument(field, f"must be at most 2**53, got {value}")
+
+
 def _check(report: ProgressReport) -> None:
-    for name, value in (("step", report.step), ("total_steps", report.total_steps), ("epoch", report.epoch),
-                        ("attempt", report.attempt), ("rank", report.rank)):
+    for name, value in (("step", report.step), ("total_steps", report.total_steps), ("epoch", report.epoch)):
+        _step(value, name)
+    for name, value in (("attempt", report.attempt), ("rank", report.rank)):
         validate.non_negative(value, name)
     for i, p in enumerate(report.points):
-        if p.step < 0 or p.epoch < 0:
-            raise InvalidArgument(f"points[{i}].step", "step and epoch must not be negative")
+        if not (0 <= p.step <= MAX_STEP and 0 <= p.epoch <= MAX_STEP):
+            raise InvalidArgument(f"points[{i}].step", "step and epoch must be in 0..2**53")
     if (report.event is WorkerEvent.FAILING) != (report.failure is not None):
         raise InvalidArgument("failure", "is sent with worker_event FAILING, and only with it")
     if report.failure is not None and report.failure.cause is FailureCause.UNSPECIFIED:

@@ -55,9 +55,11 @@ def test_health_reports_serving_without_a_token(idle, worker_channel):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_both_services(worker_channel):
+def test_reflection_lists_both_services_to_token_holders(idle, worker_channel):
     stub = reflection_pb2_grpc.ServerReflectionStub(worker_channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
+    expect_error(CODE.UNAUTHENTICATED, lambda: list(stub.ServerReflectionInfo(iter(ask), timeout=5)))
+    replies = stub.ServerReflectionInfo(iter(ask), timeout=5, metadata=(("authorization", f"Bearer {idle.token}"),))
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert {"gradmesh.v1.JobService", "gradmesh.v1.WorkerService", "grpc.health.v1.Health"} <= names
 

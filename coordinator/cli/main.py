@@ -30,7 +30,7 @@ from coordinator.cli.commands import (
 )
 from coordinator.cli.demo import run_demo
 from coordinator.cli.plot import cmd_plot
-from coordinator.cli.serve import cmd_serve
+from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.limits import Limits
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
 
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-jobs", action="store_true",
                    help="on stop, leave running jobs training; the next coordinator on this data directory "
                         "re-adopts them")
-    Limits.add_arguments(p)  # every cap's flag, in its own group (coordinator.limits)
+    Limits.add_arguments(p)  # what one job or user may use (coordinator.limits)
+    add_limit_flags(p)       # calls in flight and idle calls (coordinator.admission)
 
     p = command("submit", cmd_submit, "submit a job spec (TOML or JSON); prints the job id")
     p.add_argument("spec", help="job spec file")

@@ -1,8 +1,10 @@
 """`gradmesh serve`: run a coordinator in this process until SIGINT/SIGTERM.
 
-Option mistakes (two pool options, half a TLS pair, a malformed host list, a combination `start_server`
-refuses with ValueError such as --host 0.0.0.0 without --advertise-address) are usage errors: one line,
-exit 2. A port that cannot be bound is an OSError: one line, exit 1.
+Option mistakes (two pool options, half a TLS pair, a malformed host list, a cap below 1, a combination
+`start_server` refuses with ValueError such as --host 0.0.0.0 without --advertise-address) are usage errors:
+one line, exit 2. A port that cannot be bound is an OSError: one line, exit 1.
+
+The front door's caps (coordinator.admission.CallLimits) have flags of their own, added by `add_limit_flags`.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+from coordinator.admission import CallLimits
 from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
 from coordinator.client import TOKEN_FILE
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
@@ -24,6 +27,32 @@ def import_start_server():
     except ImportError as exc:  # a client-only installation (e.g. without grpcio-health-checking)
         raise CliError(f"the coordinator server is not available in this installation: {exc}") from None
     return start_server
+
+
+def add_limit_flags(parser) -> None:
+    """`gradmesh serve`'s flags for the caps on calls (defaults: coordinator.admission.CallLimits)."""
+    d = CallLimits()
+    parser.add_argument("--max-worker-rpcs", type=int, default=d.worker_rpcs, metavar="N",
+                        help=f"WorkerService calls in flight, the ranks' own share (default {d.worker_rpcs})")
+    parser.add_argument("--max-client-rpcs", type=int, default=d.client_rpcs, metavar="N",
+                        help="JobService and reflection calls in flight, open watch/log streams included "
+                             f"(default {d.client_rpcs})")
+    parser.add_argument("--max-health-rpcs", type=int, default=d.open_rpcs, metavar="N",
+                        help=f"health checks and health watch streams in flight (default {d.open_rpcs})")
+    parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
+                        help="cancel a call that waits this long for its client to send or to take a message "
+                             f"(default {d.idle_timeout_s:g})")
+
+
+def _call_limits(args) -> CallLimits:
+    for flag, value in (("--max-worker-rpcs", args.max_worker_rpcs), ("--max-client-rpcs", args.max_client_rpcs),
+                        ("--max-health-rpcs", args.max_health_rpcs)):
+        if value < 1:
+            raise CliError(f"serve: {flag} must be at least 1, got {value}", EXIT_USAGE)
+    if not args.idle_timeout > 0:
+        raise CliError(f"serve: --idle-timeout must be positive, got {args.idle_timeout:g}", EXIT_USAGE)
+    return CallLimits(worker_rpcs=args.max_worker_rpcs, client_rpcs=args.max_client_rpcs,
+                      open_rpcs=args.max_health_rpcs, idle_timeout_s=args.idle_timeout)
 
 
 def _host_list(args) -> list[tuple[str, int]] | None:
@@ -55,6 +84,7 @@ def cmd_serve(args) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("serve: --tls-cert and --tls-key go together", EXIT_USAGE)
     hosts = _host_list(args)
+    call_limits = _call_limits(args)
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).expanduser()
     data_roots = [Path(p).expanduser().resolve() for p in args.data_root] or [Path.cwd()]
     # the coordinator's own warnings (re-adopted jobs, corrupt checkpoints, internal errors) go to stderr
@@ -65,7 +95,7 @@ def cmd_serve(args) -> int:
                            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                            tls_key=Path(args.tls_key) if args.tls_key else None,
                            advertise_address=args.advertise_address, limits=Limits.from_args(args),
-                           http_port=_http_port(args))
+                           call_limits=call_limits, http_port=_http_port(args))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:

@@ -53,6 +53,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from coordinator.core import Coordinator
 from coordinator.dashboard import views
 from coordinator.errors import GradmeshError, InvalidArgument, Unauthenticated
+from coordinator.jobs import LIST_PAGE_MAX
 from coordinator.states import JobState
 
 log = logging.getLogger("gradmesh.dashboard")
@@ -480,14 +481,23 @@ class Dashboard:
         self.routes = ROUTES
         self.static = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
 
+    def newest(self, states: list[int]) -> tuple[list, bool]:
+        """Up to LIST_LIMIT jobs, newest first, in the core's pages; and whether there are more."""
+        jobs, token = [], ""
+        while True:
+            page, token = self.core.jobs.list(states, LIST_PAGE_MAX, token)
+            jobs += page
+            if not token or len(jobs) >= LIST_LIMIT:
+                return jobs[:LIST_LIMIT], bool(token) or len(jobs) > LIST_LIMIT
+
     def listing(self, states: list[int]) -> dict[str, Any]:
-        jobs, more = self.core.jobs.list(states, LIST_LIMIT, "")
+        jobs, more = self.newest(states)
         if states and int(JobState.RUNNING) not in states:
-            running_views = self.core.jobs.list([int(JobState.RUNNING)], LIST_LIMIT, "")[0]
+            running_views = self.newest([int(JobState.RUNNING)])[0]
         else:
             running_views = [v for v in jobs if v.job.state is JobState.RUNNING]
         running = [a for v in running_views for a in self.core.jobs.attempts(v.job.id)[-1:] if not a.ended]
-        return {"jobs": [views.job(v) for v in jobs], "more": bool(more),
+        return {"jobs": [views.job(v) for v in jobs], "more": more,
                 "slots": views.slots(self.core.scheduler.usage(), running)}
 
     def login_page(self, next_path: str, failed: bool = False) -> bytes:
