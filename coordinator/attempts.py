@@ -35,6 +35,7 @@ from coordinator.events import ChangeSignal
 from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
 from coordinator.launcher import Exit, WorkerProcess, build_mpirun_argv, build_worker_env, find_mpirun, log_tail
 from coordinator.outcomes import Outcome, classify, decide
+from coordinator.processes import Identity
 from coordinator.states import IllegalTransition, JobState
 from coordinator.records import JobRow
 from coordinator.store import Store
@@ -114,7 +115,9 @@ class Supervisor:
             self._restart_at.pop(job.id, None)
         self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
         try:
-            self.store.record_launch(job.id, attempt.attempt, process.pid, process.pgid)
+            identity = process.identity
+            self.store.record_launch(job.id, attempt.attempt, process.pid, process.pgid,
+                                     identity.start_ticks if identity else 0, identity.boot_id if identity else "")
         except Exception:  # only re-adoption by a later coordinator needs it; the tag still finds the processes
             log.exception("could not record the process group of %s attempt %d", job.id, attempt.attempt)
         return True
@@ -176,7 +179,11 @@ class Supervisor:
                 self._fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
                 continue
             allocation = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
-            process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash))
+            recorded = Identity(attempt.start_ticks, attempt.boot_id) if attempt.boot_id else None
+            # the stored pid/pgid are only hints: WorkerProcess trusts them only while they still name this
+            # attempt's mpirun (identity and tag), so a reused pid or a reboot never gets an unrelated group killed
+            process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash),
+                                          identity=recorded)
             run = Running(job.id, attempt.attempt, process, allocation)
             if process.alive():
                 log.info("re-adopting %s attempt %d (process group %d)", job.id, attempt.attempt, attempt.pgid)

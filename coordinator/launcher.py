@@ -133,10 +133,12 @@ class WorkerProcess:
     thread stops): one lock orders reaping and signalling, so no thread signals a group whose leader
     another thread has already reaped (its pgid could then belong to an unrelated process)."""
 
-    def __init__(self, pid: int, pgid: int, popen: subprocess.Popen | None = None, tag: str = ""):
+    def __init__(self, pid: int, pgid: int, popen: subprocess.Popen | None = None, tag: str = "",
+                 identity: processes.Identity | None = None):
         self.pid = pid
         self.pgid = pgid
         self.tag = tag
+        self.identity = identity  # mpirun's start time and boot, recorded at launch (None: not recorded)
         self._popen = popen
         self._exit: Exit | None = None
         self._lock = threading.Lock()
@@ -149,15 +151,30 @@ class WorkerProcess:
             popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      env=dict(env), cwd=str(cwd), start_new_session=True, close_fds=True)
         # start_new_session makes the child a session and group leader: its pgid is its pid.
-        return cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""))
+        return cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""), identity=processes.identity(popen.pid))
 
     @classmethod
-    def adopt(cls, pid: int, pgid: int, tag: str = "") -> "WorkerProcess":
-        return cls(pid, pgid, None, tag=tag)
+    def adopt(cls, pid: int, pgid: int, tag: str = "", identity: processes.Identity | None = None) -> "WorkerProcess":
+        """An attempt launched by an earlier coordinator. Its stored pid and pgid are only hints: after a reboot
+        or pid reuse they may name unrelated processes, so the group is used only while its leader is still
+        the recorded mpirun (same start time and boot, carrying the attempt's tag); otherwise only the tagged
+        processes count as the attempt's."""
+        return cls(pid, pgid, None, tag=tag, identity=identity)
+
+    def _group_is_ours(self) -> bool:
+        """Whether mpirun's group may be signalled: never group 0, 1 or ours; for a child we started, while it
+        is unreaped (until then its pgid cannot be reused); for an adopted one, while its leader is verified."""
+        if not processes.may_signal_group(self.pgid):
+            return False
+        if self._popen is not None:
+            return True
+        return self.pgid == self.pid and processes.is_ours(self.pid, self.tag, self.identity)
 
     def alive(self) -> bool:
-        """Whether any process of the attempt still runs (mpirun's group or a tagged process)."""
-        return processes.group_alive(self.pgid) or bool(processes.tagged(self.tag))
+        """Whether any process of the attempt still runs (mpirun's group, when it is ours, or a tagged process)."""
+        if self._group_is_ours() and processes.group_alive(self.pgid):
+            return True
+        return bool(processes.tagged(self.tag))
 
     def poll(self) -> Exit | None:
         """None while running; the Exit once the attempt is over (stragglers in its group killed first)."""
@@ -185,6 +202,10 @@ class WorkerProcess:
         return self._exit
 
     def _signal_group(self, sig: int) -> None:
+        """`sig` to mpirun's group when it is provably ours; else to every tagged process instead."""
+        if not self._group_is_ours():
+            self._signal_tagged(sig)
+            return
         try:
             os.killpg(self.pgid, sig)
         except (ProcessLookupError, PermissionError):
@@ -196,9 +217,12 @@ class WorkerProcess:
         self._kill_tagged()
 
     def _kill_tagged(self) -> None:
+        self._signal_tagged(signal.SIGKILL)
+
+    def _signal_tagged(self, sig: int) -> None:
         for pid in processes.tagged(self.tag):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 

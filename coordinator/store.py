@@ -197,7 +197,8 @@ class Store:
                 event, legacy_failure = WorkerEvent.UNSPECIFIED, None
             failure = failure or legacy_failure
         return AttemptRow(job_id=r["job_id"], attempt=r["attempt"], log_path=r["log_path"], workdir=r["workdir"],
-                          started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"], ended=r["ended"],
+                          started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"],
+                          start_ticks=r["start_ticks"], boot_id=r["boot_id"], ended=r["ended"],
                           exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
                           worker_event=event, worker_message=r["worker_message"], failure=failure)
 
@@ -223,10 +224,13 @@ class Store:
                                                (job_id, number)).fetchone())
         return attempt, TransitionRow(cur.lastrowid, job_id, JobState.RUNNING, message, now, number)
 
-    def record_launch(self, job_id: str, attempt: int, pid: int, pgid: int) -> None:
+    def record_launch(self, job_id: str, attempt: int, pid: int, pgid: int, start_ticks: int = 0,
+                      boot_id: str = "") -> None:
+        """mpirun's pid, group and identity (start time, boot id): what a later coordinator checks before it
+        trusts the group as this attempt's."""
         with self._lock:
-            self._conn.execute("UPDATE attempts SET pid = ?, pgid = ? WHERE job_id = ? AND attempt = ?",
-                               (pid, pgid, job_id, attempt))
+            self._conn.execute("UPDATE attempts SET pid = ?, pgid = ?, start_ticks = ?, boot_id = ?"
+                               " WHERE job_id = ? AND attempt = ?", (pid, pgid, start_ticks, boot_id, job_id, attempt))
 
     def end_attempt(self, job_id: str, attempt: int, *, exit_code: int | None, outcome: str, message: str,
                     now: float | None = None) -> None:
