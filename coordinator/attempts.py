@@ -63,7 +63,8 @@ def _fault(job: JobRow) -> dict:
 
 class Supervisor:
     def __init__(self, store: Store, signal: ChangeSignal, *, data_dir: Path, local: bool,
-                 tls_ca: Path | None = None, mpi_args: Sequence[str] = (), stop_grace_s: float = 5.0):
+                 tls_ca: Path | None = None, mpi_args: Sequence[str] = (), stop_grace_s: float = 5.0,
+                 data_roots: Sequence[Path] = ()):
         self.store = store
         self.signal = signal
         self.data_dir = Path(data_dir)
@@ -71,6 +72,7 @@ class Supervisor:
         self.tls_ca = tls_ca
         self.mpi_args = tuple(mpi_args)
         self.stop_grace_s = stop_grace_s
+        self.data_roots = tuple(Path(r) for r in data_roots)  # the ranks check every dataset file against them
         self.address = ""
         self.progress = ProgressWatch()
         self._lock = threading.Lock()
@@ -100,7 +102,8 @@ class Supervisor:
             argv = build_mpirun_argv(mpirun=find_mpirun(), python=sys.executable, workers=job.workers,
                                      hosts=None if self.local else allocation, coordinator=self.address,
                                      job_id=job.id, attempt=attempt.attempt, workdir=workdir, mpi_args=self.mpi_args)
-            env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca)
+            env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca,
+                                   data_roots=self.data_roots)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a") as f:
                 f.write(f"gradmesh: attempt {attempt.attempt} of {job.id}: {' '.join(argv)}\n")

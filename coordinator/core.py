@@ -40,7 +40,7 @@ class Coordinator:
         self.signal = ChangeSignal()
         self.checkpoints = Checkpoints(self.data_dir / "checkpoints", store)
         self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
-                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s)
+                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s, data_roots=data_roots)
         self.scheduler = Scheduler(store, pool, self.supervisor)
         self.jobs = Jobs(store, self.checkpoints, self.supervisor, self.signal, wake_scheduler=self.scheduler.wake,
                          total_slots=pool.total, data_roots=data_roots,

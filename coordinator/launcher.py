@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 from coordinator import processes
 from coordinator.hosts import format_hosts
 from coordinator.processes import ATTEMPT_TAG_ENV
-from coordinator.wire import JOB_TOKEN_ENV, TLS_CA_ENV
+from coordinator.wire import DATA_ROOTS_ENV, JOB_TOKEN_ENV, TLS_CA_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds the `worker` package the ranks import
 
@@ -61,21 +61,45 @@ def build_mpirun_argv(*, mpirun: str, python: str, workers: int, hosts: Sequence
     return argv
 
 
+# What the ranks inherit from the coordinator's environment: nothing else. The coordinator may hold secrets
+# (GRADMESH_TOKEN, cloud credentials, ...) that hydra would forward to every worker host.
+FORWARDED_ENV = frozenset({
+    "PATH", "PYTHONPATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP", "TEMP",
+    "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHASHSEED",
+    "GRADMESH_FAULT",  # fault injection for tests (worker/faults.py): inert unless set on purpose
+})
+FORWARDED_ENV_PREFIXES = (
+    "LC_",                                              # locale
+    "OMP_", "OPENBLAS_", "MKL_", "GOTO_", "BLIS_",      # BLAS thread counts (worker/threads.py reads them)
+    "MPICH_", "MPIR_CVAR_", "HYDRA_", "UCX_", "FI_",    # MPICH, its launcher and fabrics
+    "PMI_", "PMIX_", "SLURM_",                          # process managers (hydra under Slurm reads SLURM_*)
+)
+
+
 def build_worker_env(base: Mapping[str, str], *, job_token: str, attempt_tag: str = "", tls_ca: Path | None = None,
-                     project_root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The ranks' environment (hydra forwards it to every host): the job token, the attempt's tag (how the
-    coordinator finds every process of the attempt), the TLS CA, and an import path that finds this
-    checkout's `worker` package first."""
-    env = dict(base)
+                     data_roots: Sequence[Path] = (), project_root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The ranks' environment (hydra forwards it to every host), built from an allowlist, never the coordinator's
+    whole environment:
+
+    - from `base`, only FORWARDED_ENV and names starting with FORWARDED_ENV_PREFIXES: PATH, PYTHONPATH, HOME,
+      USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, TMPDIR/TMP/TEMP, LD_LIBRARY_PATH, VIRTUAL_ENV, PYTHONHASHSEED,
+      the BLAS thread variables (OMP_*, OPENBLAS_*, MKL_*, GOTO_*, BLIS_*), MPICH_*, MPIR_CVAR_*, HYDRA_*,
+      UCX_*, FI_*, PMI_*, PMIX_*, SLURM_*, and GRADMESH_FAULT (test fault injection);
+    - set here: GRADMESH_JOB_TOKEN (the attempt's token), GRADMESH_ATTEMPT_TAG (how the coordinator finds
+      every process of the attempt), GRADMESH_TLS_CA (with TLS), GRADMESH_DATA_ROOTS (the roots every
+      dataset file must resolve under), PYTHONUNBUFFERED=1, and a PYTHONPATH that finds this checkout's
+      `worker` package first.
+
+    So GRADMESH_TOKEN (the client token), GRADMESH_ADDRESS and any credential of the coordinator's user stay
+    with the coordinator."""
+    env = {k: v for k, v in base.items() if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
     env[JOB_TOKEN_ENV] = job_token
     if attempt_tag:
         env[ATTEMPT_TAG_ENV] = attempt_tag
-    else:
-        env.pop(ATTEMPT_TAG_ENV, None)
     if tls_ca is not None:
         env[TLS_CA_ENV] = str(tls_ca)
-    else:
-        env.pop(TLS_CA_ENV, None)
+    if data_roots:
+        env[DATA_ROOTS_ENV] = os.pathsep.join(str(Path(r).resolve()) for r in data_roots)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(project_root) not in paths:
         paths.insert(0, str(project_root))
