@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -55,6 +56,7 @@ class Running:
     allocation: Allocation
     token: str | None = None
     end_note: str = ""  # put before a failure message (e.g. it ended while no coordinator watched)
+    settle_failures: int = 0  # reaps at which its end could not be recorded (a full disk): logged sparingly
 
 
 def _fault(job: JobRow) -> dict:
@@ -196,8 +198,29 @@ class Supervisor:
             with self._lock:
                 self._runs[job.id] = run
             adopted.append(allocation)
+        self._sweep_pending_uploads()
         self.signal.changed()
         return adopted
+
+    def _sweep_pending_uploads(self) -> None:
+        """Remove the upload queues (.pending-uploads: links to checkpoints rank 0 had not sent yet) and partial
+        downloads left in the working directories of attempts that no longer run: nobody will send them, and
+        they hold disk space."""
+        runs = self.data_dir / "runs"
+        if not runs.is_dir():
+            return
+        with self._lock:
+            live = {(r.job_id, r.attempt) for r in self._runs.values()}
+        for job_dir in runs.iterdir():
+            for workdir in job_dir.glob("attempt-*") if job_dir.is_dir() else ():
+                number = workdir.name.removeprefix("attempt-")
+                if not number.isdigit() or (job_dir.name, int(number)) in live:
+                    continue
+                pending = workdir / ".pending-uploads"
+                if pending.is_dir() and not pending.is_symlink():
+                    shutil.rmtree(pending, ignore_errors=True)
+                for part in workdir.glob("*.part"):
+                    part.unlink(missing_ok=True)
 
     def request_stop(self, job_id: str, delay_s: float) -> None:
         """Signal the job's process group after `delay_s` (the time its ranks get to stop on their own)."""
@@ -259,13 +282,19 @@ class Supervisor:
             self._record_end(run, exit, killed)
             return True
         except Exception as err:  # noqa: BLE001 - whatever broke, the job must not stay RUNNING
-            log.exception("recording the end of %s attempt %d failed", run.job_id, run.attempt)
+            if run.settle_failures == 0:
+                log.exception("recording the end of %s attempt %d failed", run.job_id, run.attempt)
             cause = err
         try:
             self._fail_over(run, exit, cause)
             return True
         except Exception:  # noqa: BLE001
-            log.exception("%s attempt %d ended but the job could not be moved on; retrying", run.job_id, run.attempt)
+            # e.g. the disk is full: the attempt stays on the list and is settled again at every reap until the
+            # store takes it, so the job is never left RUNNING with no process behind it once space is freed
+            if run.settle_failures % 100 == 0:
+                log.exception("%s attempt %d ended but the job could not be moved on; retrying at every reap",
+                              run.job_id, run.attempt)
+            run.settle_failures += 1
             with self._lock:
                 if killed is not None:
                     self._killed.setdefault(run.job_id, killed)

@@ -57,6 +57,7 @@ class Coordinator:
         self.supervisor.address = value
 
     def start(self) -> None:
+        self.checkpoints.sweep()  # what a crash left: temporary files, files no record names
         for allocation in self.supervisor.recover():
             self.scheduler.reserve(allocation)
         self.scheduler.start()
