@@ -87,6 +87,7 @@ class _Upload:
     val_loss: float
     val_accuracy: float
     backoff: Backoff = field(default_factory=Backoff)
+    superseded: bool = False  # skipped for a newer one (the coordinator's disk was full): already said
 
 
 def _f(point: dict[str, Any], key: str) -> float:
@@ -129,6 +130,7 @@ class CoordinatorHooks(Hooks):
         self._max_points = MAX_POINTS_PER_REPORT   # halved when a report is refused for its size
         self._points_paused_until = 0.0            # the coordinator's disk was full: send no points until then
         self._dropped_points = 0                   # buffer overflow, said once per episode
+        self._skipping_uploads = False             # checkpoints skipped for a full disk, said once per episode
 
     # ------------------------------------------------------------ before training
 
@@ -349,7 +351,7 @@ class CoordinatorHooks(Hooks):
         elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _kind(err) == KIND_DISK:
             if n_points:  # keep them; heartbeats go on without them until the pause is over
                 self._points_paused_until = time.monotonic() + DISK_FULL_PAUSE_S
-                if self._report_failures in (1, 5) or self._report_failures % 30 == 0:
+                if self._report_failures == 1:  # once: this log may be on that disk
                     say(f"the coordinator's disk is full; keeping {n_points} point(s) to send later")
         elif code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT) and n_points > 1:
             self._max_points = max(1, n_points // 2)
@@ -389,7 +391,7 @@ class CoordinatorHooks(Hooks):
                     if self._uploads and self._uploads[0] is upload:
                         self._uploads.popleft()
                     upload.path.unlink(missing_ok=True)
-                    if not ok:
+                    if not ok and not upload.superseded:
                         say(f"giving up uploading the checkpoint of step {upload.step}")
                 if not ok:
                     return
@@ -415,6 +417,7 @@ class CoordinatorHooks(Hooks):
         try:
             self._stub.UploadCheckpoint(messages(), timeout=self.rpc_timeout_s + size / 10e6, metadata=self._metadata,
                                         wait_for_ready=True)
+            self._skipping_uploads = False
             return True
         except grpc.RpcError as err:
             with self._lock:
@@ -425,8 +428,12 @@ class CoordinatorHooks(Hooks):
                 if err.code() in DISOWNED:
                     self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
             elif err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and superseded:
-                say(f"checkpoint of step {upload.step} skipped: {err.details()} (a newer checkpoint waits)")
+                if not self._skipping_uploads:  # one line per episode: this log may be on that full disk
+                    say(f"checkpoint of step {upload.step} skipped: {err.details()} (a newer checkpoint waits; "
+                        "further ones are skipped quietly until one is stored)")
+                self._skipping_uploads = True
+                upload.superseded = True
                 upload.backoff.give_up()
-            elif upload.backoff.failed():
+            elif upload.backoff.failed() and (upload.backoff.failures == 1 or _kind(err) != KIND_DISK):
                 say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
             return False
