@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from coordinator.events import ChangeSignal
 from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
 from coordinator.launcher import Exit, WorkerProcess, build_mpirun_argv, build_worker_env, find_mpirun, log_tail
 from coordinator.outcomes import Outcome, classify, decide
+from coordinator.processes import Identity
 from coordinator.states import IllegalTransition, JobState
 from coordinator.records import JobRow
 from coordinator.store import Store
@@ -54,6 +56,7 @@ class Running:
     allocation: Allocation
     token: str | None = None
     end_note: str = ""  # put before a failure message (e.g. it ended while no coordinator watched)
+    settle_failures: int = 0  # reaps at which its end could not be recorded (a full disk): logged sparingly
 
 
 def _fault(job: JobRow) -> dict:
@@ -62,7 +65,8 @@ def _fault(job: JobRow) -> dict:
 
 class Supervisor:
     def __init__(self, store: Store, signal: ChangeSignal, *, data_dir: Path, local: bool,
-                 tls_ca: Path | None = None, mpi_args: Sequence[str] = (), stop_grace_s: float = 5.0):
+                 tls_ca: Path | None = None, mpi_args: Sequence[str] = (), stop_grace_s: float = 5.0,
+                 data_roots: Sequence[Path] = ()):
         self.store = store
         self.signal = signal
         self.data_dir = Path(data_dir)
@@ -70,6 +74,7 @@ class Supervisor:
         self.tls_ca = tls_ca
         self.mpi_args = tuple(mpi_args)
         self.stop_grace_s = stop_grace_s
+        self.data_roots = tuple(Path(r) for r in data_roots)  # the ranks check every dataset file against them
         self.address = ""
         self.progress = ProgressWatch()
         self._lock = threading.Lock()
@@ -99,7 +104,8 @@ class Supervisor:
             argv = build_mpirun_argv(mpirun=find_mpirun(), python=sys.executable, workers=job.workers,
                                      hosts=None if self.local else allocation, coordinator=self.address,
                                      job_id=job.id, attempt=attempt.attempt, workdir=workdir, mpi_args=self.mpi_args)
-            env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca)
+            env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca,
+                                   data_roots=self.data_roots)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a") as f:
                 f.write(f"gradmesh: attempt {attempt.attempt} of {job.id}: {' '.join(argv)}\n")
@@ -114,7 +120,9 @@ class Supervisor:
             self._restart_at.pop(job.id, None)
         self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
         try:
-            self.store.record_launch(job.id, attempt.attempt, process.pid, process.pgid)
+            identity = process.identity
+            self.store.record_launch(job.id, attempt.attempt, process.pid, process.pgid,
+                                     identity.start_ticks if identity else 0, identity.boot_id if identity else "")
         except Exception:  # only re-adoption by a later coordinator needs it; the tag still finds the processes
             log.exception("could not record the process group of %s attempt %d", job.id, attempt.attempt)
         return True
@@ -176,7 +184,11 @@ class Supervisor:
                 self._fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
                 continue
             allocation = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
-            process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash))
+            recorded = Identity(attempt.start_ticks, attempt.boot_id) if attempt.boot_id else None
+            # the stored pid/pgid are only hints: WorkerProcess trusts them only while they still name this
+            # attempt's mpirun (identity and tag), so a reused pid or a reboot never gets an unrelated group killed
+            process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash),
+                                          identity=recorded)
             run = Running(job.id, attempt.attempt, process, allocation)
             if process.alive():
                 log.info("re-adopting %s attempt %d (process group %d)", job.id, attempt.attempt, attempt.pgid)
@@ -186,8 +198,29 @@ class Supervisor:
             with self._lock:
                 self._runs[job.id] = run
             adopted.append(allocation)
+        self._sweep_pending_uploads()
         self.signal.changed()
         return adopted
+
+    def _sweep_pending_uploads(self) -> None:
+        """Remove the upload queues (.pending-uploads: links to checkpoints rank 0 had not sent yet) and partial
+        downloads left in the working directories of attempts that no longer run: nobody will send them, and
+        they hold disk space."""
+        runs = self.data_dir / "runs"
+        if not runs.is_dir():
+            return
+        with self._lock:
+            live = {(r.job_id, r.attempt) for r in self._runs.values()}
+        for job_dir in runs.iterdir():
+            for workdir in job_dir.glob("attempt-*") if job_dir.is_dir() else ():
+                number = workdir.name.removeprefix("attempt-")
+                if not number.isdigit() or (job_dir.name, int(number)) in live:
+                    continue
+                pending = workdir / ".pending-uploads"
+                if pending.is_dir() and not pending.is_symlink():
+                    shutil.rmtree(pending, ignore_errors=True)
+                for part in workdir.glob("*.part"):
+                    part.unlink(missing_ok=True)
 
     def request_stop(self, job_id: str, delay_s: float) -> None:
         """Signal the job's process group after `delay_s` (the time its ranks get to stop on their own)."""
@@ -249,13 +282,19 @@ class Supervisor:
             self._record_end(run, exit, killed)
             return True
         except Exception as err:  # noqa: BLE001 - whatever broke, the job must not stay RUNNING
-            log.exception("recording the end of %s attempt %d failed", run.job_id, run.attempt)
+            if run.settle_failures == 0:
+                log.exception("recording the end of %s attempt %d failed", run.job_id, run.attempt)
             cause = err
         try:
             self._fail_over(run, exit, cause)
             return True
         except Exception:  # noqa: BLE001
-            log.exception("%s attempt %d ended but the job could not be moved on; retrying", run.job_id, run.attempt)
+            # e.g. the disk is full: the attempt stays on the list and is settled again at every reap until the
+            # store takes it, so the job is never left RUNNING with no process behind it once space is freed
+            if run.settle_failures % 100 == 0:
+                log.exception("%s attempt %d ended but the job could not be moved on; retrying at every reap",
+                              run.job_id, run.attempt)
+            run.settle_failures += 1
             with self._lock:
                 if killed is not None:
                     self._killed.setdefault(run.job_id, killed)

@@ -41,7 +41,7 @@ class Coordinator:
         self.signal = ChangeSignal()
         self.checkpoints = Checkpoints(self.data_dir / "checkpoints", store)
         self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
-                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s)
+                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s, data_roots=data_roots)
         self.scheduler = Scheduler(store, pool, self.supervisor)
         self.limits = limits
         # a rank may use its host's memory divided by the host's slots (hosts of a pool are taken to be alike)
@@ -61,6 +61,7 @@ class Coordinator:
         self.supervisor.address = value
 
     def start(self) -> None:
+        self.checkpoints.sweep()  # what a crash left: temporary files, files no record names
         for allocation in self.supervisor.recover():
             self.scheduler.reserve(allocation)
         self.scheduler.start()

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 from coordinator import processes
 from coordinator.hosts import format_hosts
 from coordinator.processes import ATTEMPT_TAG_ENV
-from coordinator.wire import JOB_TOKEN_ENV, TLS_CA_ENV
+from coordinator.wire import DATA_ROOTS_ENV, JOB_TOKEN_ENV, TLS_CA_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds the `worker` package the ranks import
 
@@ -61,21 +61,45 @@ def build_mpirun_argv(*, mpirun: str, python: str, workers: int, hosts: Sequence
     return argv
 
 
+# What the ranks inherit from the coordinator's environment: nothing else. The coordinator may hold secrets
+# (GRADMESH_TOKEN, cloud credentials, ...) that hydra would forward to every worker host.
+FORWARDED_ENV = frozenset({
+    "PATH", "PYTHONPATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP", "TEMP",
+    "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHASHSEED",
+    "GRADMESH_FAULT",  # fault injection for tests (worker/faults.py): inert unless set on purpose
+})
+FORWARDED_ENV_PREFIXES = (
+    "LC_",                                              # locale
+    "OMP_", "OPENBLAS_", "MKL_", "GOTO_", "BLIS_",      # BLAS thread counts (worker/threads.py reads them)
+    "MPICH_", "MPIR_CVAR_", "HYDRA_", "UCX_", "FI_",    # MPICH, its launcher and fabrics
+    "PMI_", "PMIX_", "SLURM_",                          # process managers (hydra under Slurm reads SLURM_*)
+)
+
+
 def build_worker_env(base: Mapping[str, str], *, job_token: str, attempt_tag: str = "", tls_ca: Path | None = None,
-                     project_root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The ranks' environment (hydra forwards it to every host): the job token, the attempt's tag (how the
-    coordinator finds every process of the attempt), the TLS CA, and an import path that finds this
-    checkout's `worker` package first."""
-    env = dict(base)
+                     data_roots: Sequence[Path] = (), project_root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The ranks' environment (hydra forwards it to every host), built from an allowlist, never the coordinator's
+    whole environment:
+
+    - from `base`, only FORWARDED_ENV and names starting with FORWARDED_ENV_PREFIXES: PATH, PYTHONPATH, HOME,
+      USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, TMPDIR/TMP/TEMP, LD_LIBRARY_PATH, VIRTUAL_ENV, PYTHONHASHSEED,
+      the BLAS thread variables (OMP_*, OPENBLAS_*, MKL_*, GOTO_*, BLIS_*), MPICH_*, MPIR_CVAR_*, HYDRA_*,
+      UCX_*, FI_*, PMI_*, PMIX_*, SLURM_*, and GRADMESH_FAULT (test fault injection);
+    - set here: GRADMESH_JOB_TOKEN (the attempt's token), GRADMESH_ATTEMPT_TAG (how the coordinator finds
+      every process of the attempt), GRADMESH_TLS_CA (with TLS), GRADMESH_DATA_ROOTS (the roots every
+      dataset file must resolve under), PYTHONUNBUFFERED=1, and a PYTHONPATH that finds this checkout's
+      `worker` package first.
+
+    So GRADMESH_TOKEN (the client token), GRADMESH_ADDRESS and any credential of the coordinator's user stay
+    with the coordinator."""
+    env = {k: v for k, v in base.items() if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
     env[JOB_TOKEN_ENV] = job_token
     if attempt_tag:
         env[ATTEMPT_TAG_ENV] = attempt_tag
-    else:
-        env.pop(ATTEMPT_TAG_ENV, None)
     if tls_ca is not None:
         env[TLS_CA_ENV] = str(tls_ca)
-    else:
-        env.pop(TLS_CA_ENV, None)
+    if data_roots:
+        env[DATA_ROOTS_ENV] = os.pathsep.join(str(Path(r).resolve()) for r in data_roots)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(project_root) not in paths:
         paths.insert(0, str(project_root))
@@ -133,10 +157,12 @@ class WorkerProcess:
     thread stops): one lock orders reaping and signalling, so no thread signals a group whose leader
     another thread has already reaped (its pgid could then belong to an unrelated process)."""
 
-    def __init__(self, pid: int, pgid: int, popen: subprocess.Popen | None = None, tag: str = ""):
+    def __init__(self, pid: int, pgid: int, popen: subprocess.Popen | None = None, tag: str = "",
+                 identity: processes.Identity | None = None):
         self.pid = pid
         self.pgid = pgid
         self.tag = tag
+        self.identity = identity  # mpirun's start time and boot, recorded at launch (None: not recorded)
         self._popen = popen
         self._exit: Exit | None = None
         self._lock = threading.Lock()
@@ -149,15 +175,30 @@ class WorkerProcess:
             popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      env=dict(env), cwd=str(cwd), start_new_session=True, close_fds=True)
         # start_new_session makes the child a session and group leader: its pgid is its pid.
-        return cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""))
+        return cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""), identity=processes.identity(popen.pid))
 
     @classmethod
-    def adopt(cls, pid: int, pgid: int, tag: str = "") -> "WorkerProcess":
-        return cls(pid, pgid, None, tag=tag)
+    def adopt(cls, pid: int, pgid: int, tag: str = "", identity: processes.Identity | None = None) -> "WorkerProcess":
+        """An attempt launched by an earlier coordinator. Its stored pid and pgid are only hints: after a reboot
+        or pid reuse they may name unrelated processes, so the group is used only while its leader is still
+        the recorded mpirun (same start time and boot, carrying the attempt's tag); otherwise only the tagged
+        processes count as the attempt's."""
+        return cls(pid, pgid, None, tag=tag, identity=identity)
+
+    def _group_is_ours(self) -> bool:
+        """Whether mpirun's group may be signalled: never group 0, 1 or ours; for a child we started, while it
+        is unreaped (until then its pgid cannot be reused); for an adopted one, while its leader is verified."""
+        if not processes.may_signal_group(self.pgid):
+            return False
+        if self._popen is not None:
+            return True
+        return self.pgid == self.pid and processes.is_ours(self.pid, self.tag, self.identity)
 
     def alive(self) -> bool:
-        """Whether any process of the attempt still runs (mpirun's group or a tagged process)."""
-        return processes.group_alive(self.pgid) or bool(processes.tagged(self.tag))
+        """Whether any process of the attempt still runs (mpirun's group, when it is ours, or a tagged process)."""
+        if self._group_is_ours() and processes.group_alive(self.pgid):
+            return True
+        return bool(processes.tagged(self.tag))
 
     def poll(self) -> Exit | None:
         """None while running; the Exit once the attempt is over (stragglers in its group killed first)."""
@@ -185,6 +226,10 @@ class WorkerProcess:
         return self._exit
 
     def _signal_group(self, sig: int) -> None:
+        """`sig` to mpirun's group when it is provably ours; else to every tagged process instead."""
+        if not self._group_is_ours():
+            self._signal_tagged(sig)
+            return
         try:
             os.killpg(self.pgid, sig)
         except (ProcessLookupError, PermissionError):
@@ -196,9 +241,12 @@ class WorkerProcess:
         self._kill_tagged()
 
     def _kill_tagged(self) -> None:
+        self._signal_tagged(signal.SIGKILL)
+
+    def _signal_tagged(self, sig: int) -> None:
         for pid in processes.tagged(self.tag):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 

@@ -54,6 +54,8 @@ class AttemptRow:
     hosts: str = ""
     pid: int = 0
     pgid: int = 0
+    start_ticks: int = 0   # mpirun's start time and boot (processes.Identity); 0 and "" when not recorded
+    boot_id: str = ""
     ended: float = 0.0
     exit_code: int | None = None
     outcome: str = ""

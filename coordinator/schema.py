@@ -108,9 +108,17 @@ ATTEMPT_FAILURE_COLUMNS = {
 }
 
 
+# Who mpirun was, recorded at launch with its pid and pgid (processes.Identity): a later coordinator trusts
+# the stored pgid only while the process holding that pid still has this start time and boot id.
+ATTEMPT_LAUNCH_COLUMNS = {
+    "start_ticks": "INTEGER NOT NULL DEFAULT 0",   # /proc/PID/stat starttime of mpirun; 0 = not recorded
+    "boot_id": "TEXT NOT NULL DEFAULT ''",          # /proc/sys/kernel/random/boot_id at launch
+}
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
     have = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
-    for name, decl in ATTEMPT_FAILURE_COLUMNS.items():
+    for name, decl in {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS}.items():
         if name not in have:
             conn.execute(f"ALTER TABLE attempts ADD COLUMN {name} {decl}")

@@ -17,7 +17,8 @@ Calls are admitted per class of caller, each under its own cap (`limits`, coordi
 ranks' calls never wait behind the clients', callers without a valid token are refused before a message
 is read, and a call that waits on its client longer than the idle timeout is cancelled.
 
-The client token is `token`, else DATA_DIR/token, else generated into DATA_DIR/token (mode 0600).
+The data directory is created 0700. The client token is `token`, else DATA_DIR/token, else generated into
+DATA_DIR/token (mode 0600; see `load_or_create_token` for what an existing file must be).
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
 still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.attempts).
 
@@ -26,9 +27,11 @@ hosts, dial that address, and guessing 127.0.0.1 would fail only at the hang tim
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
+import stat
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +60,58 @@ WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data directory 0700 (the database, logs, checkpoints and token are nobody else's business);
+    an existing one open to other users is closed, with a warning."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        log.warning("data directory %s was open to other users (mode %o); set to 0700", data_dir, mode)
+        os.chmod(data_dir, 0o700)
+
+
 def load_or_create_token(data_dir: Path, token: str | None) -> str:
+    """`token`, else the one in DATA_DIR/token, else a new one written there (O_EXCL|O_NOFOLLOW, mode 0600).
+
+    The file is never followed through a symbolic link, and must be a regular file of ours: anything else is
+    refused (PermissionError, with what to do). A token file readable by others is made 0600 with a warning
+    (whoever read it holds a valid client token: delete the file to get a new one)."""
     if token:
         return token
     path = data_dir / wire.TOKEN_FILE
-    if path.exists():
-        text = path.read_text().strip()
-        if text:
-            return text
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return _create_token(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PermissionError(f"{path} is a symbolic link; refusing to follow it (remove it: a new token is "
+                                  "then created)") from None
+        raise
+    with os.fdopen(fd) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{path} is not a regular file; refusing to use it as the token file")
+        if info.st_uid != os.geteuid():
+            raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to this coordinator's user; refusing "
+                                  "to trust it (remove it: a new token is then created)")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            log.warning("token file %s was readable by others (mode %o); set to 0600. Whoever read it holds a "
+                        "valid client token: delete the file to get a new one", path, stat.S_IMODE(info.st_mode))
+            os.fchmod(fd, 0o600)
+        text = f.read().strip()
+    if text:
+        return text
+    path.unlink()  # empty (a crash between creating and writing it): make a new one
+    return _create_token(path)
+
+
+def _create_token(path: Path) -> str:
     new = secrets.token_hex(32)  # hex: never starts with '-', so `--token VALUE` always parses
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_EXCL|O_NOFOLLOW: never write through a file or link someone else put there meanwhile
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(new + "\n")
-    os.chmod(path, 0o600)
     return new
 
 
@@ -124,7 +166,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  advertise_address: str | None = None, limits: Limits | None = None,
                  call_limits: CallLimits | None = None, http_port: int | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both tls_cert and tls_key")
     if slots is not None and hosts:

@@ -12,18 +12,25 @@ killed at any moment leaves either the old or the new state, never half of one.
 
 The state machine lives in `coordinator.states`; `transition()` enforces it inside the transaction.
 Floats that are NaN (metrics not measured at a step) are stored as NULL and read back as NaN.
+
+A full disk: a write that SQLite cannot make ("database or disk is full") is rolled back whole and raised
+as ResourceExhausted (kind "disk") saying what was refused and how much space is free, so callers can
+answer RESOURCE_EXHAUSTED and try again later. Progress (the newest step) is the one write dropped
+silently instead: every heartbeat carries it again, and refusing it would refuse the heartbeat.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from coordinator.errors import InvalidArgument
+from coordinator.errors import InvalidArgument, ResourceExhausted
 from coordinator.records import (AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow, nan_from_sql,
                                  sql_from_nan)
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
@@ -32,6 +39,17 @@ from coordinator.states import IllegalTransition, JobState, check_transition
 
 if TYPE_CHECKING:
     from coordinator.checkpoints import RetentionPolicy
+
+log = logging.getLogger("gradmesh.store")
+KIND_DISK = "disk"  # as coordinator.checkpoints.KIND_DISK: the disk is full, retry later
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether SQLite (or the OS under it) failed for want of space."""
+    if isinstance(err, sqlite3.Error):
+        code = getattr(err, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(err)
+    return isinstance(err, OSError) and err.errno in (28, 122)  # ENOSPC, EDQUOT
 
 
 class Store:
@@ -54,15 +72,35 @@ class Store:
             self._conn.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+    def _tx(self, refused: str = "a change to the job records") -> Iterator[sqlite3.Connection]:
+        with self._lock, self._disk_full_as(refused):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("rollback failed")
                 raise
-            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _disk_full_as(self, refused: str) -> Iterator[None]:
+        """Turn SQLite's "database or disk is full" into ResourceExhausted naming what was refused."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as err:
+            if not is_disk_full(err):
+                raise
+            try:
+                st = os.statvfs(self.path.parent)
+                free = f"{st.f_bavail * st.f_frsize} bytes free"
+            except OSError:
+                free = "free space unknown"
+            raise ResourceExhausted(f"the coordinator's disk is full ({free} in {self.path.parent}); refused: "
+                                    f"{refused}; retry when space is freed", kind=KIND_DISK) from None
 
     def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -183,13 +221,17 @@ class Store:
                 for r in rows]
 
     def update_progress(self, job_id: str, *, step: int, total_steps: int, epoch: int) -> None:
-        with self._lock:
-            self._conn.execute(
-                "UPDATE jobs SET step = MAX(step, ?), total_steps = CASE WHEN ? > 0 THEN ? ELSE total_steps END,"
-                " epoch = MAX(epoch, ?) WHERE id = ?", (step, total_steps, total_steps, epoch, job_id))
+        """Raise the job's progress. On a full disk the write is skipped (logged): the next heartbeat repeats it."""
+        try:
+            with self._lock, self._disk_full_as(f"progress of job {job_id}"):
+                self._conn.execute(
+                    "UPDATE jobs SET step = MAX(step, ?), total_steps = CASE WHEN ? > 0 THEN ? ELSE total_steps END,"
+                    " epoch = MAX(epoch, ?) WHERE id = ?", (step, total_steps, total_steps, epoch, job_id))
+        except ResourceExhausted as err:
+            log.warning("%s", err)
 
     def request_cancel(self, job_id: str, checkpoint: bool) -> None:
-        with self._lock:
+        with self._lock, self._disk_full_as(f"the cancel of job {job_id}"):
             self._conn.execute("UPDATE jobs SET cancel_requested = 1, checkpoint_requested = ? WHERE id = ?",
                                (int(checkpoint), job_id))
 
@@ -212,7 +254,8 @@ class Store:
                 event, legacy_failure = WorkerEvent.UNSPECIFIED, None
             failure = failure or legacy_failure
         return AttemptRow(job_id=r["job_id"], attempt=r["attempt"], log_path=r["log_path"], workdir=r["workdir"],
-                          started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"], ended=r["ended"],
+                          started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"],
+                          start_ticks=r["start_ticks"], boot_id=r["boot_id"], ended=r["ended"],
                           exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
                           worker_event=event, worker_message=r["worker_message"], failure=failure)
 
@@ -238,27 +281,30 @@ class Store:
                                                (job_id, number)).fetchone())
         return attempt, TransitionRow(cur.lastrowid, job_id, JobState.RUNNING, message, now, number)
 
-    def record_launch(self, job_id: str, attempt: int, pid: int, pgid: int) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE attempts SET pid = ?, pgid = ? WHERE job_id = ? AND attempt = ?",
-                               (pid, pgid, job_id, attempt))
+    def record_launch(self, job_id: str, attempt: int, pid: int, pgid: int, start_ticks: int = 0,
+                      boot_id: str = "") -> None:
+        """mpirun's pid, group and identity (start time, boot id): what a later coordinator checks before it
+        trusts the group as this attempt's."""
+        with self._lock, self._disk_full_as(f"the process record of job {job_id} attempt {attempt}"):
+            self._conn.execute("UPDATE attempts SET pid = ?, pgid = ?, start_ticks = ?, boot_id = ?"
+                               " WHERE job_id = ? AND attempt = ?", (pid, pgid, start_ticks, boot_id, job_id, attempt))
 
     def end_attempt(self, job_id: str, attempt: int, *, exit_code: int | None, outcome: str, message: str,
                     now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._lock:
+        with self._lock, self._disk_full_as(f"the end of job {job_id} attempt {attempt}"):
             self._conn.execute("UPDATE attempts SET ended = ?, exit_code = ?, outcome = ?, message = ?"
                                " WHERE job_id = ? AND attempt = ?", (now, exit_code, outcome, message, job_id, attempt))
 
     def set_worker_event(self, job_id: str, attempt: int, event: WorkerEvent, message: str) -> None:
-        with self._lock:
+        with self._lock, self._disk_full_as(f"the worker event of job {job_id}"):
             self._conn.execute("UPDATE attempts SET worker_event = ?, worker_message = ? WHERE job_id = ? AND attempt = ?",
                                (event.name, message, job_id, attempt))
 
     def record_failure(self, job_id: str, attempt: int, failure: WorkerFailure) -> bool:
         """Keep the first failure reported for the attempt (the root cause; later ones are its echoes, e.g.
         rank 0's broken collective after rank 1 raised). Returns whether this one was kept."""
-        with self._lock:
+        with self._lock, self._disk_full_as(f"the failure report of job {job_id}"):
             cur = self._conn.execute(
                 "UPDATE attempts SET failure_cause = ?, failure_rank = ?, failure_host = ?, failure_exception = ?,"
                 " failure_message = ?, failure_step = ? WHERE job_id = ? AND attempt = ? AND failure_cause = ''",
@@ -286,7 +332,8 @@ class Store:
     def add_metrics(self, job_id: str, points: Iterable[MetricRow]) -> int:
         """Insert points; a (job, step) already present is ignored (reports are retried). Returns rows added."""
         added = 0
-        with self._tx() as db:
+        points = list(points)
+        with self._tx(f"{len(points)} metric point(s) of job {job_id}") as db:
             for p in points:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO metrics (job_id, step, epoch, train_loss, val_loss, val_accuracy,"
@@ -328,7 +375,7 @@ class Store:
         Returns the dropped records; the caller deletes their files after this transaction committed, so a
         crash in between leaves a stray file, never a record without its file.
         """
-        with self._tx() as db:
+        with self._tx(f"the record of the checkpoint at step {ckpt.step} of job {ckpt.job_id}") as db:
             self._insert_checkpoint(db, ckpt)
             rows = [self._checkpoint(r) for r in
                     db.execute("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (ckpt.job_id,))]

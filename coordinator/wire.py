@@ -30,6 +30,7 @@ ADDRESS_ENV = "GRADMESH_ADDRESS"
 TOKEN_ENV = "GRADMESH_TOKEN"
 TLS_CA_ENV = "GRADMESH_TLS_CA"
 JOB_TOKEN_ENV = "GRADMESH_JOB_TOKEN"
+DATA_ROOTS_ENV = "GRADMESH_DATA_ROOTS"         # the coordinator's data roots (os.pathsep-separated), for the ranks
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 TOKEN_FILE = "token"                           # the client token's file in the coordinator's data directory
 

@@ -11,15 +11,22 @@ The sampler makes data parallelism exact and resumable: epoch e's order is the p
 (seed, e); global batch k of that epoch is positions [k·B, (k+1)·B) of it (the last may be short); rank r
 of N takes the r-th of N nearly equal contiguous slices of each global batch. Nothing depends on history,
 so any (epoch, position) can be resumed from, with any number of ranks.
+
+Under a coordinator, every dataset file is checked when it is opened: it must resolve (symbolic links
+followed) under one of the coordinator's data roots, which the launcher passes in GRADMESH_DATA_ROOTS. The
+coordinator checks the spec's path at submit; this catches what lies inside a dataset directory (an
+`x.npy` symlink to a file elsewhere). Standalone runs (the variable unset) read any path the user gives.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from coordinator.wire import DATA_ROOTS_ENV
 from worker.spec import DataSpec
 
 
@@ -107,6 +114,24 @@ def _synthetic(samples: int, features: int, classes: int, seed: int) -> tuple[np
     return x, y
 
 
+def data_roots() -> list[Path]:
+    """The roots every dataset file must resolve under ([] = unchecked: no coordinator set them)."""
+    return [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
+
+
+def checked_path(file: Path) -> Path:
+    """`file` resolved, once it is known to lie under the data roots (DataError otherwise). The resolved path
+    is what gets opened, so a link swapped after the check is not followed to a new place."""
+    roots = data_roots()
+    if not roots:
+        return file
+    resolved = file.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise DataError(f"data.source: {file} resolves to {resolved}, outside the data roots "
+                        f"({', '.join(map(str, roots))})")
+    return resolved
+
+
 def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str]:
     if spec.source == "digits":
         pixels, labels = digits_arrays()
@@ -124,13 +149,13 @@ def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
             file = path / f"{name}.npy"
             if file.exists():
                 try:
-                    arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+                    arrays[name] = np.load(checked_path(file), mmap_mode="r", allow_pickle=False)
                 except (ValueError, OSError) as exc:
                     raise DataError(f"data.source: cannot read {file}: {exc}") from None
         where = f"directory {path} (memory-mapped)"
     elif path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with np.load(checked_path(path), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"data.source: cannot read {path} as .npz: {exc}") from None

@@ -20,6 +20,17 @@ harmless): the heartbeat itself is the retry of the progress report.
 
 Retries (worker/coordinator_link.py): gRPC's own retry policy for the unary calls, `Backoff` for the
 streams. A failure report is one ReportProgress with WORKER_EVENT_FAILING, under a short deadline.
+
+Bounds: one report carries at most MAX_POINTS_PER_REPORT points (the coordinator's cap); the buffer holds
+at most MAX_BUFFERED_POINTS (the oldest are dropped, with one line, if the coordinator stays unreachable).
+A report refused for its size (RESOURCE_EXHAUSTED or INVALID_ARGUMENT with several points) is split: the
+next calls carry half as many points, down to one; a single point refused so is dropped with one line. A
+full disk on the coordinator (RESOURCE_EXHAUSTED, kind "disk") refuses nothing for good: points are kept
+and retried after DISK_FULL_PAUSE_S while the heartbeats go on without them, and a checkpoint that cannot be
+stored is retried with backoff, or skipped (one line) once a newer one waits behind it.
+
+The coordinator keeps the checkpoint history, so under it rank 0 keeps only its newest local checkpoint:
+older ones (and the downloaded one it resumed from) are deleted when a new one is written.
 """
 from __future__ import annotations
 
@@ -38,7 +49,8 @@ import grpc
 from coordinator.errors import ChecksumMismatch
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from coordinator.wire import CHUNK_BYTES, JOB_TOKEN_HEADER, sha256_of_chunks, verified
+from coordinator.wire import CHUNK_BYTES, JOB_TOKEN_HEADER, KIND_TRAILER, sha256_of_chunks, verified
+from worker.checkpoint import list_checkpoints
 from worker.coordinator_link import Backoff, CoordinatorRefused, failure_request, open_channel, say
 from worker.hooks import Hooks, StopRequest
 
@@ -49,6 +61,21 @@ DISOWNED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.Sta
 FINISH_EVENTS = {"succeeded": pb.WORKER_EVENT_FINISHED, "stopped": pb.WORKER_EVENT_STOPPED}  # "nan": a failure
 FETCH_TIMEOUT_S = 30.0            # FetchJob: a coordinator that is restarting gets this long to come back
 FAILURE_REPORT_TIMEOUT_S = 1.0    # rank 0's failure report, on its open channel
+MAX_POINTS_PER_REPORT = 1000      # points in one ReportProgress: the coordinator's cap per report
+MAX_BUFFERED_POINTS = 10_000      # points kept while the coordinator cannot take them; the oldest go first
+DISK_FULL_PAUSE_S = 5.0           # after the coordinator's disk was full: heartbeats without points this long
+KIND_DISK = "disk"                # the error kind of a full disk on the coordinator (retry later)
+# RESOURCE_EXHAUSTED kinds that say the coordinator is busy, not that the call is too big: retried as they are.
+# Any other kind (a cap on what the call carries, e.g. "points") gets a single refused point dropped.
+CAPACITY_KINDS = ("", "capacity", KIND_DISK)
+
+
+def _kind(err: grpc.RpcError) -> str:
+    """The gradmesh-kind trailer of a refused call ("" when absent)."""
+    try:
+        return dict(err.trailing_metadata() or ()).get(KIND_TRAILER, "")
+    except Exception:  # noqa: BLE001 - not every RpcError carries call details
+        return ""
 
 
 @dataclass
@@ -60,6 +87,7 @@ class _Upload:
     val_loss: float
     val_accuracy: float
     backoff: Backoff = field(default_factory=Backoff)
+    superseded: bool = False  # skipped for a newer one (the coordinator's disk was full): already said
 
 
 def _f(point: dict[str, Any], key: str) -> float:
@@ -99,6 +127,10 @@ class CoordinatorHooks(Hooks):
         self._report_failures = 0
         self._close_deadline = math.inf
         self._pending_dir = self.workdir / ".pending-uploads"
+        self._max_points = MAX_POINTS_PER_REPORT   # halved when a report is refused for its size
+        self._points_paused_until = 0.0            # the coordinator's disk was full: send no points until then
+        self._dropped_points = 0                   # buffer overflow, said once per episode
+        self._skipping_uploads = False             # checkpoints skipped for a full disk, said once per episode
 
     # ------------------------------------------------------------ before training
 
@@ -113,11 +145,18 @@ class CoordinatorHooks(Hooks):
             raise CoordinatorRefused(f"FetchJob at {self.address}: {err.code().name}: {err.details()}",
                                      err.code()) from None
         self.attempt = reply.attempt or self.attempt
+        self._clear_stale_uploads()
         resume = None
         if reply.HasField("resume_from") and reply.resume_from.sha256:
             resume = self._fetch_checkpoint(reply.resume_from)
         self._start_thread()
         return reply.spec_json, resume
+
+    def _clear_stale_uploads(self) -> None:
+        """Links an earlier process left in our upload queue (it crashed before sending them): not ours to send."""
+        if self._pending_dir.is_dir():
+            for stale in self._pending_dir.iterdir():
+                stale.unlink(missing_ok=True)
 
     def _fetch_checkpoint(self, info: pb.CheckpointInfo) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +206,11 @@ class CoordinatorHooks(Hooks):
                              time_unix=float(point.get("time_unix") or time.time()), attempt=self.attempt)
         with self._lock:
             self._points.append(msg)
+            if len(self._points) > MAX_BUFFERED_POINTS:
+                del self._points[0]
+                self._dropped_points += 1
+                if self._dropped_points == 1:
+                    say(f"more than {MAX_BUFFERED_POINTS} points wait for the coordinator; dropping the oldest")
             step, total, epoch = self._progress
             self._progress = (max(step, msg.step), total, max(epoch, msg.epoch))
 
@@ -177,12 +221,22 @@ class CoordinatorHooks(Hooks):
             os.link(path, own)
         except OSError:
             shutil.copyfile(path, own)
+        self._keep_only(Path(path))
         upload = _Upload(own, int(step), int(epoch), bool(is_final), _f(metrics or {}, "val_loss"),
                          _f(metrics or {}, "val_accuracy"), Backoff(tries=self.max_upload_tries))
         with self._lock:
             self._uploads.append(upload)
         self._start_thread()
         self._wake.set()
+
+    def _keep_only(self, newest: Path) -> None:
+        """Delete the local checkpoints older than `newest` (the coordinator holds the history; our upload
+        queue holds its own links), so one disk does not store every checkpoint twice."""
+        for _, older in list_checkpoints(newest.parent):
+            if older != newest:
+                older.unlink(missing_ok=True)
+        for resumed in self.workdir.glob("resume-step-*.npz"):
+            resumed.unlink(missing_ok=True)
 
     def on_step(self, step):
         with self._lock:
@@ -208,7 +262,7 @@ class CoordinatorHooks(Hooks):
         fails, the report waits in the queue for `close()` to deliver it."""
         with self._lock:
             step, total, epoch = self._progress
-            points = list(self._points)
+            points = self._points[:self._max_points]
         request = failure_request(self.job_id, self.attempt, failure, points=points,
                                    step=max(step, failure.step), total_steps=total, epoch=epoch)
         try:
@@ -259,11 +313,14 @@ class CoordinatorHooks(Hooks):
             self._wake.clear()
 
     def _report(self) -> int:
-        """One ReportProgress with everything buffered. Returns 0 when it failed, else 1 + the number of uploads
-        that were queued when the points were taken (their points have now been delivered)."""
+        """One ReportProgress with what is buffered (at most `_max_points` points). Returns 0 when it failed,
+        else 1 + the number of uploads whose points have now all been delivered (those queued when the points
+        were taken, provided no point was held back)."""
         with self._lock:
             uploads_covered = len(self._uploads)
-            points = list(self._points)
+            held_back = time.monotonic() < self._points_paused_until
+            points = [] if held_back else self._points[:self._max_points]
+            all_points = len(points) == len(self._points)
             event, message, failure = self._events[0] if self._events else (pb.WORKER_EVENT_UNSPECIFIED, "", None)
             step, total, epoch = self._progress
         if failure is not None:
@@ -277,20 +334,35 @@ class CoordinatorHooks(Hooks):
                                               wait_for_ready=True)
         except grpc.RpcError as err:
             self._report_failures += 1
-            if err.code() in DISOWNED:
-                self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
-                self._drop_all()
-            elif err.code() not in RETRYABLE:
-                say(f"ReportProgress refused ({err.code().name}: {err.details()}); dropping {len(points)} point(s)")
-                self._forget(len(points), bool(event))
-            elif self._report_failures in (1, 5) or self._report_failures % 30 == 0:
-                say(f"ReportProgress failed ({err.code().name}); will retry")
+            self._refused(err, len(points), bool(event))
             return 0
         self._report_failures = 0
         self._forget(len(points), bool(event))
         if reply.cancel_requested and self._stop is None:
             self._stop = StopRequest(checkpoint=reply.checkpoint_requested, reason="cancelled by the coordinator")
-        return 1 + uploads_covered
+        return 1 + uploads_covered if all_points else 1
+
+    def _refused(self, err: grpc.RpcError, n_points: int, event_sent: bool) -> None:
+        """What a refused report means for what it carried: never retry an oversized call as it was."""
+        code = err.code()
+        if code in DISOWNED:
+            self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
+            self._drop_all()
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _kind(err) == KIND_DISK:
+            if n_points:  # keep them; heartbeats go on without them until the pause is over
+                self._points_paused_until = time.monotonic() + DISK_FULL_PAUSE_S
+                if self._report_failures == 1:  # once: this log may be on that disk
+                    say(f"the coordinator's disk is full; keeping {n_points} point(s) to send later")
+        elif code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT) and n_points > 1:
+            self._max_points = max(1, n_points // 2)
+            say(f"ReportProgress with {n_points} points refused ({code.name}: {err.details()}); sending at most "
+                f"{self._max_points} per call")
+        elif code not in RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and n_points
+                                       and _kind(err) not in CAPACITY_KINDS):
+            say(f"ReportProgress refused ({code.name}: {err.details()}); dropping {n_points} point(s)")
+            self._forget(n_points, event_sent)
+        elif self._report_failures in (1, 5) or self._report_failures % 30 == 0:
+            say(f"ReportProgress failed ({code.name}); will retry")
 
     def _forget(self, n_points: int, event_sent: bool) -> None:
         with self._lock:
@@ -319,7 +391,7 @@ class CoordinatorHooks(Hooks):
                     if self._uploads and self._uploads[0] is upload:
                         self._uploads.popleft()
                     upload.path.unlink(missing_ok=True)
-                    if not ok:
+                    if not ok and not upload.superseded:
                         say(f"giving up uploading the checkpoint of step {upload.step}")
                 if not ok:
                     return
@@ -345,13 +417,23 @@ class CoordinatorHooks(Hooks):
         try:
             self._stub.UploadCheckpoint(messages(), timeout=self.rpc_timeout_s + size / 10e6, metadata=self._metadata,
                                         wait_for_ready=True)
+            self._skipping_uploads = False
             return True
         except grpc.RpcError as err:
+            with self._lock:
+                superseded = len(self._uploads) > 1
             if err.code() in DISOWNED or err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 say(f"checkpoint of step {upload.step} refused: {err.code().name}: {err.details()}")
                 upload.backoff.give_up()
                 if err.code() in DISOWNED:
                     self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
-            elif upload.backoff.failed():
+            elif err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and superseded:
+                if not self._skipping_uploads:  # one line per episode: this log may be on that full disk
+                    say(f"checkpoint of step {upload.step} skipped: {err.details()} (a newer checkpoint waits; "
+                        "further ones are skipped quietly until one is stored)")
+                self._skipping_uploads = True
+                upload.superseded = True
+                upload.backoff.give_up()
+            elif upload.backoff.failed() and (upload.backoff.failures == 1 or _kind(err) != KIND_DISK):
                 say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
             return False

@@ -20,8 +20,10 @@ last point of a 22-epoch run says 22. Resuming needs only the step (`Sampler.loc
 """
 from __future__ import annotations
 
+import errno
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +136,25 @@ def _shared_normalizer(comm, data, ckpt: Checkpoint | None) -> Normalizer:
     return Normalizer(stats[0].copy(), stats[1].copy())
 
 
+FINAL_CHECKPOINT_WAIT_S = 300.0  # the final checkpoint waits this long for a full disk to have room again
+
+
+def _save_when_space(path: Path, arrays, meta, wait_s: float = FINAL_CHECKPOINT_WAIT_S) -> None:
+    """The final checkpoint is the run's result: on a full disk, try again every second (one line said)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            save_checkpoint(path, arrays, meta)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or time.monotonic() > deadline:
+                raise
+            if deadline - time.monotonic() > wait_s - 1.5:
+                print(f"gradmesh: the final checkpoint does not fit ({exc.strerror}); retrying for up to "
+                      f"{wait_s:.0f} s", file=sys.stderr, flush=True)
+        time.sleep(1.0)
+
+
 def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path = "runs/job",
           resume: Checkpoint | str | Path | None = None, threads: tuple[int, str] = (0, "unset"),
           progress: Progress | None = None) -> TrainResult:
@@ -186,6 +207,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     step = progress.step = start_step
     metrics: dict[str, float] = {}
 
+    skipped: list[int] = []  # steps whose checkpoint did not fit on the disk, since the last one that did
+
     def write_checkpoint(is_final: bool) -> Path | None:
         if rank != 0:
             return None
@@ -194,7 +217,25 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
                 "total_steps": total_steps, "ranks": size, "metrics": metrics, "is_final": is_final,
                 "sampler": {"seed": t.seed, "note": "epoch order = permutation from (seed, epoch)"}}
         path = out_dir / ("final.npz" if is_final else periodic_name(step))
-        save_checkpoint(path, checkpoint_arrays(model, optimizer, normalizer), meta)
+        try:
+            if is_final:
+                _save_when_space(path, checkpoint_arrays(model, optimizer, normalizer), meta)
+            else:
+                save_checkpoint(path, checkpoint_arrays(model, optimizer, normalizer), meta)
+        except OSError as exc:
+            if is_final or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk costs this checkpoint, not the run: training goes on and the next one may fit. One
+            # line per episode: the log may be on that disk, and mpirun dies when it cannot write its output.
+            if not skipped:
+                print(f"gradmesh: checkpoint at step {step} skipped: {exc.strerror} ({out_dir}); skipping quietly "
+                      "until one fits", file=sys.stderr, flush=True)
+            skipped.append(step)
+            return None
+        if skipped:
+            print(f"gradmesh: checkpoints fit again at step {step} ({len(skipped)} skipped)", file=sys.stderr,
+                  flush=True)
+            skipped.clear()
         if not is_final:
             rotate(out_dir, spec.checkpoint.keep_last)
         hooks.on_checkpoint(path, step=step, epoch=epoch, is_final=is_final, metrics=dict(metrics))
