@@ -92,12 +92,16 @@ def dataset_path(source: str, roots: Sequence[Path]) -> Path:
     roots_text = ", ".join(str(r) for r in resolved_roots) or "(none configured)"
     outside = None
     for candidate in candidates:
-        resolved = candidate.resolve()
-        if not any(resolved.is_relative_to(r) for r in resolved_roots):
-            outside = resolved
-            continue
-        if resolved.exists():
-            return resolved
+        try:
+            resolved = candidate.resolve()
+            if not any(resolved.is_relative_to(r) for r in resolved_roots):
+                outside = resolved
+                continue
+            if resolved.exists():
+                return resolved
+        except OSError as err:  # a name too long for the filesystem, a loop of links, ...
+            raise InvalidArgument("data.source", f"not a usable path ({shown(err.strerror or str(err), 100)}): "
+                                                 f"'{shown(source, 60)}'") from None
     if outside is not None:
         raise InvalidArgument("data.source", f"'{shown(source, 200)}' resolves to {shown(str(outside), 200)}, which is outside the data roots "
                                              f"({roots_text})")

@@ -372,8 +372,6 @@ def _extreme_spec(rng: random.Random) -> str:
     return json.dumps(spec)
 
 
-@pytest.mark.xfail(strict=True, reason="int64 range checks, spec nesting and size caps come with the limits branch "
-                                       "of issue 9: drop this mark when merging it (the test must pass then)")
 def test_fuzz_valid_specs_with_extreme_values_then_a_normal_job_succeeds(start_coordinator):
     seed = int(os.environ.get("GRADMESH_FUZZ_SEED", str(random.randrange(1 << 30))))
     print(f"spec fuzz seed {seed} (replay with GRADMESH_FUZZ_SEED={seed})")

@@ -93,6 +93,15 @@ def test_huge_page_tokens_and_priorities_are_invalid_argument(idle, api):
         expect_error(INVALID, api.ListJobs, pb.ListJobsRequest(page_token=token))
         expect_error(INVALID, api.GetMetrics, pb.GetMetricsRequest(job_id=job_id, page_token=token))
     expect_error(INVALID, submit, api, {**small_digits_spec(), "priority": 1 << 70})
+    for priority in ((1 << 63) - 1, -(1 << 63), 1 << 31):  # int64 in the spec, int32 on the wire (Job.priority)
+        err = expect_error(INVALID, submit, api, {**small_digits_spec(), "priority": priority})
+        assert field_of(err) == "priority"
+
+
+def test_a_dataset_path_too_long_for_the_filesystem_is_invalid_argument(idle, api):
+    spec = {**small_digits_spec(), "data": {"source": "\u30b8" * 300 + ".npz"}}  # 900 bytes in one name
+    err = expect_error(INVALID, submit, api, spec)
+    assert field_of(err) == "data.source" and "not a usable path" in err.details()
     expect_error(INVALID, submit, api, {**small_digits_spec(), "fault": {"max_restarts": 10 ** 6}})
     expect_error(INVALID, submit, api, {**small_digits_spec(), "fault": {"backoff_s": 1e300}})
 

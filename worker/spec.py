@@ -349,6 +349,8 @@ def _check_section(obj: Any, prefix: str) -> None:
     elif isinstance(obj, JobSpec):
         _require(0 < len(obj.name) <= 128, p + "name", "must be 1..128 characters")
         _require(1 <= obj.workers <= 4096, p + "workers", "must be in 1..4096")
+        # the API carries a job's priority as an int32 (gradmesh.v1.Job.priority)
+        _require(-(1 << 31) <= obj.priority < (1 << 31), p + "priority", "must fit in 32 bits (-2**31..2**31-1)")
 
 
 def _check_cross_fields(spec: JobSpec) -> None:
