@@ -169,6 +169,11 @@ def _open_images(file: Path) -> np.ndarray:
         raise DataError(f"data.source: cannot read {file}: {exc.strerror or exc}") from None
 
 
+def images(file: Path) -> ScaledImages:
+    """The images of an idx3 file alone (predicting needs no labels)."""
+    return ScaledImages(_open_images(file))
+
+
 def load_pair(images: Path, labels: Path) -> tuple[ScaledImages, np.ndarray]:
     x, y = _open_images(images), _read_labels(labels)
     if len(x) != len(y):
