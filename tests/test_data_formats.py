@@ -130,7 +130,7 @@ def test_idx_gz_idx_plain_and_csv_train_exactly_like_the_same_arrays_from_npz(tm
     assert finals["idx-two-paths"]["layers.0.W"].shape == finals["idx-npz"]["layers.0.W"].shape
     caches = sorted(p.name for p in tmp_path.glob(".train.csv.gradmesh-*"))
     assert len(caches) == 2 and caches[0].endswith(".x.npy") and caches[1].endswith(".y.npy"), caches
-    assert len(list((tmp_path / "gz").glob(".train-images-idx3-ubyte.gz.gradmesh-*.x.npy"))) == 2  # train, t10k
+    assert len(list((tmp_path / "gz").glob(".*-images-idx3-ubyte.gz.gradmesh-*.x.npy"))) == 2  # train, t10k
 
 
 def test_a_changed_csv_gets_a_new_cache_and_the_stale_one_is_deleted(tmp_path):
@@ -217,6 +217,15 @@ def _sparse_idx(directory, n: int, pixels: int = 784) -> int:
     return images.stat().st_size
 
 
+def _is_rank(pid: int) -> bool:
+    """An MPI rank (hydra gives it PMI_RANK), not mpirun or its proxy."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return any(v.startswith(b"PMI_RANK=") for v in f.read().split(b"\0"))
+    except OSError:
+        return False
+
+
 def _peak_memory(tmp_path, name: str, source: str) -> list[dict[str, int]]:
     """Train 5 steps under mpirun -n 2 and sample each rank's memory (kB) from /proc until it ends."""
     text = (f'name = "mem"\n[model]\nlayers = [784, 32, 10]\n[data]\nsource = "{source}"\nval_fraction = 0.0\n'
@@ -225,7 +234,7 @@ def _peak_memory(tmp_path, name: str, source: str) -> list[dict[str, int]]:
 
     def sample(marker):
         while True:
-            ranks = [pid for pid, cmd in processes_with_marker(marker) if "-m worker" in cmd]
+            ranks = [pid for pid, _ in processes_with_marker(marker) if _is_rank(pid)]
             for pid in ranks:
                 try:
                     fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))

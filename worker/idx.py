@@ -126,7 +126,7 @@ def _read_labels(file: Path) -> np.ndarray:
         raise DataError(f"data.source: cannot read {file}: {exc.strerror or exc}") from None
     dims = _header(data[:12], file, 1)
     _check_size(file, dims, len(data) - 8)
-    return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
+    return np.frombuffer(data, np.uint8, offset=8)  # kept as bytes: 1 byte per example, not 8
 
 
 def _decompress_images(file: Path, out: Path) -> None:
