@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.spec import JobSpec
+from worker.spec import JobSpec, is_csv_source, is_idx_file_source
 
 F32 = 4
 RUNTIME_BYTES = 160 << 20      # python + numpy + mpi4py + grpc in one rank, measured ~120 MiB
@@ -79,6 +79,8 @@ def data_bytes(spec: JobSpec, dataset: Path | None = None) -> int:
         s = spec.data.synthetic
         # x, the centres[y] temporary added to it, the labels (int64) and the class centres
         return 2 * F32 * s.samples * s.features + 8 * s.samples + F32 * s.classes * s.features
+    if is_csv_source(source) or is_idx_file_source(source):
+        return 0  # memory-mapped like a directory of .npy (a CSV through its converted cache)
     if dataset is not None and dataset.is_file():
         try:
             with zipfile.ZipFile(dataset) as z:

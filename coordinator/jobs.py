@@ -207,6 +207,8 @@ class Jobs:
             spec = parse_spec(raw)
             if spec.source_is_path:
                 raw["data"]["source"] = str(validate.dataset_path(spec.data.source, self.data_roots))
+                if spec.data.labels:  # an IDX images file's labels file, held to the same roots
+                    raw["data"]["labels"] = str(validate.dataset_path(spec.data.labels, self.data_roots))
                 spec = parse_spec(raw)
         except SpecError as err:
             raise InvalidArgument(err.field, err.reason) from None

@@ -6,6 +6,10 @@ Sources (spec `[data] source`):
   FILE.npz     arrays `x`, `y` and optionally `x_val`, `y_val` (loaded whole: numpy cannot map inside a zip)
   DIRECTORY    `x.npy`, `y.npy` and optionally `x_val.npy`, `y_val.npy`, memory-mapped, so a rank reads
                only the rows of the batches it trains on
+  IDX          `train-images-idx3-ubyte[.gz]` and its labels as MNIST publishes them (a directory or the images
+               file), memory-mapped, pixels scaled to [0, 1] as rows are read: worker.idx
+  FILE.csv     a header row, `[data] label_column`, float features; converted once to a cached `.npy` beside
+               it and memory-mapped: worker.csvsource
 
 The sampler makes data parallelism exact and resumable: epoch e's order is the permutation drawn from
 (seed, e); global batch k of that epoch is positions [k·B, (k+1)·B) of it (the last may be short); rank r
@@ -132,17 +136,26 @@ def checked_path(file: Path) -> Path:
     return resolved
 
 
-def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str]:
+def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str, Path | None]:
+    """(x, y, x_val, y_val, description, the labels file when it is not the source itself)."""
     if spec.source == "digits":
         pixels, labels = digits_arrays()
         # pixel intensities 0..16 scaled to [0, 1], as image loaders do
         x = (pixels / 16.0).astype(np.float32)
-        return x, labels, None, None, "digits (scikit-learn, pixels scaled to [0, 1])"
+        return x, labels, None, None, "digits (scikit-learn, pixels scaled to [0, 1])", None
     if spec.source == "synthetic":
         s = spec.synthetic
         x, y = _synthetic(s.samples, s.features, s.classes, s.seed)
-        return x, y, None, None, f"synthetic {s.samples}×{s.features}, {s.classes} classes, seed {s.seed}"
+        return x, y, None, None, f"synthetic {s.samples}×{s.features}, {s.classes} classes, seed {s.seed}", None
     path = Path(spec.source).expanduser()
+    from worker import csvsource, idx  # they import this module's DataError and checked_path
+
+    if csvsource.is_csv(path) and path.is_file():
+        return csvsource.load(path, spec.label_column)
+    if (idx.is_idx_file(path) and path.is_file()) or (path.is_dir() and idx.is_idx_dir(path)):
+        if path.is_dir() and (path / "x.npy").exists():
+            raise DataError(f"data.source: {path} holds both x.npy and IDX files: name the IDX images file instead")
+        return idx.load(path, spec.labels)
     if path.is_dir():
         arrays = {}
         for name in ("x", "y", "x_val", "y_val"):
@@ -168,10 +181,10 @@ def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
             raise DataError(f"data.source: {where} has no array {required!r} (found: {', '.join(sorted(arrays)) or 'none'})")
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"data.source: {where} must have both x_val and y_val, or neither")
-    return arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), where
+    return arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), where, None
 
 
-def _check_arrays(x, y, name: str, inputs: int, outputs: int, loss: str) -> None:
+def _check_arrays(x, y, name: str, inputs: int, outputs: int, loss: str, labels_name: str = "") -> None:
     if x.ndim != 2:
         raise DataError(f"data: {name} must be 2-D (examples × features), got shape {x.shape}")
     if x.shape[1] != inputs:
@@ -185,7 +198,8 @@ def _check_arrays(x, y, name: str, inputs: int, outputs: int, loss: str) -> None
             raise DataError(f"data: cross_entropy needs 1-D integer labels, got {y.dtype} {y.shape}")
         low, high = int(np.min(y)), int(np.max(y))
         if low < 0 or high >= outputs:
-            raise DataError(f"data: labels span {low}..{high} but the model has {outputs} outputs")
+            raise DataError(f"data: {labels_name or name}: labels span {low}..{high} but the model has {outputs} "
+                            f"outputs")
     else:
         width = 1 if y.ndim == 1 else y.shape[1]
         if width != outputs:
@@ -212,11 +226,12 @@ def _validation_rows(y, fraction: float, seed: int, stratify: bool) -> np.ndarra
 
 def load_dataset(spec: DataSpec, layers: tuple[int, ...], loss: str, seed: int) -> Dataset:
     """Load the source, check it against the model, split off validation data when none is given."""
-    x, y, x_val, y_val, where = _load_source(spec)
+    x, y, x_val, y_val, where, labels_file = _load_source(spec)
     inputs, outputs = layers[0], layers[-1]
-    _check_arrays(x, y, "x", inputs, outputs, loss)
+    builtin = spec.source in ("digits", "synthetic")
+    _check_arrays(x, y, "x" if builtin else f"{where}: x", inputs, outputs, loss, str(labels_file or ""))
     if x_val is not None:
-        _check_arrays(x_val, y_val, "x_val", inputs, outputs, loss)
+        _check_arrays(x_val, y_val, f"{where}: x_val", inputs, outputs, loss)
         train = Split(x, y, np.arange(len(x)))
         val = Split(x_val, y_val, np.arange(len(x_val)))
     else:

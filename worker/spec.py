@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +63,12 @@ class SyntheticSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str = "digits"        # digits | synthetic | path to a .npz | directory of .npy files
+    source: str = "digits"        # digits | synthetic | path to a .npz | directory of .npy files | IDX | .csv
     val_fraction: float = 0.1     # held out from the training data when the source has no validation set
     normalize: str = "none"       # none | standard (per-feature mean/std of the training split)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    label_column: str = "label"   # a .csv source: the header's name of the label column; the rest are features
+    labels: str = ""              # an IDX images file: its labels file ("" = the published name beside it)
 
 
 @dataclass(frozen=True)
@@ -217,9 +220,25 @@ def _unused_settings(spec: JobSpec) -> list[tuple[str, str, str]]:
     if spec.data.source != "synthetic":
         unused.append(("data", "synthetic", f'[data.synthetic] is only read when source = "synthetic"; this '
                                             f'job\'s source is {_short(spec.data.source)}'))
+    if not is_csv_source(spec.data.source):
+        unused.append(("data", "label_column", f"only a .csv source has a label column; this job's source is "
+                                               f"{_short(spec.data.source)}"))
+    if not is_idx_file_source(spec.data.source):
+        unused.append(("data", "labels", f"only an IDX images file (train-images-idx3-ubyte[.gz]) takes a labels "
+                                         f"file; this job's source is {_short(spec.data.source)}"))
     if spec.fault.max_restarts == 0:
         unused.append(("fault", "backoff_s", "max_restarts = 0: there is no relaunch to wait for"))
     return unused
+
+
+def is_csv_source(source: str) -> bool:
+    """A CSV source is named by its suffix (the worker reads it: worker.csvsource)."""
+    return source.lower().endswith(".csv")
+
+
+def is_idx_file_source(source: str) -> bool:
+    """An IDX file is named as published: ...idx3-ubyte[.gz] (the worker reads it: worker.idx)."""
+    return re.search(r"idx\d-ubyte(\.gz)?$", source) is not None
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -315,6 +334,9 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(len(obj.source) <= 4096 and "\0" not in obj.source, p + "source",
                  "must be a path of at most 4096 characters, without NUL")
         _require(0.0 <= obj.val_fraction < 1.0, p + "val_fraction", "must be in [0, 1)")
+        _require(0 < len(obj.label_column) <= 1024, p + "label_column", "must be 1..1024 characters")
+        _require(len(obj.labels) <= 4096 and "\0" not in obj.labels, p + "labels",
+                 "must be a path of at most 4096 characters, without NUL")
         _one_of(obj.normalize, NORMALIZATIONS, p + "normalize")
     elif isinstance(obj, TrainSpec):
         _require(obj.epochs >= 0, p + "epochs", "must not be negative")

@@ -11,6 +11,9 @@
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
     gradmesh plot ID [ID ...] -o curves.png         # curves of several jobs on shared axes (extra: plot)
     gradmesh metrics ID --csv > history.csv         # the history for spreadsheets and pandas
+    gradmesh evaluate best.npz --data mnist/ --split val    # loss, accuracy, confusion matrix (or a job ID --best)
+    gradmesh predict best.npz --data new.csv -o predictions.npy
+    gradmesh export best.npz -o model.onnx          # ONNX graph (extra: onnx)
 
 Where the coordinator is: --address or GRADMESH_ADDRESS (default 127.0.0.1:50051). The token: --token,
 GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh when it has one); --tls-ca for TLS.
@@ -29,6 +32,8 @@ from coordinator.cli.commands import (
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
+from coordinator.cli import evaluate as evaluate_cli
+from coordinator.cli.export import cmd_export
 from coordinator.cli.plot import cmd_plot
 from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.limits import Limits
@@ -134,6 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--best", action="store_true", help="the one with the lowest validation loss")
     which.add_argument("--latest", action="store_true", help="the newest (default)")
     p.add_argument("-o", "--output", required=True, help="file to write")
+
+    p = command("evaluate", evaluate_cli.cmd_evaluate, "loss, accuracy and confusion matrix of a checkpoint on a "
+                                                       "data source, computed here")
+    evaluate_cli.add_arguments(p)
+
+    p = command("predict", evaluate_cli.cmd_predict, "a checkpoint's class probabilities (or mse outputs) for a data "
+                                                     "source, into a .npy")
+    evaluate_cli.add_arguments(p, predicting=True)
+    p.add_argument("-o", "--output", required=True, help="the .npy file to write")
+
+    p = command("export", cmd_export, "write a checkpoint as an ONNX model (needs: pip install 'gradmesh[onnx]')")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job id to download one from")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="with a job id: the checkpoint at this step")
+    which.add_argument("--best", action="store_true", help="with a job id: the one with the lowest validation loss")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
 
     p = command("demo", run_demo, "train the digits MLP on 2 workers through an embedded coordinator",
                 json_flag=False)

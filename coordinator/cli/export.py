@@ -1,0 +1,28 @@
+"""`gradmesh export CHECKPOINT -o model.onnx`: a checkpoint (a file, or a job id to download it from) as an
+ONNX graph (worker.onnx_export). The `onnx` package is an optional extra: pip install 'gradmesh[onnx]'."""
+from __future__ import annotations
+
+from coordinator.cli.commands import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
+from coordinator.cli.evaluate import checkpoint_file
+from coordinator.cli.render import print_json
+
+
+def cmd_export(args) -> int:
+    try:
+        import onnx  # noqa: F401  (only to say what is missing before anything is downloaded)
+    except ImportError:
+        raise CliError("export needs the onnx package: pip install 'gradmesh[onnx]'", EXIT_ERROR) from None
+    from worker.checkpoint import CheckpointError
+    from worker.onnx_export import export_onnx
+
+    with checkpoint_file(args) as path:
+        try:
+            written = export_onnx(path, args.output)
+        except CheckpointError as exc:
+            raise CliError(f"{args.checkpoint}: {exc}", EXIT_USAGE) from None
+    if args.json:
+        print_json({"output": str(written), "bytes": written.stat().st_size})
+    else:
+        print(f"wrote {written} ({written.stat().st_size} bytes): input x (batch × features), outputs "
+              f"logits/probabilities or outputs")
+    return EXIT_OK
