@@ -102,8 +102,9 @@ def points_on_page(page) -> int:
 
 def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
     srv = start_coordinator(slots=2, http_port=0)
+    # keep_last high: at thousands of steps a second a checkpoint must outlive the click that downloads it
     spec = digits_toml("browser-digits", steps=200_000, workers=1, batch_size=32, eval_every=25, every_steps=1000,
-                       keep_last=3)
+                       keep_last=30)
     job_id = srv.core.jobs.submit(spec, job_id="browser-digits")[0].job.id
     base = srv.dashboard.url.rstrip("/")
 

@@ -7,12 +7,14 @@
 
 `gradmesh serve` starts it next to the gRPC server (`--http-port`, default the gRPC port + 1; 0 disables).
 
-    http.py     routing, the session cookie, CSRF checks, server-sent events, error statuses (a thin adapter
-                over the same core objects as the gRPC servicer)
+    http.py     routing, CSRF checks, server-sent events, error statuses (a thin adapter over the same core
+                objects as the gRPC servicer)
+    session.py  the stateless session cookie and its CSRF token
+    app.py      the state the routes share, the HTTP(S) server, start and stop
     views.py    the core's records as the JSON the pages render
     static/     the pages (plain HTML, CSS and JavaScript, no build step) and uPlot 1.6.32 (MIT, vendored
                 with its licence: the dashboard works offline)
 """
-from coordinator.dashboard.http import RunningDashboard, start_dashboard
+from coordinator.dashboard.app import RunningDashboard, start_dashboard
 
 __all__ = ["RunningDashboard", "start_dashboard"]

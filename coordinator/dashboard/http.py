@@ -31,36 +31,32 @@ come from this origin. A refused POST is 403 and never reaches the core.
 """
 from __future__ import annotations
 
-import hashlib
-import html
 import hmac
 import json
 import logging
 import mimetypes
 import re
-import secrets
 import socket
 import ssl
-import threading
 import time
 from http import HTTPStatus
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import parse_qs, quote, urlsplit
 
-from coordinator.core import Coordinator
 from coordinator.dashboard import views
+from coordinator.dashboard.session import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX_AGE
 from coordinator.errors import GradmeshError, InvalidArgument, Unauthenticated
-from coordinator.jobs import LIST_PAGE_MAX
 from coordinator.states import JobState
+
+if TYPE_CHECKING:
+    from coordinator.dashboard.app import DashboardServer
 
 log = logging.getLogger("gradmesh.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
-SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "gradmesh_session", "gradmesh_csrf", "X-CSRF-Token"
-SESSION_MAX_AGE = 30 * 86400
 LIST_LIMIT = 500          # jobs in one list answer (newest first); the page says when there are more
 LIST_MIN_INTERVAL = 0.25  # a busy coordinator re-sends the list at most this often to each open page
 HEARTBEAT_S = 15.0        # an idle event stream writes a comment this often, which finds closed pages
@@ -89,34 +85,6 @@ class Forbidden(Exception):
 
 class _Gone(Exception):
     """The page closed its connection."""
-
-
-class Sessions:
-    """Stateless sessions derived from the client token (see the module docstring)."""
-
-    def __init__(self, token: str):
-        self._key = token.encode()
-
-    def _mac(self, message: str) -> str:
-        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
-
-    def check_token(self, token: str) -> bool:
-        return hmac.compare_digest(token.strip().encode(), self._key)
-
-    def new(self) -> tuple[str, str]:
-        """(session cookie, CSRF token) of a new session."""
-        nonce = secrets.token_hex(16)
-        return f"{nonce}.{self._mac('session:' + nonce)}", self.csrf(nonce)
-
-    def csrf(self, nonce: str) -> str:
-        return self._mac("csrf:" + nonce)
-
-    def nonce(self, cookie: str) -> str | None:
-        """The session's nonce when the cookie is one of ours, else None."""
-        nonce, _, mac = cookie.partition(".")
-        if nonce and hmac.compare_digest(mac.encode(), self._mac("session:" + nonce).encode()):
-            return nonce
-        return None
 
 
 class Route:
@@ -469,89 +437,3 @@ ROUTES = [
     Route("POST", "/api/jobs" + JOB + "/cancel", Handler.cancel),
     Route("POST", "/api/jobs" + JOB + "/resume", Handler.resume),
 ]
-
-
-class Dashboard:
-    """What the routes share: the core, the sessions, the static files (read once, they are small)."""
-
-    def __init__(self, core: Coordinator, token: str, scheme: str):
-        self.core = core
-        self.sessions = Sessions(token)
-        self.scheme = scheme
-        self.routes = ROUTES
-        self.static = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
-
-    def newest(self, states: list[int]) -> tuple[list, bool]:
-        """Up to LIST_LIMIT jobs, newest first, in the core's pages; and whether there are more."""
-        jobs, token = [], ""
-        while True:
-            page, token = self.core.jobs.list(states, LIST_PAGE_MAX, token)
-            jobs += page
-            if not token or len(jobs) >= LIST_LIMIT:
-                return jobs[:LIST_LIMIT], bool(token) or len(jobs) > LIST_LIMIT
-
-    def listing(self, states: list[int]) -> dict[str, Any]:
-        jobs, more = self.newest(states)
-        if states and int(JobState.RUNNING) not in states:
-            running_views = self.newest([int(JobState.RUNNING)])[0]
-        else:
-            running_views = [v for v in jobs if v.job.state is JobState.RUNNING]
-        running = [a for v in running_views for a in self.core.jobs.attempts(v.job.id)[-1:] if not a.ended]
-        return {"jobs": [views.job(v) for v in jobs], "more": more,
-                "slots": views.slots(self.core.scheduler.usage(), running)}
-
-    def login_page(self, next_path: str, failed: bool = False) -> bytes:
-        """login.html with the page to return to and, after a wrong token, the reason."""
-        page = self.static["login.html"].decode()
-        message = "That is not this coordinator's client token." if failed else ""
-        return (page.replace("{{next}}", html.escape(next_path if next_path.startswith("/") else "/"))
-                .replace("{{message}}", message).encode())
-
-    def detail(self, job_id: str, view=None) -> dict[str, Any]:
-        jobs = self.core.jobs
-        return views.job_detail(view or jobs.get(job_id), jobs.attempts(job_id), jobs.list_checkpoints(job_id))
-
-
-class DashboardServer(ThreadingHTTPServer):
-    daemon_threads = True  # an open event stream must not hold up the coordinator's stop
-    app: Dashboard
-
-    def handle_error(self, request, client_address) -> None:
-        # a failed TLS handshake or a peer gone mid-request: not worth a traceback on the coordinator's stderr
-        log.debug("dashboard: connection from %s failed", client_address, exc_info=True)
-
-
-class RunningDashboard:
-    """A dashboard serving in a thread of its own: `url`, `port`, `stop()`."""
-
-    def __init__(self, httpd: DashboardServer, url: str):
-        self.httpd, self.url, self.port = httpd, url, httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="gradmesh-dashboard", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(timeout=5)
-
-
-def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", port: int = 0,
-                    tls_cert: Path | None = None, tls_key: Path | None = None) -> RunningDashboard:
-    """Serve the dashboard of `core` on host:port (0 = any free port), over TLS when given a certificate."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_cls = type("DashboardServer", (DashboardServer,), {"address_family": family})
-    try:
-        httpd = server_cls((host, port), Handler)
-    except OSError as err:
-        raise OSError(f"dashboard: cannot listen on {host}:{port}: {err.strerror or err}") from None
-    scheme = "http"
-    if tls_cert is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(tls_cert), str(tls_key))
-        # the handshake happens in the connection's own thread (at its first read), not in the accept loop
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
-        scheme = "https"
-    httpd.app = Dashboard(core, token, scheme)
-    shown = f"[{host}]" if ":" in host else host
-    return RunningDashboard(httpd, f"{scheme}://{shown}:{httpd.server_address[1]}/")
