@@ -167,12 +167,14 @@ class Jobs:
 
     def cancel(self, job_id: str, checkpoint: bool = False) -> JobView:
         job = find_job(self.store, job_id)
-        if job.state is JobState.QUEUED:
+        if job.state is JobState.QUEUED and not self.supervisor.is_active(job.id):  # (active: in Slurm's queue)
             try:
                 self.store.transition(job.id, JobState.CANCELLED, "cancelled before it started",
                                       expect=[JobState.QUEUED])
             except IllegalTransition:
                 return self.cancel(job_id, checkpoint)  # it started meanwhile: cancel the running job
+            if self.supervisor.is_active(job.id):  # handed to Slurm meanwhile (it stays QUEUED there): scancel it
+                self.supervisor.request_stop(job.id, 0.0)
             self.signal.changed()
             self.wake_scheduler()
             return self.get(job_id)

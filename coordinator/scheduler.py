@@ -25,6 +25,7 @@ from coordinator.records import JobRow
 from coordinator.store import Store
 
 log = logging.getLogger("gradmesh.scheduler")
+UNLIMITED_SLOTS = 1 << 30
 
 
 class Attempts(Protocol):
@@ -59,6 +60,11 @@ class SlotPool:
     @classmethod
     def local_pool(cls, slots: int) -> "SlotPool":
         return cls([("localhost", slots)], local=True)
+
+    @classmethod
+    def unlimited(cls, name: str = "slurm") -> "SlotPool":
+        """No limit of ours: an executor with its own queue (Slurm) decides when and where jobs run."""
+        return cls([(name, UNLIMITED_SLOTS)])
 
     @property
     def total(self) -> int:

@@ -79,6 +79,11 @@ class WorkerApi:
         words whether the job exists or not."""
         validate.job_id(job_id)
         job = self.store.get_job(job_id)
+        if job is not None and job.state in (JobState.QUEUED, JobState.RESTARTING) and matches(token, job.token_hash) \
+                and self.store.waiting_attempt(job_id, job.attempts) is not None:
+            # the first call of ranks that waited in Slurm's queue: the job is RUNNING from now on
+            self.supervisor.ranks_called(job)
+            job = self.store.get_job(job_id)
         if job is None or job.state is not JobState.RUNNING or not matches(token, job.token_hash):
             raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not the token of a running attempt of job {job_id}",
                                   kind=KIND_TOKEN)
