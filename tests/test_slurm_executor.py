@@ -152,7 +152,8 @@ def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, 
     first = serve.submit(tmp_path, "sb-first", steps=400)
     serve.wait_state(first, "RUNNING")
     second = serve.submit(tmp_path, "sb-second", steps=40)
-    wait_for(lambda: "PENDING" in serve.job(second)["message"], timeout=30, what="the second job to pend")
+    wait_for(lambda: "PENDING, reason Resources" in serve.job(second)["message"], timeout=30,
+             what="the second job to pend for resources")
     shown = serve.cli("status", second).stdout
     assert "QUEUED" in shown and "waiting in Slurm's queue" in shown and "Resources" in shown, shown
     assert "|gradmesh-sb-second-a1|PENDING|Resources" in squeue(slurm)
