@@ -97,6 +97,8 @@ class Supervisor:
     def launch(self, job: JobRow, allocation: Allocation) -> bool:
         """Start an attempt of `job` on `allocation`; False when it did not start (the slots are free again).
         An executor with a queue of its own (Slurm) leaves the job QUEUED/RESTARTING until its ranks call."""
+        if job.executor == EXTERNAL:
+            return False  # its user launches it
         token = new_token()
         token_hash = hash_token(token)
         hosts = format_hosts(allocation)

@@ -165,7 +165,8 @@ class Scheduler:
 
     def _start_pending(self) -> None:
         pending = scheduling_order(self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING))
-        pending = [j for j in pending if not self.attempts.is_active(j.id) and self.attempts.ready(j)]
+        # (a registered run is its user's to launch: never started here, even if a crash left it QUEUED)
+        pending = [j for j in pending if not j.executor and not self.attempts.is_active(j.id) and self.attempts.ready(j)]
         with self._lock:
             chosen = plan_starts(pending, self.pool.available)
         for job in chosen:

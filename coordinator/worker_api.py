@@ -29,7 +29,8 @@ from coordinator.errors import FailedPrecondition, InvalidArgument, ResourceExha
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
-from coordinator.records import CheckpointRow, JobRow, MetricRow
+from coordinator.launcher import Exit
+from coordinator.records import EXTERNAL, CheckpointRow, JobRow, MetricRow
 from coordinator.store import Store
 from coordinator.states import JobState
 from coordinator.tokens import matches
@@ -63,6 +64,7 @@ class ProgressReport:
     event: WorkerEvent = WorkerEvent.UNSPECIFIED
     message: str = ""
     failure: WorkerFailure | None = None
+    exit_code: int | None = None  # a registered run's last report: its rank 0 exits with this code
 
 
 class WorkerApi:
@@ -118,6 +120,12 @@ class WorkerApi:
             changed = self._progress(job, number, report) or changed
         if changed:
             self.signal.changed()
+        if job.executor == EXTERNAL and (report.failure is not None or (report.rank == 0 and
+                                                                        report.exit_code is not None)):
+            # a registered run ends when rank 0 says it exits, or a rank says it fails: nobody else can see it end
+            exit = Exit(report.exit_code, "the registered run", "" if report.exit_code is not None
+                        else "a rank reported a failure")
+            self.supervisor.end_external(job_id, number, exit)
         return job.cancel_requested, job.checkpoint_requested
 
     def _progress(self, job: JobRow, number: int, report: ProgressReport) -> bool:

@@ -216,3 +216,44 @@ def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
         assert f"re-adopting {job} attempt 1 (Slurm job {slurm_id})" in server.log.read_text()
     finally:
         server.stop()
+
+
+def registered_run(serve, slurm, tmp_path: Path, name: str, steps: int) -> tuple[subprocess.Popen, str, Path]:
+    """`srun --mpi=pmi2 -n 2 python -m worker --spec ... --register` started by hand, and its job id."""
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(digits_toml(name, steps=steps, eval_every=10))
+    out = tmp_path / "out"
+    proc = slurm.popen(["srun", "--mpi=pmi2", "-n", "2", sys.executable, "-m", "worker", "--spec", str(spec),
+                        "--coordinator", serve.address, "--register", "--data-dir", str(serve.data_dir),
+                        "--out", str(out)], env=cli_env(**WORKER_THREADS), cwd=tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = wait_for(lambda: next((r["id"] for r in serve.query("SELECT id FROM jobs WHERE name = ? AND executor = ?",
+                                                              name, "external")), None),
+                   timeout=60, what=f"{name} to register")
+    return proc, job, out
+
+
+def test_a_run_launched_with_srun_registers_streams_and_is_served(serve, slurm, tmp_path):
+    proc, job, out = registered_run(serve, slurm, tmp_path, "sb-own", steps=200)
+    listed = serve.cli("list").stdout
+    assert job in listed and "RUNNING" in listed, listed
+    watched = serve.cli("watch", job, "--json", timeout=120).stdout
+    points = [json.loads(line) for line in watched.splitlines() if '"metric"' in line]
+    assert len(points) >= 10, watched[-2000:]
+    assert proc.wait(timeout=60) == 0, proc.stdout.read()
+    row = serve.wait_state(job, "SUCCEEDED")
+    assert row["attempts"] == 1 and row["restarts"] == 0
+    got = tmp_path / "got.npz"
+    serve.cli("download", job, "--latest", "-o", str(got))
+    assert got.read_bytes() == (out / "final.npz").read_bytes()
+
+
+def test_cancel_stops_a_registered_run_at_a_step_boundary(serve, slurm, tmp_path):
+    proc, job, out = registered_run(serve, slurm, tmp_path, "sb-own-cancel", steps=20000)
+    wait_for(lambda: serve.job(job)["step"] >= 20, timeout=60, what="some steps")
+    serve.cli("cancel", job, "--checkpoint")
+    assert proc.wait(timeout=60) == 4, proc.stdout.read()  # 4: stopped on request, after a checkpoint
+    row = serve.wait_state(job, "CANCELLED")
+    assert "cancelled on request" in row["message"] and "last checkpoint at step" in row["message"], row["message"]
+    history = [t["state"] for t in serve.query("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", job)]
+    assert history == ["QUEUED", "RUNNING", "CANCELLED"]
