@@ -34,16 +34,17 @@ from typing import Sequence
 
 from coordinator.events import ChangeSignal
 from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
-from coordinator.launcher import Exit, WorkerProcess, build_mpirun_argv, build_worker_env, find_mpirun, log_tail
+from coordinator.executors import Ended, Executor, Handle, Launch, LocalExecutor
+from coordinator.launcher import Exit, build_worker_env, log_tail
 from coordinator.outcomes import Outcome, classify, decide
-from coordinator.processes import Identity
 from coordinator.states import IllegalTransition, JobState
-from coordinator.records import JobRow
+from coordinator.records import EXTERNAL, JobRow
 from coordinator.store import Store
 from coordinator.tokens import attempt_tag, hash_token, new_token
 from coordinator.watchdog import ProgressWatch
 
 log = logging.getLogger("gradmesh.attempts")
+EXTERNAL_SILENCE_S = 120.0  # a registered run that makes no progress this long (or its hang_timeout_s) is FAILED
 
 
 @dataclass
@@ -52,9 +53,11 @@ class Running:
     re-adopted: the plain token of an attempt launched by an earlier coordinator is not known)."""
     job_id: str
     attempt: int
-    process: WorkerProcess
+    process: Handle
     allocation: Allocation
     token: str | None = None
+    waiting: bool = False  # handed to a queue (Slurm) and its ranks have not called yet: the job is not RUNNING
+    note: str = ""         # the last waiting message shown
     end_note: str = ""  # put before a failure message (e.g. it ended while no coordinator watched)
     settle_failures: int = 0  # reaps at which its end could not be recorded (a full disk): logged sparingly
 
@@ -66,7 +69,7 @@ def _fault(job: JobRow) -> dict:
 class Supervisor:
     def __init__(self, store: Store, signal: ChangeSignal, *, data_dir: Path, local: bool,
                  tls_ca: Path | None = None, mpi_args: Sequence[str] = (), stop_grace_s: float = 5.0,
-                 data_roots: Sequence[Path] = ()):
+                 data_roots: Sequence[Path] = (), executor: Executor | None = None):
         self.store = store
         self.signal = signal
         self.data_dir = Path(data_dir)
@@ -77,6 +80,11 @@ class Supervisor:
         self.data_roots = tuple(Path(r) for r in data_roots)  # the ranks check every dataset file against them
         self.address = ""
         self.progress = ProgressWatch()
+        self.external = ProgressWatch()  # runs their users launched (--register): failed when silent too long
+        # where attempts run (coordinator.executors); the local one also re-adopts mpirun attempts of an
+        # earlier coordinator whatever this one's executor is
+        self.local_executor = LocalExecutor(store, local=local, mpi_args=self.mpi_args)
+        self.executor: Executor = executor or self.local_executor
         self._lock = threading.Lock()
         self._runs: dict[str, Running] = {}
         self._stops: dict[str, float] = {}        # job id → monotonic time at which to signal its group
@@ -87,45 +95,55 @@ class Supervisor:
     # ================================================================ the scheduler's interface
 
     def launch(self, job: JobRow, allocation: Allocation) -> bool:
-        """Start an attempt of `job` on `allocation`; False when it did not start (the slots are free again)."""
+        """Start an attempt of `job` on `allocation`; False when it did not start (the slots are free again).
+        An executor with a queue of its own (Slurm) leaves the job QUEUED/RESTARTING until its ranks call."""
+        if job.executor == EXTERNAL:
+            return False  # its user launches it
         token = new_token()
         token_hash = hash_token(token)
         hosts = format_hosts(allocation)
+        queued = self.executor.queues
+        restart = f" (restart {job.restarts})" if job.restarts else ""
+        message = (f"submitting to Slurm{restart}" if queued else f"running on {hosts}{restart}")
         try:
             attempt, _ = self.store.begin_attempt(
                 job.id, hosts=hosts, log_dir=self.data_dir / "logs" / job.id, run_dir=self.data_dir / "runs" / job.id,
-                token_hash=token_hash,
-                message=f"running on {hosts}" + (f" (restart {job.restarts})" if job.restarts else ""))
+                token_hash=token_hash, message=message, running=not queued)
         except IllegalTransition:
             return False  # cancelled between the scheduler's read and now
         self.signal.changed()
-        log_path, workdir = Path(attempt.log_path), Path(attempt.workdir)
         try:
-            argv = build_mpirun_argv(mpirun=find_mpirun(), python=sys.executable, workers=job.workers,
-                                     hosts=None if self.local else allocation, coordinator=self.address,
-                                     job_id=job.id, attempt=attempt.attempt, workdir=workdir, mpi_args=self.mpi_args)
             env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca,
                                    data_roots=self.data_roots)
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as f:
-                f.write(f"gradmesh: attempt {attempt.attempt} of {job.id}: {' '.join(argv)}\n")
-            process = WorkerProcess.start(argv, env, log_path, cwd=workdir)
+            process = self.executor.launch(Launch(job, attempt, allocation, env, self.address))
         except OSError as err:
-            message = f"could not start mpirun: {err}"
+            message = f"could not start {'sbatch' if queued else 'mpirun'}: {err}"
             self.store.end_attempt(job.id, attempt.attempt, exit_code=None, outcome="launch-failed", message=message)
             self._fail(job.id, message, attempt.attempt)
             return False
         with self._lock:
-            self._runs[job.id] = Running(job.id, attempt.attempt, process, allocation, token)
+            self._runs[job.id] = Running(job.id, attempt.attempt, process, allocation, token, waiting=queued)
             self._restart_at.pop(job.id, None)
-        self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
-        try:
-            identity = process.identity
-            self.store.record_launch(job.id, attempt.attempt, process.pid, process.pgid,
-                                     identity.start_ticks if identity else 0, identity.boot_id if identity else "")
-        except Exception:  # only re-adoption by a later coordinator needs it; the tag still finds the processes
-            log.exception("could not record the process group of %s attempt %d", job.id, attempt.attempt)
+        if not queued:
+            self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
         return True
+
+    def ranks_called(self, job: JobRow) -> None:
+        """The first call of the ranks of an attempt that waited in Slurm's queue: the job is RUNNING now, and
+        the hang watch starts."""
+        with self._lock:
+            run = self._runs.get(job.id)
+            if run is None or not run.waiting:
+                return
+            run.waiting = False
+        restart = f" (restart {job.restarts})" if job.restarts else ""
+        try:
+            self.store.transition(job.id, JobState.RUNNING, f"running as {run.process.where()}{restart}",
+                                  attempt=run.attempt, expect=[JobState.QUEUED, JobState.RESTARTING])
+        except IllegalTransition:
+            log.warning("job %s: its ranks called but it is no longer waiting", job.id)
+        self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
+        self.signal.changed()
 
     def reap(self) -> list[Allocation]:
         """Settle the attempts that ended; the allocations they held are free again."""
@@ -147,9 +165,8 @@ class Supervisor:
             return job_id in self._runs
 
     def ready(self, job: JobRow) -> bool:
-        """QUEUED jobs may start at once; RESTARTING ones after their backoff."""
-        if job.state is not JobState.RESTARTING:
-            return True
+        """QUEUED jobs may start at once; RESTARTING ones after their backoff (and so do QUEUED ones whose
+        Slurm job ended before its ranks ever ran)."""
         with self._lock:
             return time.monotonic() >= self._restart_at.get(job.id, 0.0)
 
@@ -170,6 +187,45 @@ class Supervisor:
                 self._stops[run.job_id] = math.inf  # signalled once; settling the attempt removes the entry
         for run in due:
             self._stop_in_background(run)
+        self._show_waiting()
+        self._fail_silent_external()
+
+    def _show_waiting(self) -> None:
+        """The job message of attempts waiting in Slurm's queue follows Slurm (its pending reason)."""
+        with self._lock:
+            waiting = [run for run in self._runs.values() if run.waiting]
+        for run in waiting:
+            text = run.process.waiting()
+            if text and text != run.note:
+                run.note = text
+                try:
+                    self.store.set_message(run.job_id, text)
+                except Exception:  # noqa: BLE001 - a message only; the next tick tries again
+                    run.note = ""
+                    continue
+                self.signal.changed()
+
+    # ================================================================ runs launched by their users
+
+    def track_external(self, job: JobRow) -> None:
+        """A registered run (executor "external"): never launched, restarted or killed here, but a run that
+        stops making progress for its hang timeout (at least EXTERNAL_SILENCE_S) ends FAILED."""
+        self.external.started(job.id, max(_fault(job).get("hang_timeout_s", 60.0), EXTERNAL_SILENCE_S))
+
+    def end_external(self, job_id: str, attempt: int, exit: Exit) -> None:
+        """Settle a registered run: its rank 0 said it exits (or a rank reported a failure)."""
+        self.external.forget(job_id)
+        self._settle(Running(job_id, attempt, Ended(exit), []), exit)
+
+    def _fail_silent_external(self) -> None:
+        for job_id, why in self.external.overdue():
+            job = self.store.get_job(job_id)
+            if job is None or job.state is not JobState.RUNNING:
+                continue
+            message = (why.replace("its process group was killed", "marked FAILED: its launcher owns its processes")
+                       + " (a run registered from outside the coordinator)")
+            self.store.end_attempt(job_id, job.attempts, exit_code=None, outcome="lost", message=message)
+            self._fail(job_id, message, job.attempts)
 
     # ================================================================ the core's interface
 
@@ -178,21 +234,23 @@ class Supervisor:
         re-adopted; the ones that ended while no coordinator watched are settled at the first reap. Returns
         the allocations they hold."""
         adopted = []
-        for job in self.store.jobs_in(JobState.RUNNING):
+        waiting = [j for j in self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING)
+                   if j.attempts and self.store.waiting_attempt(j.id, j.attempts) is not None]
+        for job in self.store.jobs_in(JobState.RUNNING) + waiting:
+            if job.executor == EXTERNAL:
+                self.track_external(job)
+                continue
             attempt = self.store.attempt(job.id, job.attempts)
             if attempt is None:
                 self._fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
                 continue
             allocation = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
-            recorded = Identity(attempt.start_ticks, attempt.boot_id) if attempt.boot_id else None
-            # the stored pid/pgid are only hints: WorkerProcess trusts them only while they still name this
-            # attempt's mpirun (identity and tag), so a reused pid or a reboot never gets an unrelated group killed
-            process = WorkerProcess.adopt(attempt.pid, attempt.pgid, tag=attempt_tag(job.token_hash),
-                                          identity=recorded)
-            run = Running(job.id, attempt.attempt, process, allocation)
+            process = self._adopt(job, attempt)
+            run = Running(job.id, attempt.attempt, process, allocation, waiting=job.state is not JobState.RUNNING)
             if process.alive():
-                log.info("re-adopting %s attempt %d (process group %d)", job.id, attempt.attempt, attempt.pgid)
-                self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
+                log.info("re-adopting %s attempt %d (%s)", job.id, attempt.attempt, process.where())
+                if not run.waiting:
+                    self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
             else:
                 run.end_note = "coordinator restarted while the job ran: "
             with self._lock:
@@ -201,6 +259,15 @@ class Supervisor:
         self._sweep_pending_uploads()
         self.signal.changed()
         return adopted
+
+    def _adopt(self, job: JobRow, attempt) -> Handle:
+        """The handle of a live attempt an earlier coordinator started: by its Slurm job id, or mpirun's group."""
+        if not attempt.slurm_job:
+            return self.local_executor.adopt(job, attempt)
+        if self.executor.queues:
+            return self.executor.adopt(job, attempt)
+        return Ended(Exit(None, "the Slurm job", f"submitted to Slurm as job {attempt.slurm_job}, and this "
+                                                 "coordinator runs without --executor slurm: not watched"))
 
     def _sweep_pending_uploads(self) -> None:
         """Remove the upload queues (.pending-uploads: links to checkpoints rank 0 had not sent yet) and partial
@@ -225,6 +292,9 @@ class Supervisor:
     def request_stop(self, job_id: str, delay_s: float) -> None:
         """Signal the job's process group after `delay_s` (the time its ranks get to stop on their own)."""
         with self._lock:
+            run = self._runs.get(job_id)
+            if run is not None and run.waiting:
+                delay_s = 0.0  # still in Slurm's queue: no rank to write a checkpoint
             self._stops.setdefault(job_id, time.monotonic() + delay_s)
 
     def forget_restart(self, job_id: str) -> None:
@@ -233,6 +303,7 @@ class Supervisor:
 
     def saw_progress(self, job_id: str, step: int, event: bool) -> None:
         self.progress.progress(job_id, step, event=event)
+        self.external.progress(job_id, step, event=event)
 
     def job_token(self, job_id: str) -> str:
         """The plain token of the job's running attempt, which this coordinator launched. KeyError otherwise:
@@ -335,14 +406,20 @@ class Supervisor:
 
     def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome) -> None:
         fault = _fault(job)
+        # a registered run's launcher owns its restarts
+        max_restarts = 0 if job.executor == EXTERNAL else fault.get("max_restarts", 2)
         decision = decide(outcome, attempt=run.attempt, restarts=job.restarts,
-                          max_restarts=fault.get("max_restarts", 2), backoff_s=fault.get("backoff_s", 1.0))
+                          max_restarts=max_restarts, backoff_s=fault.get("backoff_s", 1.0))
         if decision.state is JobState.RESTARTING:
             with self._lock:
                 self._restart_at[job.id] = time.monotonic() + decision.delay_s
+            if run.waiting:  # ended in Slurm's queue, before any rank ran: the job stays QUEUED (RESTARTING)
+                self.store.set_message(job.id, decision.message, restarted=True)
+                self.signal.changed()
+                return
         try:
             self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
-                                  expect=[JobState.RUNNING])
+                                  expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING])
         except IllegalTransition:
             log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
                         exit.describe())

@@ -34,7 +34,7 @@ def job_to_pb(v: JobView) -> pb.Job:
                  workers=j.workers, priority=j.priority, labels=j.labels, step=j.step, total_steps=j.total_steps,
                  epoch=j.epoch, samples_per_second=v.samples_per_second, eta_seconds=v.eta_seconds,
                  attempts=j.attempts, restarts=j.restarts, created_unix=j.created, started_unix=j.started,
-                 ended_unix=j.ended, history=[state_to_pb(t) for t in v.history])
+                 ended_unix=j.ended, history=[state_to_pb(t) for t in v.history], executor=j.executor)
     if v.latest is not None:
         msg.latest.CopyFrom(metric_to_pb(v.latest))
     if v.best is not None:
@@ -74,4 +74,5 @@ def progress_from_pb(r: pb.ReportProgressRequest) -> ProgressReport:
     else:
         event, failure = from_legacy(r.event, r.message)
     return ProgressReport(attempt=r.attempt, rank=r.rank, points=[metric_from_pb(p) for p in r.points], step=r.step,
-                          total_steps=r.total_steps, epoch=r.epoch, event=event, message=r.message, failure=failure)
+                          total_steps=r.total_steps, epoch=r.epoch, event=event, message=r.message, failure=failure,
+                          exit_code=r.exit_code if r.exiting else None)

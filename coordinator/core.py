@@ -35,17 +35,20 @@ from coordinator.worker_api import WorkerApi
 class Coordinator:
     def __init__(self, data_dir: Path, store: Store, pool: SlotPool, *, data_roots: Sequence[Path],
                  tls_ca: Path | None = None, stop_grace_s: float = 5.0, cancel_checkpoint_wait_s: float = 30.0,
-                 mpi_args: Sequence[str] = (), limits: Limits = Limits()):
+                 mpi_args: Sequence[str] = (), limits: Limits = Limits(), executor_factory=None):
         self.data_dir = Path(data_dir)
         self.store = store
         self.signal = ChangeSignal()
         self.checkpoints = Checkpoints(self.data_dir / "checkpoints", store)
         self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
-                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s, data_roots=data_roots)
+                                     mpi_args=mpi_args, stop_grace_s=stop_grace_s, data_roots=data_roots,
+                                     executor=executor_factory(store) if executor_factory else None)
         self.scheduler = Scheduler(store, pool, self.supervisor)
         self.limits = limits
         # a rank may use its host's memory divided by the host's slots (hosts of a pool are taken to be alike)
-        per_slot = limits.memory_per_slot_or(host_memory_bytes() // max(pool.capacity.values()))
+        # (under Slurm the nodes are not known here: only --memory-per-slot limits a rank)
+        queued = self.supervisor.executor.queues
+        per_slot = limits.memory_per_slot_or(0 if queued else host_memory_bytes() // max(pool.capacity.values()))
         self.jobs = Jobs(store, self.checkpoints, self.supervisor, self.signal, wake_scheduler=self.scheduler.wake,
                          total_slots=pool.total, data_roots=data_roots,
                          cancel_checkpoint_wait_s=cancel_checkpoint_wait_s, limits=limits, memory_per_slot=per_slot)

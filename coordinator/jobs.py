@@ -34,7 +34,8 @@ from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.states import IllegalTransition, JobState
-from coordinator.records import AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
+from coordinator.records import EXTERNAL, AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
+from coordinator.tokens import hash_token, new_token
 from coordinator.store import Store
 from coordinator.wire import KIND_JOB, METRICS_PAGE
 
@@ -135,6 +136,55 @@ class Jobs:
             self.wake_scheduler()
         return self.view(stored), created
 
+    def register(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
+                 workers: int = 0, hosts: str = "") -> tuple[JobView, str]:
+        """A run its user launched (`python -m worker --spec ... --register`): a job with executor "external",
+        RUNNING at once with attempt 1, and the worker token of that attempt. The run reads its own spec and
+        data: the dataset path is not checked against this coordinator's data roots, nor the workers against
+        its slots; the caps on spec, labels, points and checkpoints hold as for any job."""
+        if not spec_text.strip():
+            raise InvalidArgument("spec", "must not be empty (send the TOML or JSON text of a job spec)")
+        size = len(spec_text.encode("utf-8", "surrogatepass"))
+        if size > self.limits.spec_bytes:
+            raise InvalidArgument("spec", f"is {size} bytes; this coordinator takes at most {self.limits.spec_bytes} "
+                                          "(--max-spec-bytes)")
+        if job_id:
+            validate.job_id(job_id)
+        labels = validate.labels(labels or {}, self.limits)
+        validate.non_negative(workers, "workers")
+        if len(hosts) > 1000:
+            raise InvalidArgument("hosts", "at most 1000 characters")
+        try:
+            raw = load_raw(spec_text)
+            if validate.nesting_depth(raw) > self.limits.spec_depth:
+                raise SpecError("file", f"nested {validate.nesting_depth(raw)} deep; at most "
+                                        f"{self.limits.spec_depth} (--max-spec-depth)")
+            raw = parse_spec(raw).to_dict()
+            if workers:
+                raw["workers"] = workers
+            spec = parse_spec(raw)
+        except SpecError as err:
+            raise InvalidArgument(err.field, err.reason) from None
+        if not spec.source_is_path:
+            self._check_size(spec)
+        new_id = job_id or f"{_slug(spec.name)}-{secrets.token_hex(4)}"
+        row = JobRow(id=new_id, name=spec.name, spec_json=spec.to_json(), state=JobState.QUEUED, workers=spec.workers,
+                     priority=spec.priority, labels=labels, created=time.time(), total_steps=spec.train.steps,
+                     executor=EXTERNAL)
+        with self._creating:
+            stored, created = self.store.create_job(row, message="registered by its launcher")
+        if not created:
+            raise AlreadyExists(f"job_id: job {new_id} already exists; a registered run needs a new id", kind=KIND_JOB)
+        token = new_token()
+        where = hosts or f"{spec.workers} rank(s)"
+        self.store.begin_attempt(new_id, hosts=hosts, log_dir=self.supervisor.data_dir / "logs" / new_id,
+                                 run_dir=self.supervisor.data_dir / "runs" / new_id, token_hash=hash_token(token),
+                                 message=f"running outside the coordinator ({where}); launched and restarted by its user")
+        job = find_job(self.store, new_id)
+        self.supervisor.track_external(job)
+        self.signal.changed()
+        return self.view(job), token
+
     def get(self, job_id: str) -> JobView:
         # Every visible write bumps the change signal, so a view built at the current version is still
         # exact; polling clients (GetJob in a loop) then cost a dict lookup instead of four queries.
@@ -167,12 +217,14 @@ class Jobs:
 
     def cancel(self, job_id: str, checkpoint: bool = False) -> JobView:
         job = find_job(self.store, job_id)
-        if job.state is JobState.QUEUED:
+        if job.state is JobState.QUEUED and not self.supervisor.is_active(job.id):  # (active: in Slurm's queue)
             try:
                 self.store.transition(job.id, JobState.CANCELLED, "cancelled before it started",
                                       expect=[JobState.QUEUED])
             except IllegalTransition:
                 return self.cancel(job_id, checkpoint)  # it started meanwhile: cancel the running job
+            if self.supervisor.is_active(job.id):  # handed to Slurm meanwhile (it stays QUEUED there): scancel it
+                self.supervisor.request_stop(job.id, 0.0)
             self.signal.changed()
             self.wake_scheduler()
             return self.get(job_id)

@@ -111,10 +111,15 @@ def build_worker_env(base: Mapping[str, str], *, job_token: str, attempt_tag: st
 @dataclass(frozen=True)
 class Exit:
     """How an attempt ended. `code` is None when unknown (an adopted group whose leader was not our child);
-    negative = killed by that signal (Popen's convention)."""
+    negative = killed by that signal (Popen's convention). `launcher` names what ran the ranks in failure
+    messages, and `detail` is what it said about the end (Slurm's job state and reason: coordinator.slurm)."""
     code: int | None
+    launcher: str = "mpirun"
+    detail: str = ""
 
     def describe(self) -> str:
+        if self.detail:
+            return self.detail if self.code is None else f"{describe_exit(self.code)}; {self.detail}"
         return describe_exit(self.code)
 
 
@@ -193,6 +198,13 @@ class WorkerProcess:
         if self._popen is not None:
             return True
         return self.pgid == self.pid and processes.is_ours(self.pid, self.tag, self.identity)
+
+    def where(self) -> str:
+        return f"process group {self.pgid}"
+
+    def waiting(self) -> str | None:
+        """Never: mpirun starts the ranks at once (a Slurm job may wait in Slurm's queue first)."""
+        return None
 
     def alive(self) -> bool:
         """Whether any process of the attempt still runs (mpirun's group, when it is ours, or a tagged process)."""

@@ -94,7 +94,7 @@ def classify(exit: Exit, *, cancel_requested: bool, final_checkpoint_step: int |
         if not failure.retryable:
             return Outcome(JobState.FAILED, False, f"{cause} ({exit.describe()}); not retried{tail_text}", word)
         if failure.rank is None:  # a report from before typed failures: its message names no rank
-            return Outcome(JobState.FAILED, True, f"mpirun failed with {exit.describe()}: {cause}{tail_text}", word)
+            return Outcome(JobState.FAILED, True, f"{exit.launcher} failed with {exit.describe()}: {cause}{tail_text}", word)
         return Outcome(JobState.FAILED, True, f"{cause} ({exit.describe()}){tail_text}", word)
     if code == 3:
         return Outcome(JobState.FAILED, False, f"loss became NaN or infinite ({exit.describe()}); not retried"
@@ -114,7 +114,7 @@ def classify(exit: Exit, *, cancel_requested: bool, final_checkpoint_step: int |
         return Outcome(JobState.FAILED, True, f"workers ended while not supervised ({exit.describe()}){said}{tail_text}",
                        "lost")
     said = f": {cause}" if cause else ""
-    return Outcome(JobState.FAILED, True, f"mpirun failed with {exit.describe()}{said}{tail_text}", "failed")
+    return Outcome(JobState.FAILED, True, f"{exit.launcher} failed with {exit.describe()}{said}{tail_text}", "failed")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ class JobRow:
     checkpoint_requested: bool = False
     token_hash: str = ""
     seq: int = 0
+    executor: str = ""  # "" = this coordinator's executor; EXTERNAL = launched by its user, only tracked here
+
+
+EXTERNAL = "external"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class AttemptRow:
     pgid: int = 0
     start_ticks: int = 0   # mpirun's start time and boot (processes.Identity); 0 and "" when not recorded
     boot_id: str = ""
+    slurm_job: str = ""    # the Slurm job id of an attempt submitted with sbatch ('' = mpirun here)
     ended: float = 0.0
     exit_code: int | None = None
     outcome: str = ""

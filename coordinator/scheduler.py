@@ -25,6 +25,7 @@ from coordinator.records import JobRow
 from coordinator.store import Store
 
 log = logging.getLogger("gradmesh.scheduler")
+UNLIMITED_SLOTS = 1 << 30
 
 
 class Attempts(Protocol):
@@ -59,6 +60,11 @@ class SlotPool:
     @classmethod
     def local_pool(cls, slots: int) -> "SlotPool":
         return cls([("localhost", slots)], local=True)
+
+    @classmethod
+    def unlimited(cls, name: str = "slurm") -> "SlotPool":
+        """No limit of ours: an executor with its own queue (Slurm) decides when and where jobs run."""
+        return cls([(name, UNLIMITED_SLOTS)])
 
     @property
     def total(self) -> int:
@@ -159,7 +165,8 @@ class Scheduler:
 
     def _start_pending(self) -> None:
         pending = scheduling_order(self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING))
-        pending = [j for j in pending if not self.attempts.is_active(j.id) and self.attempts.ready(j)]
+        # (a registered run is its user's to launch: never started here, even if a crash left it QUEUED)
+        pending = [j for j in pending if not j.executor and not self.attempts.is_active(j.id) and self.attempts.ready(j)]
         with self._lock:
             chosen = plan_starts(pending, self.pool.available)
         for job in chosen:

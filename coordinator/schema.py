@@ -116,9 +116,24 @@ ATTEMPT_LAUNCH_COLUMNS = {
 }
 
 
+# Where an attempt runs when not under this coordinator's own mpirun: the Slurm job it was submitted as (the
+# handle a later coordinator re-adopts it by, no PIDs involved).
+ATTEMPT_SLURM_COLUMNS = {
+    "slurm_job": "TEXT NOT NULL DEFAULT ''",        # Slurm's job id ('' = launched by mpirun here)
+}
+
+# Who runs a job's attempts: '' = this coordinator's executor (local mpirun or Slurm), 'external' = a run its
+# user launched and registered (python -m worker --register): never launched, restarted or killed by us.
+JOB_EXECUTOR_COLUMNS = {
+    "executor": "TEXT NOT NULL DEFAULT ''",
+}
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
-    for name, decl in {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS}.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE attempts ADD COLUMN {name} {decl}")
+    for table, columns in (("attempts", {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS, **ATTEMPT_SLURM_COLUMNS}),
+                           ("jobs", JOB_EXECUTOR_COLUMNS)):
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")

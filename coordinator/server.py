@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import stat
+import sys
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from coordinator.limits import Limits
 from coordinator.dashboard import RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
+from coordinator.slurm import SlurmExecutor, check_slurm
 from coordinator.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store import Store
 from coordinator.tokens import hash_token
@@ -54,6 +56,15 @@ from coordinator import wire
 from coordinator.wire import SERVER_OPTIONS
 
 log = logging.getLogger("gradmesh.server")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """`gradmesh serve --executor slurm`'s settings (coordinator.slurm)."""
+    partition: str = ""
+    account: str = ""
+    sbatch_args: tuple[str, ...] = ()
+    poll_s: float = 1.0   # how often Slurm's controller is asked about the jobs (scontrol)
 
 JOB_SERVICE = pb.DESCRIPTOR.services_by_name["JobService"].full_name
 WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -164,7 +175,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  hosts: list[tuple[str, int]] | None = None, data_roots: list[Path] | None = None,
                  token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
                  advertise_address: str | None = None, limits: Limits | None = None,
-                 call_limits: CallLimits | None = None, http_port: int | None = None) -> RunningServer:
+                 call_limits: CallLimits | None = None, http_port: int | None = None,
+                 executor: str = "local", slurm: SlurmOptions | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -174,11 +186,28 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     if host in WILDCARD_HOSTS and not advertise_address:
         raise ValueError(f"serving on {host or 'every interface'} needs --advertise-address HOST:PORT, the address "
                          "the ranks on every host can reach (else they would dial 127.0.0.1)")
+    factory = None
+    if executor == "slurm":
+        if slots is not None or hosts:
+            raise ValueError("--executor slurm takes no --slots/--hosts: Slurm places the ranks")
+        missing = check_slurm()
+        if missing:
+            raise OSError(missing)
+        options = slurm or SlurmOptions()
+        factory = lambda store: SlurmExecutor(store, python=sys.executable, partition=options.partition,  # noqa: E731
+                                              account=options.account, sbatch_args=options.sbatch_args,
+                                              poll_s=options.poll_s)
+    elif executor != "local":
+        raise ValueError(f"--executor {executor!r}: use local or slurm")
     client_token = load_or_create_token(data_dir, token)
-    pool = SlotPool(hosts) if hosts else SlotPool.local_pool(slots or os.cpu_count() or 1)
+    if factory is not None:
+        pool = SlotPool.unlimited()
+    else:
+        pool = SlotPool(hosts) if hosts else SlotPool.local_pool(slots or os.cpu_count() or 1)
     store = Store(data_dir / "gradmesh.db")
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
-                       tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits())
+                       tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits(),
+                       executor_factory=factory)
 
     admission = Admission(call_limits or CallLimits())
     interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,

@@ -145,6 +145,12 @@ class JobServicer:
         return convert.job_to_pb(self.jobs.cancel(request.job_id, request.checkpoint))
 
     @rpc
+    def RegisterRun(self, request, context):
+        view, token = self.jobs.register(request.spec, job_id=request.job_id, labels=dict(request.labels),
+                                         workers=request.workers, hosts=request.hosts)
+        return pb.RegisterRunResponse(job=convert.job_to_pb(view), worker_token=token, attempt=view.job.attempts)
+
+    @rpc
     def ResumeJob(self, request, context):
         return convert.job_to_pb(self.jobs.resume(request.job_id, request.workers))
 

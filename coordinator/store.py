@@ -119,7 +119,8 @@ class Store:
             message=row["message"], created=row["created"], started=row["started"], ended=row["ended"],
             step=row["step"], total_steps=row["total_steps"], epoch=row["epoch"], attempts=row["attempts"],
             restarts=row["restarts"], cancel_requested=bool(row["cancel_requested"]),
-            checkpoint_requested=bool(row["checkpoint_requested"]), token_hash=row["token_hash"], seq=row["seq"])
+            checkpoint_requested=bool(row["checkpoint_requested"]), token_hash=row["token_hash"], seq=row["seq"],
+            executor=row["executor"])
 
     def create_job(self, job: JobRow, message: str = "queued",
                    seed: CheckpointRow | None = None) -> tuple[JobRow, bool]:
@@ -134,9 +135,9 @@ class Store:
                 return self._job(existing), False
             db.execute(
                 "INSERT INTO jobs (id, name, spec_json, state, message, workers, priority, labels_json, created,"
-                " total_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " total_steps, executor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.id, job.name, job.spec_json, JobState.QUEUED.name, message, job.workers, job.priority,
-                 json.dumps(job.labels, sort_keys=True), now, job.total_steps))
+                 json.dumps(job.labels, sort_keys=True), now, job.total_steps, job.executor))
             db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, 0)",
                        (job.id, JobState.QUEUED.name, message, now))
             if seed is not None:
@@ -147,12 +148,34 @@ class Store:
     def job_of_token(self, token_hash: str) -> tuple[str, int] | None:
         """(job id, attempt) of the RUNNING job whose current attempt holds the token with this hash; None for
         any other token: a worker token lives exactly as long as its attempt (begin_attempt rotates it, and
-        the job leaves RUNNING when the attempt ends). An index lookup: the server asks it for every worker call."""
+        the job leaves RUNNING when the attempt ends). An index lookup: the server asks it for every worker call.
+
+        An attempt submitted to Slurm holds its token from submission: its job stays QUEUED (or RESTARTING)
+        while Slurm keeps it PENDING, and the ranks' first call is what moves it to RUNNING (`waiting_attempt`)."""
         if not token_hash:
             return None
-        rows = self._query("SELECT id, attempts FROM jobs WHERE token_hash = ? AND state = ?",
-                           (token_hash, JobState.RUNNING.name))
-        return (rows[0]["id"], rows[0]["attempts"]) if rows else None
+        rows = self._query("SELECT id, attempts, state FROM jobs WHERE token_hash = ? AND state IN (?, ?, ?)",
+                           (token_hash, JobState.RUNNING.name, JobState.QUEUED.name, JobState.RESTARTING.name))
+        if not rows:
+            return None
+        job_id, number, state = rows[0]["id"], rows[0]["attempts"], rows[0]["state"]
+        if state != JobState.RUNNING.name and self.waiting_attempt(job_id, number) is None:
+            return None
+        return job_id, number
+
+    def waiting_attempt(self, job_id: str, attempt: int) -> str | None:
+        """The Slurm job id of the job's attempt when it was submitted and has not ended (its ranks may call
+        before the job is RUNNING); None for any other attempt."""
+        rows = self._query("SELECT slurm_job FROM attempts WHERE job_id = ? AND attempt = ? AND slurm_job != ''"
+                           " AND ended = 0", (job_id, attempt))
+        return rows[0]["slurm_job"] if rows else None
+
+    def set_message(self, job_id: str, message: str, *, restarted: bool = False) -> None:
+        """Say why the job is where it is without a state change (e.g. Slurm's pending reason); `restarted`
+        counts a restart of a job whose attempt ended before it ever ran (it stays QUEUED or RESTARTING)."""
+        with self._lock, self._disk_full_as(f"the message of job {job_id}"):
+            self._conn.execute("UPDATE jobs SET message = ?, restarts = restarts + ? WHERE id = ?",
+                               (message, int(restarted), job_id))
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -255,18 +278,33 @@ class Store:
             failure = failure or legacy_failure
         return AttemptRow(job_id=r["job_id"], attempt=r["attempt"], log_path=r["log_path"], workdir=r["workdir"],
                           started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"],
-                          start_ticks=r["start_ticks"], boot_id=r["boot_id"], ended=r["ended"],
+                          start_ticks=r["start_ticks"], boot_id=r["boot_id"], slurm_job=r["slurm_job"], ended=r["ended"],
                           exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
                           worker_event=event, worker_message=r["worker_message"], failure=failure)
 
     def begin_attempt(self, job_id: str, *, hosts: str, log_dir: Path, run_dir: Path, token_hash: str,
-                      message: str, now: float | None = None) -> tuple[AttemptRow, TransitionRow]:
-        """Allocate the next attempt number, rotate the job token and move the job to RUNNING, atomically."""
+                      message: str, now: float | None = None,
+                      running: bool = True) -> tuple[AttemptRow, TransitionRow | None]:
+        """Allocate the next attempt number, rotate the job token and move the job to RUNNING, atomically.
+
+        `running=False` (an attempt handed to Slurm's queue): the job keeps its state (QUEUED or RESTARTING)
+        with `message`, until its ranks first call (`transition` to RUNNING then); no transition is returned."""
         now = time.time() if now is None else now
         with self._tx() as db:
             row = db.execute("SELECT state, attempts, started FROM jobs WHERE id = ?", (job_id,)).fetchone()
             old = JobState[row["state"]]
             check_transition(old, JobState.RUNNING)
+            if not running:
+                number = row["attempts"] + 1
+                # slurm_job '?': handed to Slurm, its id not known yet (its ranks may call before sbatch answers)
+                db.execute("INSERT INTO attempts (job_id, attempt, hosts, started, log_path, workdir, slurm_job)"
+                           " VALUES (?, ?, ?, ?, ?, ?, '?')", (job_id, number, hosts, now,
+                                                          str(log_dir / f"attempt-{number}.log"),
+                                                          str(run_dir / f"attempt-{number}")))
+                db.execute("UPDATE jobs SET message = ?, attempts = ?, token_hash = ? WHERE id = ?",
+                           (message, number, token_hash, job_id))
+                return self._attempt(db.execute("SELECT * FROM attempts WHERE job_id = ? AND attempt = ?",
+                                                (job_id, number)).fetchone()), None
             number = row["attempts"] + 1
             log_path = str(log_dir / f"attempt-{number}.log")
             workdir = str(run_dir / f"attempt-{number}")
@@ -288,6 +326,12 @@ class Store:
         with self._lock, self._disk_full_as(f"the process record of job {job_id} attempt {attempt}"):
             self._conn.execute("UPDATE attempts SET pid = ?, pgid = ?, start_ticks = ?, boot_id = ?"
                                " WHERE job_id = ? AND attempt = ?", (pid, pgid, start_ticks, boot_id, job_id, attempt))
+
+    def record_slurm_job(self, job_id: str, attempt: int, slurm_job: str) -> None:
+        """The Slurm job id an attempt was submitted as: how a later coordinator finds it again."""
+        with self._lock, self._disk_full_as(f"the Slurm job record of job {job_id} attempt {attempt}"):
+            self._conn.execute("UPDATE attempts SET slurm_job = ? WHERE job_id = ? AND attempt = ?",
+                               (slurm_job, job_id, attempt))
 
     def end_attempt(self, job_id: str, attempt: int, *, exit_code: int | None, outcome: str, message: str,
                     now: float | None = None) -> None:

@@ -29,7 +29,8 @@ from coordinator.errors import FailedPrecondition, InvalidArgument, ResourceExha
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
-from coordinator.records import CheckpointRow, JobRow, MetricRow
+from coordinator.launcher import Exit
+from coordinator.records import EXTERNAL, CheckpointRow, JobRow, MetricRow
 from coordinator.store import Store
 from coordinator.states import JobState
 from coordinator.tokens import matches
@@ -63,6 +64,7 @@ class ProgressReport:
     event: WorkerEvent = WorkerEvent.UNSPECIFIED
     message: str = ""
     failure: WorkerFailure | None = None
+    exit_code: int | None = None  # a registered run's last report: its rank 0 exits with this code
 
 
 class WorkerApi:
@@ -79,6 +81,11 @@ class WorkerApi:
         words whether the job exists or not."""
         validate.job_id(job_id)
         job = self.store.get_job(job_id)
+        if job is not None and job.state in (JobState.QUEUED, JobState.RESTARTING) and matches(token, job.token_hash) \
+                and self.store.waiting_attempt(job_id, job.attempts) is not None:
+            # the first call of ranks that waited in Slurm's queue: the job is RUNNING from now on
+            self.supervisor.ranks_called(job)
+            job = self.store.get_job(job_id)
         if job is None or job.state is not JobState.RUNNING or not matches(token, job.token_hash):
             raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not the token of a running attempt of job {job_id}",
                                   kind=KIND_TOKEN)
@@ -113,6 +120,12 @@ class WorkerApi:
             changed = self._progress(job, number, report) or changed
         if changed:
             self.signal.changed()
+        if job.executor == EXTERNAL and (report.failure is not None or (report.rank == 0 and
+                                                                        report.exit_code is not None)):
+            # a registered run ends when rank 0 says it exits, or a rank says it fails: nobody else can see it end
+            exit = Exit(report.exit_code, "the registered run", "" if report.exit_code is not None
+                        else "a rank reported a failure")
+            self.supervisor.end_external(job_id, number, exit)
         return job.cancel_requested, job.checkpoint_requested
 
     def _progress(self, job: JobRow, number: int, report: ProgressReport) -> bool:

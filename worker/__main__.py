@@ -12,6 +12,10 @@ Launched by the coordinator (`gradmesh serve` does this; not meant to be typed):
   with the per-job token in GRADMESH_JOB_TOKEN. Rank 0 fetches the spec and the checkpoint to resume
   from, broadcasts them, reports progress and uploads checkpoints.
 
+Launched by its user, tracked by a coordinator (a job with executor "external": worker/register.py):
+    mpirun -n 2 python -m worker --spec job.toml --coordinator HOST:PORT --register
+  with the client token from --token, GRADMESH_TOKEN or --data-dir's token file.
+
 Exit codes: 0 done, 2 bad spec/data/checkpoint (retrying cannot help), 3 loss became NaN/inf,
 4 stopped early on request (a checkpoint was written), 1 anything else (an exception on any rank
 aborts every rank, with its traceback). Under a coordinator, the rank that fails also says why in a
@@ -33,16 +37,28 @@ from worker.spec import SpecError, parse_spec_text
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description="Train a gradmesh job spec (run under mpirun for several ranks).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--spec", type=Path, help="job spec file (TOML, or JSON)")
-    source.add_argument("--coordinator", metavar="HOST:PORT", help="fetch the spec from this coordinator")
+    parser.add_argument("--spec", type=Path, help="job spec file (TOML, or JSON)")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="fetch the spec from this coordinator (with --spec and --register: report to it)")
+    parser.add_argument("--register", action="store_true",
+                        help="with --spec and --coordinator: register this run there as a job of its own")
+    parser.add_argument("--token", default=None, help="(--register) the client token; else GRADMESH_TOKEN, else "
+                                                      "the token file of --data-dir")
+    parser.add_argument("--data-dir", type=Path, default=None, help="(--register) the coordinator's data directory")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default runs/<spec name>)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="resume from the newest good checkpoint in --out (default: on)")
     parser.add_argument("--job", help="job id (with --coordinator)")
     parser.add_argument("--attempt", type=int, default=1, help="attempt number (with --coordinator)")
     opts = parser.parse_args(argv)
-    if opts.coordinator and not opts.job:
+    if opts.register:
+        if not (opts.spec and opts.coordinator):
+            parser.error("--register needs --spec and --coordinator")
+        if opts.job:
+            parser.error("--register creates its job: no --job")
+    elif bool(opts.spec) == bool(opts.coordinator):
+        parser.error("give one of --spec or --coordinator (both only with --register)")
+    elif opts.coordinator and not opts.job:
         parser.error("--coordinator needs --job")
     return opts
 
@@ -53,7 +69,7 @@ def _say(message: str) -> None:
 
 def _json_format(opts) -> bool | None:
     """The coordinator sends canonical JSON; a file is JSON by its suffix, else sniffed (TOML or '{...}')."""
-    return True if opts.coordinator else (opts.spec.suffix.lower() == ".json" or None)
+    return True if opts.coordinator and not opts.register else (opts.spec.suffix.lower() == ".json" or None)
 
 
 def _tls_ca() -> Path | None:
@@ -84,7 +100,7 @@ def _fetch_spec_on_root(opts, comm):
                 from worker.report import CoordinatorHooks
 
                 hooks = CoordinatorHooks(opts.coordinator, opts.job, token, opts.attempt,
-                                         opts.out or Path("runs") / opts.job, tls_ca=_tls_ca())
+                                         opts.out, tls_ca=_tls_ca())
                 text, resume_path = hooks.fetch()
             else:
                 try:
@@ -107,8 +123,73 @@ def _fetch_spec_on_root(opts, comm):
     return parse_spec_text(text, json_format=_json_format(opts)), hooks, resume_path
 
 
+def _register_on_root(opts, comm):
+    """Rank 0 registers the run (worker/register.py) and every rank learns the job, token and attempt.
+    Returns (spec, hooks, resume path, token) as _fetch_spec_on_root does, and the worker token."""
+    import json
+
+    from coordinator.client.client import resolve_token
+    from worker.coordinator_link import RankFailureHooks
+    from worker.failure import EXIT_CONFIG
+    from worker.register import RegistrationRefused, register
+    from worker.report import CoordinatorHooks
+
+    payload = b""
+    if comm.rank == 0:
+        try:
+            try:
+                text = opts.spec.read_text()
+            except OSError as exc:
+                raise SpecError("file", f"cannot read {opts.spec}: {exc.strerror or exc}") from None
+            parse_spec_text(text, json_format=_json_format(opts))
+            token = resolve_token(opts.token, opts.data_dir) or ""
+            if not token:
+                raise RegistrationRefused("no client token: give --token, GRADMESH_TOKEN or --data-dir")
+            import socket
+            job_id, worker_token, attempt = register(opts.coordinator, text, token, workers=comm.size,
+                                                     hosts=f"{comm.size} rank(s), rank 0 on {socket.gethostname()}",
+                                                     tls_ca=_tls_ca())
+            payload = b"ok:" + json.dumps({"text": text, "job": job_id, "token": worker_token,
+                                            "attempt": attempt}).encode()
+        except SpecError as exc:
+            payload = f"spec:{opts.spec}: {exc}".encode()
+        except Exception as exc:  # noqa: BLE001 - refused, unreachable, no token: one line, every rank exits
+            payload = f"register:{exc}".encode()
+    payload = comm.bcast_bytes(payload if comm.rank == 0 else None)
+    kind, _, rest = payload.partition(b":")
+    if kind != b"ok":
+        if comm.rank == 0:
+            _say(f"bad spec: {rest.decode()}" if kind == b"spec" else f"could not register the run: {rest.decode()}")
+        sys.exit(EXIT_CONFIG)
+    info = json.loads(rest)
+    opts.job, opts.attempt = info["job"], info["attempt"]
+    opts.out = opts.out or Path("runs") / opts.job
+    if comm.rank == 0:
+        _say(f"registered as job {opts.job} at {opts.coordinator}")
+        hooks = CoordinatorHooks(opts.coordinator, opts.job, info["token"], opts.attempt,
+                                 opts.out, tls_ca=_tls_ca())
+    else:
+        hooks = RankFailureHooks(opts.coordinator, opts.job, info["token"], opts.attempt, tls_ca=_tls_ca())
+    return parse_spec_text(info["text"], json_format=_json_format(opts)), hooks, None, info["token"]
+
+
 def main(argv=None) -> int:
     opts = parse_args(argv)
+    if not opts.register:
+        return _main(opts)
+    # a registered run tells the coordinator how it exits: nobody else sees it end
+    from worker.comm import init_comm
+    from worker.register import report_exit
+
+    comm = init_comm()
+    spec, hooks, resume, token = _register_on_root(opts, comm)
+    code = _main(opts, (comm, spec, hooks, resume))
+    if comm.rank == 0:
+        report_exit(opts.coordinator, opts.job, token, opts.attempt, code, tls_ca=_tls_ca())
+    return code
+
+
+def _main(opts, prepared=None) -> int:
     os.environ.setdefault("GRADMESH_ATTEMPT", str(opts.attempt))
 
     from worker.checkpoint import newest_valid_checkpoint
@@ -117,8 +198,11 @@ def main(argv=None) -> int:
     from worker.threads import configure_blas_threads
     from worker.train import Divergence, Progress, train
 
-    comm = init_comm()
-    spec, hooks, resume = _fetch_spec_on_root(opts, comm)
+    if prepared is not None:
+        comm, spec, hooks, resume = prepared
+    else:
+        comm = init_comm()
+        spec, hooks, resume = _fetch_spec_on_root(opts, comm)
     progress = Progress()
 
     def report_hang(verdict: str) -> None:  # called by the hang watchdog's thread just before it aborts

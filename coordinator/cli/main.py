@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-jobs", action="store_true",
                    help="on stop, leave running jobs training; the next coordinator on this data directory "
                         "re-adopts them")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="where attempts run: local = mpirun from here on the slot pool (default); slurm = one "
+                        "sbatch job per attempt, queued and placed by Slurm (no --slots/--hosts)")
+    p.add_argument("--partition", default="", help="(slurm) the partition to submit to")
+    p.add_argument("--account", default="", help="(slurm) the account to charge")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="(slurm) one more sbatch option, repeatable; write it with '=': --sbatch-arg=--time=60")
+    p.add_argument("--slurm-poll", type=float, default=1.0, metavar="SECONDS",
+                   help="(slurm) how often to ask Slurm's controller about the jobs (default 1)")
     Limits.add_arguments(p)  # what one job or user may use (coordinator.limits)
     add_limit_flags(p)       # calls in flight and idle calls (coordinator.admission)
 

@@ -77,8 +77,24 @@ def _http_port(args) -> int | None:
     return http_port or None
 
 
+def _slurm_options(args):
+    from coordinator.server import SlurmOptions
+    if getattr(args, "executor", "local") != "slurm":
+        if args.partition or args.account or args.sbatch_arg:
+            raise CliError("serve: --partition, --account and --sbatch-arg go with --executor slurm", EXIT_USAGE)
+        return None
+    if not args.slurm_poll > 0:
+        raise CliError(f"serve: --slurm-poll must be positive, got {args.slurm_poll:g}", EXIT_USAGE)
+    return SlurmOptions(partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
+                        poll_s=args.slurm_poll)
+
+
 def cmd_serve(args) -> int:
     start_server = import_start_server()
+    if getattr(args, "executor", "local") == "slurm" and any(x is not None for x in (args.slots, args.hosts,
+                                                                                    args.hostfile)):
+        raise CliError("serve: --executor slurm takes no --slots, --hosts or --hostfile: Slurm places the ranks",
+                       EXIT_USAGE)
     if sum(x is not None for x in (args.slots, args.hosts, args.hostfile)) > 1:
         raise CliError("serve: give only one of --slots, --hosts, --hostfile", EXIT_USAGE)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -95,7 +111,8 @@ def cmd_serve(args) -> int:
                            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                            tls_key=Path(args.tls_key) if args.tls_key else None,
                            advertise_address=args.advertise_address, limits=Limits.from_args(args),
-                           call_limits=call_limits, http_port=_http_port(args))
+                           call_limits=call_limits, http_port=_http_port(args), executor=args.executor,
+                           slurm=_slurm_options(args))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:

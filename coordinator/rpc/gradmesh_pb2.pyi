@@ -93,7 +93,7 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time_unix: _Optional[float] = ..., attempt: _Optional[int] = ..., transition_id: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history")
+    __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history", "executor")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class Job(_message.Message):
     STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
     ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     spec_json: str
@@ -143,7 +144,8 @@ class Job(_message.Message):
     started_unix: float
     ended_unix: float
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ...) -> None: ...
+    executor: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., executor: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "job_id", "labels", "workers")
@@ -322,6 +324,37 @@ class CheckpointChunk(_message.Message):
     data: bytes
     def __init__(self, info: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class RegisterRunRequest(_message.Message):
+    __slots__ = ("spec", "job_id", "labels", "workers", "hosts")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    job_id: str
+    labels: _containers.ScalarMap[str, str]
+    workers: int
+    hosts: str
+    def __init__(self, spec: _Optional[str] = ..., job_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., workers: _Optional[int] = ..., hosts: _Optional[str] = ...) -> None: ...
+
+class RegisterRunResponse(_message.Message):
+    __slots__ = ("job", "worker_token", "attempt")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    WORKER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    worker_token: str
+    attempt: int
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., worker_token: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
 class WorkerFailure(_message.Message):
     __slots__ = ("cause", "rank", "host", "exception_type", "message", "step")
     CAUSE_FIELD_NUMBER: _ClassVar[int]
@@ -357,7 +390,7 @@ class FetchJobResponse(_message.Message):
     def __init__(self, spec_json: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_from: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "attempt", "points", "step", "total_steps", "epoch", "event", "message", "worker_event", "failure", "rank")
+    __slots__ = ("job_id", "attempt", "points", "step", "total_steps", "epoch", "event", "message", "worker_event", "failure", "rank", "exiting", "exit_code")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +402,8 @@ class ReportProgressRequest(_message.Message):
     WORKER_EVENT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    EXITING_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
@@ -380,7 +415,9 @@ class ReportProgressRequest(_message.Message):
     worker_event: WorkerEvent
     failure: WorkerFailure
     rank: int
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., event: _Optional[str] = ..., message: _Optional[str] = ..., worker_event: _Optional[_Union[WorkerEvent, str]] = ..., failure: _Optional[_Union[WorkerFailure, _Mapping]] = ..., rank: _Optional[int] = ...) -> None: ...
+    exiting: bool
+    exit_code: int
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., event: _Optional[str] = ..., message: _Optional[str] = ..., worker_event: _Optional[_Union[WorkerEvent, str]] = ..., failure: _Optional[_Union[WorkerFailure, _Mapping]] = ..., rank: _Optional[int] = ..., exiting: _Optional[bool] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("cancel_requested", "checkpoint_requested")

@@ -84,6 +84,11 @@ class JobServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DownloadCheckpointRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.CheckpointChunk.FromString,
                 _registered_method=True)
+        self.RegisterRun = channel.unary_unary(
+                '/gradmesh.v1.JobService/RegisterRun',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -149,6 +154,12 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +212,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.DownloadCheckpoint,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DownloadCheckpointRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'RegisterRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRun,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +489,33 @@ class JobService:
             '/gradmesh.v1.JobService/DownloadCheckpoint',
             coordinator_dot_rpc_dot_gradmesh__pb2.DownloadCheckpointRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/RegisterRun',
+            coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,294 @@
+"""`gradmesh serve --executor slurm` against a real single-node Slurm (tests/slurm_cluster.py, 2 CPUs).
+
+The coordinator runs inside the cluster's network namespace (ranks that slurmd starts inherit it and dial
+127.0.0.1 there); the CLI calls run there too. The tests read job states straight from the coordinator's
+SQLite file (a reader beside the coordinator, cheap to poll) and check what a person sees with the CLI.
+
+Each attempt is a Slurm batch job named gradmesh-<job>-a<attempt>. What is shown: it runs through sbatch and
+succeeds; a job that does not fit waits PENDING with Slurm's reason as its message; cancel --checkpoint
+writes a checkpoint and leaves nothing in squeue; an scancel from outside restarts the job, which ends with
+the parameters of an uninterrupted run; a coordinator killed with SIGKILL and started again re-adopts the
+running Slurm job by its id. The submit → first-step figure is printed beside the local executor's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, cli_env, digits_toml, wait_for
+from mpi_programs.launch import run_mpi
+
+pytestmark = pytest.mark.timeout(240)
+
+WORKER_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+class Serve:
+    """A `gradmesh serve --executor slurm` inside the cluster's namespace."""
+
+    def __init__(self, slurm, data_dir: Path, port: int = 0,
+                 executor: tuple[str, ...] = ("--executor", "slurm", "--slurm-poll", "0.3")):
+        self.slurm = slurm
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"{data_dir.name}-serve.log"
+        self.proc = slurm.popen([sys.executable, "-m", "coordinator.cli", "serve", *executor,
+                                 "--data-dir", str(data_dir), "--port", str(port), "--http-port", "0"],
+                                env=cli_env(**WORKER_THREADS), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=open(self.log, "a"), text=True)
+        line = ""
+        deadline = time.monotonic() + 30
+        while "listening on" not in line:
+            line = self.proc.stdout.readline()
+            if not line and (self.proc.poll() is not None or time.monotonic() > deadline):
+                raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
+        self.address = line.split("listening on", 1)[1].strip()
+        self.port = int(self.address.rsplit(":", 1)[1])
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.slurm.run([sys.executable, "-m", "coordinator.cli", *args, "--address", self.address,
+                               "--data-dir", str(self.data_dir)], env=cli_env(), cwd=ROOT, check=check,
+                              timeout=timeout)
+
+    def submit(self, tmp_path: Path, name: str, **spec) -> str:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(digits_toml(name, **spec))
+        self.cli("submit", str(path), "--id", name)
+        return name
+
+    def job(self, job_id: str) -> sqlite3.Row | None:
+        db = sqlite3.connect(f"file:{self.data_dir / 'gradmesh.db'}?mode=ro", uri=True, timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        finally:
+            db.close()
+
+    def query(self, sql: str, *args) -> list[sqlite3.Row]:
+        db = sqlite3.connect(f"file:{self.data_dir / 'gradmesh.db'}?mode=ro", uri=True, timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def wait_state(self, job_id: str, *states: str, timeout: float = 90) -> sqlite3.Row:
+        def reached():
+            row = self.job(job_id)
+            if row is not None and row["state"] in ("FAILED", "CANCELLED", "SUCCEEDED") and row["state"] not in states:
+                raise AssertionError(f"{job_id} ended {row['state']}: {row['message']}\n{self.log.read_text()[-3000:]}")
+            return row if row is not None and row["state"] in states else None
+        return wait_for(reached, timeout=timeout, what=f"{job_id} to be {'/'.join(states)}", interval=0.1)
+
+    def slurm_job(self, job_id: str, attempt: int = 1) -> str:
+        return wait_for(lambda: next((r["slurm_job"] for r in self.query(
+            "SELECT slurm_job FROM attempts WHERE job_id = ? AND attempt = ?", job_id, attempt)
+            if r["slurm_job"] not in ("", "?")), None), timeout=30, what=f"the Slurm job of {job_id}")
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def serve(slurm, tmp_path_factory):
+    server = Serve(slurm, tmp_path_factory.mktemp("slurm-serve") / "data")
+    yield server
+    server.stop()
+
+
+def squeue(slurm) -> str:
+    return slurm.run(["squeue", "--noheader", "--format=%i|%j|%T|%r"]).stdout
+
+
+def final_layers(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as ckpt:
+        return {name: ckpt[name] for name in ckpt.files if name.startswith("layers.")}
+
+
+def first_step_s(server, job_id: str) -> float:
+    """From submission to the first metric point rank 0 measured."""
+    row = server.query("SELECT MIN(m.time) - j.created AS s FROM metrics m JOIN jobs j ON j.id = m.job_id"
+                       " WHERE m.job_id = ?", job_id)
+    return float(row[0]["s"])
+
+
+class Here:
+    """Runs commands on this machine, as SlurmCluster runs them in its namespace (for the local executor)."""
+
+    @staticmethod
+    def popen(argv, *, env=None, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(argv, env=env, start_new_session=True, **kwargs)
+
+    @staticmethod
+    def run(argv, *, check=True, timeout=120, env=None, cwd=None) -> subprocess.CompletedProcess:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+
+def test_submit_to_first_step_through_slurm_and_the_local_executor(serve, slurm, tmp_path):
+    """The same job, submitted the same way (the CLI), to both executors: seconds from the job's creation
+    to its first metric point (step 1). Printed side by side; Slurm adds its scheduling pass and srun."""
+    local = Serve(Here(), tmp_path / "local", executor=("--slots", "2"))
+    try:
+        figures = {}
+        for name, server in (("local", local), ("slurm", serve)):
+            runs = []
+            for i in range(3):
+                job = server.submit(tmp_path, f"first-{name}-{i}", steps=20, eval_every=1)
+                server.wait_state(job, "SUCCEEDED")
+                runs.append(first_step_s(server, job))
+            figures[name] = runs
+    finally:
+        local.stop()
+    line = "  ".join(f"{name}: median {sorted(v)[1]:.2f} s ({', '.join(f'{x:.2f}' for x in v)})"
+                     for name, v in figures.items())
+    print(f"\nsubmit -> first step (3 runs each)  {line}")
+    assert sorted(figures["slurm"])[1] < 30
+
+
+def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
+    job = serve.submit(tmp_path, "sb-ok", steps=240, eval_every=5)
+    serve.wait_state(job, "RUNNING")
+    slurm_id = serve.slurm_job(job)
+    assert f"{slurm_id}|gradmesh-sb-ok-a1|RUNNING" in squeue(slurm)
+    script = (serve.data_dir / "logs" / job / "attempt-1.sbatch").read_text()
+    assert "exec srun --mpi=pmi2" in script and f"--job {job}" in script
+    done = serve.wait_state(job, "SUCCEEDED")
+    assert done["attempts"] == 1 and done["restarts"] == 0
+    assert serve.query("SELECT COUNT(*) AS n FROM metrics WHERE job_id = ?", job)[0]["n"] >= 240 // 5
+    out = tmp_path / "best.npz"
+    serve.cli("download", job, "--best", "-o", str(out))
+    assert final_layers(out)
+    history = [t["state"] for t in serve.query("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", job)]
+    assert history == ["QUEUED", "RUNNING", "SUCCEEDED"]
+
+
+def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, tmp_path):
+    first = serve.submit(tmp_path, "sb-first", steps=50000, eval_every=100)  # runs until cancelled below
+    serve.wait_state(first, "RUNNING")
+    second = serve.submit(tmp_path, "sb-second", steps=40)
+    wait_for(lambda: "PENDING, reason Resources" in serve.job(second)["message"], timeout=30,
+             what="the second job to pend for resources")
+    assert "|gradmesh-sb-second-a1|PENDING|Resources" in squeue(slurm)
+    shown = serve.cli("status", second).stdout
+    assert "QUEUED" in shown and "waiting in Slurm's queue" in shown and "Resources" in shown, shown
+    serve.cli("cancel", first)
+    serve.wait_state(first, "CANCELLED")
+    serve.wait_state(second, "SUCCEEDED")
+    history = [t["state"] for t in serve.query("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", second)]
+    assert history == ["QUEUED", "RUNNING", "SUCCEEDED"]
+
+
+def test_cancel_with_checkpoint_writes_one_and_leaves_nothing_in_squeue(serve, slurm, tmp_path):
+    job = serve.submit(tmp_path, "sb-cancel", steps=5000, every_steps=100000, eval_every=50)
+    serve.wait_state(job, "RUNNING")
+    slurm_id = serve.slurm_job(job)
+    wait_for(lambda: serve.job(job)["step"] >= 20, timeout=60, what="some steps")
+    serve.cli("cancel", job, "--checkpoint")
+    row = serve.wait_state(job, "CANCELLED")
+    assert "last checkpoint at step" in row["message"], row["message"]
+    assert serve.query("SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?", job)[0]["n"] >= 1
+    assert slurm_id not in [line.split("|")[0] for line in squeue(slurm).splitlines()]
+
+
+def test_scancel_from_outside_restarts_to_the_uninterrupted_parameters(serve, slurm, tmp_path):
+    spec = dict(steps=300, every_steps=20, eval_every=20, max_restarts=2, backoff_s=0.2)
+    reference = tmp_path / "ref.toml"
+    reference.write_text(digits_toml("sb-ref", **spec))
+    done = run_mpi(2, ["python", "-m", "worker", "--spec", str(reference), "--out", str(tmp_path / "ref")],
+                   timeout=120, env=WORKER_THREADS)
+    assert done.returncode == 0, done.output
+    job = serve.submit(tmp_path, "sb-scancel", **spec)
+    serve.wait_state(job, "RUNNING")
+    slurm_id = serve.slurm_job(job)
+    wait_for(lambda: serve.query("SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?", job)[0]["n"] >= 1,
+             timeout=60, what="a checkpoint to reach the coordinator")
+    slurm.run(["scancel", slurm_id])
+    row = serve.wait_state(job, "SUCCEEDED", timeout=120)
+    assert row["restarts"] == 1 and row["attempts"] == 2, dict(row)
+    failed = serve.query("SELECT message FROM transitions WHERE job_id = ? AND state = 'RESTARTING'", job)
+    assert f"Slurm job {slurm_id} ended CANCELLED" in failed[0]["message"], failed[0]["message"]
+    out = tmp_path / "final.npz"
+    serve.cli("download", job, "--latest", "-o", str(out))
+    got, want = final_layers(out), final_layers(tmp_path / "ref" / "final.npz")
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
+    server = Serve(slurm, tmp_path / "data")
+    try:
+        job = server.submit(tmp_path, "sb-adopt", steps=600, eval_every=20)
+        server.wait_state(job, "RUNNING")
+        slurm_id = server.slurm_job(job)
+        wait_for(lambda: server.job(job)["step"] >= 20, timeout=60, what="some steps")
+        server.kill9()
+        assert f"{slurm_id}|gradmesh-sb-adopt-a1|RUNNING" in squeue(slurm)
+        server = Serve(slurm, tmp_path / "data", port=server.port)
+        row = server.wait_state(job, "SUCCEEDED", timeout=120)
+        assert row["attempts"] == 1 and row["restarts"] == 0, dict(row)
+        assert f"re-adopting {job} attempt 1 (Slurm job {slurm_id})" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def registered_run(serve, slurm, tmp_path: Path, name: str, steps: int) -> tuple[subprocess.Popen, str, Path]:
+    """`srun --mpi=pmi2 -n 2 python -m worker --spec ... --register` started by hand, and its job id."""
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(digits_toml(name, steps=steps, eval_every=10))
+    out = tmp_path / "out"
+    proc = slurm.popen(["srun", "--mpi=pmi2", "-n", "2", sys.executable, "-m", "worker", "--spec", str(spec),
+                        "--coordinator", serve.address, "--register", "--data-dir", str(serve.data_dir),
+                        "--out", str(out)], env=cli_env(**WORKER_THREADS), cwd=tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = wait_for(lambda: next((r["id"] for r in serve.query("SELECT id FROM jobs WHERE name = ? AND executor = ?",
+                                                              name, "external")), None),
+                   timeout=60, what=f"{name} to register")
+    return proc, job, out
+
+
+def test_a_run_launched_with_srun_registers_streams_and_is_served(serve, slurm, tmp_path):
+    proc, job, out = registered_run(serve, slurm, tmp_path, "sb-own", steps=600)
+    listed = serve.cli("list").stdout
+    assert job in listed, listed
+    watched = serve.cli("watch", job, "--json", timeout=120).stdout
+    points = [json.loads(line) for line in watched.splitlines() if '"metric"' in line]
+    assert len(points) >= 10, watched[-2000:]
+    assert proc.wait(timeout=60) == 0, proc.stdout.read()
+    row = serve.wait_state(job, "SUCCEEDED")
+    assert row["attempts"] == 1 and row["restarts"] == 0
+    got = tmp_path / "got.npz"
+    serve.cli("download", job, "--latest", "-o", str(got))
+    assert got.read_bytes() == (out / "final.npz").read_bytes()
+
+
+def test_cancel_stops_a_registered_run_at_a_step_boundary(serve, slurm, tmp_path):
+    proc, job, out = registered_run(serve, slurm, tmp_path, "sb-own-cancel", steps=20000)
+    wait_for(lambda: serve.job(job)["step"] >= 20, timeout=60, what="some steps")
+    serve.cli("cancel", job, "--checkpoint")
+    assert proc.wait(timeout=60) == 4, proc.stdout.read()  # 4: stopped on request, after a checkpoint
+    row = serve.wait_state(job, "CANCELLED")
+    assert "cancelled on request" in row["message"] and "last checkpoint at step" in row["message"], row["message"]
+    history = [t["state"] for t in serve.query("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", job)]
+    assert history == ["QUEUED", "RUNNING", "CANCELLED"]

@@ -1,0 +1,149 @@
+"""The Slurm executor's pure parts, without a Slurm: the exact sbatch command and batch script, reading
+`scontrol show job --oneliner`, Slurm's job states → the attempt's Exit (and so the restart policy), the
+pending message, and `gradmesh serve --executor slurm` refusing to start without Slurm's commands."""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from coordinator.launcher import Exit
+from coordinator.outcomes import classify, decide
+from coordinator.reports import WorkerEvent
+from coordinator.slurm import (SlurmJobInfo, SlurmQueue, build_sbatch, job_name, parse_scontrol, slurm_exit,
+                               waiting_text)
+from coordinator.states import JobState
+from helpers import run_cli, cli_env
+
+W = Path("/d/runs/digits-1/attempt-2")
+LOG = Path("/d/logs/digits-1/attempt-2.log")
+SCRIPT = Path("/d/logs/digits-1/attempt-2.sbatch")
+
+
+def test_the_sbatch_command_and_script_are_exact():
+    argv, script = build_sbatch(sbatch="/usr/bin/sbatch", python="/venv/bin/python", workers=4,
+                                coordinator="10.0.0.5:50051", job_id="digits-1", attempt=2, workdir=W,
+                                log_path=LOG, script_path=SCRIPT)
+    assert argv == ["/usr/bin/sbatch", "--parsable", "--job-name=gradmesh-digits-1-a2", "--ntasks=4",
+                    f"--output={LOG}", "--open-mode=append", f"--chdir={W}", "--no-requeue", "--export=ALL",
+                    str(SCRIPT)]
+    assert script.startswith("#!/bin/sh\n")
+    last = [line for line in script.splitlines() if not line.startswith("#")][-1]
+    assert shlex.split(last) == ["exec", "srun", "--mpi=pmi2", "--kill-on-bad-exit=1", "/venv/bin/python", "-m",
+                                 "worker", "--coordinator", "10.0.0.5:50051", "--job", "digits-1", "--attempt", "2",
+                                 "--out", str(W)]
+
+
+def test_partition_account_and_extra_sbatch_options_come_before_the_script():
+    argv, _ = build_sbatch(sbatch="sbatch", python="python", workers=2, coordinator="h:1", job_id="j", attempt=1,
+                           workdir=W, log_path=LOG, script_path=SCRIPT, partition="gpu", account="ml",
+                           sbatch_args=["--time=60", "--cpus-per-task=4"])
+    assert argv[-5:] == ["--partition=gpu", "--account=ml", "--time=60", "--cpus-per-task=4", str(SCRIPT)]
+    assert job_name("j", 1) == "gradmesh-j-a1"
+
+
+def test_paths_with_spaces_are_quoted_in_the_script():
+    _, script = build_sbatch(sbatch="sbatch", python="/my venv/python", workers=1, coordinator="h:1", job_id="j",
+                             attempt=1, workdir=Path("/a b/w"), log_path=LOG, script_path=SCRIPT)
+    assert "'/my venv/python'" in script and "'/a b/w'" in script
+
+
+SCONTROL = (
+    "JobId=7 JobName=gradmesh-a-a1 UserId=root(0) JobState=PENDING Reason=Resources Dependency=(null) "
+    "ExitCode=0:0 NodeList=(null) Command=/d/x.sbatch\n"
+    "JobId=8 JobName=gradmesh-b-a1 JobState=FAILED Reason=NonZeroExitCode ExitCode=4:0 NodeList=vm\n"
+    "JobId=9 JobName=gradmesh-c-a1 JobState=CANCELLED Reason=None ExitCode=0:15 NodeList=vm\n"
+)
+
+
+def test_scontrol_oneliner_output_is_read():
+    jobs = parse_scontrol(SCONTROL)
+    assert jobs["7"] == SlurmJobInfo("7", "gradmesh-a-a1", "PENDING", "Resources", 0, 0, "(null)")
+    assert (jobs["8"].state, jobs["8"].exit_code, jobs["8"].nodes) == ("FAILED", 4, "vm")
+    assert (jobs["9"].exit_code, jobs["9"].signal) == (0, 15)
+    assert parse_scontrol("No jobs in the system\n") == {}
+
+
+@pytest.mark.parametrize("state, code, sig, want", [
+    ("COMPLETED", 0, 0, 0),
+    ("FAILED", 1, 0, 1),
+    ("FAILED", 4, 0, 4),           # the ranks stopped with a checkpoint: srun passes their code on
+    ("CANCELLED", 4, 0, 4),        # scancel's SIGTERM reached the ranks, which stopped with a checkpoint
+    ("CANCELLED", 0, 0, -15),      # cancelled with no code (e.g. while pending): Slurm's SIGTERM
+    ("CANCELLED", 0, 9, -9),
+    ("TIMEOUT", 0, 0, -9),         # Slurm ended it itself: killed
+    ("NODE_FAIL", 0, 0, -9),
+    ("OUT_OF_MEMORY", 0, 0, -9),
+    ("PREEMPTED", 0, 0, -9),
+])
+def test_slurm_states_become_exits_naming_slurms_state(state, code, sig, want):
+    exit = slurm_exit("12", SlurmJobInfo("12", state=state, reason="NonZeroExitCode", exit_code=code, signal=sig))
+    assert exit.code == want and exit.launcher == "the Slurm job"
+    assert f"Slurm job 12 ended {state}, reason NonZeroExitCode" in exit.describe()
+
+
+@pytest.mark.parametrize("state", ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED"])
+def test_a_job_slurm_still_holds_has_not_ended(state):
+    assert slurm_exit("12", SlurmJobInfo("12", state=state)) is None
+
+
+def test_a_job_slurm_forgot_ends_as_unknown():
+    exit = slurm_exit("12", None)
+    assert exit.code is None and "Slurm no longer knows job 12" in exit.describe()
+
+
+@pytest.mark.parametrize("state, retried", [("NODE_FAIL", True), ("TIMEOUT", True), ("OUT_OF_MEMORY", True),
+                                            ("FAILED", True), ("CANCELLED", True)])
+def test_failed_slurm_jobs_follow_the_restart_policy_with_slurms_words(state, retried):
+    exit = slurm_exit("12", SlurmJobInfo("12", state=state, reason="None", exit_code=1 if state == "FAILED" else 0))
+    outcome = classify(exit, cancel_requested=False, final_checkpoint_step=None, worker_event=WorkerEvent.STARTED,
+                       failure=None, tail="")
+    decision = decide(outcome, attempt=1, restarts=0, max_restarts=2, backoff_s=1.0)
+    assert (decision.state is JobState.RESTARTING) == retried
+    assert f"Slurm job 12 ended {state}" in decision.message
+
+
+def test_a_finished_run_succeeds_whatever_slurm_then_forgot():
+    outcome = classify(slurm_exit("12", None), cancel_requested=False, final_checkpoint_step=60,
+                       worker_event=WorkerEvent.FINISHED, failure=None, tail="")
+    assert outcome.state is JobState.SUCCEEDED
+
+
+def test_the_message_while_waiting_shows_slurms_reason():
+    assert waiting_text("7", SlurmJobInfo("7", state="PENDING", reason="Resources")) == \
+        "waiting in Slurm's queue: job 7 PENDING, reason Resources"
+    assert waiting_text("7", SlurmJobInfo("7", state="PENDING", reason="None")) == \
+        "waiting in Slurm's queue: job 7 PENDING"
+    assert "RUNNING on vm; waiting for its ranks" in waiting_text("7", SlurmJobInfo("7", state="RUNNING", nodes="vm"))
+    assert waiting_text("7", SlurmJobInfo("7", state="COMPLETED")) is None
+
+
+def test_the_queue_reads_scontrol_once_per_interval_and_again_for_a_newer_job():
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return SCONTROL
+    queue = SlurmQueue(poll_s=60, run=run)
+    assert queue.info("7")[1].state == "PENDING"
+    assert queue.info("8")[1].state == "FAILED" and len(calls) == 1
+    import time
+    queue.info("99", newer_than=time.monotonic())  # submitted after the last read: read again
+    assert len(calls) == 2 and calls[0] == ["scontrol", "show", "job", "--oneliner"]
+
+
+def test_serve_with_the_slurm_executor_and_no_slurm_says_what_is_missing_in_one_line(tmp_path):
+    env = cli_env(PATH=str(Path(os.sys.executable).parent))  # no Slurm commands on this PATH
+    done = run_cli("serve", "--executor", "slurm", "--data-dir", str(tmp_path / "d"), "--port", "0", env=env,
+                   timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "missing: sbatch, squeue, scontrol, scancel" in done.stderr, done.stderr
+
+
+def test_slurm_options_need_the_slurm_executor(tmp_path):
+    done = run_cli("serve", "--partition", "gpu", "--data-dir", str(tmp_path / "d"), "--port", "0", timeout=30)
+    assert done.returncode == 2 and "go with --executor slurm" in done.stderr
+    done = run_cli("serve", "--executor", "slurm", "--slots", "2", "--data-dir", str(tmp_path / "d"), timeout=30)
+    assert done.returncode == 2 and "takes no --slots" in done.stderr
