@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from dataclasses import dataclass

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.launcher import Exit
 from coordinator.outcomes import classify, decide
 from coordinator.reports import WorkerEvent
 from coordinator.slurm import (SlurmJobInfo, SlurmQueue, build_sbatch, job_name, parse_scontrol, slurm_exit,
