@@ -200,7 +200,7 @@ def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, 
 
 
 def test_cancel_with_checkpoint_writes_one_and_leaves_nothing_in_squeue(serve, slurm, tmp_path):
-    job = serve.submit(tmp_path, "sb-cancel", steps=5000, every_steps=100000, eval_every=50)
+    job = serve.submit(tmp_path, "sb-cancel", steps=10**6, every_steps=10**7, eval_every=50)  # runs until cancelled
     serve.wait_state(job, "RUNNING")
     slurm_id = serve.slurm_job(job)
     wait_for(lambda: serve.job(job)["step"] >= 20, timeout=60, what="some steps")
