@@ -116,9 +116,15 @@ ATTEMPT_LAUNCH_COLUMNS = {
 }
 
 
+# The options `gradmesh serve --mpirun-arg` passed to this attempt's mpirun (a JSON list), kept with it.
+ATTEMPT_MPI_COLUMNS = {
+    "mpi_args": "TEXT NOT NULL DEFAULT '[]'",
+}
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
     have = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
-    for name, decl in {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS}.items():
+    for name, decl in {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS, **ATTEMPT_MPI_COLUMNS}.items():
         if name not in have:
             conn.execute(f"ALTER TABLE attempts ADD COLUMN {name} {decl}")

@@ -22,6 +22,9 @@ DATA_DIR/token (mode 0600; see `load_or_create_token` for what an existing file 
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
 still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.attempts).
 
+`mpi_args` go to every mpirun (e.g. ["-launcher", "ssh", "-iface", "eth1"]) and are stored with each attempt;
+`host_policy` says when a host is quarantined and for how long (coordinator.hosthealth).
+
 Serving on every interface (host "0.0.0.0" or "::") needs `advertise_address`: the ranks, possibly on other
 hosts, dial that address, and guessing 127.0.0.1 would fail only at the hang timeout.
 """
@@ -35,6 +38,7 @@ import stat
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,6 +47,7 @@ from grpc_reflection.v1alpha import reflection
 from coordinator.admission import Admission, CallLimits
 from coordinator.auth import AuthInterceptor
 from coordinator.core import Coordinator
+from coordinator.hosthealth import HostPolicy
 from coordinator.limits import Limits
 from coordinator.dashboard import RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
@@ -164,7 +169,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  hosts: list[tuple[str, int]] | None = None, data_roots: list[Path] | None = None,
                  token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
                  advertise_address: str | None = None, limits: Limits | None = None,
-                 call_limits: CallLimits | None = None, http_port: int | None = None) -> RunningServer:
+                 call_limits: CallLimits | None = None, http_port: int | None = None,
+                 mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -178,7 +184,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     pool = SlotPool(hosts) if hosts else SlotPool.local_pool(slots or os.cpu_count() or 1)
     store = Store(data_dir / "gradmesh.db")
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
-                       tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits())
+                       tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits(),
+                       mpi_args=mpi_args, host_policy=host_policy or HostPolicy())
 
     admission = Admission(call_limits or CallLimits())
     interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,
@@ -186,7 +193,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
     server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams)),
+    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams, core.hosts)),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -113,7 +113,8 @@ class WorkerApi:
             changed = self._progress(job, number, report) or changed
         if changed:
             self.signal.changed()
-        return job.cancel_requested, job.checkpoint_requested
+        resize = self.supervisor.stop_requested(job.id)  # an elastic job growing back: stop with a checkpoint
+        return job.cancel_requested or resize, job.checkpoint_requested or resize
 
     def _progress(self, job: JobRow, number: int, report: ProgressReport) -> bool:
         rows = [dataclasses.replace(p, attempt=number) for p in report.points]

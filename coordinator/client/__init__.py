@@ -21,7 +21,7 @@ match its sha256), Unimplemented, Internal. `str(err)` is one line a person can 
 from coordinator.client.client import Client, read_spec_text, resolve_token
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
-    CheckpointInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
+    AttemptInfo, CheckpointInfo, Download, HostInfo, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
 )
 from coordinator.errors import (
