@@ -88,7 +88,7 @@ def plan(pending: Sequence[JobRow], capacity: Mapping[str, int], free: Mapping[s
 _SILENT = re.compile(r"silent rank\(s\): (.*)$", re.S)
 _SILENT_RANK = re.compile(r"(?:^|; )(\d+) \(")
 _HYDRA_AT = re.compile(r"PID \d+ RUNNING AT (\S+)")
-_HYDRA_SIGNAL = re.compile(r"EXIT STRING: .*signal", re.I)
+_HYDRA_SIGNAL = re.compile(r"EXIT STRING: (.*signal.*)$", re.I)
 _SSH_UNREACHABLE = re.compile(r"ssh: (?:connect to host (\S+) port \d+|Could not resolve hostname ([^:\s]+))")
 
 
@@ -117,8 +117,8 @@ def blamed_hosts(allocation: Allocation, failure: WorkerFailure | None, tail: st
         for line in lines:
             found = _HYDRA_AT.search(line)
             if found and found.group(1) in placed:
-                how = next((m.group(0) for m in map(_HYDRA_SIGNAL.search, lines) if m), "")
-                return [(found.group(1), f"a rank on {found.group(1)} was killed ({how.removeprefix('EXIT STRING: ')})")]
+                how = next((m.group(1).strip() for m in map(_HYDRA_SIGNAL.search, lines) if m), "")
+                return [(found.group(1), f"a rank on {found.group(1)} was killed ({how})")]
     return []
 
 

@@ -166,3 +166,62 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     with np.load(tmp_path / "elastic.npz") as got, np.load(tmp_path / "local" / "final.npz") as want:
         for name in (k for k in want.files if k.startswith("layers.")):
             assert np.linalg.norm(got[name] - want[name]) <= 1e-5 * np.linalg.norm(want[name]), name
+
+
+def cli(srv, *args, capsys):
+    from coordinator.cli.main import main
+    code = main(["--address", srv.address, "--token", srv.token, *args])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_drain_moves_no_running_job_keeps_new_ones_off_and_a_non_elastic_job_waits_for_it(cluster, coordinator,
+                                                                                         capsys):
+    srv, client = coordinator()
+    a, b = cluster.hosts
+    x = client.submit(spec("x", steps=1500, workers=2))
+    wait_for("x on a", lambda: running_attempt(client, x.id, 1), 30)
+    assert client.get(x.id).attempt_history[0].hosts == f"{a}:2"
+    code, out = cli(srv, "hosts", "drain", a, capsys=capsys)
+    assert code == 0 and "drained" in out, out
+    y = client.submit(spec("y", steps=40, workers=2))
+    assert wait_for("y to end", lambda: (j := client.get(y.id)).is_terminal() and j, 40).state is JobState.SUCCEEDED
+    assert [t.hosts for t in client.get(y.id).attempt_history] == [f"{b}:2"]
+
+    # a non-elastic 4-rank job cannot start while a is drained: it waits, saying which slots it lacks
+    z = client.submit(spec("z", steps=40, workers=4))
+    waiting = wait_for("z's waiting message", lambda: "waiting for 4" in (m := client.get(z.id).message) and m, 10)
+    assert f"{a} (2 slot(s), drained)" in waiting, waiting
+    code, out = cli(srv, "hosts", "--json", capsys=capsys)
+    rows = {h["name"]: h for h in json.loads(out)}
+    assert rows[a]["state"] == "drained" and rows[b]["state"] == "healthy" and rows[b]["slots"] == 2, rows
+    done_x = wait_for("x to end", lambda: (j := client.get(x.id)).is_terminal() and j, 60)
+    assert done_x.state is JobState.SUCCEEDED and [t.hosts for t in done_x.attempt_history] == [f"{a}:2"]
+    time.sleep(0.5)
+    assert client.get(z.id).state is JobState.QUEUED  # a's slots are free, but drained
+    code, out = cli(srv, "hosts", "undrain", a, capsys=capsys)
+    assert code == 0 and "healthy" in out
+    done_z = wait_for("z to end", lambda: (j := client.get(z.id)).is_terminal() and j, 40)
+    assert done_z.state is JobState.SUCCEEDED and [t.ranks for t in done_z.attempt_history] == [4]
+    code, out = cli(srv, "status", z.id, capsys=capsys)
+    assert f"4 rank(s) on {a}:2,{b}:2  succeeded" in out, out
+
+
+@pytest.mark.timeout(90)
+def test_a_host_unreachable_at_launch_is_quarantined_and_a_non_elastic_job_waits_until_it_returns(cluster,
+                                                                                                   coordinator):
+    cooldown = 4.0
+    srv, client = coordinator(failures=1, cooldown_s=cooldown)
+    a, b = cluster.hosts
+    cluster.cut(b)
+    job = client.submit(spec("patient", steps=40, workers=4))
+    waiting = wait_for("the job to wait for b", lambda: "waiting for 4" in (m := client.get(job.id).message) and m, 30)
+    first = client.get(job.id).attempt_history[0]
+    assert "No route to host" in host_state(client, b).last_failure, (first, host_state(client, b))
+    assert client.get(job.id).state is JobState.RESTARTING
+    assert f"{b} (2 slot(s), quarantined until" in waiting and "2 free on usable hosts" in waiting, waiting
+    cluster.restore(b)
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, cooldown + 40)
+    assert done.state is JobState.SUCCEEDED, done.message
+    assert [t.ranks for t in done.attempt_history] == [4, 4] and done.attempt_history[1].hosts == f"{a}:2,{b}:2"
+    assert host_state(client, b).state == "healthy"
