@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Collection, Mapping, Sequence
 
-from coordinator.hosts import Allocation, format_hosts
+from coordinator.hosts import Allocation
 from coordinator.records import JobRow
 from coordinator.reports import FailureCause, WorkerFailure
 
@@ -121,6 +121,3 @@ def blamed_hosts(allocation: Allocation, failure: WorkerFailure | None, tail: st
                 return [(found.group(1), f"a rank on {found.group(1)} was killed ({how})")]
     return []
 
-
-__all__ = ["allocate", "blamed_hosts", "format_hosts", "missing_message", "plan", "rank_hosts", "ranks_of",
-           "usable_slots"]
