@@ -35,7 +35,7 @@ from coordinator.events import ChangeSignal
 from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
 from coordinator.executors import Ended, Executor, Handle, Launch, LocalExecutor
 from coordinator.launcher import Exit, build_worker_env, log_tail
-from coordinator.outcomes import Outcome, classify, decide
+from coordinator.outcomes import Decision, Outcome, classify, decide
 from coordinator.states import IllegalTransition, JobState
 from coordinator.records import EXTERNAL, JobRow
 from coordinator.store import Store
@@ -90,6 +90,8 @@ class Supervisor:
         self._restart_at: dict[str, float] = {}   # RESTARTING job → monotonic time its backoff ends
         self._killed: dict[str, tuple[str, str]] = {}  # job id → (outcome, why) when we stopped it ourselves
         self._stoppers: list[threading.Thread] = []
+        self._resizing: dict[str, str] = {}  # elastic job id → why it is being stopped with a checkpoint
+        self.fleet = None  # coordinator.fleet.Fleet: told which hosts a failed attempt blames (None: nobody)
 
     # ================================================================ the scheduler's interface
 
@@ -102,12 +104,14 @@ class Supervisor:
         token_hash = hash_token(token)
         hosts = format_hosts(allocation)
         queued = self.executor.queues
+        ranks = sum(n for _, n in allocation)  # an elastic job may run on fewer than job.workers
+        size = f" ({ranks} of {job.workers} ranks)" if ranks != job.workers else ""
         restart = f" (restart {job.restarts})" if job.restarts else ""
-        message = (f"submitting to Slurm{restart}" if queued else f"running on {hosts}{restart}")
+        message = (f"submitting to Slurm{restart}" if queued else f"running on {hosts}{size}{restart}")
         try:
             attempt, _ = self.store.begin_attempt(
                 job.id, hosts=hosts, log_dir=self.data_dir / "logs" / job.id, run_dir=self.data_dir / "runs" / job.id,
-                token_hash=token_hash, message=message, running=not queued)
+                token_hash=token_hash, message=message, running=not queued, mpi_args=self.mpi_args)
         except IllegalTransition:
             return False  # cancelled between the scheduler's read and now
         self.signal.changed()
@@ -296,6 +300,27 @@ class Supervisor:
                 delay_s = 0.0  # still in Slurm's queue: no rank to write a checkpoint
             self._stops.setdefault(job_id, time.monotonic() + delay_s)
 
+    def running_allocations(self) -> dict[str, Allocation]:
+        """The slots of every attempt this supervisor watches, by job id (the elastic grow reads them)."""
+        with self._lock:
+            return {job_id: list(run.allocation) for job_id, run in self._runs.items()}
+
+    def request_resize(self, job_id: str, why: str, wait_s: float = 60.0) -> None:
+        """Stop an elastic job with a checkpoint at its next step boundary (its ranks are told through the progress
+        report, as for a cancel with checkpoint), then relaunch it at once without spending a restart; SIGTERM
+        (which also checkpoints) if the ranks have not stopped after `wait_s`."""
+        with self._lock:
+            if job_id not in self._runs or job_id in self._resizing:
+                return
+            self._resizing[job_id] = why
+            self._stops.setdefault(job_id, time.monotonic() + wait_s)
+        log.info("job %s: %s", job_id, why)
+
+    def stop_requested(self, job_id: str) -> bool:
+        """Whether the job's ranks are to stop with a checkpoint although no cancel was asked (a resize)."""
+        with self._lock:
+            return job_id in self._resizing
+
     def forget_restart(self, job_id: str) -> None:
         with self._lock:
             self._restart_at.pop(job_id, None)
@@ -346,10 +371,11 @@ class Supervisor:
         with self._lock:
             self._stops.pop(run.job_id, None)
             killed = self._killed.pop(run.job_id, None)
+            resizing = self._resizing.pop(run.job_id, None)
             run.token = None
         self.progress.forget(run.job_id)
         try:
-            self._record_end(run, exit, killed)
+            self._record_end(run, exit, killed, resizing)
             return True
         except Exception as err:  # noqa: BLE001 - whatever broke, the job must not stay RUNNING
             if run.settle_failures == 0:
@@ -370,7 +396,7 @@ class Supervisor:
                     self._killed.setdefault(run.job_id, killed)
             return False
 
-    def _record_end(self, run: Running, exit: Exit, killed: tuple[str, str] | None) -> None:
+    def _record_end(self, run: Running, exit: Exit, killed: tuple[str, str] | None, resizing: str | None = None) -> None:
         job = self.store.get_job(run.job_id)
         attempt = self.store.attempt(run.job_id, run.attempt)
         if job is None or attempt is None:
@@ -385,9 +411,16 @@ class Supervisor:
                            last_checkpoint_step=max(c.step for c in ours) if ours else None)
         if run.end_note and outcome.state is not JobState.SUCCEEDED:
             outcome = dataclasses.replace(outcome, message=run.end_note + outcome.message)
+        resized = resizing is not None and outcome.outcome == "stopped" and not job.cancel_requested
+        if resized:  # the stop with a checkpoint we asked for to grow an elastic job: relaunch it at once
+            saved = f" at step {max(c.step for c in ours)}" if ours else ""
+            outcome = Outcome(JobState.FAILED, True, f"{resizing}; attempt {run.attempt} stopped with a checkpoint"
+                                                     f"{saved}", "resized")
         self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
                                message=outcome.message)
-        self._move_on(job, run, exit, outcome)
+        if outcome.state is JobState.FAILED and not resized and killed is None and self.fleet is not None:
+            self.fleet.attempt_failed(job.id, run.allocation, attempt.failure, log_tail(log_path, lines=40))
+        self._move_on(job, run, exit, outcome, resized=resized)
 
     def _fail_over(self, run: Running, exit: Exit, cause: Exception) -> None:
         """The job's next state when its attempt's end could not be recorded: a retryable failure."""
@@ -403,12 +436,14 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - the job moved on; the attempt record is secondary
             log.exception("could not record the end of %s attempt %d", job.id, run.attempt)
 
-    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome) -> None:
+    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False) -> None:
         fault = _fault(job)
         # a registered run's launcher owns its restarts
         max_restarts = 0 if job.executor == EXTERNAL else fault.get("max_restarts", 2)
         decision = decide(outcome, attempt=run.attempt, restarts=job.restarts,
                           max_restarts=max_restarts, backoff_s=fault.get("backoff_s", 1.0))
+        if resized:
+            decision = Decision(JobState.RESTARTING, outcome.message)
         if decision.state is JobState.RESTARTING:
             with self._lock:
                 self._restart_at[job.id] = time.monotonic() + decision.delay_s
@@ -418,7 +453,8 @@ class Supervisor:
                 return
         try:
             self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
-                                  expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING])
+                                  expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING],
+                                  count_restart=not resized)
         except IllegalTransition:
             log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
                         exit.describe())

@@ -7,7 +7,9 @@ from coordinator.errors import InvalidArgument
 from coordinator.jobs import JobView
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
 from coordinator.rpc import gradmesh_pb2 as pb
-from coordinator.records import CheckpointRow, MetricRow, TransitionRow
+from coordinator.fleet import HostView
+from coordinator.hosthealth import HostState
+from coordinator.records import AttemptRow, CheckpointRow, MetricRow, TransitionRow
 from coordinator.worker_api import ProgressReport
 
 
@@ -34,12 +36,28 @@ def job_to_pb(v: JobView) -> pb.Job:
                  workers=j.workers, priority=j.priority, labels=j.labels, step=j.step, total_steps=j.total_steps,
                  epoch=j.epoch, samples_per_second=v.samples_per_second, eta_seconds=v.eta_seconds,
                  attempts=j.attempts, restarts=j.restarts, created_unix=j.created, started_unix=j.started,
-                 ended_unix=j.ended, history=[state_to_pb(t) for t in v.history], executor=j.executor)
+                 ended_unix=j.ended, history=[state_to_pb(t) for t in v.history], executor=j.executor,
+                 attempt_history=[attempt_to_pb(a) for a in v.attempts])
     if v.latest is not None:
         msg.latest.CopyFrom(metric_to_pb(v.latest))
     if v.best is not None:
         msg.best.CopyFrom(metric_to_pb(v.best))
     return msg
+
+
+def attempt_to_pb(a: AttemptRow) -> pb.AttemptSummary:
+    return pb.AttemptSummary(attempt=a.attempt, ranks=a.ranks, hosts=a.hosts, outcome=a.outcome, message=a.message,
+                             started_unix=a.started, ended_unix=a.ended, mpi_args=list(a.mpi_args))
+
+
+_HOST_STATES = {HostState.HEALTHY: pb.HOST_HEALTHY, HostState.SUSPECT: pb.HOST_SUSPECT,
+                HostState.QUARANTINED: pb.HOST_QUARANTINED, HostState.DRAINED: pb.HOST_DRAINED}
+
+
+def host_to_pb(v: HostView) -> pb.Host:
+    s = v.status
+    return pb.Host(name=s.host, slots=s.slots, free_slots=v.free, state=_HOST_STATES[s.state], failures=s.failures,
+                   last_failure=s.last_failure, last_failure_unix=s.last_failure_time, returns_unix=s.returns_at)
 
 
 def checkpoint_to_pb(c: CheckpointRow) -> pb.CheckpointInfo:

@@ -9,6 +9,7 @@
     jobs        client operations (coordinator.jobs)       streams   watch and logs (coordinator.streams)
     workers     the ranks' calls (coordinator.worker_api)  checkpoints  files and records (coordinator.checkpoints)
     supervisor  attempts (coordinator.attempts)           scheduler    slots and queue (coordinator.scheduler)
+    fleet       host health, placement, elastic resizes   hosts        ListHosts/DrainHost (coordinator.fleet)
 
 Files under DATA_DIR:
     gradmesh.db                       the store (coordinator.store)
@@ -24,6 +25,8 @@ from typing import Sequence
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import Checkpoints
 from coordinator.events import ChangeSignal
+from coordinator.fleet import Fleet, HostOps
+from coordinator.hosthealth import HostHealth, HostPolicy
 from coordinator.jobs import Jobs
 from coordinator.limits import Limits, host_memory_bytes
 from coordinator.scheduler import Scheduler, SlotPool
@@ -35,7 +38,8 @@ from coordinator.worker_api import WorkerApi
 class Coordinator:
     def __init__(self, data_dir: Path, store: Store, pool: SlotPool, *, data_roots: Sequence[Path],
                  tls_ca: Path | None = None, stop_grace_s: float = 5.0, cancel_checkpoint_wait_s: float = 30.0,
-                 mpi_args: Sequence[str] = (), limits: Limits = Limits(), executor_factory=None):
+                 mpi_args: Sequence[str] = (), limits: Limits = Limits(), executor_factory=None,
+                 host_policy: HostPolicy = HostPolicy()):
         self.data_dir = Path(data_dir)
         self.store = store
         self.signal = ChangeSignal()
@@ -43,7 +47,10 @@ class Coordinator:
         self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
                                      mpi_args=mpi_args, stop_grace_s=stop_grace_s, data_roots=data_roots,
                                      executor=executor_factory(store) if executor_factory else None)
-        self.scheduler = Scheduler(store, pool, self.supervisor)
+        self.fleet = Fleet(store, self.signal, HostHealth(list(pool.capacity.items()), **host_policy.kwargs()))
+        self.supervisor.fleet = self.fleet
+        self.scheduler = Scheduler(store, pool, self.supervisor, fleet=self.fleet)
+        self.hosts = HostOps(self.fleet, usage=self.scheduler.usage, wake=self.scheduler.wake)
         self.limits = limits
         # a rank may use its host's memory divided by the host's slots (hosts of a pool are taken to be alike)
         # (under Slurm the nodes are not known here: only --memory-per-slot limits a rank)

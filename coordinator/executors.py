@@ -83,7 +83,8 @@ class LocalExecutor:
     def launch(self, request: Launch) -> WorkerProcess:
         attempt = request.attempt
         log_path, workdir = Path(attempt.log_path), Path(attempt.workdir)
-        argv = build_mpirun_argv(mpirun=find_mpirun(), python=sys.executable, workers=request.job.workers,
+        ranks = sum(n for _, n in request.allocation)  # an elastic job may run on fewer than job.workers
+        argv = build_mpirun_argv(mpirun=find_mpirun(), python=sys.executable, workers=ranks,
                                  hosts=None if self.local else request.allocation, coordinator=request.coordinator,
                                  job_id=request.job.id, attempt=attempt.attempt, workdir=workdir,
                                  mpi_args=self.mpi_args)

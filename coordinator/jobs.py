@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -53,6 +53,7 @@ class JobView:
     best: MetricRow | None
     samples_per_second: float
     eta_seconds: float  # -1 when unknown
+    attempts: list[AttemptRow] = field(default_factory=list)  # oldest first: rank counts and hosts of each
 
 
 def find_job(store: Store, job_id: str) -> JobRow:
@@ -372,4 +373,5 @@ class Jobs:
         latest = self.store.latest_metric(job.id)
         sps = latest.samples_per_second if latest and not math.isnan(latest.samples_per_second) else 0.0
         return JobView(job=job, history=self.store.transitions(job.id), latest=latest,
-                       best=self.store.best_metric(job.id), samples_per_second=sps, eta_seconds=eta_seconds(job, sps))
+                       best=self.store.best_metric(job.id), samples_per_second=sps, eta_seconds=eta_seconds(job, sps),
+                       attempts=self.store.attempts(job.id))

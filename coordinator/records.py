@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from coordinator.hosts import parse_formatted_hosts
 from coordinator.reports import WorkerEvent, WorkerFailure
 from coordinator.states import JobState
 
@@ -68,6 +69,12 @@ class AttemptRow:
     worker_event: WorkerEvent = WorkerEvent.UNSPECIFIED
     worker_message: str = ""
     failure: WorkerFailure | None = None
+    mpi_args: tuple[str, ...] = ()   # what `gradmesh serve --mpirun-arg` gave this attempt's mpirun
+
+    @property
+    def ranks(self) -> int:
+        """The attempt's rank count (its hosts "a:2,b:2" add up to it)."""
+        return sum(n for _, n in parse_formatted_hosts(self.hosts))
 
 
 @dataclass(frozen=True)

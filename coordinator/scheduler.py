@@ -113,10 +113,11 @@ def scheduling_order(jobs: Sequence[JobRow]) -> list[JobRow]:
 
 
 class Scheduler:
-    def __init__(self, store: Store, pool: SlotPool, attempts: Attempts, *, tick_s: float = 0.2):
+    def __init__(self, store: Store, pool: SlotPool, attempts: Attempts, *, tick_s: float = 0.2, fleet=None):
         self.store = store
         self.pool = pool
         self.attempts = attempts
+        self.fleet = fleet  # coordinator.fleet.Fleet: healthy hosts only, elastic sizes and grows (None: plain FIFO)
         self.tick_s = tick_s
         self._lock = threading.Lock()  # the pool's free slots
         self._wake = threading.Event()
@@ -162,16 +163,20 @@ class Scheduler:
                 self.pool.release(allocation)
         self.attempts.tick()
         self._start_pending()
+        if self.fleet is not None:
+            self.fleet.grow(self.pool, self._lock, self.attempts)
 
     def _start_pending(self) -> None:
         pending = scheduling_order(self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING))
         # (a registered run is its user's to launch: never started here, even if a crash left it QUEUED)
         pending = [j for j in pending if not j.executor and not self.attempts.is_active(j.id) and self.attempts.ready(j)]
-        with self._lock:
-            chosen = plan_starts(pending, self.pool.available)
-        for job in chosen:
+        if self.fleet is not None:  # the slots are taken in the plan, under the lock
             with self._lock:
-                allocation = self.pool.allocate(job.workers)
+                planned = self.fleet.plan(pending, self.pool)
+        else:
+            with self._lock:
+                planned = [(job, self.pool.allocate(job.workers)) for job in plan_starts(pending, self.pool.available)]
+        for job, allocation in planned:
             if allocation is None:  # cannot happen with plan_starts, but never launch without slots
                 break
             try:

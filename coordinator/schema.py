@@ -128,10 +128,16 @@ JOB_EXECUTOR_COLUMNS = {
     "executor": "TEXT NOT NULL DEFAULT ''",
 }
 
+# The options `gradmesh serve --mpirun-arg` passed to this attempt's mpirun (a JSON list), kept with it.
+ATTEMPT_MPI_COLUMNS = {
+    "mpi_args": "TEXT NOT NULL DEFAULT '[]'",
+}
+
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
-    for table, columns in (("attempts", {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS, **ATTEMPT_SLURM_COLUMNS}),
+    for table, columns in (("attempts", {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS, **ATTEMPT_SLURM_COLUMNS,
+                                         **ATTEMPT_MPI_COLUMNS}),
                            ("jobs", JOB_EXECUTOR_COLUMNS)):
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         for name, decl in columns.items():

@@ -22,6 +22,9 @@ DATA_DIR/token (mode 0600; see `load_or_create_token` for what an existing file 
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
 still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.attempts).
 
+`mpi_args` go to every mpirun (e.g. ["-launcher", "ssh", "-iface", "eth1"]) and are stored with each attempt;
+`host_policy` says when a host is quarantined and for how long (coordinator.hosthealth).
+
 Serving on every interface (host "0.0.0.0" or "::") needs `advertise_address`: the ranks, possibly on other
 hosts, dial that address, and guessing 127.0.0.1 would fail only at the hang timeout.
 """
@@ -36,6 +39,7 @@ import sys
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,6 +48,7 @@ from grpc_reflection.v1alpha import reflection
 from coordinator.admission import Admission, CallLimits
 from coordinator.auth import AuthInterceptor
 from coordinator.core import Coordinator
+from coordinator.hosthealth import HostPolicy
 from coordinator.limits import Limits
 from coordinator.dashboard import RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
@@ -176,7 +181,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  token: str | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
                  advertise_address: str | None = None, limits: Limits | None = None,
                  call_limits: CallLimits | None = None, http_port: int | None = None,
-                 executor: str = "local", slurm: SlurmOptions | None = None) -> RunningServer:
+                 executor: str = "local", slurm: SlurmOptions | None = None,
+                 mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -207,7 +213,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     store = Store(data_dir / "gradmesh.db")
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
                        tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits(),
-                       executor_factory=factory)
+                       executor_factory=factory, mpi_args=mpi_args, host_policy=host_policy or HostPolicy())
 
     admission = Admission(call_limits or CallLimits())
     interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,
@@ -215,7 +221,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
     server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams)),
+    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams, core.hosts)),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

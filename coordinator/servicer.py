@@ -121,9 +121,22 @@ def _token(context: grpc.ServicerContext) -> str:
 
 
 class JobServicer:
-    def __init__(self, jobs: Jobs, streams: Streams):
+    def __init__(self, jobs: Jobs, streams: Streams, hosts=None):
         self.jobs = jobs
         self.streams = streams
+        self.hosts = hosts  # coordinator.fleet.HostOps
+
+    @rpc
+    def ListHosts(self, request, context):
+        return pb.ListHostsResponse(hosts=[convert.host_to_pb(v) for v in self.hosts.list()])
+
+    @rpc
+    def DrainHost(self, request, context):
+        return convert.host_to_pb(self.hosts.drain(request.host))
+
+    @rpc
+    def UndrainHost(self, request, context):
+        return convert.host_to_pb(self.hosts.undrain(request.host))
 
     @rpc
     def SubmitJob(self, request, context):

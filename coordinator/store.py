@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from coordinator.errors import InvalidArgument, ResourceExhausted
 from coordinator.records import (AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow, nan_from_sql,
@@ -208,11 +208,13 @@ class Store:
         return [self._job(r) for r in rows]
 
     def transition(self, job_id: str, new: JobState, message: str, *, attempt: int = 0,
-                   now: float | None = None, expect: Iterable[JobState] | None = None) -> TransitionRow:
+                   now: float | None = None, expect: Iterable[JobState] | None = None,
+                   count_restart: bool = True) -> TransitionRow:
         """Move a job to `new` (legality checked inside the transaction) and record the transition.
 
         `expect`, when given, makes the change conditional: if the job is not in one of those states the
         transition is refused with IllegalTransition, which lets racing threads (reaper vs cancel) agree.
+        `count_restart` False: a RESTARTING that is no failure (an elastic job's resize) spends no restart.
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -231,7 +233,7 @@ class Store:
             if new.is_terminal():
                 sets.append("ended = ?")
                 args.append(now)
-            if new is JobState.RESTARTING:
+            if new is JobState.RESTARTING and count_restart:
                 sets.append("restarts = restarts + 1")
             db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
             cur = db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, ?)",
@@ -252,6 +254,14 @@ class Store:
                     " epoch = MAX(epoch, ?) WHERE id = ?", (step, total_steps, total_steps, epoch, job_id))
         except ResourceExhausted as err:
             log.warning("%s", err)
+
+    def note(self, job_id: str, message: str, states: Iterable[JobState]) -> bool:
+        """Set the job's message without a transition (why a pending job waits) while it is in `states`."""
+        names = [s.name for s in states]
+        with self._lock, self._disk_full_as(f"the message of job {job_id}"):
+            cur = self._conn.execute(f"UPDATE jobs SET message = ? WHERE id = ? AND state IN ({','.join('?' * len(names))})",
+                                     (message, job_id, *names))
+            return cur.rowcount > 0
 
     def request_cancel(self, job_id: str, checkpoint: bool) -> None:
         with self._lock, self._disk_full_as(f"the cancel of job {job_id}"):
@@ -280,15 +290,17 @@ class Store:
                           started=r["started"], hosts=r["hosts"], pid=r["pid"], pgid=r["pgid"],
                           start_ticks=r["start_ticks"], boot_id=r["boot_id"], slurm_job=r["slurm_job"], ended=r["ended"],
                           exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
-                          worker_event=event, worker_message=r["worker_message"], failure=failure)
+                          worker_event=event, worker_message=r["worker_message"], failure=failure,
+                          mpi_args=tuple(json.loads(r["mpi_args"] or "[]")))
 
     def begin_attempt(self, job_id: str, *, hosts: str, log_dir: Path, run_dir: Path, token_hash: str,
                       message: str, now: float | None = None,
-                      running: bool = True) -> tuple[AttemptRow, TransitionRow | None]:
+                      running: bool = True, mpi_args: Sequence[str] = ()) -> tuple[AttemptRow, TransitionRow | None]:
         """Allocate the next attempt number, rotate the job token and move the job to RUNNING, atomically.
 
         `running=False` (an attempt handed to Slurm's queue): the job keeps its state (QUEUED or RESTARTING)
-        with `message`, until its ranks first call (`transition` to RUNNING then); no transition is returned."""
+        with `message`, until its ranks first call (`transition` to RUNNING then); no transition is returned.
+        `mpi_args` are the options `gradmesh serve --mpirun-arg` gave this attempt's mpirun."""
         now = time.time() if now is None else now
         with self._tx() as db:
             row = db.execute("SELECT state, attempts, started FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -297,10 +309,10 @@ class Store:
             if not running:
                 number = row["attempts"] + 1
                 # slurm_job '?': handed to Slurm, its id not known yet (its ranks may call before sbatch answers)
-                db.execute("INSERT INTO attempts (job_id, attempt, hosts, started, log_path, workdir, slurm_job)"
-                           " VALUES (?, ?, ?, ?, ?, ?, '?')", (job_id, number, hosts, now,
-                                                          str(log_dir / f"attempt-{number}.log"),
-                                                          str(run_dir / f"attempt-{number}")))
+                db.execute("INSERT INTO attempts (job_id, attempt, hosts, started, log_path, workdir, slurm_job,"
+                           " mpi_args) VALUES (?, ?, ?, ?, ?, ?, '?', ?)",
+                           (job_id, number, hosts, now, str(log_dir / f"attempt-{number}.log"),
+                            str(run_dir / f"attempt-{number}"), json.dumps(list(mpi_args))))
                 db.execute("UPDATE jobs SET message = ?, attempts = ?, token_hash = ? WHERE id = ?",
                            (message, number, token_hash, job_id))
                 return self._attempt(db.execute("SELECT * FROM attempts WHERE job_id = ? AND attempt = ?",
@@ -308,8 +320,9 @@ class Store:
             number = row["attempts"] + 1
             log_path = str(log_dir / f"attempt-{number}.log")
             workdir = str(run_dir / f"attempt-{number}")
-            db.execute("INSERT INTO attempts (job_id, attempt, hosts, started, log_path, workdir)"
-                       " VALUES (?, ?, ?, ?, ?, ?)", (job_id, number, hosts, now, log_path, workdir))
+            db.execute("INSERT INTO attempts (job_id, attempt, hosts, started, log_path, workdir, mpi_args)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, number, hosts, now, log_path, workdir, json.dumps(list(mpi_args))))
             db.execute("UPDATE jobs SET state = ?, message = ?, attempts = ?, token_hash = ?,"
                        " started = CASE WHEN started = 0 THEN ? ELSE started END WHERE id = ?",
                        (JobState.RUNNING.name, message, number, token_hash, now, job_id))

@@ -126,7 +126,8 @@ class WorkerApi:
             exit = Exit(report.exit_code, "the registered run", "" if report.exit_code is not None
                         else "a rank reported a failure")
             self.supervisor.end_external(job_id, number, exit)
-        return job.cancel_requested, job.checkpoint_requested
+        resize = self.supervisor.stop_requested(job.id)  # an elastic job growing back: stop with a checkpoint
+        return job.cancel_requested or resize, job.checkpoint_requested or resize
 
     def _progress(self, job: JobRow, number: int, report: ProgressReport) -> bool:
         rows = [dataclasses.replace(p, attempt=number) for p in report.points]

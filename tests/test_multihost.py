@@ -11,39 +11,24 @@ the veth, as between real hosts. The veth byte counters (read in each namespace)
 gradients crossed the link: at least steps × gradient bytes each way.
 
 Needs root and iproute2 (`apt-get install iproute2`); skipped, with the reason, only where creating a
-network namespace is refused. The namespaces (and so the veth) are deleted in a finally.
+network namespace is refused. The namespaces (and so the veth) are deleted in a finally. The pieces (ip,
+the launcher script, byte counters) are shared with the coordinator's multi-host tests: tests/netns_hosts.py.
 """
 import json
 import os
 import re
 import shutil
-import subprocess
 import textwrap
 
 import numpy as np
 import pytest
 
 from mpi_programs.launch import PROGRAMS, run_mpi
+from netns_hosts import DEVICE, FORCE_TCP, ip, kill_namespace_processes, link_bytes, write_launcher
 
 HOSTS = ("10.77.0.1", "10.77.0.2")
-DEVICE = "gm0"
-FORCE_TCP = {"UCX_TLS": "tcp", "UCX_NET_DEVICES": DEVICE, "MPIR_CVAR_NOLOCAL": "1",
-             "MPIR_CVAR_CH4_NETMOD": "ucx"}
 LAYERS = [64, 128, 128, 10]
 STEPS = 50
-
-
-def ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=check)
-
-
-def kill_namespace_processes(ns):
-    pids = ip("netns", "pids", ns, check=False).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 @pytest.fixture
@@ -67,20 +52,7 @@ def two_hosts(tmp_path):
             ip("-n", ns, "addr", "add", f"{host}/24", "dev", DEVICE)
             ip("-n", ns, "link", "set", DEVICE, "up")
             ip("-n", ns, "link", "set", "lo", "up")
-        script = tmp_path / "netns-ssh"
-        cases = "\n".join(f"  {h}) ns={ns} ;;" for h, ns in zip(HOSTS, namespaces))
-        script.write_text(textwrap.dedent("""\
-            #!/bin/sh
-            # ssh stand-in for hydra: "[-x] HOST command..." runs command in HOST's network namespace
-            [ "$1" = "-x" ] && shift
-            host=$1; shift
-            case "$host" in
-            {cases}
-              *) echo "netns-ssh: unknown host $host" >&2; exit 255 ;;
-            esac
-            exec ip netns exec "$ns" sh -c "$*"
-            """).format(cases=cases))
-        script.chmod(0o755)
+        script = write_launcher(tmp_path / "netns-ssh", dict(zip(HOSTS, namespaces)))
         yield dict(zip(HOSTS, namespaces)), script
     finally:
         for ns in created:
@@ -96,11 +68,6 @@ def launch_on_both(namespaces, script, argv, timeout, env=None):
                    mpirun_args=["-launcher", "ssh", "-launcher-exec", str(script), "-localhost", HOSTS[0],
                                 "-hosts", ",".join(HOSTS), "-n", "2"],
                    env={**FORCE_TCP, **(env or {})}, timeout=timeout, settle_s=6.0)
-
-
-def link_bytes(ns):
-    stats = json.loads(ip("-j", "-s", "-n", ns, "link", "show", "dev", DEVICE).stdout)[0]["stats64"]
-    return stats["rx"]["bytes"], stats["tx"]["bytes"]
 
 
 @pytest.mark.timeout(120)

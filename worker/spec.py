@@ -110,6 +110,8 @@ class FaultSpec:
     max_restarts: int = 2         # relaunches after a failed attempt before the job is FAILED
     backoff_s: float = 1.0        # wait before a relaunch, doubled each time
     hang_timeout_s: float = 60.0  # a collective or a progress report this late means a hang
+    min_workers: int = 0          # elastic: restart on as few as this many ranks when hosts are lost, grow
+                                  # back to `workers` when they return (0 = workers: not elastic)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class JobSpec:
         raw = _plain(dataclasses.asdict(self))
         for section, key, _reason in _unused_settings(self):
             del raw[section][key]
+        if not self.fault.min_workers:  # the default (not elastic) is left out: older specs keep their JSON
+            del raw["fault"]["min_workers"]
         return raw
 
     def to_json(self) -> str:
@@ -368,6 +372,7 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(0 <= obj.backoff_s <= MAX_BACKOFF_S, p + "backoff_s", f"must be in 0..{MAX_BACKOFF_S:g} seconds")
         _require(0 < obj.hang_timeout_s <= MAX_HANG_TIMEOUT_S, p + "hang_timeout_s",
                  f"must be positive and at most {MAX_HANG_TIMEOUT_S:g} seconds (a week)")
+        _require(obj.min_workers >= 0, p + "min_workers", "must not be negative (0 = workers: not elastic)")
     elif isinstance(obj, JobSpec):
         _require(0 < len(obj.name) <= 128, p + "name", "must be 1..128 characters")
         _require(1 <= obj.workers <= 4096, p + "workers", "must be in 1..4096")
@@ -376,6 +381,8 @@ def _check_section(obj: Any, prefix: str) -> None:
 
 
 def _check_cross_fields(spec: JobSpec) -> None:
+    _require(spec.fault.min_workers <= spec.workers, "fault.min_workers",
+             f"must be at most workers ({spec.workers}): it is the fewest ranks an elastic job runs on")
     if spec.model.loss == "cross_entropy":
         _require(spec.model.layers[-1] >= 2, "model.layers", "cross_entropy needs at least 2 outputs")
     if spec.data.source == "synthetic":

@@ -7,6 +7,7 @@
     gradmesh watch ID                               # live progress; exit 0 only when the job SUCCEEDED
     gradmesh status ID | list [--state RUNNING] | metrics ID | checkpoints ID | logs ID [-f]
     gradmesh cancel ID [--checkpoint]
+    gradmesh hosts [--json] | hosts drain HOST | hosts undrain HOST    # slots and health of every host
     gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
     gradmesh plot ID [ID ...] -o curves.png         # curves of several jobs on shared axes (extra: plot)
@@ -34,6 +35,7 @@ from coordinator.cli.commands import (
 from coordinator.cli.demo import run_demo
 from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
+from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
 from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.limits import Limits
@@ -83,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=None,
                    help="web dashboard port on the same interface (default: the gRPC port + 1, a free one when "
                         "--port is 0; 0 = no dashboard)")
+    p.add_argument("--mpirun-arg", action="append", default=[], metavar="ARG", dest="mpirun_args",
+                   help="pass ARG to every mpirun (repeatable, in order; e.g. --mpirun-arg=-launcher "
+                        "--mpirun-arg=ssh --mpirun-arg=-iface --mpirun-arg=eth1); stored with each attempt")
+    p.add_argument("--host-failures", type=int, default=2, metavar="N",
+                   help="quarantine a host after N failed attempts blamed on it within the window (default 2)")
+    p.add_argument("--host-failure-window", type=float, default=600.0, metavar="SECONDS",
+                   help="the window in which a host's failures count (default 600)")
+    p.add_argument("--host-cooldown", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a quarantined host takes no new ranks (default 300)")
     p.add_argument("--keep-jobs", action="store_true",
                    help="on stop, leave running jobs training; the next coordinator on this data directory "
                         "re-adopts them")
@@ -97,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(slurm) how often to ask Slurm's controller about the jobs (default 1)")
     Limits.add_arguments(p)  # what one job or user may use (coordinator.limits)
     add_limit_flags(p)       # calls in flight and idle calls (coordinator.admission)
+
+    p = command("hosts", cmd_hosts, "show the coordinator's hosts and their health; drain or undrain one")
+    p.add_argument("action", nargs="?", choices=["drain", "undrain"],
+                   help="drain: no new ranks on HOST (running jobs stay); undrain: lift it")
+    p.add_argument("host", nargs="?", metavar="HOST")
 
     p = command("submit", cmd_submit, "submit a job spec (TOML or JSON); prints the job id")
     p.add_argument("spec", help="job spec file")

@@ -141,6 +141,11 @@ def describe_job(job: JobInfo) -> str:
     lines.append(f"workers    {job.workers}   priority {job.priority}   labels {labels}")
     lines.append(f"times      created {fmt_time(job.created_unix)}   started {fmt_time(job.started_unix)}"
                  f"   ended {fmt_time(job.ended_unix)}")
+    for i, a in enumerate(job.attempt_history):  # every launch: an elastic job's resizes show here
+        head = "attempts" if i == 0 else ""
+        ended = fmt_time(a.ended_unix) if a.ended_unix else "running"
+        lines.append(f"{head:<10} #{a.attempt}  {a.ranks} rank(s) on {a.hosts or '-'}  {a.outcome or 'running'}"
+                     f"  {fmt_time(a.started_unix)} .. {ended}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from coordinator.admission import CallLimits
 from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
 from coordinator.client import TOKEN_FILE
+from coordinator.hosthealth import HostPolicy
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
 from coordinator.limits import Limits
 
@@ -66,6 +67,19 @@ def _host_list(args) -> list[tuple[str, int]] | None:
     return None
 
 
+def _host_policy(args) -> HostPolicy:
+    """--host-failures, --host-failure-window, --host-cooldown (coordinator.hosthealth)."""
+    d = HostPolicy()
+    policy = HostPolicy(failures=getattr(args, "host_failures", d.failures),
+                        window_s=getattr(args, "host_failure_window", d.window_s),
+                        cooldown_s=getattr(args, "host_cooldown", d.cooldown_s))
+    if policy.failures < 1:
+        raise CliError(f"serve: --host-failures must be at least 1, got {policy.failures}", EXIT_USAGE)
+    if not policy.window_s > 0 or not policy.cooldown_s >= 0:
+        raise CliError("serve: --host-failure-window must be positive and --host-cooldown not negative", EXIT_USAGE)
+    return policy
+
+
 def _http_port(args) -> int | None:
     """The dashboard's port: --http-port (0 = none), by default the gRPC port + 1, or a free one when the gRPC
     port is itself chosen freely (--port 0)."""
@@ -112,7 +126,8 @@ def cmd_serve(args) -> int:
                            tls_key=Path(args.tls_key) if args.tls_key else None,
                            advertise_address=args.advertise_address, limits=Limits.from_args(args),
                            call_limits=call_limits, http_port=_http_port(args), executor=args.executor,
-                           slurm=_slurm_options(args))
+                           slurm=_slurm_options(args),
+                           mpi_args=list(getattr(args, "mpirun_args", None) or []), host_policy=_host_policy(args))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:

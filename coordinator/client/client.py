@@ -20,7 +20,7 @@ import grpc
 from coordinator import wire
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
-    CheckpointInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
+    CheckpointInfo, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
 )
 from coordinator.errors import ChecksumMismatch, GradmeshError, InvalidArgument, Unauthenticated, Unavailable
@@ -152,6 +152,19 @@ class Client:
         returned JobInfo is that one."""
         return JobInfo.from_pb(self._unary("ResumeJob", pb.ResumeJobRequest(job_id=job_id, workers=int(workers or 0)),
                                            "resume"))
+
+    # -- hosts
+
+    def hosts(self) -> list[HostInfo]:
+        """The coordinator's hosts: slots, free slots, health (healthy, suspect, quarantined, drained)."""
+        return [HostInfo.from_pb(h) for h in self._unary("ListHosts", pb.ListHostsRequest(), "hosts").hosts]
+
+    def drain(self, host: str) -> HostInfo:
+        """Keep new ranks off `host` (running jobs stay); NotFound (kind "host") when it is not in the pool."""
+        return HostInfo.from_pb(self._unary("DrainHost", pb.DrainHostRequest(host=host), "drain"))
+
+    def undrain(self, host: str) -> HostInfo:
+        return HostInfo.from_pb(self._unary("UndrainHost", pb.DrainHostRequest(host=host), "undrain"))
 
     def metrics(self, job_id: str, from_step: int = 0) -> list[MetricPoint]:
         """The job's metric history from `from_step`, in step order. A long history comes in pages (each

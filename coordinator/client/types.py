@@ -82,6 +82,53 @@ class StateChange:
 
 
 @dataclass(frozen=True)
+class AttemptInfo:
+    """One launch of a job: its rank count and hosts (an elastic job's resizes are attempts of other sizes)."""
+    attempt: int
+    ranks: int
+    hosts: str                      # "host:ranks,host:ranks"
+    outcome: str                    # "" while running; succeeded, failed, hung, resized, cancelled, ...
+    message: str
+    started_unix: float
+    ended_unix: float | None        # None while running
+    mpi_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pb(cls, a: pb.AttemptSummary) -> "AttemptInfo":
+        return cls(attempt=a.attempt, ranks=a.ranks, hosts=a.hosts, outcome=a.outcome, message=a.message,
+                   started_unix=a.started_unix, ended_unix=a.ended_unix or None, mpi_args=tuple(a.mpi_args))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "mpi_args": list(self.mpi_args)}
+
+
+HOST_STATE_NAMES = {pb.HOST_HEALTHY: "healthy", pb.HOST_SUSPECT: "suspect", pb.HOST_QUARANTINED: "quarantined",
+                    pb.HOST_DRAINED: "drained"}
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """A host of the coordinator's pool: its slots and health (`gradmesh hosts`)."""
+    name: str
+    slots: int
+    free_slots: int
+    state: str                      # healthy | suspect | quarantined | drained
+    failures: int                   # attributed to it in the current window
+    last_failure: str
+    last_failure_unix: float | None
+    returns_unix: float | None      # when its quarantine ends; None when not quarantined
+
+    @classmethod
+    def from_pb(cls, h: pb.Host) -> "HostInfo":
+        return cls(name=h.name, slots=h.slots, free_slots=h.free_slots, state=HOST_STATE_NAMES.get(h.state, "unknown"),
+                   failures=h.failures, last_failure=h.last_failure, last_failure_unix=h.last_failure_unix or None,
+                   returns_unix=h.returns_unix or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class JobInfo:
     id: str
     name: str
@@ -104,6 +151,7 @@ class JobInfo:
     started_unix: float | None      # None until it first runs
     ended_unix: float | None        # None until terminal
     history: tuple[StateChange, ...] = field(default=())
+    attempt_history: tuple[AttemptInfo, ...] = field(default=())   # every launch: ranks and hosts of each
 
     @classmethod
     def from_pb(cls, j: pb.Job) -> "JobInfo":
@@ -117,7 +165,8 @@ class JobInfo:
             eta_seconds=j.eta_seconds if j.eta_seconds >= 0 else None,
             attempts=j.attempts, restarts=j.restarts, created_unix=j.created_unix,
             started_unix=j.started_unix or None, ended_unix=j.ended_unix or None,
-            history=tuple(StateChange.from_pb(s) for s in j.history))
+            history=tuple(StateChange.from_pb(s) for s in j.history),
+            attempt_history=tuple(AttemptInfo.from_pb(a) for a in j.attempt_history))
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -134,6 +183,7 @@ class JobInfo:
         out["best"] = self.best.to_dict() if self.best else None
         out["spec"] = self.spec
         out["history"] = [s.to_dict() for s in self.history]
+        out["attempt_history"] = [a.to_dict() for a in self.attempt_history]
         return out
 
 

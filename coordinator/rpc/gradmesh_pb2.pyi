@@ -17,6 +17,14 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
 
+class HostState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOST_STATE_UNSPECIFIED: _ClassVar[HostState]
+    HOST_HEALTHY: _ClassVar[HostState]
+    HOST_SUSPECT: _ClassVar[HostState]
+    HOST_QUARANTINED: _ClassVar[HostState]
+    HOST_DRAINED: _ClassVar[HostState]
+
 class WorkerEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WORKER_EVENT_UNSPECIFIED: _ClassVar[WorkerEvent]
@@ -42,6 +50,11 @@ RESTARTING: JobState
 SUCCEEDED: JobState
 FAILED: JobState
 CANCELLED: JobState
+HOST_STATE_UNSPECIFIED: HostState
+HOST_HEALTHY: HostState
+HOST_SUSPECT: HostState
+HOST_QUARANTINED: HostState
+HOST_DRAINED: HostState
 WORKER_EVENT_UNSPECIFIED: WorkerEvent
 WORKER_EVENT_STARTED: WorkerEvent
 WORKER_EVENT_FINISHED: WorkerEvent
@@ -93,7 +106,7 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time_unix: _Optional[float] = ..., attempt: _Optional[int] = ..., transition_id: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history", "executor")
+    __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history", "executor", "attempt_history")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +136,7 @@ class Job(_message.Message):
     ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_HISTORY_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     spec_json: str
@@ -145,7 +159,28 @@ class Job(_message.Message):
     ended_unix: float
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
     executor: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., executor: _Optional[str] = ...) -> None: ...
+    attempt_history: _containers.RepeatedCompositeFieldContainer[AttemptSummary]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., executor: _Optional[str] = ..., attempt_history: _Optional[_Iterable[_Union[AttemptSummary, _Mapping]]] = ...) -> None: ...
+
+class AttemptSummary(_message.Message):
+    __slots__ = ("attempt", "ranks", "hosts", "outcome", "message", "started_unix", "ended_unix", "mpi_args")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    MPI_ARGS_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    ranks: int
+    hosts: str
+    outcome: str
+    message: str
+    started_unix: float
+    ended_unix: float
+    mpi_args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, attempt: _Optional[int] = ..., ranks: _Optional[int] = ..., hosts: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., mpi_args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "job_id", "labels", "workers")
@@ -354,6 +389,42 @@ class RegisterRunResponse(_message.Message):
     worker_token: str
     attempt: int
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., worker_token: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Host(_message.Message):
+    __slots__ = ("name", "slots", "free_slots", "state", "failures", "last_failure", "last_failure_unix", "returns_unix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_UNIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    slots: int
+    free_slots: int
+    state: HostState
+    failures: int
+    last_failure: str
+    last_failure_unix: float
+    returns_unix: float
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., free_slots: _Optional[int] = ..., state: _Optional[_Union[HostState, str]] = ..., failures: _Optional[int] = ..., last_failure: _Optional[str] = ..., last_failure_unix: _Optional[float] = ..., returns_unix: _Optional[float] = ...) -> None: ...
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
+
+class DrainHostRequest(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    def __init__(self, host: _Optional[str] = ...) -> None: ...
 
 class WorkerFailure(_message.Message):
     __slots__ = ("cause", "rank", "host", "exception_type", "message", "step")

@@ -89,6 +89,21 @@ class JobServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunResponse.FromString,
                 _registered_method=True)
+        self.ListHosts = channel.unary_unary(
+                '/gradmesh.v1.JobService/ListHosts',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListHostsRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListHostsResponse.FromString,
+                _registered_method=True)
+        self.DrainHost = channel.unary_unary(
+                '/gradmesh.v1.JobService/DrainHost',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Host.FromString,
+                _registered_method=True)
+        self.UndrainHost = channel.unary_unary(
+                '/gradmesh.v1.JobService/UndrainHost',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Host.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -160,6 +175,24 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHosts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainHost(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainHost(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +250,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RegisterRun,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunResponse.SerializeToString,
+            ),
+            'ListHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHosts,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListHostsRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListHostsResponse.SerializeToString,
+            ),
+            'DrainHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainHost,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Host.SerializeToString,
+            ),
+            'UndrainHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainHost,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Host.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +564,87 @@ class JobService:
             '/gradmesh.v1.JobService/RegisterRun',
             coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.RegisterRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/ListHosts',
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListHostsRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListHostsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/DrainHost',
+            coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/UndrainHost',
+            coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.Host.FromString,
             options,
             channel_credentials,
             insecure,

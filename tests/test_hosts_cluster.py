@@ -1,0 +1,227 @@
+"""A real coordinator over hosts made of network namespaces (tests/netns_hosts.py), with real ranks.
+
+    coordinator (this namespace, 10.77.K.254) ── switch ── host 10.77.K.1 (2 slots) ── host 10.77.K.2 (2 slots)
+
+The coordinator is started with `start_server(hosts=[(h1, 2), (h2, 2)], host=HEAD, mpi_args=[-launcher ssh
+-launcher-exec SCRIPT -localhost HEAD ...])`: it binds HEAD, which the ranks in every namespace dial, and
+its mpirun (here) launches one hydra proxy per host through the ssh stand-in. Links are cut with
+`ip link set gm0 down` inside a host's namespace: its ranks live on, cut off from everyone, as when a
+cable is pulled. Skipped with the reason where namespaces cannot be made.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.client import Client, JobState
+from coordinator.hosthealth import HostPolicy
+from coordinator.server import start_server
+from mpi_programs.launch import run_mpi
+from netns_hosts import netns_cluster
+
+LAYERS = [64, 128, 128, 10]
+GRADIENT_BYTES = 4 * sum(i * o + o for i, o in zip(LAYERS[:-1], LAYERS[1:]))
+
+
+def spec(name: str, *, steps: int, workers: int = 4, min_workers: int = 0, every: int = 20,
+         hang_timeout_s: float = 3.0, eval_every: int = 10) -> dict:
+    fault = {"max_restarts": 3, "backoff_s": 0.0, "hang_timeout_s": hang_timeout_s}
+    if min_workers:
+        fault["min_workers"] = min_workers
+    return {"name": name, "workers": workers,
+            "model": {"layers": LAYERS}, "data": {"source": "digits"},
+            # plain SGD: Adam turns the rounding differences of another rank count into ~10% over 4000 steps
+            # (measured: 4 vs 2 uninterrupted ranks, Adam 1e-1 relative, SGD lr 0.05 1.4e-6)
+            "optim": {"name": "sgd", "lr": 0.05},
+            "train": {"steps": steps, "batch_size": 64, "eval_every": eval_every, "threads_per_rank": 1},
+            "checkpoint": {"every_steps": every, "keep_last": 30}, "fault": fault}
+
+
+def wait_for(what, predicate, timeout: float, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with netns_cluster(tmp_path, hosts=2) as c:
+        yield c
+
+
+@pytest.fixture
+def coordinator(cluster, tmp_path):
+    servers = []
+
+    def start(**policy):
+        srv = start_server(tmp_path / "coord", host=cluster.head, hosts=[(h, 2) for h in cluster.hosts],
+                           data_roots=[tmp_path], mpi_args=cluster.mpirun_args,
+                           host_policy=HostPolicy(**policy))
+        servers.append(srv)
+        return srv, Client(srv.address, token=srv.token, timeout=10)
+
+    yield start
+    for srv in servers:
+        srv.stop(grace=1.0)
+
+
+def attempts(client, job_id):
+    return client.get(job_id).attempt_history
+
+
+@pytest.mark.timeout(90)
+def test_a_two_host_job_succeeds_with_gradients_over_the_link(cluster, coordinator):
+    srv, client = coordinator()
+    a, b = cluster.hosts
+    before = cluster.link_bytes(b)
+    steps = 40
+    job = client.submit(spec("two-hosts", steps=steps, every=0))
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, 60)
+    after = cluster.link_bytes(b)
+    assert done.state is JobState.SUCCEEDED, (done.message, Path(srv.data_dir, "logs", job.id, "attempt-1.log").read_text())
+    [attempt] = done.attempt_history
+    assert attempt.ranks == 4 and attempt.hosts == f"{a}:2,{b}:2", attempt
+    assert "-launcher-exec" in attempt.mpi_args  # stored with the attempt
+    rx, tx = after[0] - before[0], after[1] - before[1]
+    print(f"host {b}: rx {rx:,} B, tx {tx:,} B for {steps} steps of a {GRADIENT_BYTES:,} B gradient")
+    assert rx >= steps * GRADIENT_BYTES and tx >= steps * GRADIENT_BYTES, (rx, tx)
+
+
+def running_attempt(client, job_id, number):
+    job = client.get(job_id)
+    if job.state is JobState.RUNNING and len(job.attempt_history) >= number:
+        return job.attempt_history[number - 1]
+    return None
+
+
+def host_state(client, host):
+    return next(h for h in client.hosts() if h.name == host)
+
+
+@pytest.mark.timeout(150)
+def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_back(cluster, coordinator, tmp_path):
+    cooldown = 5.0
+    srv, client = coordinator(failures=1, cooldown_s=cooldown)
+    a, b = cluster.hosts
+    steps, every, eval_every = 4000, 100, 50
+    job_spec = spec("elastic", steps=steps, min_workers=2, every=every, eval_every=eval_every)
+    job = client.submit(job_spec)
+    wait_for("150 steps on 4 ranks", lambda: client.get(job.id).step >= 150, 60)
+    assert running_attempt(client, job.id, 1).ranks == 4
+
+    # the link to b goes down: rank 0's hang watchdog names b's ranks, b is quarantined (--host-failures 1)
+    reached = client.get(job.id).step
+    cut_at = time.time()
+    cluster.cut(b)
+    second = wait_for("a second attempt", lambda: running_attempt(client, job.id, 2), 40)
+    first = client.get(job.id).attempt_history[0]
+    assert first.outcome != "succeeded" and "silent" in first.message, first
+    assert second.ranks == 2 and second.hosts == f"{a}:2", second
+    status = host_state(client, b)
+    assert status.state == "quarantined" and status.failures == 1 and "silent" in status.last_failure, status
+    assert status.returns_unix and status.returns_unix > cut_at
+    resumed = max(c.step for c in client.checkpoints(job.id) if c.attempt == 1)
+    training = wait_for("training again on the survivors",
+                        lambda: client.get(job.id).step > resumed and running_attempt(client, job.id, 2) and time.time(),
+                        30, every=0.05)
+    print(f"\nhost loss → training again on {a}: {training - cut_at:.1f} s (hang_timeout_s 3); "
+          f"resumed from the checkpoint at step {resumed}, attempt 1 had reached step {reached} at the cut: "
+          f"{max(0, reached - resumed)} steps recomputed")
+
+    # the link comes back; after the cool-down b is healthy, and the job grows back to 4 ranks
+    cluster.restore(b)
+    third = wait_for("the grow back to 4 ranks", lambda: running_attempt(client, job.id, 3), cooldown + 40)
+    assert third.ranks == 4 and third.hosts == f"{a}:2,{b}:2", third
+    assert host_state(client, b).state == "healthy"
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, 90)
+    assert done.state is JobState.SUCCEEDED, done.message
+    one, two, three = done.attempt_history
+    assert two.outcome == "resized" and "growing from 2 to 4 ranks" in two.message, two
+    assert done.restarts == 1  # the failure spent a restart; the resize did not
+
+    # no step lost or repeated at the grow: attempt 3 starts from attempt 2's last step, where it checkpointed
+    checkpoints = client.checkpoints(job.id)
+    stop_step = max(c.step for c in checkpoints if c.attempt == 2)
+    assert f"stopped with a checkpoint at step {stop_step}" in two.message, two.message
+    points = client.metrics(job.id)
+    assert [p.step for p in points] == list(range(eval_every, steps + 1, eval_every))  # continuous history
+    assert max(p.step for p in points if p.attempt == 2) <= stop_step < min(p.step for p in points if p.attempt == 3)
+    assert min(p.step for p in points if p.attempt == 3) - stop_step <= eval_every
+
+    # the same trajectory as an uninterrupted 4-rank run, within 1e-5 relative
+    client.download(job.id, tmp_path / "elastic.npz")
+    spec_file = tmp_path / "job.json"
+    spec_file.write_text(json.dumps(job_spec))
+    local = run_mpi(4, ["python", "-m", "worker", "--spec", str(spec_file), "--out", str(tmp_path / "local"),
+                        "--no-resume"], timeout=90)
+    assert local.returncode == 0, local.output
+    with np.load(tmp_path / "elastic.npz") as got, np.load(tmp_path / "local" / "final.npz") as want:
+        for name in (k for k in want.files if k.startswith("layers.")):
+            assert np.linalg.norm(got[name] - want[name]) <= 1e-5 * np.linalg.norm(want[name]), name
+
+
+def cli(srv, *args, capsys):
+    from coordinator.cli.main import main
+    code = main(["--address", srv.address, "--token", srv.token, *args])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_drain_moves_no_running_job_keeps_new_ones_off_and_a_non_elastic_job_waits_for_it(cluster, coordinator,
+                                                                                         capsys):
+    srv, client = coordinator()
+    a, b = cluster.hosts
+    x = client.submit(spec("x", steps=1500, workers=2))
+    wait_for("x on a", lambda: running_attempt(client, x.id, 1), 30)
+    assert client.get(x.id).attempt_history[0].hosts == f"{a}:2"
+    code, out = cli(srv, "hosts", "drain", a, capsys=capsys)
+    assert code == 0 and "drained" in out, out
+    y = client.submit(spec("y", steps=40, workers=2))
+    assert wait_for("y to end", lambda: (j := client.get(y.id)).is_terminal() and j, 40).state is JobState.SUCCEEDED
+    assert [t.hosts for t in client.get(y.id).attempt_history] == [f"{b}:2"]
+
+    # a non-elastic 4-rank job cannot start while a is drained: it waits, saying which slots it lacks
+    z = client.submit(spec("z", steps=40, workers=4))
+    waiting = wait_for("z's waiting message", lambda: "waiting for 4" in (m := client.get(z.id).message) and m, 10)
+    assert f"{a} (2 slot(s), drained)" in waiting, waiting
+    code, out = cli(srv, "hosts", "--json", capsys=capsys)
+    rows = {h["name"]: h for h in json.loads(out)}
+    assert rows[a]["state"] == "drained" and rows[b]["state"] == "healthy" and rows[b]["slots"] == 2, rows
+    done_x = wait_for("x to end", lambda: (j := client.get(x.id)).is_terminal() and j, 60)
+    assert done_x.state is JobState.SUCCEEDED and [t.hosts for t in done_x.attempt_history] == [f"{a}:2"]
+    time.sleep(0.5)
+    assert client.get(z.id).state is JobState.QUEUED  # a's slots are free, but drained
+    code, out = cli(srv, "hosts", "undrain", a, capsys=capsys)
+    assert code == 0 and "healthy" in out
+    done_z = wait_for("z to end", lambda: (j := client.get(z.id)).is_terminal() and j, 40)
+    assert done_z.state is JobState.SUCCEEDED and [t.ranks for t in done_z.attempt_history] == [4]
+    code, out = cli(srv, "status", z.id, capsys=capsys)
+    assert f"4 rank(s) on {a}:2,{b}:2  succeeded" in out, out
+
+
+@pytest.mark.timeout(90)
+def test_a_host_unreachable_at_launch_is_quarantined_and_a_non_elastic_job_waits_until_it_returns(cluster,
+                                                                                                   coordinator):
+    cooldown = 4.0
+    srv, client = coordinator(failures=1, cooldown_s=cooldown)
+    a, b = cluster.hosts
+    cluster.cut(b)
+    job = client.submit(spec("patient", steps=40, workers=4))
+    waiting = wait_for("the job to wait for b", lambda: "waiting for 4" in (m := client.get(job.id).message) and m, 30)
+    first = client.get(job.id).attempt_history[0]
+    assert "No route to host" in host_state(client, b).last_failure, (first, host_state(client, b))
+    assert client.get(job.id).state is JobState.RESTARTING
+    assert f"{b} (2 slot(s), quarantined until" in waiting and "2 free on usable hosts" in waiting, waiting
+    cluster.restore(b)
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, cooldown + 40)
+    assert done.state is JobState.SUCCEEDED, done.message
+    assert [t.ranks for t in done.attempt_history] == [4, 4] and done.attempt_history[1].hosts == f"{a}:2,{b}:2"
+    assert host_state(client, b).state == "healthy"

@@ -1,0 +1,119 @@
+"""The pure parts of host handling, without processes: the health window and quarantine, placement and
+blame, the elastic decisions."""
+import json
+
+import pytest
+
+from coordinator import elastic, placement
+from coordinator.hosthealth import HostHealth, HostState, UnknownHost
+from coordinator.records import JobRow
+from coordinator.reports import FailureCause, WorkerFailure
+from coordinator.states import JobState
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_failures_in_the_window_quarantine_a_host_until_its_cooldown_ends():
+    clock = Clock()
+    h = HostHealth([("a", 2), ("b", 2)], failures=2, window_s=60, cooldown_s=30, clock=clock)
+    assert not h.failed("b", "one")
+    assert h.state("b") is HostState.SUSPECT and h.usable("b")
+    clock.now += 61  # the first failure left the window: one more is not enough
+    assert not h.failed("b", "two")
+    clock.now += 10
+    assert h.failed("b", "three")
+    assert h.state("b") is HostState.QUARANTINED and not h.usable("b")
+    [_, b] = h.status()
+    assert b.failures == 2 and b.last_failure == "three" and b.returns_at == clock.now + 30
+    clock.now += 30  # cool-down over: healthy, count cleared
+    assert h.state("b") is HostState.HEALTHY and h.status()[1].failures == 0
+    assert h.state("a") is HostState.HEALTHY
+    assert not h.failed("nowhere", "ignored")
+
+
+def test_drain_is_an_operators_hold_over_any_health():
+    h = HostHealth([("a", 1)], failures=1, cooldown_s=10, clock=Clock())
+    h.drain("a")
+    assert h.state("a") is HostState.DRAINED and not h.usable("a")
+    h.failed("a", "x")
+    assert h.state("a") is HostState.DRAINED and h.status()[0].quarantined
+    h.undrain("a")
+    assert h.state("a") is HostState.QUARANTINED
+    with pytest.raises(UnknownHost):
+        h.drain("z")
+
+
+def job(id, workers, min_workers=0, seq=1):
+    fault = {"min_workers": min_workers} if min_workers else {}
+    return JobRow(id=id, name=id, spec_json=json.dumps({"fault": fault}), state=JobState.QUEUED, workers=workers,
+                  seq=seq)
+
+
+def test_rank_hosts_and_allocation_skip_unusable_hosts():
+    assert placement.rank_hosts([("a", 2), ("b", 1)]) == ["a", "a", "b"]
+    free = {"a": 2, "b": 2, "c": 1}
+    assert placement.allocate(3, free, {"a", "b", "c"}) == [("a", 2), ("b", 1)]
+    assert placement.allocate(3, free, {"b", "c"}) == [("b", 2), ("c", 1)]
+    assert placement.allocate(4, free, {"b", "c"}) is None
+    assert placement.allocate(2, {"a": -1, "b": 2}, {"a", "b"}) == [("b", 2)]  # overcommitted a: nothing
+
+
+def test_plan_never_shares_a_slot_and_the_head_blocks_with_a_message():
+    capacity = {"a": 2, "b": 2}
+    jobs = [job("one", 2, seq=1), job("two", 2, seq=2), job("three", 1, seq=3)]
+    starts, waits = placement.plan(jobs, capacity, dict(capacity), {"a", "b"}, elastic.job_launch_size)
+    assert [(j.id, alloc) for j, alloc in starts] == [("one", [("a", 2)]), ("two", [("b", 2)])]
+    assert waits == {}  # three waits for slots other jobs hold: no message
+    # b quarantined: a 4-rank job cannot start at all, says what it lacks, and blocks the queue
+    starts, waits = placement.plan([job("big", 4), job("small", 1, seq=2)], capacity, dict(capacity), {"a"},
+                                   elastic.job_launch_size, why_not=lambda h: "quarantined until 12:00:00")
+    assert starts == []
+    assert waits == {"big": "waiting for 4 worker slot(s): 2 free on usable hosts; unavailable: b (2 slot(s), "
+                            "quarantined until 12:00:00)"}
+    # the same job elastic down to 2 starts on a
+    starts, _ = placement.plan([job("big", 4, min_workers=2)], capacity, dict(capacity), {"a"},
+                               elastic.job_launch_size)
+    assert [(j.id, alloc) for j, alloc in starts] == [("big", [("a", 2)])]
+
+
+def test_elastic_sizes_and_grow():
+    assert elastic.launch_size(4, 2, 8) == 4
+    assert elastic.launch_size(4, 2, 3) == 3
+    assert elastic.launch_size(4, 2, 1) is None
+    assert elastic.launch_size(4, 4, 3) is None
+    assert elastic.min_workers(job("j", 4)) == 4 and not elastic.is_elastic(job("j", 4))
+    assert elastic.min_workers(job("j", 4, 2)) == 2 and elastic.is_elastic(job("j", 4, 2))
+    assert elastic.should_grow(2, 4, usable_free=2, own_usable=2)
+    assert not elastic.should_grow(2, 4, usable_free=1, own_usable=2)
+    assert not elastic.should_grow(2, 4, usable_free=2, own_usable=0)  # its own host was drained
+    assert not elastic.should_grow(4, 4, usable_free=8, own_usable=4)
+
+
+ALLOC = [("a", 2), ("b", 2)]
+
+
+def hang(rank, silent):
+    text = "; ".join(f"{r} (no answer: stopped, stuck in C code, dead or cut off)" for r in silent)
+    return WorkerFailure(FailureCause.HANG, f"rank {rank} on a: collective allreduce #7 did not complete within "
+                                            f"3 s; silent rank(s): {text}", rank=rank, host="a")
+
+
+def test_blame_silent_hosts_killed_ranks_and_unreachable_hosts_only():
+    assert [h for h, _ in placement.blamed_hosts(ALLOC, hang(0, [2, 3]), "")] == ["b"]
+    assert placement.blamed_hosts(ALLOC, hang(0, [1, 2]), "") == []   # b answered in part: not a host loss
+    assert placement.blamed_hosts(ALLOC, hang(2, [0, 1]), "")[0][0] == "a"
+    tail = ("BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n   PID 4242 RUNNING AT b\n"
+            "   EXIT STRING: Killed (signal 9)")
+    assert placement.blamed_hosts(ALLOC, None, tail) == [("b", "a rank on b was killed (Killed (signal 9))")]
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("Killed (signal 9)", "exit code 1")) == []
+    ssh = "ssh: connect to host b port 22: No route to host"
+    assert placement.blamed_hosts(ALLOC, None, ssh)[0][0] == "b"
+    assert placement.blamed_hosts([("a", 4)], None, ssh) == []  # not a host of this attempt
+    error = WorkerFailure(FailureCause.RANK_ERROR, "boom", rank=3, host="b", exception_type="ValueError")
+    assert placement.blamed_hosts(ALLOC, error, tail) == []  # the job's own error, not the host's
