@@ -102,19 +102,25 @@ def running_attempt(client, job_id, number):
     return None
 
 
+def nth_attempt(client, job_id, number):
+    history = client.get(job_id).attempt_history
+    return history[number - 1] if len(history) >= number else None
+
+
 def host_state(client, host):
     return next(h for h in client.hosts() if h.name == host)
 
 
 @pytest.mark.timeout(150)
 def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_back(cluster, coordinator, tmp_path):
-    cooldown = 5.0
+    cooldown = 2.0
     srv, client = coordinator(failures=1, cooldown_s=cooldown)
     a, b = cluster.hosts
+    # 2 ranks must still be training when the short cool-down ends, even on a quiet machine (~5 s for 3,800 steps)
     steps, every, eval_every = 4000, 100, 50
     job_spec = spec("elastic", steps=steps, min_workers=2, every=every, eval_every=eval_every)
     job = client.submit(job_spec)
-    wait_for("150 steps on 4 ranks", lambda: client.get(job.id).step >= 150, 60)
+    wait_for("150 steps on 4 ranks", lambda: client.get(job.id).step >= 150, 60)  # past the first checkpoint
     assert running_attempt(client, job.id, 1).ranks == 4
 
     # the link to b goes down: rank 0's hang watchdog names b's ranks, b is quarantined (--host-failures 1)
@@ -138,7 +144,8 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
 
     # the link comes back; after the cool-down b is healthy, and the job grows back to 4 ranks
     cluster.restore(b)
-    third = wait_for("the grow back to 4 ranks", lambda: running_attempt(client, job.id, 3), cooldown + 40)
+    # (attempt 3 may be quick enough to have ended by the time we look: any state will do here)
+    third = wait_for("the grow back to 4 ranks", lambda: nth_attempt(client, job.id, 3), cooldown + 40)
     assert third.ranks == 4 and third.hosts == f"{a}:2,{b}:2", third
     assert host_state(client, b).state == "healthy"
     done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, 90)
