@@ -78,7 +78,9 @@ class Supervisor:
         self.stop_grace_s = stop_grace_s
         self.data_roots = tuple(Path(r) for r in data_roots)  # the ranks check every dataset file against them
         self.address = ""
-        self.progress = ProgressWatch()
+        # The backstop for hangs no rank can see (a whole job stopped): it waits out the ranks' own watchdog (same
+        # hang_timeout_s), whose verdict names the silent ranks and so the host to blame, plus some slack.
+        self.progress = ProgressWatch(grace=lambda timeout_s: max(2.0, 0.5 * timeout_s))
         self.external = ProgressWatch()  # runs their users launched (--register): failed when silent too long
         # where attempts run (coordinator.executors); the local one also re-adopts mpirun attempts of an
         # earlier coordinator whatever this one's executor is

@@ -9,18 +9,21 @@ Progress means the step advanced or rank 0 reported an event ("started", ...). A
 step is NOT progress: rank 0's reporting thread keeps beating while its training thread is stuck in a
 collective waiting for a stopped rank, and that is exactly the hang to catch. Each job is reported once.
 Until its first progress a job gets at least `startup_s` (starting Python, MPI and loading data on a busy
-machine can take longer than a short hang_timeout_s).
+machine can take longer than a short hang_timeout_s). A `grace` lets the ranks' own collective watchdog,
+which names the silent ranks and so the host to blame, speak first: this watch is the backstop.
 """
 from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 
 class ProgressWatch:
-    def __init__(self, clock=time.monotonic, startup_s: float = 30.0):
+    def __init__(self, clock=time.monotonic, startup_s: float = 30.0, grace: Callable[[float], float] = lambda t: 0.0):
         self._clock = clock
         self.startup_s = startup_s
+        self._grace = grace  # seconds added to a job's timeout before it counts as overdue
         self._lock = threading.Lock()
         self._jobs: dict[str, list] = {}  # job id → [timeout_s, last progress time, step, reported]
 
@@ -44,7 +47,7 @@ class ProgressWatch:
         with self._lock:
             for job_id, entry in self._jobs.items():
                 timeout_s, last, step, reported = entry
-                limit = timeout_s if step >= 0 else max(timeout_s, self.startup_s)
+                limit = (timeout_s if step >= 0 else max(timeout_s, self.startup_s)) + self._grace(timeout_s)
                 if not reported and now - last > limit:
                     entry[3] = True
                     where = f"at step {step}" if step >= 0 else "before its first report"
