@@ -227,6 +227,9 @@ class MpiComm:
 
     def __init__(self, hang_timeout_s: float | None = None):
         import mpi4py
+
+        from worker.mpiwait import set_wait_policy
+        self.wait_policy = set_wait_policy(os.environ)  # MPICH reads its CVARs at MPI_Init (worker/mpiwait.py)
         # Must precede the first `from mpi4py import MPI` (no effect afterwards: checked below).
         mpi4py.rc.thread_level = "multiple"
         mpi4py.rc.finalize = True

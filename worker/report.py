@@ -109,6 +109,7 @@ class CoordinatorHooks(Hooks):
         self.attempt = attempt
         self.workdir = Path(workdir)
         self.heartbeat_s = heartbeat_s
+        self._stepped = False   # has train() finished a step in this attempt yet
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
         self._channel = open_channel(address, tls_ca)
@@ -243,6 +244,9 @@ class CoordinatorHooks(Hooks):
             done, total, epoch = self._progress
             if step > done:  # the heartbeat carries it: the coordinator's hang watchdog sees steps between evals
                 self._progress = (step, total, epoch)
+            first, self._stepped = not self._stepped, True
+        if first:  # the attempt's first step goes out at once (submit -> first step), later ones with the heartbeat
+            self._wake.set()
 
     def poll_stop(self):
         return self._stop

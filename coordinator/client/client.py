@@ -26,6 +26,7 @@ from coordinator.client.types import (
 from coordinator.errors import ChecksumMismatch, GradmeshError, InvalidArgument, Unauthenticated, Unavailable
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc
+from coordinator.client.writeback import start_writeback
 
 
 
@@ -302,6 +303,9 @@ class Client:
         return Download(path=path, info=info, seconds=time.perf_counter() - started)
 
 
+WRITEBACK_BYTES = 8 << 20   # a download asks the kernel to write out each 8 MiB as it lands (writeback.py)
+
+
 class _VerifyingWriter:
     """Hashes (wire.Sha256Tally, the one streaming verifier) and writes chunks on its own thread, so receiving
     the next chunk overlaps with both (sha256 and write() release the GIL) and every byte is hashed once.
@@ -315,6 +319,7 @@ class _VerifyingWriter:
         self._tally = wire.Sha256Tally()
         self._error: BaseException | None = None
         self._closed = False
+        self._written = self._flushed = 0
         self._thread = threading.Thread(target=self._run, name="gradmesh-download", daemon=True)
         self._thread.start()
 
@@ -328,6 +333,11 @@ class _VerifyingWriter:
                     return
                 self._tally.add(data)
                 self._out.write(data)
+                self._written += len(data)
+                if self._written - self._flushed >= WRITEBACK_BYTES:   # overlap the disk with the transfer
+                    self._out.flush()
+                    start_writeback(self._out.fileno(), self._flushed, self._written - self._flushed)
+                    self._flushed = self._written
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread by finish()
             self._error = exc
             while self._queue.get() is not self._DONE:  # keep draining so put() never blocks forever
