@@ -172,6 +172,29 @@ def bench_first_step(client: Client, runs: int) -> tuple[list[float], str]:
     return times, job_id
 
 
+def bench_startup_breakdown(tmp: Path, runs: int) -> dict[str, float]:
+    """Where submit → first step goes, outside the coordinator: medians of `runs` launches of
+    mpirun -n 2 with (a) a bare python, (b) python importing what a rank imports, (c) a standalone 1-step
+    digits job (spec, kernel choice, data, first step, final checkpoint, exit)."""
+    mpirun = str(Path(sys.executable).parent / "mpirun")
+    spec = tmp / "one-step.json"
+    spec.write_text(json.dumps(digits_spec(steps=1)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    imports = ("import grpc, numpy, threadpoolctl, mpi4py.MPI; import worker.train, worker.report, worker.comm, "
+               "worker.blas, worker.coordinator_link")
+    commands = {"mpirun -n 2 python -c pass": [mpirun, "-n", "2", sys.executable, "-c", "pass"],
+                "... + a rank's imports": [mpirun, "-n", "2", sys.executable, "-c", imports],
+                "... + a 1-step digits job, standalone": [mpirun, "-n", "2", sys.executable, "-m", "worker", "--spec",
+                                                          str(spec), "--out", str(tmp / "one-step"), "--no-resume"]}
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=True)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 # ---------------------------------------------------------------- 2. ingestion
 
 def _worker_stub(address: str):
@@ -420,6 +443,7 @@ def main() -> int:
         raise SystemExit(f"interrupted by signal {signum}")
     signal.signal(signal.SIGTERM, interrupted)
     try:
+        figures["startup"] = bench_startup_breakdown(tmp, opts.runs)
         times, job_id = bench_first_step(client, opts.runs)
         figures["submit_to_first_step_s"] = {"median": statistics.median(times), "runs": times}
         token, ranks = job_token(job_id)
@@ -505,6 +529,8 @@ def print_table(f: dict) -> None:
     rows.append(("submit → first step, s (median)", f"{first['median']:.2f}",
                  f"< {TARGETS['submit_to_first_step_s']:.0f}", first["median"] < TARGETS["submit_to_first_step_s"],
                  "runs " + ", ".join(f"{t:.2f}" for t in first["runs"])))
+    for name, seconds in f.get("startup", {}).items():
+        rows.append((f"  {name}, s (median)", f"{seconds:.2f}", "", None, "where the time goes, outside the coordinator"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(3)]
     print(f"gradmesh service benchmark — coordinator {f['address']}, {f['cpus']} CPUs shared by server, clients "
           f"and workers; load average {f['load_before']:.1f} before, {f['load_after']:.1f} after")
