@@ -89,3 +89,17 @@ def test_early_writeback_keeps_the_bytes(tmp_path):
         os.fsync(f.fileno())
     assert path.read_bytes() == data
     assert started or not os.uname().sysname == "Linux"
+
+
+def test_client_get_reuses_the_jobinfo_of_identical_replies_only():
+    from coordinator.client import Client
+    from coordinator.rpc import gradmesh_pb2 as pb
+
+    client = Client("127.0.0.1:1", token="t")
+    replies = [pb.Job(id="j", name="n", state=int(JobState.RUNNING), step=s) for s in (1, 1, 2)]
+    client._unary = lambda method, request, what: replies.pop(0)
+    try:
+        a, b, c = client.get("j"), client.get("j"), client.get("j")
+    finally:
+        client.close()
+    assert a is b and a.step == 1 and c.step == 2 and c is not a
