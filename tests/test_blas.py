@@ -220,3 +220,11 @@ def test_a_resumed_job_keeps_its_kernel_and_stays_bit_identical(tmp_path):
     other = load_checkpoint(tmp_path / "fresh" / "out" / "final.npz").flat_params()
     if np.array_equal(a.flat_params(), other):
         pytest.skip(f"{first} and {later} give bit-identical results on this CPU: the control shows nothing")
+
+
+def test_the_coordinator_forwards_the_kernel_settings_to_its_ranks():
+    from coordinator.launcher import build_worker_env
+    base = {"GRADMESH_BLAS_KERNEL": "Haswell", "GRADMESH_BLAS_CACHE": "/c.json", "OPENBLAS_CORETYPE": "Zen",
+            "GRADMESH_MPI_WAIT": "spin", "MPIR_CVAR_POSIX_POLL_FREQUENCY": "100"}
+    env = build_worker_env(base, job_token="t")
+    assert all(env[k] == v for k, v in base.items())
