@@ -37,13 +37,14 @@ def test_a_rank_runs_with_the_policy(tmp_path):
     """Under mpirun -n 2 on 2 cores, each rank's environment carries the CVARs before MPI_Init (MPICH reads them
     there); the job still trains."""
     mpirun = Path(sys.executable).parent / "mpirun"
-    code = ("import os; from worker.comm import init_comm; c = init_comm(); "
-            "print(c.rank, os.environ.get('MPIR_CVAR_POSIX_POLL_FREQUENCY'), c.wait_policy, flush=True)")
+    code = ("import os, sys; from worker.comm import init_comm; c = init_comm(); "
+            f"open(os.path.join({str(tmp_path)!r}, f'rank{{c.rank}}'), 'w').write("
+            "f\"{c.rank} {os.environ.get('MPIR_CVAR_POSIX_POLL_FREQUENCY')} {c.wait_policy}\")")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MPIR_CVAR")}, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([str(mpirun), "-n", "2", sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    lines = sorted(out.stdout.splitlines())
+    lines = sorted(p.read_text() for p in tmp_path.glob("rank*"))   # one file per rank: prints interleave
     cores = len(os.sched_getaffinity(0))
     expected = "10" if cores <= 2 else "None"
     assert [ln.split()[1] for ln in lines] == [expected, expected], out.stdout

@@ -109,7 +109,7 @@ class CoordinatorHooks(Hooks):
         self.attempt = attempt
         self.workdir = Path(workdir)
         self.heartbeat_s = heartbeat_s
-        self._stepped = False   # has this attempt's progress moved past its start yet (then it was sent at once)
+        self._stepped = False   # has this attempt produced its first metric point yet (it is sent at once)
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
         self._channel = open_channel(address, tls_ca)
@@ -214,10 +214,9 @@ class CoordinatorHooks(Hooks):
                     say(f"more than {MAX_BUFFERED_POINTS} points wait for the coordinator; dropping the oldest")
             step, total, epoch = self._progress
             self._progress = (max(step, msg.step), total, max(epoch, msg.epoch))
-            first = msg.step > step and not self._stepped
-            self._stepped = self._stepped or msg.step > step
-        if first:  # as in on_step: the first progress of the attempt is reported at once
-            self._wake.set()
+            first, self._stepped = not self._stepped, True
+        if first:  # the attempt's first point (and so its first reported step) goes out at once, not at the
+            self._wake.set()  # next heartbeat: submit -> first step. Later ones ride the heartbeat.
 
     def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
         self._pending_dir.mkdir(parents=True, exist_ok=True)
@@ -246,12 +245,8 @@ class CoordinatorHooks(Hooks):
     def on_step(self, step):
         with self._lock:
             done, total, epoch = self._progress
-            first = step > done and not self._stepped
             if step > done:  # the heartbeat carries it: the coordinator's hang watchdog sees steps between evals
                 self._progress = (step, total, epoch)
-                self._stepped = True
-        if first:  # the attempt's first completed step goes out at once (submit -> first step), later ones
-            self._wake.set()  # with the heartbeat
 
     def poll_stop(self):
         return self._stop
