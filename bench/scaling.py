@@ -27,6 +27,25 @@ and the ratios printed, for both, are:
   strong-scaling efficiency = sps(2x1 b256) / (2 * sps(1x1 b256))
   ranks vs threads          = sps(2x1 b256) / sps(1x2 b256)
   overlap gain              = sps(2x1 b256 overlap) / sps(2x1 b256)
+
+    python bench/scaling.py --neighbour           # throughput with a neighbour burning half a core
+
+--neighbour: 2 ranks x 1 thread on 2 cores train the 784-128-127-126-125-124-123-10 MLP at global batch
+128 (train.py's step, as above), quiet and with a neighbour process that burns half a core (5 ms busy,
+5 ms asleep, like a coordinator or a monitoring agent), each under MPICH's default waiting (spin:
+GRADMESH_MPI_WAIT=spin) and gradmesh's wait policy (worker/mpiwait.py: a waiting rank yields every 10
+polls when the ranks fill the cores); --wait-variants adds others (e.g. throttle). One mpirun launch per measurement, the four variants interleaved over `--rounds`
+rounds in a random order; samples/s of a launch = samples of its timed steps / their total time, and
+each variant's figure is the median over its launches (each launch's figure is printed too). Printed:
+neighbour/quiet for each policy (target >= 0.70 with gradmesh's policy) and policy/spin when quiet
+(target: no loss above 3%).
+
+    python bench/scaling.py --torch               # the same step against PyTorch DDP (gloo, torchrun)
+
+--torch: gradmesh (mpirun -n 2, one BLAS thread per rank) against PyTorch DDP (torchrun --nproc-per-node 2,
+gloo, one thread per rank) on 784-1024-1024-10, global batch 256, the same data, SGD with the same
+learning rate, --torch-steps steps after 5 untimed ones. Each side reports its samples/s (median step)
+and the whole command's wall time (launch, imports, setup, every step, exit) is timed from outside.
 """
 from __future__ import annotations
 
@@ -133,12 +152,213 @@ def run_worker(args) -> int:
     return 0
 
 
+NEIGHBOUR_SIZES = [784, 128, 127, 126, 125, 124, 123, 10]
+NEIGHBOUR_BATCH = 128
+WAIT_VARIANTS = ("spin", "auto")   # GRADMESH_MPI_WAIT: MPICH's default spinning; gradmesh's policy
+
+
+def run_small_worker(args) -> int:
+    """One launch of --neighbour: train.py's step on the small MLP; rank 0 prints samples/s of the median step."""
+    comm = init_comm(hang_timeout_s=60.0)
+    from threadpoolctl import threadpool_limits
+    global SIZES
+    SIZES = NEIGHBOUR_SIZES
+    with threadpool_limits(limits=1):
+        trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False)
+        for _ in range(50):
+            trainer.step()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.step()
+        elapsed = time.perf_counter() - start
+    if comm.rank == 0:  # throughput over the whole timed run: a neighbour's cost is in every step it hits
+        print(f"SPS {NEIGHBOUR_BATCH * args.steps / elapsed:.1f} {getattr(comm, 'wait_policy', '')}", flush=True)
+    return 0
+
+
+NEIGHBOUR_CODE = """
+import time
+while True:
+    end = time.perf_counter() + 0.005
+    while time.perf_counter() < end:
+        pass
+    time.sleep(0.005)
+"""
+
+
+def neighbour_bench(args) -> int:
+    mpirun = Path(sys.executable).parent / "mpirun"
+    base = {k: v for k, v in os.environ.items() if k not in THREAD_VARS and not k.startswith("MPIR_CVAR_")}
+    base.update(PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
+    waits = WAIT_VARIANTS + tuple(args.wait_variants)
+    variants = [(wait, busy) for wait in waits for busy in (False, True)]
+    sps: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
+    why: dict[str, str] = {}
+    rng = np.random.default_rng(1)
+    load_before = os.getloadavg()[0]
+    for _ in range(args.rounds):
+        for index in rng.permutation(len(variants)):
+            wait, busy = variants[index]
+            neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE]) if busy else None
+            try:
+                cmd = [str(mpirun if mpirun.exists() else "mpirun"), "-n", "2", sys.executable, __file__,
+                       "--small-worker", "--steps", str(args.neighbour_steps)]
+                out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": wait}, capture_output=True,
+                                     text=True, timeout=300)
+            finally:
+                if neighbour is not None:
+                    neighbour.kill()
+                    neighbour.wait()
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPS ")), None)
+            if line is None:
+                raise SystemExit(f"worker failed: {out.stderr[-2000:]}")
+            _, value, *rest = line.split(" ", 2)
+            sps[(wait, busy)].append(float(value))
+            why[wait] = rest[0] if rest else ""
+    med = {v: float(np.median(x)) for v, x in sps.items()}
+    print(f"throughput under a neighbour: MLP {'-'.join(map(str, NEIGHBOUR_SIZES))}, global batch {NEIGHBOUR_BATCH}, "
+          f"2 ranks x 1 thread on {os.cpu_count()} cores, {args.rounds} interleaved launches per variant x "
+          f"{args.neighbour_steps} steps (1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print(f"  {'waiting':<60} {'quiet samples/s':>16} {'with neighbour':>16} {'neighbour/quiet':>16}")
+    for wait in waits:
+        label = {"spin": "MPICH default (spin)", "auto": "gradmesh policy"}.get(wait, wait) + f" [{why.get(wait, '')}]"
+        print(f"  {label:<60} {med[(wait, False)]:16,.0f} {med[(wait, True)]:16,.0f} "
+              f"{med[(wait, True)] / med[(wait, False)]:16.3f}")
+        print(f"      per launch, quiet: {', '.join(f'{x:,.0f}' for x in sps[(wait, False)])}; "
+              f"neighbour: {', '.join(f'{x:,.0f}' for x in sps[(wait, True)])}")
+    print(f"  quiet, gradmesh policy / MPICH default = {med[('auto', False)] / med[('spin', False)]:.3f} (target >= 0.97); "
+          f"with neighbour = {med[('auto', True)] / med[('spin', True)]:.3f}")
+    return 0
+
+
+TORCH_SIZES, TORCH_BATCH, TORCH_LR = [784, 1024, 1024, 10], 256, 0.01
+
+
+def _timed_steps(step, steps: int) -> float:
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return TORCH_BATCH / float(np.percentile(times, 50))
+
+
+def run_gradmesh_worker(args) -> int:
+    """--torch, gradmesh's side: train.py's step (StepSync), one BLAS thread, the kernel the parent chose."""
+    from threadpoolctl import threadpool_limits
+
+    from worker import blas
+    comm = init_comm(hang_timeout_s=60.0)
+    global SIZES
+    SIZES = TORCH_SIZES
+    with threadpool_limits(limits=1):
+        trainer = Trainer(comm, TORCH_BATCH // comm.size, seed=comm.rank, overlap=False)
+        sps = _timed_steps(trainer.step, args.torch_steps)
+    if comm.rank == 0:
+        print(f"SPS {sps:.1f} {blas.running_kernel()[0]}", flush=True)
+    return 0
+
+
+def run_torch_worker(args) -> int:
+    """--torch, PyTorch's side: DDP over gloo, one thread per rank, the same MLP, batch, data and SGD."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(TORCH_SIZES[:-1], TORCH_SIZES[1:])):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(TORCH_SIZES) - 2 else [])
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(*layers))
+    opt = torch.optim.SGD(model.parameters(), lr=TORCH_LR)
+    rng = np.random.default_rng(rank)
+    x = torch.from_numpy(rng.standard_normal((TORCH_BATCH // size, TORCH_SIZES[0])).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, TORCH_SIZES[-1], TORCH_BATCH // size))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    sps = _timed_steps(step, args.torch_steps)
+    if rank == 0:
+        print(f"SPS {sps:.1f}", flush=True)
+    dist.destroy_process_group()
+    return 0
+
+
+def torch_bench(args) -> int:
+    import socket
+
+    from worker import blas
+    bindir = Path(sys.executable).parent
+    base = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    base.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    gm_env = dict(base)
+    choice = blas.choose_kernel("auto", TORCH_SIZES, TORCH_BATCH // 2, 1, hostname=socket.gethostname(),
+                                environ=gm_env)
+    commands = {
+        "gradmesh": ([str(bindir / "mpirun"), "-n", "2", sys.executable, __file__, "--gradmesh-worker",
+                      "--torch-steps", str(args.torch_steps)], gm_env),
+        "PyTorch DDP": ([str(bindir / "torchrun"), "--nproc-per-node", "2", "--standalone", __file__,
+                         "--torch-worker", "--torch-steps", str(args.torch_steps)], base),
+    }
+    load_before = os.getloadavg()[0]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for round_ in range(args.rounds):
+        for name in (list(commands) if round_ % 2 == 0 else list(commands)[::-1]):
+            cmd, env = commands[name]
+            start = time.perf_counter()
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            wall = time.perf_counter() - start
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPS ")), None)
+            if line is None:
+                raise SystemExit(f"{name} failed: {out.stderr[-3000:]}")
+            results[name].append((float(line.split()[1]), wall))
+    med = {n: (float(np.median([r[0] for r in v])), float(np.median([r[1] for r in v]))) for n, v in results.items()}
+    print(f"gradmesh vs PyTorch DDP: MLP {'-'.join(map(str, TORCH_SIZES))}, global batch {TORCH_BATCH}, 2 ranks x "
+          f"1 thread, SGD lr {TORCH_LR}, {args.torch_steps} timed steps (+5) per launch, {args.rounds} launches each, "
+          f"alternating (1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print(f"  gradmesh BLAS kernel: {choice.kernel or 'OpenBLAS default'} ({choice.source})")
+    print(f"  {'':<14} {'samples/s (median step)':>24} {'whole command, s':>18}")
+    for name, (sps, wall) in med.items():
+        print(f"  {name:<14} {sps:24,.0f} {wall:18.2f}")
+    g, t = med["gradmesh"], med["PyTorch DDP"]
+    print(f"  gradmesh / DDP samples/s = {g[0] / t[0]:.2f}x (target >= 1.5x); whole command DDP / gradmesh = "
+          f"{t[1] / g[1]:.2f}x")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (each configuration once)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration per round")
     parser.add_argument("--load-before", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--neighbour", action="store_true", help="quiet vs a half-core neighbour (see above)")
+    parser.add_argument("--neighbour-steps", type=int, default=2000, help="timed steps per --neighbour launch")
+    parser.add_argument("--wait-variants", nargs="*", default=[], help="more GRADMESH_MPI_WAIT values to compare")
+    parser.add_argument("--small-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--torch", action="store_true", help="gradmesh against PyTorch DDP (see above)")
+    parser.add_argument("--torch-steps", type=int, default=60, help="timed steps per side with --torch")
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gradmesh-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.small_worker:
+        return run_small_worker(args)
+    if args.torch_worker:
+        return run_torch_worker(args)
+    if args.gradmesh_worker:
+        return run_gradmesh_worker(args)
+    if args.neighbour:
+        return neighbour_bench(args)
+    if args.torch:
+        return torch_bench(args)
     if launched_by_mpi():
         return run_worker(args)
     mpirun = Path(sys.executable).parent / "mpirun"

@@ -14,15 +14,23 @@ GFLOP/s, and that over raw numpy GEMM GFLOP/s for exactly the matrix products a 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from threadpoolctl import threadpool_limits
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from worker import blas  # noqa: E402  (no numpy: the kernel is chosen before numpy loads, as in a rank)
+
+# gradmesh runs with the kernel a job on this host would get (worker/blas.py: measured once per host on
+# the 784-1024-1024-10 step at one thread, then cached); GRADMESH_BLAS_KERNEL=default|NAME to compare.
+KERNEL_CHOICE = blas.choose_kernel("auto", [784, 1024, 1024, 10], 256, 1, hostname=socket.gethostname())
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
 from worker.mlp import MLP  # noqa: E402
 from worker.optim import make_optimizer  # noqa: E402
 from worker.spec import OptimSpec  # noqa: E402
@@ -147,7 +155,9 @@ def main() -> int:
         torch = None
         print("PyTorch is not installed (pip install -e '.[bench]'): only the GEMM ratio is measured")
     rounds = 5 if opts.quick else 15
-    print(f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", {rounds} rounds, median")
+    print(f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", {rounds} rounds, median; "
+          f"1-min load average {os.getloadavg()[0]:.2f}")
+    print(f"gradmesh: {blas.describe_running(KERNEL_CHOICE) or 'BLAS is not OpenBLAS: no kernel choice'}")
     header = (f"{'MLP':<26} {'batch':>5} {'thr':>3} | {'fwd+bwd ms':>10} {'torch ms':>9} {'ratio':>6} | "
               f"{'step ms':>8} {'torch ms':>9} {'ratio':>6} | {'GFLOP/s':>7} {'of GEMM':>7}")
     print(header)

@@ -2,6 +2,8 @@
 deprecated string `event` of ReportProgressRequest is read (reports.from_legacy)."""
 from __future__ import annotations
 
+import weakref
+
 from coordinator.checkpoints import CheckpointUpload
 from coordinator.errors import InvalidArgument
 from coordinator.jobs import JobView
@@ -30,7 +32,24 @@ def state_to_pb(t: TransitionRow) -> pb.StateChange:
                           transition_id=t.id)
 
 
+_built: dict[int, tuple] = {}   # id(view) -> (weak reference to the view, its message): see job_to_pb
+
+
 def job_to_pb(v: JobView) -> pb.Job:
+    """The Job message of a view. Views are immutable and Jobs.get hands out the same view object until
+    anything changes, so a client polling GetJob gets the message built for that view the first time
+    (callers only read it or copy it into another message)."""
+    hit = _built.get(id(v))
+    if hit is not None and hit[0]() is v:
+        return hit[1]
+    msg = _build_job_pb(v)
+    if len(_built) > 10_000:
+        _built.clear()
+    _built[id(v)] = (weakref.ref(v), msg)
+    return msg
+
+
+def _build_job_pb(v: JobView) -> pb.Job:
     j = v.job
     msg = pb.Job(id=j.id, name=j.name, spec_json=j.spec_json, state=int(j.state), message=j.message,
                  workers=j.workers, priority=j.priority, labels=j.labels, step=j.step, total_steps=j.total_steps,

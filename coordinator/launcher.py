@@ -67,6 +67,8 @@ FORWARDED_ENV = frozenset({
     "PATH", "PYTHONPATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP", "TEMP",
     "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHASHSEED",
     "GRADMESH_FAULT",  # fault injection for tests (worker/faults.py): inert unless set on purpose
+    "GRADMESH_BLAS_KERNEL", "GRADMESH_BLAS_CACHE",  # the OpenBLAS kernel override and cache (worker/blas.py)
+    "GRADMESH_MPI_WAIT",  # how a waiting rank polls (worker/mpiwait.py)
 })
 FORWARDED_ENV_PREFIXES = (
     "LC_",                                              # locale
@@ -84,7 +86,8 @@ def build_worker_env(base: Mapping[str, str], *, job_token: str, attempt_tag: st
     - from `base`, only FORWARDED_ENV and names starting with FORWARDED_ENV_PREFIXES: PATH, PYTHONPATH, HOME,
       USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, TMPDIR/TMP/TEMP, LD_LIBRARY_PATH, VIRTUAL_ENV, PYTHONHASHSEED,
       the BLAS thread variables (OMP_*, OPENBLAS_*, MKL_*, GOTO_*, BLIS_*), MPICH_*, MPIR_CVAR_*, HYDRA_*,
-      UCX_*, FI_*, PMI_*, PMIX_*, SLURM_*, and GRADMESH_FAULT (test fault injection);
+      UCX_*, FI_*, PMI_*, PMIX_*, SLURM_*, GRADMESH_FAULT (test fault injection), GRADMESH_BLAS_KERNEL,
+      GRADMESH_BLAS_CACHE and GRADMESH_MPI_WAIT;
     - set here: GRADMESH_JOB_TOKEN (the attempt's token), GRADMESH_ATTEMPT_TAG (how the coordinator finds
       every process of the attempt), GRADMESH_TLS_CA (with TLS), GRADMESH_DATA_ROOTS (the roots every
       dataset file must resolve under), PYTHONUNBUFFERED=1, and a PYTHONPATH that finds this checkout's

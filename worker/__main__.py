@@ -81,7 +81,6 @@ def _fetch_spec_on_root(opts, comm):
 
     Returns (spec, hooks, resume path): rank 0's hooks report to the coordinator (or print, standalone);
     the other ranks' only report their own failure (and do nothing standalone)."""
-    from worker.failure import EXIT_CONFIG, failure
     from worker.hooks import ConsoleHooks, Hooks
 
     token = os.environ.get(JOB_TOKEN_ENV, "")
@@ -114,6 +113,7 @@ def _fetch_spec_on_root(opts, comm):
     payload = comm.bcast_bytes(payload if comm.rank == 0 else None)
     kind, _, rest = payload.partition(b":")
     if kind != b"ok":
+        from worker.failure import EXIT_CONFIG, failure
         if comm.rank == 0:
             _say(f"bad spec: {rest.decode()}")
             hooks.report_failure(failure(pb.FAILURE_CAUSE_BAD_SPEC, comm, rest.decode()))
@@ -192,24 +192,29 @@ def main(argv=None) -> int:
 def _main(opts, prepared=None) -> int:
     os.environ.setdefault("GRADMESH_ATTEMPT", str(opts.attempt))
 
-    from worker.checkpoint import newest_valid_checkpoint
     from worker.comm import init_comm
-    from worker.failure import EXIT_ERROR, EXIT_NAN, EXIT_OK, EXIT_STOPPED, exit_code, failure, failure_from_exception
-    from worker.threads import configure_blas_threads
-    from worker.train import Divergence, Progress, train
 
-    if prepared is not None:
+    if prepared is not None:  # a registered run: the spec came with its registration
         comm, spec, hooks, resume = prepared
     else:
         comm = init_comm()
         spec, hooks, resume = _fetch_spec_on_root(opts, comm)
+    out = opts.out or Path("runs") / spec.name
+    # numpy is first imported below, after the BLAS kernel is chosen (worker/blas.py)
+    blas_choice, blas_record = _choose_blas_kernel(opts, comm, spec, out, resume)
+
+    from worker.checkpoint import newest_valid_checkpoint
+    from worker.failure import EXIT_ERROR, EXIT_NAN, EXIT_OK, EXIT_STOPPED, exit_code, failure, failure_from_exception
+    from worker.threads import configure_blas_threads
+    from worker.train import Divergence, Progress, train
+
+    _report_blas_kernel(comm, blas_choice, blas_record)
     progress = Progress()
 
     def report_hang(verdict: str) -> None:  # called by the hang watchdog's thread just before it aborts
         hooks.report_failure(failure(pb.FAILURE_CAUSE_HANG, comm, verdict, step=progress.step))
 
     comm.set_hang_timeout(spec.fault.hang_timeout_s, on_hang=report_hang)
-    out = opts.out or Path("runs") / spec.name
     try:
         if comm.rank == 0 and opts.spec is not None and opts.resume:
             resume = newest_valid_checkpoint(out, warn=_say)
@@ -243,6 +248,51 @@ def _main(opts, prepared=None) -> int:
         print(f"gradmesh: done at step {result.step}: {_final_metrics(result.metrics)}; "
               f"final checkpoint {result.final_path}", flush=True)
     return EXIT_OK
+
+
+def _choose_blas_kernel(opts, comm, spec, out: Path, resume):
+    """Every rank: the kernel recorded in the checkpoint it resumes from (rank 0 reads it, all receive it),
+    then worker/blas.py's choice for this host, applied to the environment before numpy is imported."""
+    import json
+
+    from worker import blas
+    from worker.checkpoint import list_checkpoints
+
+    record = b"{}"
+    if comm.rank == 0:
+        source = resume
+        if source is None and opts.spec is not None and opts.resume:  # standalone: the newest in --out
+            found = ([out / "final.npz"] if (out / "final.npz").exists() else []) + \
+                    [p for _, p in reversed(list_checkpoints(out))]
+            source = next((p for p in found if blas.recorded_kernels(p)), None)
+        record = json.dumps(blas.recorded_kernels(source)).encode()
+    recorded = json.loads(comm.bcast_bytes(record if comm.rank == 0 else None))
+    threads = blas.planned_threads(spec.train.threads_per_rank, comm.local_size)
+    batch = -(-spec.train.batch_size // comm.size)
+    try:
+        choice = blas.choose_kernel(spec.train.blas_kernel, spec.model.layers, batch, threads,
+                                    hostname=comm.hostname, recorded=recorded)
+    except ValueError as exc:  # a bad GRADMESH_BLAS_KERNEL: OpenBLAS's own pick, said once per rank
+        choice = blas.Choice(None, f"OpenBLAS's own pick ({exc})")
+    return choice, recorded
+
+
+def _report_blas_kernel(comm, choice, recorded: dict[str, str]) -> None:
+    """Each rank prints the kernel OpenBLAS runs (read back); the job's per-host record goes in checkpoints."""
+    import json
+
+    from worker import blas
+
+    line = blas.describe_running(choice)
+    if line is not None:
+        prefix = f"rank {comm.rank} on {comm.hostname}: " if comm.size > 1 else ""
+        _say(prefix + line)
+    kernel, _ = blas.running_kernel()
+    mine = json.dumps({comm.hostname: kernel} if kernel else {}).encode()
+    everyone: dict[str, str] = {}
+    for part in comm.allgather_bytes(mine):
+        everyone.update(json.loads(part))
+    blas.set_job_record(blas.merged_record(recorded, everyone))
 
 
 def _final_metrics(metrics: dict[str, float]) -> str:

@@ -24,9 +24,12 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+# numpy is imported where it is used: the worker lists checkpoints and reads their meta before numpy may
+# be imported (the BLAS kernel is chosen first: worker/blas.py).
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT_VERSION = 1
 _PERIODIC = re.compile(r"^ckpt-(\d+)\.npz$")
@@ -52,6 +55,7 @@ class Checkpoint:
 
     def flat_params(self) -> np.ndarray:
         """The parameters in the model's flat layout (W then b, layer by layer)."""
+        import numpy as np
         return np.concatenate([part.reshape(-1) for pair in self.layer_arrays() for part in pair])
 
     def optimizer_arrays(self) -> dict[str, np.ndarray]:
@@ -80,6 +84,7 @@ def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, "saved_unix": time.time(), **meta}
+    import numpy as np
     payload = dict(arrays)
     payload["meta"] = np.array(json.dumps(meta, sort_keys=True, allow_nan=True))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -102,6 +107,7 @@ def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint; every member is read in full, so zip CRCs catch corruption."""
+    import numpy as np
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:

@@ -42,6 +42,7 @@ No other module imports mpi4py (hangwatch.py only calls methods of the communica
 """
 from __future__ import annotations
 
+import array
 import atexit
 import hashlib
 import os
@@ -50,17 +51,20 @@ import socket
 import sys
 import time
 import traceback
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from worker.hangwatch import Watchdog
+    from worker.hangwatch import Watchdog
+# numpy is imported by the methods that need it, not here: a rank starts its communicator and receives the
+# spec before numpy is first imported, because the BLAS kernel must be chosen before that (worker/blas.py).
 
 # Environment variables that MPI launchers set in every rank: MPICH hydra (PMI_*, MPI_LOCALNRANKS),
 # Slurm's PMI-2/PMIx plugins (PMI_RANK / PMIX_RANK) and Open MPI.
 LAUNCHER_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 
-REDUCIBLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+REDUCIBLE_DTYPES = ("float32", "float64")
 
 # The exit barrier's hang timeout (see MpiComm._finish_watched): long enough for rank 0's final uploads.
 EXIT_BARRIER_TIMEOUT_S = 300.0
@@ -86,6 +90,7 @@ class Comm(Protocol):
     def iallreduce_sum_(self, buf: np.ndarray) -> Handle: ...
     def bcast_(self, buf: np.ndarray, root: int = 0) -> None: ...
     def bcast_bytes(self, data: bytes | None, root: int = 0) -> bytes: ...
+    def allgather_bytes(self, data: bytes) -> list[bytes]: ...
     def assert_identical(self, vec: np.ndarray, what: str) -> None: ...
     def barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
@@ -113,9 +118,10 @@ def init_comm(hang_timeout_s: float | None = None) -> Comm:
 
 
 def _check_reducible(buf: np.ndarray) -> None:
+    import numpy as np
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(buf).__name__}")
-    if buf.dtype not in REDUCIBLE_DTYPES:
+    if buf.dtype.name not in REDUCIBLE_DTYPES:
         raise TypeError(f"buffer dtype must be float32 or float64, got {buf.dtype}")
     if not (buf.flags.c_contiguous and buf.flags.writeable):
         raise ValueError("buffer must be C-contiguous and writeable (reduced in place)")
@@ -123,6 +129,7 @@ def _check_reducible(buf: np.ndarray) -> None:
 
 def _digest(vec: np.ndarray) -> int:
     """64-bit content hash of an array, its dtype and shape (blake2b: ~1 GB/s, no false matches in practice)."""
+    import numpy as np
     h = hashlib.blake2b(digest_size=8)
     h.update(f"{vec.dtype.str}{vec.shape}".encode())
     h.update(np.ascontiguousarray(vec).data)
@@ -201,6 +208,9 @@ class SerialComm:
             raise ValueError("the root must pass the bytes to broadcast")
         return bytes(data)
 
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        return [bytes(data)]
+
     def assert_identical(self, vec: np.ndarray, what: str) -> None:
         _digest(vec)
 
@@ -217,6 +227,9 @@ class MpiComm:
 
     def __init__(self, hang_timeout_s: float | None = None):
         import mpi4py
+
+        from worker.mpiwait import set_wait_policy
+        self.wait_policy = set_wait_policy(os.environ)  # MPICH reads its CVARs at MPI_Init (worker/mpiwait.py)
         # Must precede the first `from mpi4py import MPI` (no effect afterwards: checked below).
         mpi4py.rc.thread_level = "multiple"
         mpi4py.rc.finalize = True
@@ -253,6 +266,7 @@ class MpiComm:
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise RuntimeError("the hang watchdog needs MPI_THREAD_MULTIPLE; mpi4py was initialised with "
                                f"thread level {MPI.Query_thread()} (was mpi4py imported before worker.comm?)")
+        from worker.hangwatch import Watchdog
         world = self._world
         self._watchdog = Watchdog(world.Dup(), self.rank, self.size, self.hostname, float(seconds),
                                   any_source=MPI.ANY_SOURCE, abort=lambda: _abort_job(world, ABORT_CODE),
@@ -278,24 +292,37 @@ class MpiComm:
         return _RequestHandle(request, wd, ticket)
 
     def bcast_(self, buf: np.ndarray, root: int = 0) -> None:
+        import numpy as np
         if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous):
             raise ValueError("bcast_ needs a C-contiguous numpy array")
         self._guarded("bcast", lambda: self._comm.Bcast(buf, root=root))
 
     def bcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
-        length = np.zeros(1, np.int64)
+        # Plain Python buffers (no numpy): this carries the spec before numpy may be imported.
+        length = array.array("q", [0])
         if self.rank == root:
             if data is None:
                 raise ValueError("the root must pass the bytes to broadcast")
             length[0] = len(data)
-        self._guarded("bcast_bytes(length)", lambda: self._comm.Bcast(length, root=root))
-        payload = (np.frombuffer(bytes(data), np.uint8).copy() if self.rank == root
-                   else np.empty(int(length[0]), np.uint8))
-        if payload.size:
-            self._guarded("bcast_bytes", lambda: self._comm.Bcast(payload, root=root))
-        return payload.tobytes()
+        self._guarded("bcast_bytes(length)", lambda: self._comm.Bcast([length, self._MPI.INT64_T], root=root))
+        payload = bytearray(data) if self.rank == root else bytearray(length[0])
+        if payload:
+            self._guarded("bcast_bytes", lambda: self._comm.Bcast([payload, self._MPI.BYTE], root=root))
+        return bytes(payload)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's bytes, in rank order, on every rank (startup only; no numpy needed)."""
+        lengths = array.array("q", [0] * self.size)
+        self._guarded("allgather_bytes(length)", lambda: self._comm.Allgather(
+            [array.array("q", [len(data)]), self._MPI.INT64_T], [lengths, self._MPI.INT64_T]))
+        out = bytearray(sum(lengths))
+        offsets = [sum(lengths[:r]) for r in range(self.size)]
+        self._guarded("allgather_bytes", lambda: self._comm.Allgatherv(
+            [bytearray(data), self._MPI.BYTE], [out, (list(lengths), offsets), self._MPI.BYTE]))
+        return [bytes(out[o:o + n]) for o, n in zip(offsets, lengths)]
 
     def assert_identical(self, vec: np.ndarray, what: str) -> None:
+        import numpy as np
         mine = np.array([_digest(vec)], np.uint64)
         everyone = np.empty(self.size, np.uint64)
         self._guarded(f"assert_identical({what})", lambda: self._comm.Allgather(mine, everyone))

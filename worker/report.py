@@ -109,6 +109,7 @@ class CoordinatorHooks(Hooks):
         self.attempt = attempt
         self.workdir = Path(workdir)
         self.heartbeat_s = heartbeat_s
+        self._stepped = False   # has this attempt produced its first metric point yet (it is sent at once)
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
         self._channel = open_channel(address, tls_ca)
@@ -213,6 +214,9 @@ class CoordinatorHooks(Hooks):
                     say(f"more than {MAX_BUFFERED_POINTS} points wait for the coordinator; dropping the oldest")
             step, total, epoch = self._progress
             self._progress = (max(step, msg.step), total, max(epoch, msg.epoch))
+            first, self._stepped = not self._stepped, True
+        if first:  # the attempt's first point (and so its first reported step) goes out at once, not at the
+            self._wake.set()  # next heartbeat: submit -> first step. Later ones ride the heartbeat.
 
     def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
         self._pending_dir.mkdir(parents=True, exist_ok=True)

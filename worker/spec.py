@@ -80,6 +80,7 @@ class TrainSpec:
     eval_every: int = 100         # steps between evaluations (and progress lines); also at the end
     threads_per_rank: int = 0     # BLAS threads per rank; 0 = cores on the host / ranks on the host
     overlap: bool = False         # start bucketed gradient allreduces during backward
+    blas_kernel: str = "auto"     # OpenBLAS kernel: auto (fastest measured on each host, worker/blas.py) | default | a core name
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,8 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(obj.seed >= 0, p + "seed", "must not be negative")
         _require(obj.eval_every >= 1, p + "eval_every", "must be at least 1")
         _require(obj.threads_per_rank >= 0, p + "threads_per_rank", "must not be negative (0 = automatic)")
+        _require(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", obj.blas_kernel) is not None, p + "blas_kernel",
+                 f"must be auto, default or an OpenBLAS core name such as Haswell; got {_short(obj.blas_kernel)}")
     elif isinstance(obj, OptimSpec):
         _one_of(obj.name, OPTIMIZERS, p + "name")
         _require(obj.lr > 0, p + "lr", "must be positive")

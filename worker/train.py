@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker import faults
+from worker import blas, faults
 from worker.checkpoint import (Checkpoint, CheckpointError, checkpoint_arrays, load_checkpoint,
                                periodic_name, rotate, save_checkpoint)
 from worker.data import Normalizer, Sampler, load_dataset
@@ -215,7 +215,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
         epoch = sampler.epoch_of(step)
         meta = {"spec": spec.to_dict(), "step": step, "epoch": epoch, "position": sampler.locate(step)[1],
                 "total_steps": total_steps, "ranks": size, "metrics": metrics, "is_final": is_final,
-                "sampler": {"seed": t.seed, "note": "epoch order = permutation from (seed, epoch)"}}
+                "sampler": {"seed": t.seed, "note": "epoch order = permutation from (seed, epoch)"},
+                **blas.meta_entry()}   # the BLAS kernel per host, so a resume runs the same one (worker/blas.py)
         path = out_dir / ("final.npz" if is_final else periodic_name(step))
         try:
             if is_final:
