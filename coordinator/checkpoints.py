@@ -45,8 +45,7 @@ from typing import IO, Iterable, Iterator, Sequence, TypeVar
 from coordinator.errors import ChecksumMismatch, InvalidArgument, NotFound, ResourceExhausted
 from coordinator.records import CheckpointRow, JobRow
 from coordinator.store import Store
-from coordinator.verified_files import serve_verified
-from coordinator.wire import CHUNK_BYTES, KIND_CHECKPOINT, Sha256Tally, sha256_of_chunks
+from coordinator.wire import CHUNK_BYTES, KIND_CHECKPOINT, Sha256Tally, sha256_of_chunks, verified
 
 log = logging.getLogger("gradmesh.checkpoints")
 
@@ -301,13 +300,12 @@ class Checkpoints:
         """The file's chunks, opened now (retention may delete it any time after the record was read: then
         NotFound), failing with DataLoss at the end when the bytes no longer have the recorded sha256."""
         try:
-            f = open(row.path, "rb")
+            chunks = read_chunks(Path(row.path))
         except FileNotFoundError:
             raise NotFound(f"checkpoint file for step {row.step} of job {row.job_id} is missing on the coordinator "
                            "(removed by retention meanwhile?)", kind=KIND_CHECKPOINT) from None
-        # hashed on the way out until it has once streamed whole intact and unchanged (verified_files.py)
-        return serve_verified(f, row.sha256, row.size, _chunks_of(f),
-                              what=f"checkpoint at step {row.step} of job {row.job_id} is corrupt on the coordinator's disk")
+        return verified(chunks, row.sha256, row.size,
+                        what=f"checkpoint at step {row.step} of job {row.job_id} is corrupt on the coordinator's disk")
 
     def newest_intact(self, job_id: str) -> CheckpointRow | None:
         """The newest stored checkpoint whose file still has its recorded sha256 (a corrupt one is skipped)."""

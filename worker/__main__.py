@@ -286,7 +286,8 @@ def _report_blas_kernel(comm, choice, recorded: dict[str, str]) -> None:
     line = blas.describe_running(choice)
     if line is not None:
         prefix = f"rank {comm.rank} on {comm.hostname}: " if comm.size > 1 else ""
-        _say(prefix + line)
+        # information, like the BLAS thread line: stdout, so stderr carries only what went wrong
+        print(f"gradmesh: {prefix}{line}", flush=True)
     kernel, _ = blas.running_kernel()
     mine = json.dumps({comm.hostname: kernel} if kernel else {}).encode()
     everyone: dict[str, str] = {}
