@@ -40,6 +40,9 @@ class SlurmUnavailable(RuntimeError):
 def _conf(root: Path, node: str, cpus: int) -> str:
     return "\n".join([
         "ClusterName=gradmesh-test",
+        # Job ids unique to this cluster's life: MPICH names its shared-memory segments after the PMI job, and
+        # a segment left in /dev/shm by a killed job of an earlier cluster with the same id breaks MPI_Init.
+        f"FirstJobId={1000 + int.from_bytes(os.urandom(3), 'big')}",
         f"SlurmctldHost={node}(127.0.0.1)",
         "SlurmUser=root",
         "SlurmdUser=root",
