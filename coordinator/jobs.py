@@ -101,25 +101,7 @@ class Jobs:
 
     def submit(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
                workers: int = 0) -> tuple[JobView, bool]:
-        if not spec_text.strip():
-            raise InvalidArgument("spec", "must not be empty (send the TOML or JSON text of a job spec)")
-        size = len(spec_text.encode("utf-8", "surrogatepass"))
-        if size > self.limits.spec_bytes:
-            raise InvalidArgument("spec", f"is {size} bytes; this coordinator takes at most {self.limits.spec_bytes} "
-                                          "(--max-spec-bytes)")
-        if job_id:
-            validate.job_id(job_id)
-        labels = validate.labels(labels or {}, self.limits)
-        validate.non_negative(workers, "workers")
-        try:
-            raw = load_raw(spec_text)
-            if validate.nesting_depth(raw) > self.limits.spec_depth:
-                raise SpecError("file", f"nested {validate.nesting_depth(raw)} deep; at most "
-                                        f"{self.limits.spec_depth} (--max-spec-depth)")
-            raw = parse_spec(raw).to_dict()
-        except SpecError as err:
-            # exactly str(SpecError) (parse errors name the field "file"), as clients parse the field from it
-            raise InvalidArgument(err.field, err.reason) from None
+        labels, raw = self._checked_request(spec_text, job_id, labels, workers)
         spec = self._runnable_spec(raw, workers)
         spec_json = spec.to_json()
         new_id = job_id or f"{_slug(spec.name)}-{secrets.token_hex(4)}"
@@ -137,12 +119,10 @@ class Jobs:
             self.wake_scheduler()
         return self.view(stored), created
 
-    def register(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
-                 workers: int = 0, hosts: str = "") -> tuple[JobView, str]:
-        """A run its user launched (`python -m worker --spec ... --register`): a job with executor "external",
-        RUNNING at once with attempt 1, and the worker token of that attempt. The run reads its own spec and
-        data: the dataset path is not checked against this coordinator's data roots, nor the workers against
-        its slots; the caps on spec, labels, points and checkpoints hold as for any job."""
+    def _checked_request(self, spec_text: str, job_id: str, labels: Mapping[str, str] | None,
+                         workers: int) -> tuple[dict[str, str], dict]:
+        """The checks SubmitJob and RegisterRun share: sizes, id, labels, workers, and the spec parsed (its
+        canonical dict). Returns the validated labels and that dict."""
         if not spec_text.strip():
             raise InvalidArgument("spec", "must not be empty (send the TOML or JSON text of a job spec)")
         size = len(spec_text.encode("utf-8", "surrogatepass"))
@@ -151,16 +131,28 @@ class Jobs:
                                           "(--max-spec-bytes)")
         if job_id:
             validate.job_id(job_id)
-        labels = validate.labels(labels or {}, self.limits)
+        checked_labels = validate.labels(labels or {}, self.limits)
         validate.non_negative(workers, "workers")
-        if len(hosts) > 1000:
-            raise InvalidArgument("hosts", "at most 1000 characters")
         try:
             raw = load_raw(spec_text)
-            if validate.nesting_depth(raw) > self.limits.spec_depth:
-                raise SpecError("file", f"nested {validate.nesting_depth(raw)} deep; at most "
-                                        f"{self.limits.spec_depth} (--max-spec-depth)")
-            raw = parse_spec(raw).to_dict()
+            depth = validate.nesting_depth(raw)
+            if depth > self.limits.spec_depth:
+                raise SpecError("file", f"nested {depth} deep; at most {self.limits.spec_depth} (--max-spec-depth)")
+            return checked_labels, parse_spec(raw).to_dict()
+        except SpecError as err:
+            # exactly str(SpecError) (parse errors name the field "file"), as clients parse the field from it
+            raise InvalidArgument(err.field, err.reason) from None
+
+    def register(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
+                 workers: int = 0, hosts: str = "") -> tuple[JobView, str]:
+        """A run its user launched (`python -m worker --spec ... --register`): a job with executor "external",
+        RUNNING at once with attempt 1, and the worker token of that attempt. The run reads its own spec and
+        data: the dataset path is not checked against this coordinator's data roots, nor the workers against
+        its slots; the caps on spec, labels, points and checkpoints hold as for any job."""
+        if len(hosts) > 1000:
+            raise InvalidArgument("hosts", "at most 1000 characters")
+        labels, raw = self._checked_request(spec_text, job_id, labels, workers)
+        try:
             if workers:
                 raw["workers"] = workers
             spec = parse_spec(raw)
