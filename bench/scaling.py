@@ -6,8 +6,8 @@
 One step is train.py's own step, through the same functions (worker/stepsync.py): forward + backward of
 the 784-1024-1024-10 MLP (relu, cross-entropy) on this rank's slice of the global batch, one in-place
 allreduce of [gradient | loss_sum, count, stop, stop_with_checkpoint] through worker.comm (hang watchdog
-on, as in training), division by the global count; then an SGD update. Data are random (speed does not
-depend on them). Configurations:
+on, and in host-shared memory, as in training), division by the global count; then train.py's SGD update
+(worker/optim.py). Data are random (speed does not depend on them). Configurations:
 
   1x1 b256           1 rank  x 1 thread,  global batch 256          (the reference)
   2x1 b256           2 ranks x 1 thread,  global batch 256 (128/rank: strong scaling)
@@ -63,6 +63,8 @@ sys.path.insert(0, str(REPO))
 
 from worker.comm import SerialComm, init_comm, launched_by_mpi  # noqa: E402
 from worker.mlp import MLP  # noqa: E402
+from worker.optim import make_optimizer  # noqa: E402
+from worker.spec import OptimSpec  # noqa: E402
 from worker.stepsync import StepSync  # noqa: E402
 
 SIZES = [784, 1024, 1024, 10]
@@ -85,10 +87,11 @@ class Trainer:
         rng = np.random.default_rng(seed)
         self.x = rng.standard_normal((batch_per_rank, SIZES[0])).astype(np.float32)
         self.y = rng.integers(0, SIZES[-1], batch_per_rank)
+        self.optimizer = make_optimizer(OptimSpec(name="sgd", lr=0.01), self.model.num_params, total_steps=1)
 
     def step(self) -> None:
         self.sync.reduce(self.sync.backward(self.x, self.y))
-        self.model.params -= np.float32(0.01) * self.model.grad
+        self.optimizer.step(self.model.params, self.model.grad)
 
 
 def run_worker(args) -> int:

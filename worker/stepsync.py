@@ -46,7 +46,7 @@ class StepSync:
         self.comm = comm
         self.overlap = overlap
         P = model.num_params
-        self.buffer = np.zeros(P + SCALARS, model.dtype)
+        self.buffer = comm.reduction_buffer(P + SCALARS, model.dtype)   # collective: every rank, same size
         model.use_grad_buffer(self.buffer[:P])   # backward writes the gradient straight into the buffer
         self.scalars = self.buffer[P:]
         self._layer_slices = model.layer_slices()

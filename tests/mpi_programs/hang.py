@@ -28,10 +28,12 @@ parser.add_argument("--how", choices=("sigstop", "sleep", "linkdown", "exit"), r
 parser.add_argument("--device", default="gm0", help="device for --how linkdown")
 parser.add_argument("--ready-file", default=None, help="rank 0 creates it once collectives are flowing")
 parser.add_argument("--timeout", type=float, required=True)
+parser.add_argument("--shared", action="store_true", help="reduce comm.reduction_buffer (host-shared memory)")
 args = parser.parse_args()
 
 comm = init_comm(hang_timeout_s=args.timeout)
-grad = np.ones(100_000, np.float32)
+grad = comm.reduction_buffer(100_000, np.float32) if args.shared else np.zeros(100_000, np.float32)
+grad[:] = 1.0
 for step in range(100_000):
     if step == 3 and comm.rank == 0 and args.ready_file:
         open(args.ready_file, "w").close()  # the collectives are flowing: a test may now stop a rank
