@@ -40,12 +40,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 from coordinator.errors import ChecksumMismatch, InvalidArgument, NotFound, ResourceExhausted
 from coordinator.records import CheckpointRow, JobRow
 from coordinator.store import Store
-from coordinator.wire import CHUNK_BYTES, KIND_CHECKPOINT, Sha256Tally, sha256_of_chunks, verified
+from coordinator.verified_files import VerifiedFiles, file_chunks
+from coordinator.wire import KIND_CHECKPOINT, Sha256Tally, sha256_of_chunks
 
 log = logging.getLogger("gradmesh.checkpoints")
 
@@ -153,16 +154,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _chunks_of(f: IO[bytes]) -> Iterator[bytes]:
-    with f:
-        while data := f.read(CHUNK_BYTES):
-            yield data
-
-
 def read_chunks(path: Path) -> Iterator[bytes]:
     """The file's bytes in chunks of at most wire.CHUNK_BYTES. The file is opened now, not at the first chunk,
     so a missing file raises FileNotFoundError here."""
-    return _chunks_of(open(path, "rb"))
+    return file_chunks(open(path, "rb"))
 
 
 def sha256_of(path: Path) -> str:
@@ -186,6 +181,7 @@ class Checkpoints:
         self.store = store
         self._locks_guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # job id → its one writer (rename, record, retention)
+        self.verified = VerifiedFiles()   # files hashed since they last changed: downloads skip hashing them
 
     def path_for(self, job_id: str, step: int) -> Path:
         return self.root / job_id / checkpoint_name(step)
@@ -234,6 +230,7 @@ class Checkpoints:
             path = path.with_name(f"{path.stem}.{sha[:12]}.npz")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        self.verified.remember(path, sha)   # hashed as it was received
         row = CheckpointRow(job_id=job.id, step=info.step, epoch=info.epoch, size=size, sha256=sha,
                             val_loss=info.val_loss, val_accuracy=info.val_accuracy, is_final=info.is_final,
                             created=time.time(), attempt=job.attempts, path=str(path))
@@ -242,6 +239,7 @@ class Checkpoints:
             dropped = self.store.add_checkpoint(row, RetentionPolicy(keep_last))
         except BaseException:
             path.unlink(missing_ok=True)  # no record names it: it must not stay (the previous file is untouched)
+            self.verified.forget(path)
             raise
         # records went first, in one transaction; a crash before these unlinks leaves files no record names,
         # which sweep() removes at the next start
@@ -250,6 +248,7 @@ class Checkpoints:
         for old in dropped:
             if old.path != row.path:
                 Path(old.path).unlink(missing_ok=True)
+                self.verified.forget(old.path)
         return row
 
     def sweep(self) -> list[Path]:
@@ -300,18 +299,17 @@ class Checkpoints:
         """The file's chunks, opened now (retention may delete it any time after the record was read: then
         NotFound), failing with DataLoss at the end when the bytes no longer have the recorded sha256."""
         try:
-            chunks = read_chunks(Path(row.path))
+            return self.verified.chunks(row.path, row.sha256, row.size, what=f"checkpoint at step {row.step} of job "
+                                        f"{row.job_id} is corrupt on the coordinator's disk")
         except FileNotFoundError:
             raise NotFound(f"checkpoint file for step {row.step} of job {row.job_id} is missing on the coordinator "
                            "(removed by retention meanwhile?)", kind=KIND_CHECKPOINT) from None
-        return verified(chunks, row.sha256, row.size,
-                        what=f"checkpoint at step {row.step} of job {row.job_id} is corrupt on the coordinator's disk")
 
     def newest_intact(self, job_id: str) -> CheckpointRow | None:
         """The newest stored checkpoint whose file still has its recorded sha256 (a corrupt one is skipped)."""
         for row in reversed(self.store.checkpoints(job_id)):
             try:
-                if sha256_of(Path(row.path)) == row.sha256:
+                if self.verified.intact(row.path, row.sha256):
                     return row
                 log.warning("checkpoint step %d of %s is corrupt (sha256 mismatch); skipping it", row.step, job_id)
             except OSError as err:

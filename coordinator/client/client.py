@@ -307,8 +307,9 @@ class Client:
                         raise ChecksumMismatch("the coordinator sent checkpoint data before its sha256")
                     info = CheckpointInfo.from_pb(chunk.info)
                     sink.reserve(info.size_bytes)
-                if chunk.data:
-                    sink.put(chunk.data)
+                data = chunk.data   # each read of a bytes field copies it (1 MiB): read it once
+                if data:
+                    sink.put(data)
             tally = sink.finish()
             if info is None:
                 raise ChecksumMismatch(f"the coordinator sent an empty stream for job {job_id}'s checkpoint")
