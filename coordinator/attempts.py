@@ -38,6 +38,7 @@ from coordinator.launcher import Exit, build_worker_env, log_tail
 from coordinator.outcomes import Decision, Outcome, classify, decide
 from coordinator.states import IllegalTransition, JobState
 from coordinator.records import EXTERNAL, JobRow
+from coordinator.shm_leftovers import Janitor
 from coordinator.store import Store
 from coordinator.tokens import attempt_tag, hash_token, new_token
 from coordinator.watchdog import ProgressWatch
@@ -94,6 +95,7 @@ class Supervisor:
         self._stoppers: list[threading.Thread] = []
         self._resizing: dict[str, str] = {}  # elastic job id → why it is being stopped with a checkpoint
         self.fleet = None  # coordinator.fleet.Fleet: told which hosts a failed attempt blames (None: nobody)
+        self.shm = Janitor()  # removes the /dev/shm segments killed ranks leave (coordinator.shm_leftovers)
 
     # ================================================================ the scheduler's interface
 
@@ -194,6 +196,7 @@ class Supervisor:
             self._stop_in_background(run)
         self._show_waiting()
         self._fail_silent_external()
+        self.shm.tick()
 
     def _show_waiting(self) -> None:
         """The job message of attempts waiting in Slurm's queue follows Slurm (its pending reason)."""
@@ -376,6 +379,7 @@ class Supervisor:
             resizing = self._resizing.pop(run.job_id, None)
             run.token = None
         self.progress.forget(run.job_id)
+        self.shm.attempt_ended()
         try:
             self._record_end(run, exit, killed, resizing)
             return True

@@ -72,6 +72,7 @@ class Coordinator:
 
     def start(self) -> None:
         self.checkpoints.sweep()  # what a crash left: temporary files, files no record names
+        self.supervisor.shm.attempt_ended()  # and what killed ranks of earlier runs left in /dev/shm
         for allocation in self.supervisor.recover():
             self.scheduler.reserve(allocation)
         self.scheduler.start()

@@ -29,6 +29,7 @@ from conftest import AuthedJobStub
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
 from coordinator.processes import of_job as job_processes
+from coordinator.shm_leftovers import PREFIX, SHM_DIR, Janitor, mapped_paths
 from helpers import assert_legal_path, digits_toml, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,6 +57,10 @@ def clean_final(tmp_path_factory):
         return {k: npz[k] for k in npz.files if k != "meta"}
 
 
+def shm_segments() -> set:
+    return {p for p in SHM_DIR.iterdir() if p.name.startswith(PREFIX)} if SHM_DIR.is_dir() else set()
+
+
 @pytest.fixture
 def api(coordinator):
     with grpc.insecure_channel(coordinator.address) as ch:
@@ -76,6 +81,8 @@ def assert_bit_identical(got, want):
 
 def test_killed_rank_restarts_and_ends_bit_identical(coordinator, api, monkeypatch, clean_final):
     monkeypatch.setenv("GRADMESH_FAULT", "kill:rank=1:step=45:attempt=1")
+    shm_before = shm_segments()
+    coordinator.core.supervisor.shm = Janitor(grace_s=0.0)   # the ranks here live seconds, not GRACE_S
     api.SubmitJob(pb.SubmitJobRequest(spec=spec(), job_id="kill-1"))
     follow = api.StreamLogs(pb.StreamLogsRequest(job_id="kill-1", follow=True))  # follows across the restart
     events = watch_to_end(api, "kill-1")
@@ -94,6 +101,9 @@ def test_killed_rank_restarts_and_ends_bit_identical(coordinator, api, monkeypat
     chunks = list(follow)
     assert [c.attempt for c in chunks] == sorted(c.attempt for c in chunks) and {c.attempt for c in chunks} == {1, 2}
     assert "done at step 60" in b"".join(c.data for c in chunks if c.attempt == 2).decode()
+    # the killed attempt's /dev/shm segments (its ranks never reached MPI_Finalize) are removed
+    wait_for(lambda: not {str(p) for p in shm_segments() - shm_before} - mapped_paths(), timeout=20,
+             what="the killed attempt's shared-memory segments to be removed")
 
 
 def test_failure_on_every_attempt_gives_up_after_max_restarts(coordinator, api, monkeypatch):
