@@ -1,4 +1,4 @@
-"""worker/shmreduce.py under real mpirun: the step's sum through host-shared memory is the rank-order sum,
+"""worker/shmreduce.py under real mpirun: the step's sum through host-shared memory is the pairwise sum,
 bit for bit, on every rank; a rank that never arrives is caught by the hang watchdog; and a job with it
 on trains to exactly the parameters of a job with it off (MPI's Allreduce)."""
 import re
@@ -13,7 +13,7 @@ CHECKS = str(PROGRAMS / "shm_checks.py")
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("nprocs", [2, 3, 4])
-def test_shared_memory_sum_is_the_rank_order_sum_on_every_rank(nprocs):
+def test_shared_memory_sum_is_the_pairwise_sum_on_every_rank(nprocs):
     result = run_mpi(nprocs, ["python", CHECKS, "--watchdog", "20"], timeout=60)
     assert not result.timed_out, result.output
     assert result.returncode == 0, result.output

@@ -7,10 +7,12 @@
 MPI's Allreduce between processes of one host moves every byte through MPICH's shared-memory cells: the
 sender copies into a cell, the receiver copies out, and only then adds. When the vector already lives in
 memory all of them can read (MPI_Win_allocate_shared), none of that is needed: after a barrier, rank r of
-the host sums slice r of everyone's vector, in rank order, and writes the sum into slice r of everyone's
-vector; after a second barrier every vector holds the whole sum. Each rank reads and writes the vector's
-size once. The order of additions is fixed (rank 0 + rank 1 + ...), and each slice is summed by one rank
-and copied to the rest, so every rank holds the same bits.
+the host sums slice r of everyone's vector and writes the sum into slice r of everyone's vector; after a
+second barrier every vector holds the whole sum. Each rank reads and writes about the vector's size once.
+Each slice is summed by one rank and copied to the rest, so every rank holds the same bits. The order of
+the additions is pairwise, (r0 + r1) + (r2 + r3), as in MPICH's recursive doubling: so a job of 2 hosts x 2
+ranks (each host's pair, then the two hosts) adds in the same order as 4 ranks on one host, and an elastic
+job that moves between such layouts keeps its trajectory (tests/test_hosts_cluster.py).
 
 Across hosts it is hierarchical: the hosts' first ranks (`leaders`) allreduce their host's sum with MPI,
 and the others copy it from their leader's vector after a third barrier.
@@ -51,7 +53,6 @@ class HostReducer:
         edges = [min(n, -(-(n * r // self.local_size) // ALIGN) * ALIGN) for r in range(self.local_size)] + [n]
         self._lo, self._hi = edges[self.local_rank], edges[self.local_rank + 1]
         self._block = max(ALIGN, BLOCK_BYTES // dtype.itemsize)
-        self._scratch = np.empty(min(self._block, max(self._hi - self._lo, 1)), dtype)
 
     def allreduce_sum_(self) -> None:
         """Sum every rank's buffer into every rank's buffer (collective over the job)."""
@@ -77,17 +78,21 @@ class HostReducer:
         self._win.Sync()
 
     def _sum_my_slice(self) -> None:
-        vectors, scratch, block = self.vectors, self._scratch, self._block
+        """Pairwise, level by level ((v0+v1)+(v2+v3), ...), in place in slice r of the vectors (only this
+        rank touches slice r), then copied from vector 0's slice to the others'."""
+        vectors, block = self.vectors, self._block
         if len(vectors) == 1:
             return
         for start in range(self._lo, self._hi, block):
             stop = min(self._hi, start + block)
-            acc = scratch[:stop - start]
-            np.add(vectors[0][start:stop], vectors[1][start:stop], out=acc)
-            for v in vectors[2:]:
-                acc += v[start:stop]
-            for v in vectors:
-                v[start:stop] = acc
+            parts = [v[start:stop] for v in vectors]
+            while len(parts) > 1:
+                for left, right in zip(parts[0::2], parts[1::2]):
+                    left += right
+                parts = parts[0::2]
+            total = parts[0]
+            for v in vectors[1:]:
+                v[start:stop] = total
 
     def free(self) -> None:
         """Collective over the host; after it the buffer must not be used."""

@@ -3,7 +3,7 @@
     mpirun -n 4 python tests/mpi_programs/shm_checks.py [--watchdog SECONDS]
 
 Every rank knows every rank's data (seeded by rank), so it can compute the expected sum itself, in the order
-the reducer promises: rank 0 + rank 1 + ... within a host, then the hosts' sums. Checked for float32 and
+the reducer promises: pairwise within a host ((r0 + r1) + (r2 + r3)), then the hosts' sums. Checked for float32 and
 float64, for sizes smaller than one slice per rank, odd sizes and a step-sized vector, twice on the same
 buffer (a reused window), through comm.reduction_buffer (one host), and with HostReducer built directly on
 "hosts" made of rank pairs (the hierarchical path: leaders allreduce, the others copy from their leader).
@@ -31,10 +31,11 @@ def data(rank: int, size: int, dtype, round_: int) -> np.ndarray:
 
 
 def in_order(ranks, size, dtype, round_):
-    total = data(ranks[0], size, dtype, round_).copy()
-    for k in ranks[1:]:
-        total += data(k, size, dtype, round_)
-    return total
+    """Pairwise, level by level: ((d0 + d1) + (d2 + d3)) + d4 ..."""
+    level = [data(k, size, dtype, round_) for k in ranks]
+    while len(level) > 1:
+        level = [level[i] + level[i + 1] if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+    return level[0]
 
 
 # One host: comm.reduction_buffer, as StepSync uses it.
