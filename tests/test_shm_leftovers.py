@@ -68,7 +68,7 @@ def test_segments_of_killed_ranks_are_removed_and_live_ones_kept():
     assert not (set(sweep(grace_s=3600)) & left), "fresh segments must be kept"
     assert left <= segments()
     removed = set(sweep(grace_s=0))
-    assert left <= removed
+    assert removed & left   # (all of `left`, unless another test run on this host swept some first)
     assert not (left & segments())
 
 

@@ -303,7 +303,9 @@ class MpiComm:
             leaders = self._comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, key=self.rank)
             if leaders == MPI.COMM_NULL:
                 leaders = None
-        reducer = HostReducer(MPI, self._node, leaders, n, dtype, spans_hosts)
+        from worker.mpiwait import wait_policy
+        patient = bool(wait_policy(os.environ)[0])   # the ranks fill the cores: waiting ranks nap
+        reducer = HostReducer(MPI, self._node, leaders, n, dtype, spans_hosts, patient=patient)
         self._reducers.append(reducer)
         return reducer.buffer
 
