@@ -11,7 +11,7 @@ of the coordinator is used up (the queue is full, the job stored all the points 
     limits.memory_per_slot_or(default=12 << 30)    # the bytes one rank may use
 
 Fixed rules that are part of the spec itself (layer sizes, workers, restarts, backoff, hang timeout, int64)
-live in `worker.spec`; the README's "Limits and security" table lists both.
+live in `worker.spec` (checked in `worker.spec_parsing`); the README's "Limits and security" table lists both.
 """
 from __future__ import annotations
 

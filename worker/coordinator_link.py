@@ -8,22 +8,32 @@ call's deadline, from the service config in `coordinator.wire.channel_options()`
 retry (the client-streaming UploadCheckpoint, a FetchCheckpoint stream broken mid-way) is paced by
 `Backoff`. A failure report is one unary ReportProgress with `worker_event = WORKER_EVENT_FAILING` and the
 typed `failure` (worker/failure.py), under a short deadline: it must never hold up the abort after it.
-Rank 0's reporting (progress, checkpoints, cancels) is `worker.report.CoordinatorHooks`.
+Rank 0's reporting (progress, checkpoints, cancels) is `worker.report.CoordinatorHooks`; the status codes
+it retries or takes as "this attempt is no longer ours" (RETRYABLE, DISOWNED), the error kind of a refusal
+(`refusal_kind`) and the floats of a metric dict as the wire carries them (`metric_float`) are here, shared
+by its parts (worker/report.py, worker/checkpoint_uploads.py, worker/checkpoint_fetch.py).
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from coordinator.wire import JOB_TOKEN_HEADER, channel_options
+from coordinator.wire import JOB_TOKEN_HEADER, KIND_TRAILER, channel_options
 from worker.hooks import Hooks
 
 RANK_FAILURE_TIMEOUT_S = 0.5      # another rank's one-shot failure report (a new channel), before it aborts
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+# The coordinator no longer knows this attempt (a newer one holds the token): stop training.
+DISOWNED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+KIND_DISK = "disk"                # the error kind of a full disk on the coordinator (retry later)
 
 
 class CoordinatorRefused(RuntimeError):
@@ -67,6 +77,20 @@ class Backoff:
 def say(text: str) -> None:
     """A timestamped line on stderr (the attempt's log) about the worker's link to the coordinator."""
     print(f"gradmesh report {time.strftime('%H:%M:%S')}: {text}", file=sys.stderr, flush=True)
+
+
+def refusal_kind(err: grpc.RpcError) -> str:
+    """The gradmesh-kind trailer of a refused call ("" when absent)."""
+    try:
+        return dict(err.trailing_metadata() or ()).get(KIND_TRAILER, "")
+    except Exception:  # noqa: BLE001 - not every RpcError carries call details
+        return ""
+
+
+def metric_float(point: dict[str, Any], key: str) -> float:
+    """A value of a metric dict as a MetricPoint field: NaN when absent or None (not measured at that step)."""
+    value = point.get(key, math.nan)
+    return math.nan if value is None else float(value)
 
 
 def open_channel(address: str, tls_ca: Path | None, *, retries: bool = True) -> grpc.Channel:

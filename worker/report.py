@@ -21,6 +21,10 @@ harmless): the heartbeat itself is the retry of the progress report.
 Retries (worker/coordinator_link.py): gRPC's own retry policy for the unary calls, `Backoff` for the
 streams. A failure report is one ReportProgress with WORKER_EVENT_FAILING, under a short deadline.
 
+This module is the progress buffer and the thread that delivers it; `CoordinatorHooks` also takes in the
+upload queue (worker/checkpoint_uploads.py: `on_checkpoint` and the uploads the thread makes) and the
+download of the checkpoint to resume from (worker/checkpoint_fetch.py, called by `fetch`).
+
 Bounds: one report carries at most MAX_POINTS_PER_REPORT points (the coordinator's cap); the buffer holds
 at most MAX_BUFFERED_POINTS (the oldest are dropped, with one line, if the coordinator stays unreachable).
 A report refused for its size (RESOURCE_EXHAUSTED or INVALID_ARGUMENT with several points) is split: the
@@ -35,72 +39,34 @@ older ones (and the downloaded one it resumed from) are deleted when a new one i
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 import grpc
 
-from coordinator.errors import ChecksumMismatch
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from coordinator.wire import CHUNK_BYTES, JOB_TOKEN_HEADER, KIND_TRAILER, sha256_of_chunks, verified
-from worker.checkpoint import list_checkpoints
-from worker.coordinator_link import Backoff, CoordinatorRefused, failure_request, open_channel, say
+from coordinator.wire import JOB_TOKEN_HEADER
+from worker.checkpoint_fetch import CheckpointFetch
+from worker.checkpoint_uploads import CheckpointUploads, PendingUpload
+from worker.coordinator_link import (DISOWNED, KIND_DISK, RETRYABLE, CoordinatorRefused, failure_request,
+                                     metric_float, open_channel, refusal_kind, say)
 from worker.hooks import Hooks, StopRequest
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-# The coordinator no longer knows this attempt (a newer one holds the token): stop training.
-DISOWNED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 FINISH_EVENTS = {"succeeded": pb.WORKER_EVENT_FINISHED, "stopped": pb.WORKER_EVENT_STOPPED}  # "nan": a failure
 FETCH_TIMEOUT_S = 30.0            # FetchJob: a coordinator that is restarting gets this long to come back
 FAILURE_REPORT_TIMEOUT_S = 1.0    # rank 0's failure report, on its open channel
 MAX_POINTS_PER_REPORT = 1000      # points in one ReportProgress: the coordinator's cap per report
 MAX_BUFFERED_POINTS = 10_000      # points kept while the coordinator cannot take them; the oldest go first
 DISK_FULL_PAUSE_S = 5.0           # after the coordinator's disk was full: heartbeats without points this long
-KIND_DISK = "disk"                # the error kind of a full disk on the coordinator (retry later)
 # RESOURCE_EXHAUSTED kinds that say the coordinator is busy, not that the call is too big: retried as they are.
 # Any other kind (a cap on what the call carries, e.g. "points") gets a single refused point dropped.
 CAPACITY_KINDS = ("", "capacity", KIND_DISK)
 
 
-def _kind(err: grpc.RpcError) -> str:
-    """The gradmesh-kind trailer of a refused call ("" when absent)."""
-    try:
-        return dict(err.trailing_metadata() or ()).get(KIND_TRAILER, "")
-    except Exception:  # noqa: BLE001 - not every RpcError carries call details
-        return ""
-
-
-@dataclass
-class _Upload:
-    path: Path          # our own hard link (or copy) of the checkpoint
-    step: int
-    epoch: int
-    is_final: bool
-    val_loss: float
-    val_accuracy: float
-    backoff: Backoff = field(default_factory=Backoff)
-    superseded: bool = False  # skipped for a newer one (the coordinator's disk was full): already said
-
-
-def _f(point: dict[str, Any], key: str) -> float:
-    value = point.get(key, math.nan)
-    return math.nan if value is None else float(value)
-
-
-def _file_blocks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        yield from iter(lambda: f.read(CHUNK_BYTES), b"")
-
-
-class CoordinatorHooks(Hooks):
+class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
     def __init__(self, address: str, job_id: str, token: str, attempt: int, workdir: Path,
                  tls_ca: Path | None = None, *, heartbeat_s: float = 1.0, rpc_timeout_s: float = 10.0,
                  max_upload_tries: int = 6):
@@ -119,7 +85,7 @@ class CoordinatorHooks(Hooks):
         self._points: list[pb.MetricPoint] = []
         # events still to deliver, oldest first: (WorkerEvent, message, WorkerFailure or None)
         self._events: deque[tuple[int, str, pb.WorkerFailure | None]] = deque()
-        self._uploads: deque[_Upload] = deque()
+        self._uploads: deque[PendingUpload] = deque()
         self._progress = (0, 0, 0)  # step, total_steps, epoch
         self._stop: StopRequest | None = None
         self._wake = threading.Event()
@@ -153,43 +119,8 @@ class CoordinatorHooks(Hooks):
         self._start_thread()
         return reply.spec_json, resume
 
-    def _clear_stale_uploads(self) -> None:
-        """Links an earlier process left in our upload queue (it crashed before sending them): not ours to send."""
-        if self._pending_dir.is_dir():
-            for stale in self._pending_dir.iterdir():
-                stale.unlink(missing_ok=True)
-
-    def _fetch_checkpoint(self, info: pb.CheckpointInfo) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        target = self.workdir / f"resume-step-{info.step}.npz"
-        backoff = Backoff(tries=5)
-        while True:
-            try:
-                self._download(info, target)
-                return target
-            except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or not backoff.failed():
-                    raise CoordinatorRefused(f"FetchCheckpoint step {info.step}: {err.code().name}: {err.details()}",
-                                             err.code()) from None
-            backoff.wait()
-
-    def _download(self, info: pb.CheckpointInfo, target: Path) -> None:
-        """One FetchCheckpoint into `target`, through a temporary file; sha256 and size checked at the end."""
-        tmp = target.with_suffix(".npz.part")
-        stream = self._stub.FetchCheckpoint(pb.FetchCheckpointRequest(job_id=self.job_id, step=info.step),
-                                            timeout=self.rpc_timeout_s + info.size_bytes / 20e6,
-                                            metadata=self._metadata, wait_for_ready=True)
-        try:
-            with open(tmp, "wb") as out:
-                for data in verified((chunk.data for chunk in stream), info.sha256, info.size_bytes,
-                                     what=f"the checkpoint of step {info.step}"):
-                    out.write(data)
-        except (grpc.RpcError, ChecksumMismatch, OSError):
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
-
     # ------------------------------------------------------------ Hooks (called by train() on rank 0)
+    # (on_checkpoint is CheckpointUploads': it only queues the file)
 
     def on_start(self, *, step, total_steps, epoch, info):
         ranks = f"{info.get('ranks', '?')} rank(s)"
@@ -201,9 +132,10 @@ class CoordinatorHooks(Hooks):
 
     def on_metrics(self, point):
         msg = pb.MetricPoint(step=int(point["step"]), epoch=int(point.get("epoch", 0)),
-                             train_loss=_f(point, "train_loss"), val_loss=_f(point, "val_loss"),
-                             val_accuracy=_f(point, "val_accuracy"),
-                             samples_per_second=_f(point, "samples_per_second"), lr=_f(point, "lr"),
+                             train_loss=metric_float(point, "train_loss"), val_loss=metric_float(point, "val_loss"),
+                             val_accuracy=metric_float(point, "val_accuracy"),
+                             samples_per_second=metric_float(point, "samples_per_second"),
+                             lr=metric_float(point, "lr"),
                              time_unix=float(point.get("time_unix") or time.time()), attempt=self.attempt)
         with self._lock:
             self._points.append(msg)
@@ -217,30 +149,6 @@ class CoordinatorHooks(Hooks):
             first, self._stepped = not self._stepped, True
         if first:  # the attempt's first point (and so its first reported step) goes out at once, not at the
             self._wake.set()  # next heartbeat: submit -> first step. Later ones ride the heartbeat.
-
-    def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
-        self._pending_dir.mkdir(parents=True, exist_ok=True)
-        own = self._pending_dir / f"step-{step}-{time.monotonic_ns()}.npz"
-        try:
-            os.link(path, own)
-        except OSError:
-            shutil.copyfile(path, own)
-        self._keep_only(Path(path))
-        upload = _Upload(own, int(step), int(epoch), bool(is_final), _f(metrics or {}, "val_loss"),
-                         _f(metrics or {}, "val_accuracy"), Backoff(tries=self.max_upload_tries))
-        with self._lock:
-            self._uploads.append(upload)
-        self._start_thread()
-        self._wake.set()
-
-    def _keep_only(self, newest: Path) -> None:
-        """Delete the local checkpoints older than `newest` (the coordinator holds the history; our upload
-        queue holds its own links), so one disk does not store every checkpoint twice."""
-        for _, older in list_checkpoints(newest.parent):
-            if older != newest:
-                older.unlink(missing_ok=True)
-        for resumed in self.workdir.glob("resume-step-*.npz"):
-            resumed.unlink(missing_ok=True)
 
     def on_step(self, step):
         with self._lock:
@@ -352,7 +260,7 @@ class CoordinatorHooks(Hooks):
         if code in DISOWNED:
             self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
             self._drop_all()
-        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _kind(err) == KIND_DISK:
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and refusal_kind(err) == KIND_DISK:
             if n_points:  # keep them; heartbeats go on without them until the pause is over
                 self._points_paused_until = time.monotonic() + DISK_FULL_PAUSE_S
                 if self._report_failures == 1:  # once: this log may be on that disk
@@ -362,7 +270,7 @@ class CoordinatorHooks(Hooks):
             say(f"ReportProgress with {n_points} points refused ({code.name}: {err.details()}); sending at most "
                 f"{self._max_points} per call")
         elif code not in RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and n_points
-                                       and _kind(err) not in CAPACITY_KINDS):
+                                       and refusal_kind(err) not in CAPACITY_KINDS):
             say(f"ReportProgress refused ({code.name}: {err.details()}); dropping {n_points} point(s)")
             self._forget(n_points, event_sent)
         elif self._report_failures in (1, 5) or self._report_failures % 30 == 0:
@@ -382,62 +290,3 @@ class CoordinatorHooks(Hooks):
                 u.path.unlink(missing_ok=True)
             self._uploads.clear()
 
-    def _upload_due(self, ready: int) -> None:
-        """Upload (at most ready - 1) queued checkpoints, oldest first, stopping at one in backoff or failing."""
-        for _ in range(ready - 1):
-            with self._lock:
-                upload = self._uploads[0] if self._uploads else None
-            if upload is None or not upload.backoff.ready():
-                return
-            ok = self._upload(upload)
-            with self._lock:
-                if ok or upload.backoff.exhausted:
-                    if self._uploads and self._uploads[0] is upload:
-                        self._uploads.popleft()
-                    upload.path.unlink(missing_ok=True)
-                    if not ok and not upload.superseded:
-                        say(f"giving up uploading the checkpoint of step {upload.step}")
-                if not ok:
-                    return
-
-    def _upload(self, upload: _Upload) -> bool:
-        """One UploadCheckpoint; on failure, `upload.backoff` says when (and whether) to try again."""
-        try:
-            size = upload.path.stat().st_size
-            sha256 = sha256_of_chunks(_file_blocks(upload.path))
-        except OSError as err:
-            say(f"cannot read the checkpoint of step {upload.step}: {err}")
-            upload.backoff.give_up()
-            return False
-        info = pb.CheckpointInfo(step=upload.step, epoch=upload.epoch, size_bytes=size, sha256=sha256,
-                                 val_loss=upload.val_loss, val_accuracy=upload.val_accuracy, is_final=upload.is_final,
-                                 attempt=self.attempt)
-
-        def messages():
-            yield pb.UploadCheckpointRequest(job_id=self.job_id, attempt=self.attempt, info=info)
-            for block in _file_blocks(upload.path):
-                yield pb.UploadCheckpointRequest(data=block)
-
-        try:
-            self._stub.UploadCheckpoint(messages(), timeout=self.rpc_timeout_s + size / 10e6, metadata=self._metadata,
-                                        wait_for_ready=True)
-            self._skipping_uploads = False
-            return True
-        except grpc.RpcError as err:
-            with self._lock:
-                superseded = len(self._uploads) > 1
-            if err.code() in DISOWNED or err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                say(f"checkpoint of step {upload.step} refused: {err.code().name}: {err.details()}")
-                upload.backoff.give_up()
-                if err.code() in DISOWNED:
-                    self._stop = StopRequest(checkpoint=False, reason=f"the coordinator refused this attempt: {err.details()}")
-            elif err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and superseded:
-                if not self._skipping_uploads:  # one line per episode: this log may be on that full disk
-                    say(f"checkpoint of step {upload.step} skipped: {err.details()} (a newer checkpoint waits; "
-                        "further ones are skipped quietly until one is stored)")
-                self._skipping_uploads = True
-                upload.superseded = True
-                upload.backoff.give_up()
-            elif upload.backoff.failed() and (upload.backoff.failures == 1 or _kind(err) != KIND_DISK):
-                say(f"upload of step {upload.step} failed ({err.code().name}: {err.details()}); will retry")
-            return False

@@ -7,8 +7,9 @@
 
 `gradmesh serve` starts it next to the gRPC server (`--http-port`, default the gRPC port + 1; 0 disables).
 
-    http.py     routing, CSRF checks, server-sent events, error statuses (a thin adapter over the same core
-                objects as the gRPC servicer)
+    http.py     routing, CSRF checks, error statuses (a thin adapter over the same core objects as the gRPC
+                servicer), on event_streams.py (server-sent events and the routes that stream) and
+                request_io.py (request bodies, JSON answers, errors, redirects, security headers)
     session.py  the stateless session cookie and its CSRF token
     app.py      the state the routes share, the HTTP(S) server, start and stop
     views.py    the core's records as the JSON the pages render

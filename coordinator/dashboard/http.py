@@ -1,9 +1,11 @@
-"""The dashboard's HTTP face: routing, the login cookie, CSRF, server-sent events, error statuses.
+"""The dashboard's HTTP face: routing, the login cookie, CSRF, error statuses.
 
 A second thin adapter over the same core objects as the gRPC servicer (coordinator.jobs, coordinator.streams,
 the scheduler's slot usage): each route unpacks the request, calls the core, and answers JSON (shaped by
 coordinator.dashboard.views), a stream, or a static file. The standard library's ThreadingHTTPServer is
 enough: one thread per connection, and a server-sent event stream is a response that never ends.
+`Handler` is built on two layers: `event_streams.EventStreams` (the streams and the routes that answer with
+one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirects with the security headers).
 
     GET  /login                      the login page (the only thing served without the session cookie)
     POST /login                      token=<client token> → the session cookies, 303 to /
@@ -32,35 +34,26 @@ come from this origin. A refused POST is 403 and never reaches the core.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import mimetypes
 import re
 import socket
 import ssl
-import time
-from http import HTTPStatus
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
 from coordinator.dashboard import views
+from coordinator.dashboard.event_streams import EventStreams
+from coordinator.dashboard.request_io import SECURITY_HEADERS, PageGone
 from coordinator.dashboard.session import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX_AGE
 from coordinator.errors import GradmeshError, InvalidArgument, Unauthenticated
-from coordinator.states import JobState
-
-if TYPE_CHECKING:
-    from coordinator.dashboard.app import DashboardServer
 
 log = logging.getLogger("gradmesh.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
 LIST_LIMIT = 500          # jobs in one list answer (newest first); the page says when there are more
-LIST_MIN_INTERVAL = 0.25  # a busy coordinator re-sends the list at most this often to each open page
-HEARTBEAT_S = 15.0        # an idle event stream writes a comment this often, which finds closed pages
-MAX_BODY = 64 << 10
 
 # The one table from the error vocabulary (coordinator.errors `code`) to HTTP statuses.
 HTTP_STATUS = {
@@ -69,22 +62,9 @@ HTTP_STATUS = {
     "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
 }
 
-SECURITY_HEADERS = {
-    # no inline scripts and nothing from elsewhere: the pages work offline; styles may be set inline
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                               "frame-ancestors 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",  # not no-referrer: that would make browsers send "Origin: null"
-}
-
 
 class Forbidden(Exception):
     """A POST that fails the CSRF checks."""
-
-
-class _Gone(Exception):
-    """The page closed its connection."""
 
 
 class Route:
@@ -92,12 +72,11 @@ class Route:
         self.method, self.regex, self.handler, self.public = method, re.compile(pattern + r"\Z"), handler, public
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(EventStreams):
     protocol_version = "HTTP/1.1"  # keep-alive: a page's scripts and styles come over one connection
     server_version = "gradmesh-dashboard"
-    server: "DashboardServer"
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ dispatch, session, CSRF
 
     def setup(self) -> None:
         super().setup()
@@ -136,7 +115,7 @@ class Handler(BaseHTTPRequestHandler):
             if method == "POST" and not route.public:
                 self._check_csrf()
             route.handler(self, *match.groups())
-        except _Gone:
+        except PageGone:
             self.close_connection = True
         except Forbidden as err:
             self._error(403, str(err))
@@ -171,110 +150,6 @@ class Handler(BaseHTTPRequestHandler):
         sent = self.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), self.server.app.sessions.csrf(self.nonce or "").encode()):
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header")
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise InvalidArgument("body", f"is larger than {MAX_BODY} bytes")
-        return self.rfile.read(length) if length else b""
-
-    def _json_body(self) -> dict:
-        raw = self._body()
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            raise InvalidArgument("body", "is not JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument("body", "must be a JSON object")
-        return body
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        for key, value in (*SECURITY_HEADERS.items(), *headers):
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, value: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(value).encode(), "application/json", [("Cache-Control", "no-store")])
-
-    def _error(self, status: int, message: str, err: GradmeshError | None = None) -> None:
-        if self.command == "POST":
-            # its body may be unread (refused before it was looked at): it must not be taken for the next request
-            self.close_connection = True
-        body = {"error": message, "code": err.code if err else HTTPStatus(status).name,
-                "kind": err.kind if err else "", "field": getattr(err, "field", "")}
-        if status == 401 and "text/html" in self.headers.get("Accept", ""):
-            # a person opening a page: the login form, which comes back here (still a 401 for the record)
-            self._send(401, self.server.app.login_page(self.path), "text/html; charset=utf-8")
-            return
-        self._json(body, status)
-
-    def _redirect(self, location: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self.send_response(303)
-        self.send_header("Location", location)
-        self.send_header("Content-Length", "0")
-        for key, value in headers:
-            self.send_header(key, value)
-        self.end_headers()
-
-    def _job_states(self) -> list[int]:
-        states = []
-        for name in self.query.get("state", []):
-            for part in filter(None, name.upper().split(",")):
-                if part not in JobState.__members__:
-                    raise InvalidArgument("state", f"{part[:20]!r} is not a job state (QUEUED..CANCELLED)")
-                states.append(int(JobState[part]))
-        return states
-
-    # ------------------------------------------------------------------ event streams
-
-    def _events_start(self) -> Callable[[], bool]:
-        """Send the headers of an event stream; returns `alive`, which writes a heartbeat comment now and
-        then and answers False once the page has gone (so a stream waiting for events notices)."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")  # the stream has no length: it ends with the connection
-        for key, value in SECURITY_HEADERS.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.close_connection = True
-        self._wrote = time.monotonic()
-        self._write(b"retry: 1000\n\n")  # reconnect after a second, not the browser's default three
-
-        def alive() -> bool:
-            if time.monotonic() - self._wrote < HEARTBEAT_S:
-                return True
-            try:
-                self._write(b": heartbeat\n\n")
-                return True
-            except _Gone:
-                return False
-        return alive
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self.wfile.write(data)
-            self.wfile.flush()
-        except (OSError, ssl.SSLError):
-            raise _Gone from None
-        self._wrote = time.monotonic()
-
-    def _event(self, event: str, data: Any, event_id: int | None = None) -> None:
-        head = f"id: {event_id}\n" if event_id is not None else ""
-        self._write(f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode())
-
-    def _events_from_step(self) -> int:
-        last = self.headers.get("Last-Event-ID", "")
-        if last.isdigit():
-            return int(last) + 1
-        return _int(self.query.get("from_step", ["0"])[0], "from_step")
 
     # ------------------------------------------------------------------ routes
 
@@ -327,60 +202,8 @@ class Handler(BaseHTTPRequestHandler):
     def jobs(self) -> None:
         self._json(self.server.app.listing(self._job_states()))
 
-    def jobs_stream(self) -> None:
-        app, states = self.server.app, self._job_states()
-        app.listing(states)  # a bad filter is a 400 before the stream starts
-        alive = self._events_start()
-        sent, seen = None, None
-        while alive() and not app.core.signal.closed:
-            version = app.core.signal.version
-            if version != seen:  # every visible write bumps the version: nothing else can change the list
-                began, seen = time.monotonic(), version
-                listing = app.listing(states)
-                if listing != sent:
-                    self._event("jobs", listing)
-                    sent = listing
-                # coalesce a burst of reports into one list
-                time.sleep(max(0.0, LIST_MIN_INTERVAL - (time.monotonic() - began)))
-            app.core.signal.wait(version, 1.0)
-
     def job(self, job_id: str) -> None:
         self._json(self.server.app.detail(job_id))
-
-    def job_events(self, job_id: str) -> None:
-        app = self.server.app
-        from_step = self._events_from_step()
-        page, token = app.core.jobs.metrics(job_id, from_step)  # NotFound/InvalidArgument before the stream
-        alive = self._events_start()
-        # The history in pages (one event each, not one per point), then WatchJob's own stream from the step
-        # after it: snapshot, the points since, live points and state changes, ending on the terminal state.
-        while page:
-            self._event("metrics", [views.metric(m) for m in page], page[-1].step)
-            from_step = page[-1].step + 1
-            if not token:
-                break
-            page, token = app.core.jobs.metrics(job_id, page_token=token)
-        try:
-            for kind, value in app.core.streams.watch(job_id, from_step, is_active=alive):
-                if kind == "snapshot":
-                    self._event("snapshot", app.detail(job_id, value))
-                elif kind == "metric":
-                    self._event("metric", views.metric(value), value.step)
-                else:
-                    self._event("state", {**views.transition(value), "job": app.detail(job_id)})
-        except GradmeshError as err:  # e.g. UNAVAILABLE at shutdown: the headers are gone, say it as an event
-            self._event("failure", {"error": str(err), "code": err.code})
-
-    def job_log(self, job_id: str) -> None:
-        app = self.server.app
-        app.core.jobs.get(job_id)
-        alive = self._events_start()
-        try:
-            for attempt, data in app.core.streams.logs(job_id, follow=True, is_active=alive):
-                self._event("log", {"attempt": attempt, "text": data.decode("utf-8", "replace")})
-        except GradmeshError as err:
-            self._event("failure", {"error": str(err), "code": err.code})
-        self._event("end", {})
 
     def download(self, job_id: str, step: str) -> None:
         row, chunks = self.server.app.core.jobs.open_checkpoint(job_id, step=int(step))
@@ -400,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
             # so the browser reports a failed download instead of keeping a corrupt file
             log.error("checkpoint step %s of %s is corrupt on disk; download aborted", step, job_id)
             self.close_connection = True
-            raise _Gone from None
+            raise PageGone from None
 
     def cancel(self, job_id: str) -> None:
         body = self._json_body()
@@ -412,12 +235,6 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(workers, int):
             raise InvalidArgument("workers", "must be an integer")
         self._json(views.job(self.server.app.core.jobs.resume(job_id, workers)))
-
-
-def _int(text: str, field: str) -> int:
-    if not text.isdigit():
-        raise InvalidArgument(field, f"{text[:20]!r} is not a non-negative integer")
-    return int(text)
 
 
 JOB = r"/([A-Za-z0-9][A-Za-z0-9._-]*)"

@@ -1,0 +1,52 @@
+"""The store's checkpoint records: which checkpoint files a job has, and which of them retention keeps.
+
+Separate from `coordinator.store` (the jobs) and from `coordinator.checkpoints` (the files themselves): this
+is only the record, changed in one transaction with the retention decision, so the caller deletes the
+dropped files after it committed and a crash never leaves a record without its file.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+from coordinator.records import CheckpointRow, nan_from_sql, sql_from_nan
+from coordinator.store_connection import StoreConnection
+
+if TYPE_CHECKING:
+    from coordinator.checkpoints import RetentionPolicy
+
+
+class CheckpointRecords(StoreConnection):
+    @staticmethod
+    def _checkpoint(r: sqlite3.Row) -> CheckpointRow:
+        return CheckpointRow(job_id=r["job_id"], step=r["step"], epoch=r["epoch"], size=r["size"], sha256=r["sha256"],
+                             val_loss=nan_from_sql(r["val_loss"]), val_accuracy=nan_from_sql(r["val_accuracy"]),
+                             is_final=bool(r["is_final"]), created=r["created"], attempt=r["attempt"], path=r["path"])
+
+    def add_checkpoint(self, ckpt: CheckpointRow, keep: "RetentionPolicy") -> list[CheckpointRow]:
+        """Record a checkpoint (replacing one at the same step) and drop the records retention no longer keeps.
+
+        Returns the dropped records; the caller deletes their files after this transaction committed, so a
+        crash in between leaves a stray file, never a record without its file.
+        """
+        with self._tx(f"the record of the checkpoint at step {ckpt.step} of job {ckpt.job_id}") as db:
+            self._insert_checkpoint(db, ckpt)
+            rows = [self._checkpoint(r) for r in
+                    db.execute("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (ckpt.job_id,))]
+            kept = keep.retained(rows)
+            dropped = [r for r in rows if r.step not in kept]
+            for r in dropped:
+                db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (r.job_id, r.step))
+        return dropped
+
+    @staticmethod
+    def _insert_checkpoint(db: sqlite3.Connection, ckpt: CheckpointRow) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO checkpoints (job_id, step, epoch, size, sha256, val_loss, val_accuracy,"
+            " is_final, created, attempt, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ckpt.job_id, ckpt.step, ckpt.epoch, ckpt.size, ckpt.sha256, sql_from_nan(ckpt.val_loss),
+             sql_from_nan(ckpt.val_accuracy), int(ckpt.is_final), ckpt.created, ckpt.attempt, ckpt.path))
+
+    def checkpoints(self, job_id: str) -> list[CheckpointRow]:
+        return [self._checkpoint(r) for r in
+                self._query("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (job_id,))]
