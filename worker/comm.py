@@ -261,6 +261,7 @@ class MpiComm:
         self._node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = self._node.Get_rank(), self._node.Get_size()
         self._reducers: list[HostReducer] = []
+        self.reduction_note = ""   # how the step's sum runs here, set by reduction_buffer (train.py prints it)
 
         self._watchdog: Watchdog | None = None
         if hang_timeout_s is not None:
@@ -294,6 +295,7 @@ class MpiComm:
         Collective: every rank calls it with the same n and dtype."""
         import numpy as np
         if os.environ.get(SHM_REDUCE_ENV, "1").strip() == "0":
+            self.reduction_note = f"step sum by MPI's Allreduce ({SHM_REDUCE_ENV}=0); waiting: {self.wait_policy}"
             return np.zeros(n, dtype)
         from worker.shmreduce import HostReducer
         MPI = self._MPI
@@ -307,6 +309,9 @@ class MpiComm:
         patient = bool(wait_policy(os.environ)[0])   # the ranks fill the cores: waiting ranks nap
         reducer = HostReducer(MPI, self._node, leaders, n, dtype, spans_hosts, patient=patient)
         self._reducers.append(reducer)
+        hosts = " per host, then MPI across hosts" if spans_hosts else ""
+        self.reduction_note = (f"step sum in host-shared memory ({self.local_size} rank(s) on this host{hosts}); "
+                               f"waiting ranks {'nap' if patient else 'spin'}: {self.wait_policy}")
         return reducer.buffer
 
     def allreduce_sum_(self, buf: np.ndarray) -> None:
