@@ -305,13 +305,11 @@ class MpiComm:
             leaders = self._comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, key=self.rank)
             if leaders == MPI.COMM_NULL:
                 leaders = None
-        from worker.mpiwait import wait_policy
-        patient = bool(wait_policy(os.environ)[0])   # the ranks fill the cores: waiting ranks nap
-        reducer = HostReducer(MPI, self._node, leaders, n, dtype, spans_hosts, patient=patient)
+        reducer = HostReducer(MPI, self._node, leaders, n, dtype, spans_hosts)
         self._reducers.append(reducer)
         hosts = " per host, then MPI across hosts" if spans_hosts else ""
         self.reduction_note = (f"step sum in host-shared memory ({self.local_size} rank(s) on this host{hosts}); "
-                               f"waiting ranks {'nap' if patient else 'spin'}: {self.wait_policy}")
+                               f"waiting: {self.wait_policy}")
         return reducer.buffer
 
     def allreduce_sum_(self, buf: np.ndarray) -> None:

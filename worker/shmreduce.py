@@ -18,15 +18,15 @@ Across hosts it is hierarchical: the hosts' first ranks (`leaders`) allreduce th
 and the others copy it from their leader's vector after a third barrier.
 
 The sums are blocked to keep the slice in cache while it is read and written back. The host's barriers are
-worker/shmbarrier.py's (counters in shared memory; waiting ranks nap when the ranks fill the cores), and
-the caller's hang watchdog times the whole call. This module is worker/comm.py's helper: it calls methods of
+MPI's, so MPICH's wait policy (worker/mpiwait.py) covers them, and the caller's hang watchdog times the
+whole call; MPI_Win_sync around them orders the memory accesses, as MPI's unified memory model asks. (A
+barrier of our own on shared counters that napped while waiting was tried, and lost to MPICH's throttled
+barrier with a neighbour on the cores: bench/scaling.py --neighbour.) This module is worker/comm.py's helper: it calls methods of
 the communicators and window handed to it and imports no mpi4py itself.
 """
 from __future__ import annotations
 
 import numpy as np
-
-from worker.shmbarrier import FlagBarrier
 
 ALIGN = 16               # slice boundaries on 64-byte cache lines (float32), so no line is written by two ranks
 BLOCK_BYTES = 256 << 10  # summed and copied block by block: stays in L2 between the read and the writes
@@ -35,10 +35,9 @@ BLOCK_BYTES = 256 << 10  # summed and copied block by block: stays in L2 between
 class HostReducer:
     """A vector of `n` elements per rank in host-shared memory, and the allreduce over it."""
 
-    def __init__(self, MPI, node, leaders, n: int, dtype, spans_hosts: bool, patient: bool = False):
+    def __init__(self, MPI, node, leaders, n: int, dtype, spans_hosts: bool):
         """`node`: the ranks of this host; `leaders`: the hosts' first ranks (None on the others);
-        `spans_hosts`: the job has ranks on other hosts (the same answer on every rank); `patient`: the
-        ranks fill the host's cores, so waiting ranks nap (worker/shmbarrier.py)."""
+        `spans_hosts`: the job has ranks on other hosts (the same answer on every rank)."""
         dtype = np.dtype(dtype)
         self._node, self._leaders, self._MPI, self._spans_hosts = node, leaders, MPI, spans_hosts
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
@@ -56,7 +55,6 @@ class HostReducer:
         edges = [min(n, -(-(n * r // self.local_size) // ALIGN) * ALIGN) for r in range(self.local_size)] + [n]
         self._lo, self._hi = edges[self.local_rank], edges[self.local_rank + 1]
         self._block = max(ALIGN, BLOCK_BYTES // dtype.itemsize)
-        self._barrier = FlagBarrier(MPI, node, patient=patient) if self.local_size > 1 else None
 
     def allreduce_sum_(self) -> None:
         """Sum every rank's buffer into every rank's buffer (collective over the job)."""
@@ -76,8 +74,10 @@ class HostReducer:
         self._host_barrier()   # copied by all, before the leader's next gradient overwrites it
 
     def _host_barrier(self) -> None:
-        if self._barrier is not None:
-            self._barrier.wait()
+        if self.local_size > 1:
+            self._win.Sync()
+            self._node.Barrier()
+            self._win.Sync()
 
     def _sum_my_slice(self) -> None:
         """Pairwise, level by level ((v0+v1)+(v2+v3), ...), in place in slice r of the vectors (only this
@@ -100,7 +100,5 @@ class HostReducer:
         """Collective over the host; after it the buffer must not be used."""
         self.vectors.clear()
         self.buffer = None
-        if self._barrier is not None:
-            self._barrier.free()
         self._win.Unlock_all()
         self._win.Free()
