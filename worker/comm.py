@@ -41,8 +41,8 @@ Three rules make a distributed run fail loudly instead of hanging:
 The step's vector comes from `reduction_buffer`: on MpiComm it lives in memory the ranks of a host share
 (MPI_Win_allocate_shared), and its allreduce sums it there (worker/shmreduce.py): each rank of the host
 adds one slice of everyone's vector, and hosts combine their sums with MPI. That skips the two copies per
-byte of MPI's own intra-host path: 7.45 MB on 2 ranks in ~1.0-1.2 ms instead of ~1.5-1.7 ms (measured with
-bench/allreduce.py). GRADMESH_SHM_REDUCE=0 turns it off (MPI's Allreduce on a private buffer instead).
+byte of MPI's own intra-host path: 7.45 MB on 2 ranks in about half the time of MPI's Allreduce
+(bench/allreduce.py). GRADMESH_SHM_REDUCE=0 turns it off (MPI's Allreduce on a private buffer instead).
 
 No other module imports mpi4py (hangwatch.py and shmreduce.py only call methods of the communicators
 handed to them).
