@@ -43,6 +43,12 @@ class Fleet:
         self.signal = signal
         self.health = health
         self._said: dict[str, str] = {}   # job id → the waiting message last written
+        for host in store.drained_hosts():   # an operator's drain outlives a restart
+            try:
+                health.drain(host)
+            except UnknownHost:
+                log.warning("host %s was drained but is not in the pool now; the drain stays recorded and "
+                            "holds again if it comes back", host)
 
     # ------------------------------------------------------------------ scheduler side
 
@@ -130,11 +136,11 @@ class HostOps:
     def _set(self, host: str, drained: bool) -> HostView:
         if not host or len(host) > 255:
             raise InvalidArgument("host", "must name a host of the pool (1..255 characters)")
-        try:
-            (self.fleet.health.drain if drained else self.fleet.health.undrain)(host)
-        except UnknownHost:
+        if host not in self.fleet.health.slots:
             names = ", ".join(self.fleet.health.slots)
-            raise NotFound(f"host {host[:100]!r} is not in this coordinator's pool ({names})", kind=KIND_HOST) from None
+            raise NotFound(f"host {host[:100]!r} is not in this coordinator's pool ({names})", kind=KIND_HOST)
+        self.fleet.store.set_drained(host, drained)   # first the record: a drain must survive a restart
+        (self.fleet.health.drain if drained else self.fleet.health.undrain)(host)
         log.info("host %s %s by an operator", host, "drained" if drained else "undrained")
         self.fleet.signal.changed()
         self.wake()

@@ -93,6 +93,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL,
     PRIMARY KEY (job_id, step)
 );
+
+-- hosts an operator drained (DrainHost): the hold outlives a restart of the coordinator
+CREATE TABLE IF NOT EXISTS drained_hosts (
+    host TEXT PRIMARY KEY,
+    since REAL NOT NULL
+);
 """
 
 

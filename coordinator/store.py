@@ -35,12 +35,13 @@ from coordinator.records import CheckpointRow, JobRow, TransitionRow
 from coordinator.states import IllegalTransition, JobState, check_transition
 from coordinator.store_attempts import AttemptRecords
 from coordinator.store_checkpoints import CheckpointRecords
+from coordinator.store_hosts import HostHolds
 from coordinator.store_metrics import MetricRecords
 
 log = logging.getLogger("gradmesh.store")
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords):
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
     """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
 
     # ------------------------------------------------------------ jobs
