@@ -10,6 +10,7 @@ from coordinator.jobs import JobView
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.fleet import HostView
+from coordinator.slurm import UNSUBMITTED
 from coordinator.hosthealth import HostState
 from coordinator.records import AttemptRow, CheckpointRow, MetricRow, TransitionRow
 from coordinator.worker_api import ProgressReport
@@ -66,7 +67,8 @@ def _build_job_pb(v: JobView) -> pb.Job:
 
 def attempt_to_pb(a: AttemptRow) -> pb.AttemptSummary:
     return pb.AttemptSummary(attempt=a.attempt, ranks=a.ranks, hosts=a.hosts, outcome=a.outcome, message=a.message,
-                             started_unix=a.started, ended_unix=a.ended, mpi_args=list(a.mpi_args))
+                             started_unix=a.started, ended_unix=a.ended, mpi_args=list(a.mpi_args),
+                             slurm_job=a.slurm_job if a.slurm_job != UNSUBMITTED else "")
 
 
 _HOST_STATES = {HostState.HEALTHY: pb.HOST_HEALTHY, HostState.SUSPECT: pb.HOST_SUSPECT,

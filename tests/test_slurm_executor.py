@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -181,6 +182,8 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     assert final_layers(out)
     history = [t["state"] for t in serve.query("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", job)]
     assert history == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    status = serve.cli("status", job).stdout   # the attempt names its Slurm job, for scontrol/sacct
+    assert re.search(rf"#1 .* succeeded .* Slurm job {slurm_id}\b", status), status
 
 
 def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, tmp_path):

@@ -144,8 +144,9 @@ def describe_job(job: JobInfo) -> str:
     for i, a in enumerate(job.attempt_history):  # every launch: an elastic job's resizes show here
         head = "attempts" if i == 0 else ""
         ended = fmt_time(a.ended_unix) if a.ended_unix else "running"
+        slurm = f"  Slurm job {a.slurm_job}" if a.slurm_job else ""
         lines.append(f"{head:<10} #{a.attempt}  {a.ranks} rank(s) on {a.hosts or '-'}  {a.outcome or 'running'}"
-                     f"  {fmt_time(a.started_unix)} .. {ended}")
+                     f"  {fmt_time(a.started_unix)} .. {ended}{slurm}")
     return "\n".join(lines)
 
 

@@ -92,11 +92,13 @@ class AttemptInfo:
     started_unix: float
     ended_unix: float | None        # None while running
     mpi_args: tuple[str, ...] = ()
+    slurm_job: str = ""             # Slurm's job id when it ran through sbatch ("" otherwise)
 
     @classmethod
     def from_pb(cls, a: pb.AttemptSummary) -> "AttemptInfo":
         return cls(attempt=a.attempt, ranks=a.ranks, hosts=a.hosts, outcome=a.outcome, message=a.message,
-                   started_unix=a.started_unix, ended_unix=a.ended_unix or None, mpi_args=tuple(a.mpi_args))
+                   started_unix=a.started_unix, ended_unix=a.ended_unix or None, mpi_args=tuple(a.mpi_args),
+                   slurm_job=a.slurm_job)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "mpi_args": list(self.mpi_args)}

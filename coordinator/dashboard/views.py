@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from coordinator.hosts import parse_formatted_hosts
 from coordinator.jobs import JobView
 from coordinator.records import AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
+from coordinator.slurm import UNSUBMITTED
 
 
 def number(x: float | None) -> float | None:
@@ -50,7 +51,7 @@ def attempt(a: AttemptRow) -> dict[str, Any]:
                    "exception_type": f.exception_type, "step": f.step, "headline": f.headline()}
     return {"attempt": a.attempt, "hosts": [h for h, _ in hosts], "ranks": sum(n for _, n in hosts),
             "started": a.started, "ended": a.ended, "exit_code": a.exit_code, "outcome": a.outcome,
-            "message": a.message, "failure": failure}
+            "message": a.message, "failure": failure, "slurm_job": a.slurm_job if a.slurm_job != UNSUBMITTED else ""}
 
 
 def checkpoint(c: CheckpointRow) -> dict[str, Any]:

@@ -163,7 +163,7 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., executor: _Optional[str] = ..., attempt_history: _Optional[_Iterable[_Union[AttemptSummary, _Mapping]]] = ...) -> None: ...
 
 class AttemptSummary(_message.Message):
-    __slots__ = ("attempt", "ranks", "hosts", "outcome", "message", "started_unix", "ended_unix", "mpi_args")
+    __slots__ = ("attempt", "ranks", "hosts", "outcome", "message", "started_unix", "ended_unix", "mpi_args", "slurm_job")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class AttemptSummary(_message.Message):
     STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
     ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
     MPI_ARGS_FIELD_NUMBER: _ClassVar[int]
+    SLURM_JOB_FIELD_NUMBER: _ClassVar[int]
     attempt: int
     ranks: int
     hosts: str
@@ -180,7 +181,8 @@ class AttemptSummary(_message.Message):
     started_unix: float
     ended_unix: float
     mpi_args: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, attempt: _Optional[int] = ..., ranks: _Optional[int] = ..., hosts: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., mpi_args: _Optional[_Iterable[str]] = ...) -> None: ...
+    slurm_job: str
+    def __init__(self, attempt: _Optional[int] = ..., ranks: _Optional[int] = ..., hosts: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., mpi_args: _Optional[_Iterable[str]] = ..., slurm_job: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "job_id", "labels", "workers")
