@@ -82,7 +82,8 @@ def assert_bit_identical(got, want):
 def test_killed_rank_restarts_and_ends_bit_identical(coordinator, api, monkeypatch, clean_final):
     monkeypatch.setenv("GRADMESH_FAULT", "kill:rank=1:step=45:attempt=1")
     shm_before = shm_segments()
-    coordinator.core.supervisor.shm = Janitor(grace_s=0.0)   # the ranks here live seconds, not GRACE_S
+    # the ranks here live seconds, not GRACE_S; 2 s still spares attempt 2's segments while its MPI_Init maps them
+    coordinator.core.supervisor.shm = Janitor(grace_s=2.0)
     api.SubmitJob(pb.SubmitJobRequest(spec=spec(), job_id="kill-1"))
     follow = api.StreamLogs(pb.StreamLogsRequest(job_id="kill-1", follow=True))  # follows across the restart
     events = watch_to_end(api, "kill-1")

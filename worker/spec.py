@@ -80,7 +80,8 @@ class TrainSpec:
     seed: int = 0                 # initialisation and epoch order
     eval_every: int = 100         # steps between evaluations (and progress lines); also at the end
     threads_per_rank: int = 0     # BLAS threads per rank; 0 = cores on the host / ranks on the host
-    overlap: bool = False         # start bucketed gradient allreduces during backward
+    overlap: bool = False         # per-layer MPI allreduces during backward; slower than the default
+                                  # host-shared-memory sum when ranks share a host (bench/scaling.py)
     blas_kernel: str = "auto"     # OpenBLAS kernel: auto (fastest measured on each host, worker/blas.py) | default | a core name
 
 
