@@ -45,8 +45,8 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 from coordinator.errors import ChecksumMismatch, InvalidArgument, NotFound, ResourceExhausted
 from coordinator.records import CheckpointRow, JobRow
 from coordinator.store import Store
-from coordinator.verified_files import VerifiedFiles, file_chunks
-from coordinator.wire import KIND_CHECKPOINT, Sha256Tally, sha256_of_chunks
+from coordinator.verified_files import VerifiedFiles
+from coordinator.wire import KIND_CHECKPOINT, Sha256Tally
 
 log = logging.getLogger("gradmesh.checkpoints")
 
@@ -154,22 +154,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_chunks(path: Path) -> Iterator[bytes]:
-    """The file's bytes in chunks of at most wire.CHUNK_BYTES. The file is opened now, not at the first chunk,
-    so a missing file raises FileNotFoundError here."""
-    return file_chunks(open(path, "rb"))
-
-
-def sha256_of(path: Path) -> str:
-    return sha256_of_chunks(read_chunks(path))
-
-
-def _capped(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+def capped(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """An upload's chunks, refused as soon as they exceed `limit` bytes (before they reach the disk)."""
     total = 0
     for chunk in chunks:
         total += len(chunk)
         if total > limit:
-            raise InvalidArgument("data", f"the upload exceeds {limit} bytes")
+            raise InvalidArgument("data", f"the upload exceeds the {limit} bytes announced or allowed for it")
         yield chunk
 
 
@@ -207,7 +198,7 @@ class Checkpoints:
         tmp = temporary_beside(self.path_for(job.id, info.step), data)
         try:
             try:
-                size, sha = receive(tmp, _capped(data, MAX_CHECKPOINT_BYTES), expected_sha256=info.sha256,
+                size, sha = receive(tmp, capped(data, MAX_CHECKPOINT_BYTES), expected_sha256=info.sha256,
                                     expected_size=info.size_bytes or None)
             except ChecksumMismatch as err:
                 raise InvalidArgument("info.sha256", f"sha256 of the received data does not match info ({err})") from None

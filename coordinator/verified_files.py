@@ -65,7 +65,7 @@ class VerifiedFiles:
         with self._lock:
             self._seen.pop(str(path), None)
 
-    def chunks(self, path: Path | str, sha256: str, size: int, what: str) -> Iterator[bytes]:
+    def chunks(self, path: Path | str, sha256: str, size: int | None, what: str) -> Iterator[bytes]:
         """The file's chunks (opened now: FileNotFoundError here); hashed on the way unless the file is
         unchanged since its bytes were hashed and found to be `sha256`."""
         f = open(path, "rb")
@@ -84,18 +84,18 @@ class VerifiedFiles:
         """Whether the file still holds bytes with this sha256 (hashing it unless unchanged since it did).
         OSError when it cannot be read."""
         try:
-            for _ in self.chunks(path, sha256, -1, what=str(path)):
+            for _ in self.chunks(path, sha256, None, what=str(path)):
                 pass
         except ChecksumMismatch:
             return False
         return True
 
-    def _hashed(self, path, f, ident, sha256: str, size: int, what: str) -> Iterator[bytes]:
+    def _hashed(self, path, f, ident, sha256: str, size: int | None, what: str) -> Iterator[bytes]:
         tally = Sha256Tally()
         for chunk in file_chunks(f):
             tally.add(chunk)
             yield chunk
-        tally.check(sha256, size if size >= 0 else None, what)
+        tally.check(sha256, size, what)
         try:
             unchanged = _identity(os.stat(path)) == ident
         except OSError:

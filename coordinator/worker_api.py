@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 from coordinator import footprint, validate
 from coordinator.attempts import Supervisor
-from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Checkpoints
+from coordinator.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointUpload, Checkpoints, capped
 from coordinator.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unauthenticated
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
@@ -169,7 +169,7 @@ class WorkerApi:
             raise ResourceExhausted(f"checkpoint: job {job_id} holds {len(stored)} checkpoints, the most a job may "
                                     "(--max-checkpoints-per-job)", kind=KIND_CHECKPOINT)
         row = self.checkpoints.save(job, info, self._while_authorized(job_id, token,
-                                                                     _at_most(data, info.size_bytes or limit)))
+                                                                     capped(data, info.size_bytes or limit)))
         self.signal.changed()
         return row
 
@@ -183,16 +183,6 @@ class WorkerApi:
         _step(step, "step")
         row = self.checkpoints.choose(job_id, step=step)
         return row, self.checkpoints.open(row)
-
-
-def _at_most(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
-    """The upload's chunks, refused as soon as they exceed `limit` bytes (before they reach the disk)."""
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
-        if total > limit:
-            raise InvalidArgument("data", f"the upload exceeds the {limit} bytes announced or allowed for it")
-        yield chunk
 
 
 def _step(value: int, field: str) -> None:

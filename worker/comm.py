@@ -95,6 +95,7 @@ class Comm(Protocol):
     hostname: str
     local_rank: int
     local_size: int
+    reduction_note: str   # how the step's sum runs, once reduction_buffer was called ("" when there is nothing to say)
 
     def reduction_buffer(self, n: int, dtype=...) -> np.ndarray: ...
     def allreduce_sum_(self, buf: np.ndarray) -> None: ...
@@ -192,6 +193,7 @@ class SerialComm:
     size = 1
     local_rank = 0
     local_size = 1
+    reduction_note = ""   # nothing to say: one process sums nothing
 
     def __init__(self):
         self.hostname = socket.gethostname()
@@ -260,7 +262,7 @@ class MpiComm:
         self._comm = self._world.Dup()
         self._node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = self._node.Get_rank(), self._node.Get_size()
-        self._reducers: list[HostReducer] = []
+        self._reducers: dict[int, HostReducer] = {}   # id of a reduction buffer -> its reducer (buffers live as long)
         self.reduction_note = ""   # how the step's sum runs here, set by reduction_buffer (train.py prints it)
 
         self._watchdog: Watchdog | None = None
@@ -306,7 +308,7 @@ class MpiComm:
             if leaders == MPI.COMM_NULL:
                 leaders = None
         reducer = HostReducer(MPI, self._node, leaders, n, dtype, spans_hosts)
-        self._reducers.append(reducer)
+        self._reducers[id(reducer.buffer)] = reducer
         hosts = " per host, then MPI across hosts" if spans_hosts else ""
         self.reduction_note = (f"step sum in host-shared memory ({self.local_size} rank(s) on this host{hosts}); "
                                f"waiting: {self.wait_policy}")
@@ -314,8 +316,8 @@ class MpiComm:
 
     def allreduce_sum_(self, buf: np.ndarray) -> None:
         _check_reducible(buf)
-        reducer = next((r for r in self._reducers if r.buffer is buf), None)
-        if reducer is not None:
+        reducer = self._reducers.get(id(buf))
+        if reducer is not None and reducer.buffer is buf:
             self._guarded("allreduce", reducer.allreduce_sum_)
         else:
             self._guarded("allreduce", lambda: self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM))

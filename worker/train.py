@@ -178,7 +178,7 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
     P = model.num_params
     sync = StepSync(model, comm, overlap=t.overlap)
-    if rank == 0 and getattr(comm, "reduction_note", ""):
+    if rank == 0 and comm.reduction_note:
         print(f"gradmesh: {comm.reduction_note}", flush=True)
     grad = model.grad
     optimizer = make_optimizer(spec.optim, P, total_steps)
