@@ -81,12 +81,12 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 class Trainer:
     """One model replica and train.py's step (StepSync), for a given communicator, per-rank batch and mode."""
 
-    def __init__(self, comm, batch_per_rank: int, seed: int, overlap: bool):
-        self.model = MLP(SIZES, activation="relu", loss="cross_entropy", seed=0)
+    def __init__(self, comm, batch_per_rank: int, seed: int, overlap: bool, sizes=SIZES):
+        self.model = MLP(sizes, activation="relu", loss="cross_entropy", seed=0)
         self.sync = StepSync(self.model, comm, overlap=overlap)
         rng = np.random.default_rng(seed)
-        self.x = rng.standard_normal((batch_per_rank, SIZES[0])).astype(np.float32)
-        self.y = rng.integers(0, SIZES[-1], batch_per_rank)
+        self.x = rng.standard_normal((batch_per_rank, sizes[0])).astype(np.float32)
+        self.y = rng.integers(0, sizes[-1], batch_per_rank)
         self.optimizer = make_optimizer(OptimSpec(name="sgd", lr=0.01), self.model.num_params, total_steps=1)
 
     def step(self) -> None:
@@ -164,10 +164,8 @@ def run_small_worker(args) -> int:
     """One launch of --neighbour: train.py's step on the small MLP; rank 0 prints samples/s of the median step."""
     comm = init_comm(hang_timeout_s=60.0)
     from threadpoolctl import threadpool_limits
-    global SIZES
-    SIZES = NEIGHBOUR_SIZES
     with threadpool_limits(limits=1):
-        trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False)
+        trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES)
         for _ in range(50):
             trainer.step()
         start = time.perf_counter()
@@ -254,10 +252,8 @@ def run_gradmesh_worker(args) -> int:
 
     from worker import blas
     comm = init_comm(hang_timeout_s=60.0)
-    global SIZES
-    SIZES = TORCH_SIZES
     with threadpool_limits(limits=1):
-        trainer = Trainer(comm, TORCH_BATCH // comm.size, seed=comm.rank, overlap=False)
+        trainer = Trainer(comm, TORCH_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=TORCH_SIZES)
         sps = _timed_steps(trainer.step, args.torch_steps)
     if comm.rank == 0:
         print(f"SPS {sps:.1f} {blas.running_kernel()[0]}", flush=True)
