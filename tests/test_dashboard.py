@@ -4,6 +4,7 @@ the CSRF refusals, the error statuses, event streams resuming from Last-Event-ID
 their sha256, TLS, and `gradmesh serve` printing the dashboard's URL."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -231,6 +232,7 @@ def test_log_stream_and_checkpoint_download(dash):
     response, body = web.request("GET", "/api/jobs/w1/checkpoints/10")
     assert response.status == 200 and body == payload
     assert response.getheader("X-Checksum-Sha256") == hashlib.sha256(payload).hexdigest()
+    assert response.getheader("Repr-Digest") == f"sha-256=:{base64.b64encode(hashlib.sha256(payload).digest()).decode()}:"
     assert "attachment" in response.getheader("Content-Disposition")
     detail = json.loads(web.request("GET", "/api/jobs/w1")[1])
     assert [(c["step"], c["sha256"], c["size"]) for c in detail["checkpoints"]] == [

@@ -19,7 +19,7 @@ one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirec
                                      "metric" and "state" events, as WatchJob; every point's step is its
                                      event id, so a reconnect (Last-Event-ID) resumes after the last step seen
     GET  /api/jobs/<id>/log          event stream of the latest attempt's log, following it
-    GET  /api/jobs/<id>/checkpoints/<step>   the file (sha256 in the X-Checksum-Sha256 header)
+    GET  /api/jobs/<id>/checkpoints/<step>   the file (sha256 in the Repr-Digest and X-Checksum-Sha256 headers)
     POST /api/jobs/<id>/cancel       {"checkpoint": bool}   the same Jobs.cancel as CancelJob
     POST /api/jobs/<id>/resume       {"workers": int}       the same Jobs.resume as ResumeJob
 
@@ -33,6 +33,7 @@ come from this origin. A refused POST is 403 and never reaches the core.
 """
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import mimetypes
@@ -212,6 +213,8 @@ class Handler(EventStreams):
         self.send_header("Content-Length", str(row.size))
         self.send_header("Content-Disposition", f'attachment; filename="{job_id}-step-{row.step}.npz"')
         self.send_header("X-Checksum-Sha256", row.sha256)
+        # the standard spelling (RFC 9530), which curl, proxies and download managers can check on their own
+        self.send_header("Repr-Digest", f"sha-256=:{base64.b64encode(bytes.fromhex(row.sha256)).decode()}:")
         for key, value in SECURITY_HEADERS.items():
             self.send_header(key, value)
         self.end_headers()
