@@ -184,6 +184,15 @@ class Checkpoints:
         with lock:
             yield
 
+    def writing(self, job_id: str):
+        """Hold the job's writer: no upload, retention or sweep touches its files meanwhile (for DeleteJob)."""
+        return self._writer(job_id)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is kept in memory for a job that was deleted."""
+        with self._locks_guard:
+            self._locks.pop(job_id, None)
+
     def save(self, job: JobRow, info: CheckpointUpload, data: Iterable[bytes]) -> CheckpointRow:
         """Store an upload of the job's current attempt, then drop what retention no longer keeps.
 

@@ -16,6 +16,7 @@ Files under DATA_DIR:
     checkpoints/<job>/step-N.npz      uploaded checkpoints, retained per the job's keep_last + best + final
     logs/<job>/attempt-K.log          stdout+stderr of mpirun and every rank of attempt K
     runs/<job>/attempt-K/             the ranks' working directory (--out)
+    trash/<job>.<tag>/                the three above of a job being deleted (coordinator.job_files)
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class Coordinator:
         self.supervisor.address = value
 
     def start(self) -> None:
+        self.jobs.files.recover(lambda job_id: self.store.get_job(job_id) is not None)  # a deletion cut short
         self.checkpoints.sweep()  # what a crash left: temporary files, files no record names
         self.supervisor.shm.attempt_ended()  # and what killed ranks of earlier runs left in /dev/shm
         for allocation in self.supervisor.recover():

@@ -31,6 +31,7 @@ from coordinator import footprint, validate
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import Checkpoints
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from coordinator.job_files import JobFiles
 from coordinator.limits import Limits
 from coordinator.events import ChangeSignal
 from coordinator.states import IllegalTransition, JobState
@@ -54,6 +55,15 @@ class JobView:
     samples_per_second: float
     eta_seconds: float  # -1 when unknown
     attempts: list[AttemptRow] = field(default_factory=list)  # oldest first: rank counts and hosts of each
+
+
+@dataclass(frozen=True)
+class DeletedJob:
+    """What DeleteJob removed."""
+    job_id: str
+    checkpoints: int     # checkpoint records
+    files: int           # files of every kind
+    bytes_freed: int
 
 
 def find_job(store: Store, job_id: str) -> JobRow:
@@ -96,6 +106,8 @@ class Jobs:
         self.limits = limits
         self.memory_per_slot = memory_per_slot  # bytes a rank may use; 0 = not checked
         self._creating = threading.Lock()      # the queue cap's count and the insert, as one step
+        self._lineage = threading.Lock()       # a resume's link to its source's checkpoint vs. that job's deletion
+        self.files = JobFiles(supervisor.data_dir)
         self._views: dict[str, tuple[int, JobView]] = {}  # job id → (signal version, view at that version)
         self._views_lock = threading.Lock()
 
@@ -311,6 +323,12 @@ class Jobs:
         spec = self._runnable_spec(raw, workers)
         self._check_queue()
         base = job_id[:58]
+        with self._lineage:  # not while the source is being deleted: its checkpoint is linked, not copied
+            return self._resume_as_new_job(job, spec, source, base)
+
+    def _resume_as_new_job(self, job: JobRow, spec: JobSpec, source: CheckpointRow, base: str) -> JobView:
+        job_id = job.id
+        find_job(self.store, job_id)  # deleted since it was read: its checkpoint is gone too
         for n in range(1, 10000):
             new_id = f"{base}-r{n}"
             if self.store.get_job(new_id) is not None:
@@ -327,6 +345,23 @@ class Jobs:
                 self.wake_scheduler()
                 return self.view(stored)
         raise FailedPrecondition(f"job_id: job {job_id} has been resumed too often", kind=KIND_JOB)
+
+    def delete(self, job_id: str) -> DeletedJob:
+        """Remove an ended job and everything kept of it (coordinator.job_files says how, crash-safely)."""
+        job = find_job(self.store, job_id)
+        if not job.state.is_terminal():
+            raise FailedPrecondition(f"job_id: job {job_id} is {job.state.name}; only an ended job (SUCCEEDED, "
+                                     "FAILED or CANCELLED) can be deleted: cancel it first", kind=KIND_JOB)
+        if self.supervisor.is_active(job_id):
+            raise FailedPrecondition(f"job_id: job {job_id} is {job.state.name}, and its ranks are still being "
+                                     "stopped; delete it once they are", kind=KIND_JOB)
+        with self._lineage, self.checkpoints.writing(job_id), self.files.moved_aside(job_id) as removal:
+            checkpoints = self.store.delete_job(job_id)
+            if checkpoints is None:  # deleted by another call since it was read (its files are back: none)
+                raise NotFound(f"job {job_id} not found", kind=KIND_JOB)
+        self.checkpoints.forget(job_id)
+        self.signal.changed()
+        return DeletedJob(job_id, checkpoints, removal.files, removal.bytes_freed)
 
     def metrics(self, job_id: str, from_step: int = 0, page_size: int = 0,
                 page_token: str = "") -> tuple[list[MetricRow], str]:

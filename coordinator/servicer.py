@@ -168,6 +168,12 @@ class JobServicer:
         return convert.job_to_pb(self.jobs.resume(request.job_id, request.workers))
 
     @rpc
+    def DeleteJob(self, request, context):
+        gone = self.jobs.delete(request.job_id)
+        return pb.DeleteJobResponse(job_id=gone.job_id, checkpoints=gone.checkpoints, files=gone.files,
+                                    bytes_freed=gone.bytes_freed)
+
+    @rpc
     def WatchJob(self, request, context):
         for kind, value in self.streams.watch(request.job_id, request.from_step, is_active=context.is_active):
             if kind == "snapshot":

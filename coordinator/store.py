@@ -191,6 +191,16 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
                                      (message, job_id, *names))
             return cur.rowcount > 0
 
+    def delete_job(self, job_id: str) -> int | None:
+        """Delete an ended job with its attempts, transitions, metrics and checkpoint records (one transaction);
+        the number of checkpoint records it had, or None when there is no such ended job."""
+        ended = [s.name for s in JobState if s.is_terminal()]
+        with self._tx(f"the deletion of job {job_id}") as conn:
+            checkpoints = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE job_id = ?", (job_id,)).fetchone()[0]
+            cur = conn.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({','.join('?' * len(ended))})",
+                               (job_id, *ended))
+            return checkpoints if cur.rowcount else None
+
     def request_cancel(self, job_id: str, checkpoint: bool) -> None:
         with self._lock, self._disk_full_as(f"the cancel of job {job_id}"):
             self._conn.execute("UPDATE jobs SET cancel_requested = 1, checkpoint_requested = ? WHERE id = ?",

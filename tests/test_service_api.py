@@ -142,6 +142,8 @@ INVALID_CLIENT_CALLS = [
     ("DownloadCheckpoint", pb.DownloadCheckpointRequest(job_id="q1", step=-2), "step:"),
     ("ResumeJob", pb.ResumeJobRequest(job_id=""), "job_id:"),
     ("ResumeJob", pb.ResumeJobRequest(job_id="q1", workers=-2), "workers: must not be negative"),
+    ("DeleteJob", pb.DeleteJobRequest(job_id=""), "job_id:"),
+    ("DeleteJob", pb.DeleteJobRequest(job_id="a/../../b"), "job_id:"),
 ]
 
 
@@ -162,6 +164,7 @@ NOT_FOUND_CALLS = [
     ("GetJob", pb.GetJobRequest(job_id="ghost"), "job ghost not found"),
     ("CancelJob", pb.CancelJobRequest(job_id="ghost"), "job ghost not found"),
     ("ResumeJob", pb.ResumeJobRequest(job_id="ghost"), "job ghost not found"),
+    ("DeleteJob", pb.DeleteJobRequest(job_id="ghost"), "job ghost not found"),
     ("WatchJob", pb.WatchJobRequest(job_id="ghost"), "job ghost not found"),
     ("GetMetrics", pb.GetMetricsRequest(job_id="ghost"), "job ghost not found"),
     ("StreamLogs", pb.StreamLogsRequest(job_id="ghost"), "job ghost not found"),

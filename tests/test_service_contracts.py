@@ -194,6 +194,7 @@ def test_errors_carry_their_kind_and_field_as_ascii_trailers(idle, channel):
         (lambda: api.DownloadCheckpoint(pb.DownloadCheckpointRequest(job_id="q1", best=True)),
          grpc.StatusCode.NOT_FOUND, KIND_CHECKPOINT),
         (lambda: api.ResumeJob(pb.ResumeJobRequest(job_id="q1")), grpc.StatusCode.FAILED_PRECONDITION, KIND_JOB),
+        (lambda: api.DeleteJob(pb.DeleteJobRequest(job_id="q1")), grpc.StatusCode.FAILED_PRECONDITION, KIND_JOB),
         (lambda: worker_stub(channel, "wrong").FetchJob(pb.FetchJobRequest(job_id="q1")),
          grpc.StatusCode.UNAUTHENTICATED, KIND_TOKEN),
         (lambda: api.SubmitJob(pb.SubmitJobRequest(spec=SMALL_SPEC, labels={"k\u00e9y\u2192": "v"})),

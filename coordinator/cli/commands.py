@@ -18,7 +18,7 @@ from coordinator.cli.render import (
     ProgressView, describe_job, fmt_bytes, fmt_num, fmt_pct, fmt_time, job_table, print_json, summary_line, table,
 )
 from coordinator.client import (
-    TOKEN_FILE, Client, DeadlineExceeded, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricReported,
+    TOKEN_FILE, Client, DeadlineExceeded, GradmeshError, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricReported,
     Unavailable, WatchEvent, parse_state,
 )
 
@@ -160,6 +160,26 @@ def cmd_cancel(args) -> int:
         print(f"{job.id}: cancel requested{' (final checkpoint first)' if args.checkpoint else ''}; "
               f"state {job.state.name}")
     return EXIT_OK
+
+
+def cmd_delete(args) -> int:
+    """Each id in turn, as rm does: one that cannot be deleted is reported and the others still are."""
+    deleted, failed = [], 0
+    with make_client(args) as client:
+        for job_id in args.job_ids:
+            try:
+                gone = client.delete(job_id)
+            except GradmeshError as err:
+                print(f"gradmesh: {err.message}", file=sys.stderr)
+                failed += 1
+                continue
+            deleted.append(gone)
+            if not args.json:
+                print(f"{gone.job_id}: deleted ({gone.checkpoints} checkpoint(s), {gone.files} file(s), "
+                      f"{fmt_bytes(gone.bytes_freed)} freed)")
+    if args.json:
+        print_json([d.to_dict() for d in deleted])
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def cmd_resume(args) -> int:

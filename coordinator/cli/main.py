@@ -9,6 +9,7 @@
     gradmesh cancel ID [--checkpoint]
     gradmesh hosts [--json] | hosts drain HOST | hosts undrain HOST    # slots and health of every host
     gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
+    gradmesh delete ID [ID ...]                     # an ended job and all its files, to free the disk
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
     gradmesh plot ID [ID ...] -o curves.png         # curves of several jobs on shared axes (extra: plot)
     gradmesh metrics ID --csv > history.csv         # the history for spreadsheets and pandas
@@ -29,7 +30,7 @@ import sys
 from typing import Callable, Sequence
 
 from coordinator.cli.commands import (
-    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, cmd_cancel, cmd_checkpoints, cmd_download, cmd_list,
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(prints its id)")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--workers", type=int, help="on this many workers instead")
+
+    p = command("delete", cmd_delete, "remove ended jobs with their metrics, logs and checkpoints (frees their disk)")
+    p.add_argument("job_ids", nargs="+", metavar="ID")
 
     p = command("metrics", cmd_metrics, "a job's metric history")
     p.add_argument("job_id", metavar="ID")

@@ -21,7 +21,7 @@ match its sha256), Unimplemented, Internal. `str(err)` is one line a person can 
 from coordinator.client.client import Client, read_spec_text, resolve_token
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
-    AttemptInfo, CheckpointInfo, Download, HostInfo, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
+    AttemptInfo, CheckpointInfo, DeletedJob, Download, HostInfo, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
 )
 from coordinator.errors import (
@@ -31,7 +31,7 @@ from coordinator.errors import (
 from coordinator.wire import DEFAULT_ADDRESS, KIND_CHECKPOINT, KIND_JOB, TOKEN_FILE
 
 __all__ = [
-    "Client", "JobState", "JobInfo", "AttemptInfo", "HostInfo", "MetricPoint", "StateChange", "CheckpointInfo", "Download",
+    "Client", "JobState", "JobInfo", "AttemptInfo", "HostInfo", "MetricPoint", "StateChange", "CheckpointInfo", "DeletedJob", "Download",
     "WatchEvent", "JobSnapshot", "JobStateChanged", "MetricReported", "parse_state",
     "GradmeshError", "InvalidArgument", "InvalidSpec", "NotFound", "AlreadyExists", "FailedPrecondition",
     "Unauthenticated", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "DataLoss", "ChecksumMismatch",

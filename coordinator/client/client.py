@@ -20,7 +20,7 @@ import grpc
 from coordinator import wire
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
-    CheckpointInfo, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
+    CheckpointInfo, DeletedJob, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
 )
 from coordinator.errors import ChecksumMismatch, GradmeshError, InvalidArgument, Unauthenticated, Unavailable
@@ -164,6 +164,11 @@ class Client:
         returned JobInfo is that one."""
         return JobInfo.from_pb(self._unary("ResumeJob", pb.ResumeJobRequest(job_id=job_id, workers=int(workers or 0)),
                                            "resume"))
+
+    def delete(self, job_id: str) -> DeletedJob:
+        """Remove an ended job and everything the coordinator keeps of it (record, metrics, logs, checkpoints);
+        FailedPrecondition while it has not ended. The id is free again afterwards."""
+        return DeletedJob.from_pb(self._unary("DeleteJob", pb.DeleteJobRequest(job_id=job_id), "delete"))
 
     # -- hosts
 

@@ -212,6 +212,22 @@ class CheckpointInfo:
 
 
 @dataclass(frozen=True)
+class DeletedJob:
+    """What DeleteJob removed: checkpoint records, files of every kind, and the bytes that freed."""
+    job_id: str
+    checkpoints: int
+    files: int
+    bytes_freed: int
+
+    @classmethod
+    def from_pb(cls, d: pb.DeleteJobResponse) -> "DeletedJob":
+        return cls(job_id=d.job_id, checkpoints=d.checkpoints, files=d.files, bytes_freed=d.bytes_freed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class Download:
     """A checkpoint written to `path`, whose bytes matched `info.sha256` and `info.size_bytes`."""
     path: Path

@@ -251,6 +251,24 @@ class ResumeJobRequest(_message.Message):
     workers: int
     def __init__(self, job_id: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
 
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("job_id", "checkpoints", "files", "bytes_freed")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    checkpoints: int
+    files: int
+    bytes_freed: int
+    def __init__(self, job_id: _Optional[str] = ..., checkpoints: _Optional[int] = ..., files: _Optional[int] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
+
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_step")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class JobServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ResumeJobRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Job.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/gradmesh.v1.JobService/DeleteJob',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/gradmesh.v1.JobService/WatchJob',
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.WatchJobRequest.SerializeToString,
@@ -134,6 +139,12 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +231,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ResumeJob,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ResumeJobRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteJobRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -402,6 +418,33 @@ class JobService:
             '/gradmesh.v1.JobService/ResumeJob',
             coordinator_dot_rpc_dot_gradmesh__pb2.ResumeJobRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/DeleteJob',
+            coordinator_dot_rpc_dot_gradmesh__pb2.DeleteJobRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
