@@ -164,6 +164,13 @@ def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
     assert last.step > before and last.created >= clicked_at  # written on the way out
     wait_for(lambda: "CANCELLED" in page.text_content("#state"), 10, "the page to show CANCELLED")
     wait_for(lambda: page.is_enabled("#resume"), 10, "resume to be offered for the cancelled job")
+
+    # delete it from the page: back to the list, and nothing of the job is left
+    assert page.is_enabled("#delete")
+    page.click("#delete")
+    page.wait_for_url(base + "/", timeout=10_000)
+    assert srv.store.get_job(job_id) is None and not srv.store.checkpoints(job_id)
+    assert not any((srv.data_dir / kind / job_id).exists() for kind in ("checkpoints", "logs", "runs"))
     context.close()
 
     # without the cookie: every page and endpoint but the login answers 401
@@ -176,7 +183,7 @@ def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
         for path in ("/api/jobs", f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/events", f"/api/jobs/{job_id}/log",
                      f"/api/jobs/{job_id}/checkpoints/{last.step}", "/api/jobs/stream"):
             assert api.get(base + path).status == 401, path
-        for path in (f"/api/jobs/{job_id}/cancel", f"/api/jobs/{job_id}/resume"):
+        for path in (f"/api/jobs/{job_id}/cancel", f"/api/jobs/{job_id}/resume", f"/api/jobs/{job_id}/delete"):
             assert api.post(base + path, data="{}").status == 401, path
         assert page.goto(base + "/login").status == 200
     finally:

@@ -22,6 +22,7 @@ one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirec
     GET  /api/jobs/<id>/checkpoints/<step>   the file (sha256 in the Repr-Digest and X-Checksum-Sha256 headers)
     POST /api/jobs/<id>/cancel       {"checkpoint": bool}   the same Jobs.cancel as CancelJob
     POST /api/jobs/<id>/resume       {"workers": int}       the same Jobs.resume as ResumeJob
+    POST /api/jobs/<id>/delete       {}                      the same Jobs.delete as DeleteJob
 
 Auth: the login page takes the client token once; the answer sets `gradmesh_session` (HttpOnly,
 SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), so sessions need no server state, survive a
@@ -34,6 +35,7 @@ come from this origin. A refused POST is 403 and never reaches the core.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import logging
 import mimetypes
@@ -239,6 +241,10 @@ class Handler(EventStreams):
             raise InvalidArgument("workers", "must be an integer")
         self._json(views.job(self.server.app.core.jobs.resume(job_id, workers)))
 
+    def delete(self, job_id: str) -> None:
+        self._json_body()
+        self._json(dataclasses.asdict(self.server.app.core.jobs.delete(job_id)))
+
 
 JOB = r"/([A-Za-z0-9][A-Za-z0-9._-]*)"
 ROUTES = [
@@ -256,4 +262,5 @@ ROUTES = [
     Route("GET", "/api/jobs" + JOB + r"/checkpoints/(\d+)", Handler.download),
     Route("POST", "/api/jobs" + JOB + "/cancel", Handler.cancel),
     Route("POST", "/api/jobs" + JOB + "/resume", Handler.resume),
+    Route("POST", "/api/jobs" + JOB + "/delete", Handler.delete),
 ]

@@ -90,6 +90,7 @@ function renderDetail(d) {
   document.getElementById("cancel").disabled = !cancellable;
   document.getElementById("cancel-checkpoint").disabled = !cancellable || d.state !== "RUNNING";
   document.getElementById("resume").disabled = !["FAILED", "CANCELLED"].includes(d.state) || !d.checkpoints.length;
+  document.getElementById("delete").disabled = !d.terminal;
 
   document.querySelector("#attempts tbody").replaceChildren(...d.attempt_list.map(a => G.el("tr", {},
     G.el("td", {text: a.attempt}), G.el("td", {text: a.hosts.join(", ")}), G.el("td", {class: "num", text: a.ranks}),
@@ -154,6 +155,7 @@ async function act(path, body, question) {
   try {
     const result = await G.post(api + path, body);
     if (path === "/resume") location.href = "/jobs/" + encodeURIComponent(result.id);
+    else if (path === "/delete") location.href = "/";
     else refreshDetail();
   } catch (err) {
     document.getElementById("error").textContent = err.message;
@@ -165,3 +167,5 @@ document.getElementById("cancel-checkpoint").addEventListener("click", () =>
   act("/cancel", {checkpoint: true}, `Cancel ${jobId} after writing a final checkpoint?`));
 document.getElementById("resume").addEventListener("click", () =>
   act("/resume", {}, `Resume ${jobId} from its newest checkpoint, as a new job?`));
+document.getElementById("delete").addEventListener("click", () =>
+  act("/delete", {}, `Delete ${jobId} with its metrics, logs and checkpoints? This cannot be undone.`));
