@@ -32,12 +32,14 @@ and the ratios printed, for both, are:
 
 --neighbour: 2 ranks x 1 thread on 2 cores train the 784-128-127-126-125-124-123-10 MLP at global batch
 128 (train.py's step, as above), quiet and with a neighbour process that burns half a core (5 ms busy,
-5 ms asleep, like a coordinator or a monitoring agent), each under MPICH's default waiting (spin:
-GRADMESH_MPI_WAIT=spin) and gradmesh's wait policy (worker/mpiwait.py: a waiting rank yields every 10
-polls when the ranks fill the cores); --wait-variants adds others (e.g. throttle). One mpirun launch per measurement, the four variants interleaved over `--rounds`
-rounds in a random order; samples/s of a launch = samples of its timed steps / their total time, and
-each variant's figure is the median over its launches (each launch's figure is printed too). Printed:
-neighbour/quiet for each policy (target >= 0.70 with gradmesh's policy) and policy/spin when quiet
+5 ms asleep, like a coordinator or a monitoring agent), under MPICH's default waiting (spin:
+GRADMESH_MPI_WAIT=spin) and under gradmesh's wait policy (worker/mpiwait.py: a waiting rank yields every 10
+polls when the ranks fill the cores); --wait-variants adds others (e.g. throttle). One mpirun launch per
+policy and round, the policies in a random order each round. Within a launch, rank 0 keeps the neighbour
+stopped (SIGSTOP) or running in alternating windows of --window-steps steps (--pairs pairs, ordered
+quiet-busy, busy-quiet, ...); a window's samples/s = its samples / its total time. Printed per policy: the
+median quiet and neighbour samples/s, and the median over all pairs of neighbour/quiet (target >= 0.70 with
+gradmesh's policy), with its quartiles; and the quiet windows of gradmesh's policy over MPICH's default
 (target: no loss above 3%).
 
     python bench/scaling.py --torch               # the same step against PyTorch DDP (gloo, torchrun)
@@ -161,19 +163,40 @@ WAIT_VARIANTS = ("spin", "auto")   # GRADMESH_MPI_WAIT: MPICH's default spinning
 
 
 def run_small_worker(args) -> int:
-    """One launch of --neighbour: train.py's step on the small MLP; rank 0 prints samples/s of the median step."""
+    """One launch of --neighbour: train.py's step on the small MLP, in windows of --window-steps steps, the
+    neighbour stopped (SIGSTOP) in the quiet ones and running in the others, in pairs ordered quiet-busy,
+    busy-quiet, ...; rank 0 owns the neighbour and prints each window's samples/s."""
+    import signal
     comm = init_comm(hang_timeout_s=60.0)
     from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=1):
-        trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES)
-        for _ in range(50):
-            trainer.step()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.step()
-        elapsed = time.perf_counter() - start
-    if comm.rank == 0:  # throughput over the whole timed run: a neighbour's cost is in every step it hits
-        print(f"SPS {NEIGHBOUR_BATCH * args.steps / elapsed:.1f} {getattr(comm, 'wait_policy', '')}", flush=True)
+    neighbour = None
+    if comm.rank == 0:
+        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE])
+        os.kill(neighbour.pid, signal.SIGSTOP)
+    try:
+        with threadpool_limits(limits=1):
+            trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES)
+            for _ in range(50):
+                trainer.step()
+            for pair in range(args.pairs):
+                for busy in ((False, True) if pair % 2 == 0 else (True, False)):
+                    if neighbour is not None:
+                        os.kill(neighbour.pid, signal.SIGCONT if busy else signal.SIGSTOP)
+                    for _ in range(SETTLE_STEPS):  # the scheduler sees the change before the clock starts
+                        trainer.step()
+                    start = time.perf_counter()
+                    for _ in range(args.window_steps):
+                        trainer.step()
+                    elapsed = time.perf_counter() - start
+                    if comm.rank == 0:  # a neighbour's cost is in every step it hits: all steps' time, not a median
+                        print(f"WINDOW {pair} {'busy' if busy else 'quiet'} "
+                              f"{NEIGHBOUR_BATCH * args.window_steps / elapsed:.1f}", flush=True)
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
+    if comm.rank == 0:
+        print(f"POLICY {getattr(comm, 'wait_policy', '')}", flush=True)
     return 0
 
 
@@ -185,50 +208,58 @@ while True:
         pass
     time.sleep(0.005)
 """
+SETTLE_STEPS = 10
 
 
 def neighbour_bench(args) -> int:
+    """Launches of each wait policy interleaved in a random order; within a launch, quiet and neighbour
+    windows alternate, so each neighbour/quiet ratio compares two adjacent windows of one launch (this VM's
+    speed drifts by ±30% from one minute to the next, and launch to launch)."""
     mpirun = Path(sys.executable).parent / "mpirun"
     base = {k: v for k, v in os.environ.items() if k not in THREAD_VARS and not k.startswith("MPIR_CVAR_")}
     base.update(PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
     waits = WAIT_VARIANTS + tuple(args.wait_variants)
-    variants = [(wait, busy) for wait in waits for busy in (False, True)]
-    sps: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
+    quiet: dict[str, list[float]] = {w: [] for w in waits}
+    busy: dict[str, list[float]] = {w: [] for w in waits}
+    ratios: dict[str, list[float]] = {w: [] for w in waits}
     why: dict[str, str] = {}
     rng = np.random.default_rng(1)
     load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
-        for index in rng.permutation(len(variants)):
-            wait, busy = variants[index]
-            neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE]) if busy else None
-            try:
-                cmd = [str(mpirun if mpirun.exists() else "mpirun"), "-n", "2", sys.executable, __file__,
-                       "--small-worker", "--steps", str(args.neighbour_steps)]
-                out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": wait}, capture_output=True,
-                                     text=True, timeout=300)
-            finally:
-                if neighbour is not None:
-                    neighbour.kill()
-                    neighbour.wait()
-            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPS ")), None)
-            if line is None:
+        for index in rng.permutation(len(waits)):
+            wait = waits[index]
+            cmd = [str(mpirun if mpirun.exists() else "mpirun"), "-n", "2", sys.executable, __file__,
+                   "--small-worker", "--pairs", str(args.pairs), "--window-steps", str(args.window_steps)]
+            out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": wait}, capture_output=True,
+                                 text=True, timeout=300)
+            windows: dict[int, dict[str, float]] = {}
+            for line in out.stdout.splitlines():
+                if line.startswith("WINDOW "):
+                    _, pair, kind, value = line.split()
+                    windows.setdefault(int(pair), {})[kind] = float(value)
+                elif line.startswith("POLICY "):
+                    why[wait] = line[len("POLICY "):]
+            if len(windows) != args.pairs:
                 raise SystemExit(f"worker failed: {out.stderr[-2000:]}")
-            _, value, *rest = line.split(" ", 2)
-            sps[(wait, busy)].append(float(value))
-            why[wait] = rest[0] if rest else ""
-    med = {v: float(np.median(x)) for v, x in sps.items()}
+            for w in windows.values():
+                quiet[wait].append(w["quiet"])
+                busy[wait].append(w["busy"])
+                ratios[wait].append(w["busy"] / w["quiet"])
     print(f"throughput under a neighbour: MLP {'-'.join(map(str, NEIGHBOUR_SIZES))}, global batch {NEIGHBOUR_BATCH}, "
-          f"2 ranks x 1 thread on {os.cpu_count()} cores, {args.rounds} interleaved launches per variant x "
-          f"{args.neighbour_steps} steps (1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
-    print(f"  {'waiting':<60} {'quiet samples/s':>16} {'with neighbour':>16} {'neighbour/quiet':>16}")
+          f"2 ranks x 1 thread on {os.cpu_count()} cores; {args.rounds} launches per policy, interleaved, each "
+          f"{args.pairs} pairs of quiet/neighbour windows of {args.window_steps} steps "
+          f"(1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print(f"  {'waiting':<60} {'quiet samples/s':>16} {'with neighbour':>16} {'neighbour/quiet':>16}  quartiles")
     for wait in waits:
         label = {"spin": "MPICH default (spin)", "auto": "gradmesh policy"}.get(wait, wait) + f" [{why.get(wait, '')}]"
-        print(f"  {label:<60} {med[(wait, False)]:16,.0f} {med[(wait, True)]:16,.0f} "
-              f"{med[(wait, True)] / med[(wait, False)]:16.3f}")
-        print(f"      per launch, quiet: {', '.join(f'{x:,.0f}' for x in sps[(wait, False)])}; "
-              f"neighbour: {', '.join(f'{x:,.0f}' for x in sps[(wait, True)])}")
-    print(f"  quiet, gradmesh policy / MPICH default = {med[('auto', False)] / med[('spin', False)]:.3f} (target >= 0.97); "
-          f"with neighbour = {med[('auto', True)] / med[('spin', True)]:.3f}")
+        q1, _, q3 = np.percentile(ratios[wait], [25, 50, 75])
+        print(f"  {label:<60} {np.median(quiet[wait]):16,.0f} {np.median(busy[wait]):16,.0f} "
+              f"{np.median(ratios[wait]):16.3f}  {q1:.2f}..{q3:.2f}")
+    print(f"  quiet windows, gradmesh policy / MPICH default = {np.median(quiet['auto']) / np.median(quiet['spin']):.3f} "
+          f"(target >= 0.97; different launches); with neighbour = "
+          f"{np.median(busy['auto']) / np.median(busy['spin']):.3f}")
+    print("  (the ratio is the median over adjacent quiet/neighbour window pairs of all launches; target >= 0.70 "
+          "with gradmesh's policy)")
     return 0
 
 
@@ -340,7 +371,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration per round")
     parser.add_argument("--load-before", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--neighbour", action="store_true", help="quiet vs a half-core neighbour (see above)")
-    parser.add_argument("--neighbour-steps", type=int, default=2000, help="timed steps per --neighbour launch")
+    parser.add_argument("--pairs", type=int, default=8, help="quiet/neighbour window pairs per --neighbour launch")
+    parser.add_argument("--window-steps", type=int, default=300, help="timed steps per --neighbour window")
     parser.add_argument("--wait-variants", nargs="*", default=[], help="more GRADMESH_MPI_WAIT values to compare")
     parser.add_argument("--small-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--torch", action="store_true", help="gradmesh against PyTorch DDP (see above)")
