@@ -104,6 +104,9 @@ def test_overlap_mode_reaches_the_blocking_mode_parameters(tmp_path, nprocs):
         out = tmp_path / f"overlap-{overlap}"
         result = train(nprocs, write_spec(tmp_path, batch=61, overlap=overlap), out)
         assert result.returncode == 0 and "done at step 50" in result.output, result.output
+        # rank 0 says which path the sums take: overlap's per-layer MPI calls bypass the shared-memory sum
+        assert ("one nonblocking MPI allreduce per layer" in result.output) == overlap, result.output
+        assert ("step sum in host-shared memory" in result.output) == (not overlap), result.output
         finals[overlap] = layer_arrays(out / "final.npz")
     assert sorted(finals[True]) == ["layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b"]
     for name, blocking in finals[False].items():

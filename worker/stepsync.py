@@ -52,6 +52,13 @@ class StepSync:
         self._layer_slices = model.layer_slices()
         self._pending: list = []
 
+    @property
+    def note(self) -> str:
+        """How the step's sum runs, for rank 0 to print ("" when there is nothing to say)."""
+        if self.overlap and self.comm.size > 1:  # per-layer MPI calls: the communicator's own path is not used
+            return "step sum by one nonblocking MPI allreduce per layer during backward (train.overlap)"
+        return self.comm.reduction_note
+
     def backward(self, x, y) -> SumResult:
         """Forward and backward on this rank's batch: model.grad = d(summed loss)/d(params)."""
         if not self.overlap:

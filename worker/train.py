@@ -178,8 +178,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
     P = model.num_params
     sync = StepSync(model, comm, overlap=t.overlap)
-    if rank == 0 and comm.reduction_note:
-        print(f"gradmesh: {comm.reduction_note}", flush=True)
+    if rank == 0 and sync.note:
+        print(f"gradmesh: {sync.note}", flush=True)
     grad = model.grad
     optimizer = make_optimizer(spec.optim, P, total_steps)
 
