@@ -2,6 +2,7 @@
 job resumed from it keeps its checkpoint, and a deletion cut short by a crash is settled at the next start."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -181,3 +182,19 @@ def test_a_start_up_settles_what_a_crash_mid_deletion_left_in_the_trash(start_co
         reply = job_stub(srv, ch).DeleteJob(pb.DeleteJobRequest(job_id=kept))
     assert (reply.checkpoints, reply.files) == (1, 1)
 
+
+
+def test_a_download_under_way_when_its_job_is_deleted_still_completes_intact(start_coordinator):
+    srv = idle_server(start_coordinator)
+    job_id, token = running_job(srv)
+    payload = os.urandom(4 << 20)  # several 1 MiB chunks (the most a checkpoint of this spec can be)
+    with grpc.insecure_channel(srv.address) as ch:
+        upload_checkpoint(worker_stub(ch, token), job_id, 10, payload)
+        srv.store.transition(job_id, StoreState.SUCCEEDED, "done", attempt=1)
+        api = job_stub(srv, ch)
+        stream = api.DownloadCheckpoint(pb.DownloadCheckpointRequest(job_id=job_id, step=10))
+        first = next(stream)
+        gone = api.DeleteJob(pb.DeleteJobRequest(job_id=job_id))
+        assert gone.checkpoints == 1 and not (srv.data_dir / "checkpoints" / job_id).exists()
+        received = first.data + b"".join(chunk.data for chunk in stream)
+    assert first.info.sha256 == hashlib.sha256(payload).hexdigest() and received == payload
