@@ -30,6 +30,7 @@ from coordinator.fleet import Fleet, HostOps
 from coordinator.hosthealth import HostHealth, HostPolicy
 from coordinator.jobs import Jobs
 from coordinator.limits import Limits, host_memory_bytes
+from coordinator.retention import Retention
 from coordinator.scheduler import Scheduler, SlotPool
 from coordinator.store import Store
 from coordinator.streams import Streams
@@ -40,7 +41,7 @@ class Coordinator:
     def __init__(self, data_dir: Path, store: Store, pool: SlotPool, *, data_roots: Sequence[Path],
                  tls_ca: Path | None = None, stop_grace_s: float = 5.0, cancel_checkpoint_wait_s: float = 30.0,
                  mpi_args: Sequence[str] = (), limits: Limits = Limits(), executor_factory=None,
-                 host_policy: HostPolicy = HostPolicy()):
+                 host_policy: HostPolicy = HostPolicy(), delete_ended_after_s: float | None = None):
         self.data_dir = Path(data_dir)
         self.store = store
         self.signal = ChangeSignal()
@@ -62,6 +63,7 @@ class Coordinator:
                          cancel_checkpoint_wait_s=cancel_checkpoint_wait_s, limits=limits, memory_per_slot=per_slot)
         self.streams = Streams(store, self.signal, views=self.jobs.get)
         self.workers = WorkerApi(store, self.checkpoints, self.supervisor, self.signal, limits=limits)
+        self.retention = Retention(self.jobs, store, delete_ended_after_s) if delete_ended_after_s else None
 
     @property
     def address(self) -> str:
@@ -78,10 +80,14 @@ class Coordinator:
         for allocation in self.supervisor.recover():
             self.scheduler.reserve(allocation)
         self.scheduler.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def close(self, stop_jobs: bool = False) -> None:
         """Stop streams and the scheduler. Running jobs keep running (their own sessions) unless `stop_jobs`."""
         self.signal.close()
+        if self.retention is not None:
+            self.retention.stop()
         self.scheduler.stop()
         self.supervisor.close(stop_jobs=stop_jobs)
 

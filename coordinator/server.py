@@ -182,7 +182,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  advertise_address: str | None = None, limits: Limits | None = None,
                  call_limits: CallLimits | None = None, http_port: int | None = None,
                  executor: str = "local", slurm: SlurmOptions | None = None,
-                 mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None) -> RunningServer:
+                 mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
+                 delete_ended_after_s: float | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -213,7 +214,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     store = Store(data_dir / "gradmesh.db")
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
                        tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits(),
-                       executor_factory=factory, mpi_args=mpi_args, host_policy=host_policy or HostPolicy())
+                       executor_factory=factory, mpi_args=mpi_args, host_policy=host_policy or HostPolicy(),
+                       delete_ended_after_s=delete_ended_after_s)
 
     admission = Admission(call_limits or CallLimits())
     interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,

@@ -191,6 +191,13 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
                                      (message, job_id, *names))
             return cur.rowcount > 0
 
+    def ended_before(self, when: float) -> list[tuple[str, float]]:
+        """(id, ended) of the jobs that ended before `when`, oldest first (coordinator.retention)."""
+        ended = [s.name for s in JobState if s.is_terminal()]
+        rows = self._query(f"SELECT id, ended FROM jobs WHERE state IN ({','.join('?' * len(ended))}) "
+                           "AND ended > 0 AND ended < ? ORDER BY ended", (*ended, when))
+        return [(r["id"], r["ended"]) for r in rows]
+
     def delete_job(self, job_id: str) -> int | None:
         """Delete an ended job with its attempts, transitions, metrics and checkpoint records (one transaction);
         the number of checkpoint records it had, or None when there is no such ended job."""

@@ -221,6 +221,19 @@ def test_serve_prints_where_and_stops_cleanly(tmp_path, sig):
             proc.wait()
 
 
+@pytest.mark.timeout(60)
+def test_serve_with_a_retention_says_so(tmp_path):
+    proc, address = _start_serve(tmp_path, "--delete-ended-after", "36h")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "ended jobs are deleted 36 h after they end" in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.timeout(30)
 def test_serve_on_all_interfaces_needs_an_advertise_address(tmp_path):
     """Remote ranks would dial 127.0.0.1 and fail only at the hang timeout: refused at start, one line, exit 2."""

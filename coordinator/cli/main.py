@@ -40,7 +40,15 @@ from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
 from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.limits import Limits
+from coordinator.retention import parse_duration
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the window in which a host's failures count (default 600)")
     p.add_argument("--host-cooldown", type=float, default=300.0, metavar="SECONDS",
                    help="how long a quarantined host takes no new ranks (default 300)")
+    p.add_argument("--delete-ended-after", type=duration, default=None, metavar="DURATION",
+                   help="delete jobs that ended longer ago than this (e.g. 30d, 12h), with their metrics, logs "
+                        "and checkpoints, as `gradmesh delete` does (default: keep them until deleted)")
     p.add_argument("--keep-jobs", action="store_true",
                    help="on stop, leave running jobs training; the next coordinator on this data directory "
                         "re-adopts them")

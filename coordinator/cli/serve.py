@@ -127,7 +127,8 @@ def cmd_serve(args) -> int:
                            advertise_address=args.advertise_address, limits=Limits.from_args(args),
                            call_limits=call_limits, http_port=_http_port(args), executor=args.executor,
                            slurm=_slurm_options(args),
-                           mpi_args=list(getattr(args, "mpirun_args", None) or []), host_policy=_host_policy(args))
+                           mpi_args=list(getattr(args, "mpirun_args", None) or []), host_policy=_host_policy(args),
+                           delete_ended_after_s=getattr(args, "delete_ended_after", None))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:
@@ -140,6 +141,9 @@ def cmd_serve(args) -> int:
     print(f"data directory {srv.data_dir}; data roots {', '.join(map(str, data_roots))}", flush=True)
     if srv.dashboard is not None:
         print(f"web dashboard on {srv.dashboard.url}  (log in with the client token)", flush=True)
+    if srv.core.retention is not None:
+        print(f"ended jobs are deleted {srv.core.retention.keep_s / 3600:g} h after they end, with their files "
+              "(--delete-ended-after)", flush=True)
     print(f"client token {token_where}  (export GRADMESH_ADDRESS={srv.address}; "
           f"use --data-dir {srv.data_dir} or GRADMESH_TOKEN)", flush=True)
     try:
