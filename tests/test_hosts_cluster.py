@@ -203,7 +203,7 @@ def test_drain_moves_no_running_job_keeps_new_ones_off_and_a_non_elastic_job_wai
                                                                                          capsys):
     srv, client = coordinator()
     a, b = cluster.hosts
-    x = client.submit(spec("x", steps=1500, workers=2))
+    x = client.submit(spec("x", steps=5000, workers=2))  # ~3 s on 2 ranks: still running while y and z come and wait
     wait_for("x on a", lambda: running_attempt(client, x.id, 1), 30)
     assert client.get(x.id).attempt_history[0].hosts == f"{a}:2"
     code, out = cli(srv, "hosts", "drain", a, capsys=capsys)
