@@ -6,7 +6,7 @@ import weakref
 
 from coordinator.checkpoints import CheckpointUpload
 from coordinator.errors import InvalidArgument
-from coordinator.jobs import JobView
+from coordinator.job_views import JobView
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure, from_legacy
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.fleet import HostView

@@ -2,7 +2,7 @@
 
 Every rank holds the whole model, its optimizer state, activations for its share of the global batch and
 (built-in sources) the whole dataset, so a spec is enough to know whether a rank fits in its slot. The
-coordinator refuses a job that cannot fit at submission (coordinator.jobs), instead of letting its ranks
+coordinator refuses a job that cannot fit at submission (coordinator.submission), instead of letting its ranks
 allocate until the kernel kills something (maybe the coordinator), and retrying that twice.
 
     fp = rank_memory(spec, dataset_path)           # dataset_path: the resolved file/dir of a path source

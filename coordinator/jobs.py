@@ -1,4 +1,4 @@
-"""Client operations on jobs, free of gRPC: submit, get, list, cancel, resume, metrics and checkpoints.
+"""Client operations on jobs, free of gRPC: submit, register, get, list, cancel, resume, delete, metrics, checkpoints.
 
     jobs = Jobs(store, checkpoints, supervisor, signal, wake_scheduler=scheduler.wake, total_slots=4,
                 data_roots=[Path.cwd()])
@@ -10,51 +10,39 @@
 Lifecycle of a job: QUEUED → the scheduler launches an attempt (RUNNING) → the supervisor
 (coordinator.attempts) settles its end: SUCCEEDED, FAILED, or RESTARTING and relaunched from the newest
 intact checkpoint after its backoff. ResumeJob continues a FAILED/CANCELLED job as a new job "<id>-r<N>"
-from its checkpoint (terminal states stay final). Submission enforces coordinator.limits: the spec's size
-and depth, labels, the queue, and (coordinator.footprint) a rank's memory, the job's metric points and its
-checkpoints. Errors are the typed ones of coordinator.errors, whose
-`kind` says what a NOT_FOUND or FAILED_PRECONDITION is about.
+from its checkpoint (terminal states stay final). What a new job must pass before it is stored (the caps of
+coordinator.limits, a rank's memory, its points and checkpoints) is coordinator.submission; what clients see
+of a job (JobView, its ETA, find_job) is coordinator.job_views, whose names this module also exports. Errors
+are the typed ones of coordinator.errors, whose `kind` says what a NOT_FOUND or FAILED_PRECONDITION is about.
 """
 from __future__ import annotations
 
 import json
-import math
-import re
-import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from coordinator import footprint, validate
+from coordinator import validate
 from coordinator.attempts import Supervisor
 from coordinator.checkpoints import Checkpoints
-from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from coordinator.job_files import JobFiles
-from coordinator.limits import Limits
+from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from coordinator.events import ChangeSignal
+from coordinator.job_files import JobFiles
+from coordinator.job_views import JobView, eta_seconds, find_job, job_view
+from coordinator.limits import Limits
+from coordinator.records import EXTERNAL, AttemptRow, CheckpointRow, JobRow, MetricRow
 from coordinator.states import IllegalTransition, JobState
-from coordinator.records import EXTERNAL, AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
-from coordinator.tokens import hash_token, new_token
 from coordinator.store import Store
+from coordinator.submission import SubmissionChecks, new_job_id
+from coordinator.tokens import hash_token, new_token
 from coordinator.wire import KIND_JOB, METRICS_PAGE
+from worker.spec import JobSpec, SpecError, drop_unused
 
-KIND_QUEUE = "queue"  # a ResourceExhausted about the queue of jobs
+__all__ = ["Jobs", "DeletedJob", "LIST_PAGE_MAX", "JobView", "eta_seconds", "find_job"]
+
 LIST_PAGE_MAX = 200   # jobs in one ListJobs reply (the client's own page size)
-from worker.spec import JobSpec, SpecError, drop_unused, load_raw, parse_spec
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A job as clients see it: the record plus what is derived from its history and metrics."""
-    job: JobRow
-    history: list[TransitionRow]
-    latest: MetricRow | None
-    best: MetricRow | None
-    samples_per_second: float
-    eta_seconds: float  # -1 when unknown
-    attempts: list[AttemptRow] = field(default_factory=list)  # oldest first: rank counts and hosts of each
 
 
 @dataclass(frozen=True)
@@ -66,31 +54,6 @@ class DeletedJob:
     bytes_freed: int
 
 
-def find_job(store: Store, job_id: str) -> JobRow:
-    """The job's record; InvalidArgument for a malformed id, NotFound (kind "job") for an unknown one."""
-    validate.job_id(job_id)
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found", kind=KIND_JOB)
-    return job
-
-
-def eta_seconds(job: JobRow, samples_per_second: float) -> float:
-    """Seconds until a running job is done at its current throughput; 0 when it succeeded, -1 when unknown."""
-    if job.state is JobState.SUCCEEDED:
-        return 0.0
-    if job.state is JobState.RUNNING and samples_per_second > 0 and job.total_steps > 0:
-        batch = json.loads(job.spec_json).get("train", {}).get("batch_size", 0)
-        if batch:
-            return max(0, job.total_steps - job.step) * batch / samples_per_second
-    return -1.0
-
-
-def _slug(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
-    return slug or "job"
-
-
 class Jobs:
     def __init__(self, store: Store, checkpoints: Checkpoints, supervisor: Supervisor, signal: ChangeSignal, *,
                  wake_scheduler: Callable[[], None], total_slots: int, data_roots: Sequence[Path],
@@ -100,11 +63,9 @@ class Jobs:
         self.supervisor = supervisor
         self.signal = signal
         self.wake_scheduler = wake_scheduler
-        self.total_slots = total_slots
-        self.data_roots = [Path(r) for r in data_roots]
         self.cancel_checkpoint_wait_s = cancel_checkpoint_wait_s
-        self.limits = limits
-        self.memory_per_slot = memory_per_slot  # bytes a rank may use; 0 = not checked
+        self.checks = SubmissionChecks(store, limits=limits, total_slots=total_slots, data_roots=data_roots,
+                                       memory_per_slot=memory_per_slot)
         self._creating = threading.Lock()      # the queue cap's count and the insert, as one step
         self._lineage = threading.Lock()       # a resume's link to its source's checkpoint vs. that job's deletion
         self.files = JobFiles(supervisor.data_dir)
@@ -113,15 +74,15 @@ class Jobs:
 
     def submit(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
                workers: int = 0) -> tuple[JobView, bool]:
-        labels, raw = self._checked_request(spec_text, job_id, labels, workers)
-        spec = self._runnable_spec(raw, workers)
+        labels, raw = self.checks.request(spec_text, job_id, labels, workers)
+        spec = self.checks.runnable_spec(raw, workers)
         spec_json = spec.to_json()
-        new_id = job_id or f"{_slug(spec.name)}-{secrets.token_hex(4)}"
+        new_id = job_id or new_job_id(spec.name)
         row = JobRow(id=new_id, name=spec.name, spec_json=spec_json, state=JobState.QUEUED, workers=spec.workers,
                      priority=spec.priority, labels=labels, created=time.time(), total_steps=spec.train.steps)
         with self._creating:
             if self.store.get_job(new_id) is None:
-                self._check_queue()
+                self.checks.check_queue()
             stored, created = self.store.create_job(row)
         if not created and stored.spec_json != spec_json:
             raise AlreadyExists(f"job_id: job {new_id} already exists with a different spec; choose another id "
@@ -131,30 +92,6 @@ class Jobs:
             self.wake_scheduler()
         return self.view(stored), created
 
-    def _checked_request(self, spec_text: str, job_id: str, labels: Mapping[str, str] | None,
-                         workers: int) -> tuple[dict[str, str], dict]:
-        """The checks SubmitJob and RegisterRun share: sizes, id, labels, workers, and the spec parsed (its
-        canonical dict). Returns the validated labels and that dict."""
-        if not spec_text.strip():
-            raise InvalidArgument("spec", "must not be empty (send the TOML or JSON text of a job spec)")
-        size = len(spec_text.encode("utf-8", "surrogatepass"))
-        if size > self.limits.spec_bytes:
-            raise InvalidArgument("spec", f"is {size} bytes; this coordinator takes at most {self.limits.spec_bytes} "
-                                          "(--max-spec-bytes)")
-        if job_id:
-            validate.job_id(job_id)
-        checked_labels = validate.labels(labels or {}, self.limits)
-        validate.non_negative(workers, "workers")
-        try:
-            raw = load_raw(spec_text)
-            depth = validate.nesting_depth(raw)
-            if depth > self.limits.spec_depth:
-                raise SpecError("file", f"nested {depth} deep; at most {self.limits.spec_depth} (--max-spec-depth)")
-            return checked_labels, parse_spec(raw).to_dict()
-        except SpecError as err:
-            # exactly str(SpecError) (parse errors name the field "file"), as clients parse the field from it
-            raise InvalidArgument(err.field, err.reason) from None
-
     def register(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
                  workers: int = 0, hosts: str = "") -> tuple[JobView, str]:
         """A run its user launched (`python -m worker --spec ... --register`): a job with executor "external",
@@ -163,16 +100,9 @@ class Jobs:
         its slots; the caps on spec, labels, points and checkpoints hold as for any job."""
         if len(hosts) > 1000:
             raise InvalidArgument("hosts", "at most 1000 characters")
-        labels, raw = self._checked_request(spec_text, job_id, labels, workers)
-        try:
-            if workers:
-                raw["workers"] = workers
-            spec = parse_spec(raw)
-        except SpecError as err:
-            raise InvalidArgument(err.field, err.reason) from None
-        if not spec.source_is_path:
-            self._check_size(spec)
-        new_id = job_id or f"{_slug(spec.name)}-{secrets.token_hex(4)}"
+        labels, raw = self.checks.request(spec_text, job_id, labels, workers)
+        spec = self.checks.registered_spec(raw, workers)
+        new_id = job_id or new_job_id(spec.name)
         row = JobRow(id=new_id, name=spec.name, spec_json=spec.to_json(), state=JobState.QUEUED, workers=spec.workers,
                      priority=spec.priority, labels=labels, created=time.time(), total_steps=spec.train.steps,
                      executor=EXTERNAL)
@@ -255,55 +185,6 @@ class Jobs:
         self.signal.changed()
         return self.get(job_id)
 
-    def _runnable_spec(self, raw: dict, workers: int) -> JobSpec:
-        """The spec with its workers override, its dataset path made absolute under a data root, validated,
-        and checked to fit this coordinator's slots."""
-        try:
-            if workers:
-                raw["workers"] = workers
-            spec = parse_spec(raw)
-            if spec.source_is_path:
-                raw["data"]["source"] = str(validate.dataset_path(spec.data.source, self.data_roots))
-                if spec.data.labels:  # an IDX images file's labels file, held to the same roots
-                    raw["data"]["labels"] = str(validate.dataset_path(spec.data.labels, self.data_roots))
-                spec = parse_spec(raw)
-        except SpecError as err:
-            raise InvalidArgument(err.field, err.reason) from None
-        if spec.workers > self.total_slots:
-            raise InvalidArgument("workers", f"the job needs {spec.workers} worker slots but this coordinator has "
-                                             f"{self.total_slots} in all")
-        self._check_size(spec)
-        return spec
-
-    def _check_size(self, spec: JobSpec) -> None:
-        """Refuse a job that cannot fit a slot's memory, or would store more points or checkpoints than a job may."""
-        dataset = Path(spec.data.source) if spec.source_is_path else None
-        need = footprint.rank_memory(spec, dataset)
-        if self.memory_per_slot and need.total > self.memory_per_slot:
-            raise InvalidArgument("model.layers", f"the job needs {need.describe()}; this coordinator allows "
-                                                  f"{footprint.human(self.memory_per_slot)} per rank "
-                                                  "(--memory-per-slot): use smaller layers, a smaller batch per "
-                                                  "rank or less data")
-        points = footprint.metric_points(spec, footprint.train_rows(spec, dataset))
-        cap = self.limits.points_per_job
-        if points is not None and points > cap:
-            steps = footprint.total_steps(spec, footprint.train_rows(spec, dataset)) or 0
-            raise InvalidArgument("train.eval_every", f"the job would report {points} metric points ({steps} steps, "
-                                                      f"one every {spec.train.eval_every}); this coordinator keeps at "
-                                                      f"most {cap} per job (--max-points-per-job): set eval_every to "
-                                                      f"at least {-(-steps // (cap - 1))}")
-        keep = self.limits.checkpoints_per_job - 2
-        if spec.checkpoint.keep_last > keep:
-            raise InvalidArgument("checkpoint.keep_last", f"at most {keep} on this coordinator (it keeps "
-                                                          f"{self.limits.checkpoints_per_job} checkpoints per job, "
-                                                          "--max-checkpoints-per-job, with the best and the final)")
-
-    def _check_queue(self) -> None:
-        queued = self.store.count_jobs(JobState.QUEUED)
-        if queued >= self.limits.queued_jobs:
-            raise ResourceExhausted(f"jobs: {queued} jobs are queued, the most this coordinator takes "
-                                    "(--max-queued-jobs); submit again when some have started", kind=KIND_QUEUE)
-
     def resume(self, job_id: str, workers: int = 0) -> JobView:
         """Run a FAILED or CANCELLED job again from its newest intact checkpoint, optionally on another number
         of workers. Terminal states stay final: the run is a NEW job, "<id>-r<N>", labelled resumed_from=<id>,
@@ -320,8 +201,8 @@ class Jobs:
             raw = drop_unused(json.loads(job.spec_json))
         except SpecError as err:
             raise InvalidArgument(err.field, err.reason) from None
-        spec = self._runnable_spec(raw, workers)
-        self._check_queue()
+        spec = self.checks.runnable_spec(raw, workers)
+        self.checks.check_queue()
         base = job_id[:58]
         with self._lineage:  # not while the source is being deleted: its checkpoint is linked, not copied
             return self._resume_as_new_job(job, spec, source, base)
@@ -397,8 +278,4 @@ class Jobs:
         return row, self.checkpoints.open(row)
 
     def view(self, job: JobRow) -> JobView:
-        latest = self.store.latest_metric(job.id)
-        sps = latest.samples_per_second if latest and not math.isnan(latest.samples_per_second) else 0.0
-        return JobView(job=job, history=self.store.transitions(job.id), latest=latest,
-                       best=self.store.best_metric(job.id), samples_per_second=sps, eta_seconds=eta_seconds(job, sps),
-                       attempts=self.store.attempts(job.id))
+        return job_view(self.store, job)

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from coordinator import validate
 from coordinator.errors import InvalidArgument, Unavailable
 from coordinator.events import ChangeSignal
-from coordinator.jobs import JobView, find_job
+from coordinator.job_views import JobView, find_job
 from coordinator.records import MetricRow
 from coordinator.store import Store
 

@@ -11,7 +11,8 @@
         if job.state is JobState.SUCCEEDED:
             gm.download(job.id, "best.npz", best=True)         # lowest val loss; sha256-verified, renamed
 
-Modules: `client` (the Client), `types` (the frozen results: JobInfo, MetricPoint, CheckpointInfo, ...),
+Modules: `client` (the Client), `downloads` (a checkpoint streamed to disk, verified, renamed into place),
+`types` (the frozen results: JobInfo, MetricPoint, CheckpointInfo, ...),
 `errors` (status code + trailers → the classes of `coordinator.errors`, re-exported here). Every failure is
 a `GradmeshError`: InvalidArgument (`.field`, `.reason`; InvalidSpec when SubmitJob refused the spec),
 NotFound (`.kind` "job" or "checkpoint"), AlreadyExists, FailedPrecondition, Unauthenticated,
