@@ -10,11 +10,13 @@ cancel or when they hang, and re-adopts them after a coordinator restart.
 
 Every piece of in-memory state (the running attempts with their tokens, pending stops, restart times,
 attempts stopped on purpose, stopper threads) sits behind one lock, because gRPC threads (cancel), the
-scheduler thread (reap, tick) and `close()` all touch it. The hang watch is its own thread-safe object.
+scheduler thread (reap, tick) and `close()` all touch it. The hang watch, and the one of runs registered by
+their users, are their own thread-safe objects.
 
 The rest is done by collaborators that hold none of that state: what they need of it goes in with each
 call, and what they change of it (a restart's time) comes back to the supervisor, which takes the lock:
     coordinator.settlement     an ended attempt's outcome classified and recorded, its job moved on, once
+    coordinator.external_runs  runs their users launched and registered: watched, never launched or killed
     coordinator.running        `Running`, the watched attempt they share
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Sequence
 from coordinator.events import ChangeSignal
 from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
 from coordinator.executors import Ended, Executor, Handle, Launch, LocalExecutor
+from coordinator.external_runs import ExternalRuns
 from coordinator.launcher import Exit, build_worker_env
 from coordinator.records import EXTERNAL, JobRow
 from coordinator.running import Running, fault_policy
@@ -42,7 +45,6 @@ from coordinator.tokens import attempt_tag, hash_token, new_token
 from coordinator.watchdog import ProgressWatch
 
 log = logging.getLogger("gradmesh.attempts")
-EXTERNAL_SILENCE_S = 120.0  # a registered run that makes no progress this long (or its hang_timeout_s) is FAILED
 
 
 class Supervisor:
@@ -61,7 +63,6 @@ class Supervisor:
         # The backstop for hangs no rank can see (a whole job stopped): it waits out the ranks' own watchdog (same
         # hang_timeout_s), whose verdict names the silent ranks and so the host to blame, plus some slack.
         self.progress = ProgressWatch(grace=lambda timeout_s: max(2.0, 0.5 * timeout_s))
-        self.external = ProgressWatch()  # runs their users launched (--register): failed when silent too long
         # where attempts run (coordinator.executors); the local one also re-adopts mpirun attempts of an
         # earlier coordinator whatever this one's executor is
         self.local_executor = LocalExecutor(store, local=local, mpi_args=self.mpi_args)
@@ -76,6 +77,7 @@ class Supervisor:
         self.fleet = None  # coordinator.fleet.Fleet: told which hosts a failed attempt blames (None: nobody)
         self.shm = Janitor()  # removes the /dev/shm segments killed ranks leave (coordinator.shm_leftovers)
         self.settlement = Settlement(store, signal, restart_after=self._restart_after)
+        self.external = ExternalRuns(store, self.settlement, settle=self._settle)  # runs their users launched
 
     # ================================================================ the scheduler's interface
 
@@ -175,7 +177,7 @@ class Supervisor:
         for run in due:
             self._stop_in_background(run)
         self._show_waiting()
-        self._fail_silent_external()
+        self.external.fail_silent()
         self.shm.tick()
 
     def _show_waiting(self) -> None:
@@ -196,24 +198,13 @@ class Supervisor:
     # ================================================================ runs launched by their users
 
     def track_external(self, job: JobRow) -> None:
-        """A registered run (executor "external"): never launched, restarted or killed here, but a run that
-        stops making progress for its hang timeout (at least EXTERNAL_SILENCE_S) ends FAILED."""
-        self.external.started(job.id, max(fault_policy(job).get("hang_timeout_s", 60.0), EXTERNAL_SILENCE_S))
+        """A registered run (executor "external"): never launched, restarted or killed here, but FAILED when it
+        stops making progress (coordinator.external_runs)."""
+        self.external.track(job)
 
     def end_external(self, job_id: str, attempt: int, exit: Exit) -> None:
         """Settle a registered run: its rank 0 said it exits (or a rank reported a failure)."""
-        self.external.forget(job_id)
-        self._settle(Running(job_id, attempt, Ended(exit), []), exit)
-
-    def _fail_silent_external(self) -> None:
-        for job_id, why in self.external.overdue():
-            job = self.store.get_job(job_id)
-            if job is None or job.state is not JobState.RUNNING:
-                continue
-            message = (why.replace("its process group was killed", "marked FAILED: its launcher owns its processes")
-                       + " (a run registered from outside the coordinator)")
-            self.store.end_attempt(job_id, job.attempts, exit_code=None, outcome="lost", message=message)
-            self.settlement.fail(job_id, message, job.attempts)
+        self.external.end(job_id, attempt, exit)
 
     # ================================================================ the core's interface
 
@@ -312,7 +303,7 @@ class Supervisor:
 
     def saw_progress(self, job_id: str, step: int, event: bool) -> None:
         self.progress.progress(job_id, step, event=event)
-        self.external.progress(job_id, step, event=event)
+        self.external.watch.progress(job_id, step, event=event)
 
     def job_token(self, job_id: str) -> str:
         """The plain token of the job's running attempt, which this coordinator launched. KeyError otherwise:
