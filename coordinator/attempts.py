@@ -14,8 +14,10 @@ scheduler thread (reap, tick) and `close()` all touch it. The hang watch, and th
 their users, are their own thread-safe objects.
 
 The rest is done by collaborators that hold none of that state: what they need of it goes in with each
-call, and what they change of it (a restart's time) comes back to the supervisor, which takes the lock:
+call, and what they change of it (a restart's time, an attempt to watch) comes back to the supervisor, which
+takes the lock:
     coordinator.settlement     an ended attempt's outcome classified and recorded, its job moved on, once
+    coordinator.recovery       re-adoption at start-up, and the sweep of upload queues nobody will send
     coordinator.external_runs  runs their users launched and registered: watched, never launched or killed
     coordinator.running        `Running`, the watched attempt they share
 """
@@ -24,22 +26,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
+from coordinator import recovery
 from coordinator.events import ChangeSignal
-from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
-from coordinator.executors import Ended, Executor, Handle, Launch, LocalExecutor
+from coordinator.executors import Executor, Launch, LocalExecutor
 from coordinator.external_runs import ExternalRuns
+from coordinator.hosts import Allocation, format_hosts
 from coordinator.launcher import Exit, build_worker_env
 from coordinator.records import EXTERNAL, JobRow
 from coordinator.running import Running, fault_policy
 from coordinator.settlement import Settlement
-from coordinator.states import IllegalTransition, JobState
 from coordinator.shm_leftovers import Janitor
+from coordinator.states import IllegalTransition, JobState
 from coordinator.store import Store
 from coordinator.tokens import attempt_tag, hash_token, new_token
 from coordinator.watchdog import ProgressWatch
@@ -213,60 +215,16 @@ class Supervisor:
         re-adopted; the ones that ended while no coordinator watched are settled at the first reap. Returns
         the allocations they hold."""
         adopted = []
-        waiting = [j for j in self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING)
-                   if j.attempts and self.store.waiting_attempt(j.id, j.attempts) is not None]
-        for job in self.store.jobs_in(JobState.RUNNING) + waiting:
-            if job.executor == EXTERNAL:
-                self.track_external(job)
-                continue
-            attempt = self.store.attempt(job.id, job.attempts)
-            if attempt is None:
-                self.settlement.fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
-                continue
-            allocation = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
-            process = self._adopt(job, attempt)
-            run = Running(job.id, attempt.attempt, process, allocation, waiting=job.state is not JobState.RUNNING)
-            if process.alive():
-                log.info("re-adopting %s attempt %d (%s)", job.id, attempt.attempt, process.where())
-                if not run.waiting:
-                    self.progress.started(job.id, fault_policy(job).get("hang_timeout_s", 60.0))
-            else:
-                run.end_note = "coordinator restarted while the job ran: "
+        for run in recovery.readopt(self.store, local_executor=self.local_executor, executor=self.executor,
+                                    external=self.external, settlement=self.settlement, progress=self.progress):
             with self._lock:
-                self._runs[job.id] = run
-            adopted.append(allocation)
-        self._sweep_pending_uploads()
-        self.signal.changed()
-        return adopted
-
-    def _adopt(self, job: JobRow, attempt) -> Handle:
-        """The handle of a live attempt an earlier coordinator started: by its Slurm job id, or mpirun's group."""
-        if not attempt.slurm_job:
-            return self.local_executor.adopt(job, attempt)
-        if self.executor.queues:
-            return self.executor.adopt(job, attempt)
-        return Ended(Exit(None, "the Slurm job", f"submitted to Slurm as job {attempt.slurm_job}, and this "
-                                                 "coordinator runs without --executor slurm: not watched"))
-
-    def _sweep_pending_uploads(self) -> None:
-        """Remove the upload queues (.pending-uploads: links to checkpoints rank 0 had not sent yet) and partial
-        downloads left in the working directories of attempts that no longer run: nobody will send them, and
-        they hold disk space."""
-        runs = self.data_dir / "runs"
-        if not runs.is_dir():
-            return
+                self._runs[run.job_id] = run
+            adopted.append(run.allocation)
         with self._lock:
             live = {(r.job_id, r.attempt) for r in self._runs.values()}
-        for job_dir in runs.iterdir():
-            for workdir in job_dir.glob("attempt-*") if job_dir.is_dir() else ():
-                number = workdir.name.removeprefix("attempt-")
-                if not number.isdigit() or (job_dir.name, int(number)) in live:
-                    continue
-                pending = workdir / ".pending-uploads"
-                if pending.is_dir() and not pending.is_symlink():
-                    shutil.rmtree(pending, ignore_errors=True)
-                for part in workdir.glob("*.part"):
-                    part.unlink(missing_ok=True)
+        recovery.sweep_pending_uploads(self.data_dir / "runs", live)
+        self.signal.changed()
+        return adopted
 
     def request_stop(self, job_id: str, delay_s: float) -> None:
         """Signal the job's process group after `delay_s` (the time its ranks get to stop on their own)."""
