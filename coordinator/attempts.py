@@ -10,60 +10,43 @@ cancel or when they hang, and re-adopts them after a coordinator restart.
 
 Every piece of in-memory state (the running attempts with their tokens, pending stops, restart times,
 attempts stopped on purpose, stopper threads) sits behind one lock, because gRPC threads (cancel), the
-scheduler thread (reap, tick) and `close()` all touch it. The hang watch is its own thread-safe object.
+scheduler thread (reap, tick) and `close()` all touch it. The hang watch, and the one of runs registered by
+their users, are their own thread-safe objects.
 
-An attempt that ended is settled once: its outcome classified (coordinator.outcomes) and recorded, and the
-job moved on. If recording fails (a store error, a bug), the job is still moved on as a retryable failure,
-and if even that fails the attempt stays on the list and is settled again at the next reap: no job is
-left RUNNING without a process.
+The rest is done by collaborators that hold none of that state: what they need of it goes in with each
+call, and what they change of it (a restart's time, an attempt to watch) comes back to the supervisor, which
+takes the lock:
+    coordinator.settlement     an ended attempt's outcome classified and recorded, its job moved on, once
+    coordinator.recovery       re-adoption at start-up, and the sweep of upload queues nobody will send
+    coordinator.external_runs  runs their users launched and registered: watched, never launched or killed
+    coordinator.running        `Running`, the watched attempt they share
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from coordinator import recovery
 from coordinator.events import ChangeSignal
-from coordinator.hosts import Allocation, format_hosts, parse_formatted_hosts
-from coordinator.executors import Ended, Executor, Handle, Launch, LocalExecutor
-from coordinator.launcher import Exit, build_worker_env, log_tail
-from coordinator.outcomes import Decision, Outcome, classify, decide
-from coordinator.states import IllegalTransition, JobState
+from coordinator.executors import Executor, Launch, LocalExecutor
+from coordinator.external_runs import ExternalRuns
+from coordinator.hosts import Allocation, format_hosts
+from coordinator.launcher import Exit, build_worker_env
 from coordinator.records import EXTERNAL, JobRow
+from coordinator.running import Running, fault_policy
+from coordinator.settlement import Settlement
 from coordinator.shm_leftovers import Janitor
+from coordinator.states import IllegalTransition, JobState
 from coordinator.store import Store
 from coordinator.tokens import attempt_tag, hash_token, new_token
 from coordinator.watchdog import ProgressWatch
 
 log = logging.getLogger("gradmesh.attempts")
-EXTERNAL_SILENCE_S = 120.0  # a registered run that makes no progress this long (or its hang_timeout_s) is FAILED
-
-
-@dataclass
-class Running:
-    """An attempt whose processes this coordinator watches. `token` is None once it ended (or when it was
-    re-adopted: the plain token of an attempt launched by an earlier coordinator is not known)."""
-    job_id: str
-    attempt: int
-    process: Handle
-    allocation: Allocation
-    token: str | None = None
-    waiting: bool = False  # handed to a queue (Slurm) and its ranks have not called yet: the job is not RUNNING
-    note: str = ""         # the last waiting message shown
-    end_note: str = ""  # put before a failure message (e.g. it ended while no coordinator watched)
-    settle_failures: int = 0  # reaps at which its end could not be recorded (a full disk): logged sparingly
-
-
-def _fault(job: JobRow) -> dict:
-    return json.loads(job.spec_json).get("fault", {})
 
 
 class Supervisor:
@@ -82,7 +65,6 @@ class Supervisor:
         # The backstop for hangs no rank can see (a whole job stopped): it waits out the ranks' own watchdog (same
         # hang_timeout_s), whose verdict names the silent ranks and so the host to blame, plus some slack.
         self.progress = ProgressWatch(grace=lambda timeout_s: max(2.0, 0.5 * timeout_s))
-        self.external = ProgressWatch()  # runs their users launched (--register): failed when silent too long
         # where attempts run (coordinator.executors); the local one also re-adopts mpirun attempts of an
         # earlier coordinator whatever this one's executor is
         self.local_executor = LocalExecutor(store, local=local, mpi_args=self.mpi_args)
@@ -96,6 +78,8 @@ class Supervisor:
         self._resizing: dict[str, str] = {}  # elastic job id → why it is being stopped with a checkpoint
         self.fleet = None  # coordinator.fleet.Fleet: told which hosts a failed attempt blames (None: nobody)
         self.shm = Janitor()  # removes the /dev/shm segments killed ranks leave (coordinator.shm_leftovers)
+        self.settlement = Settlement(store, signal, restart_after=self._restart_after)
+        self.external = ExternalRuns(store, self.settlement, settle=self._settle)  # runs their users launched
 
     # ================================================================ the scheduler's interface
 
@@ -126,13 +110,13 @@ class Supervisor:
         except OSError as err:
             message = f"could not start {'sbatch' if queued else 'mpirun'}: {err}"
             self.store.end_attempt(job.id, attempt.attempt, exit_code=None, outcome="launch-failed", message=message)
-            self._fail(job.id, message, attempt.attempt)
+            self.settlement.fail(job.id, message, attempt.attempt)
             return False
         with self._lock:
             self._runs[job.id] = Running(job.id, attempt.attempt, process, allocation, token, waiting=queued)
             self._restart_at.pop(job.id, None)
         if not queued:
-            self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
+            self.progress.started(job.id, fault_policy(job).get("hang_timeout_s", 60.0))
         return True
 
     def ranks_called(self, job: JobRow) -> None:
@@ -149,7 +133,7 @@ class Supervisor:
                                   attempt=run.attempt, expect=[JobState.QUEUED, JobState.RESTARTING])
         except IllegalTransition:
             log.warning("job %s: its ranks called but it is no longer waiting", job.id)
-        self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
+        self.progress.started(job.id, fault_policy(job).get("hang_timeout_s", 60.0))
         self.signal.changed()
 
     def reap(self) -> list[Allocation]:
@@ -195,7 +179,7 @@ class Supervisor:
         for run in due:
             self._stop_in_background(run)
         self._show_waiting()
-        self._fail_silent_external()
+        self.external.fail_silent()
         self.shm.tick()
 
     def _show_waiting(self) -> None:
@@ -216,24 +200,13 @@ class Supervisor:
     # ================================================================ runs launched by their users
 
     def track_external(self, job: JobRow) -> None:
-        """A registered run (executor "external"): never launched, restarted or killed here, but a run that
-        stops making progress for its hang timeout (at least EXTERNAL_SILENCE_S) ends FAILED."""
-        self.external.started(job.id, max(_fault(job).get("hang_timeout_s", 60.0), EXTERNAL_SILENCE_S))
+        """A registered run (executor "external"): never launched, restarted or killed here, but FAILED when it
+        stops making progress (coordinator.external_runs)."""
+        self.external.track(job)
 
     def end_external(self, job_id: str, attempt: int, exit: Exit) -> None:
         """Settle a registered run: its rank 0 said it exits (or a rank reported a failure)."""
-        self.external.forget(job_id)
-        self._settle(Running(job_id, attempt, Ended(exit), []), exit)
-
-    def _fail_silent_external(self) -> None:
-        for job_id, why in self.external.overdue():
-            job = self.store.get_job(job_id)
-            if job is None or job.state is not JobState.RUNNING:
-                continue
-            message = (why.replace("its process group was killed", "marked FAILED: its launcher owns its processes")
-                       + " (a run registered from outside the coordinator)")
-            self.store.end_attempt(job_id, job.attempts, exit_code=None, outcome="lost", message=message)
-            self._fail(job_id, message, job.attempts)
+        self.external.end(job_id, attempt, exit)
 
     # ================================================================ the core's interface
 
@@ -242,60 +215,16 @@ class Supervisor:
         re-adopted; the ones that ended while no coordinator watched are settled at the first reap. Returns
         the allocations they hold."""
         adopted = []
-        waiting = [j for j in self.store.jobs_in(JobState.QUEUED, JobState.RESTARTING)
-                   if j.attempts and self.store.waiting_attempt(j.id, j.attempts) is not None]
-        for job in self.store.jobs_in(JobState.RUNNING) + waiting:
-            if job.executor == EXTERNAL:
-                self.track_external(job)
-                continue
-            attempt = self.store.attempt(job.id, job.attempts)
-            if attempt is None:
-                self._fail(job.id, "coordinator restarted: the job was RUNNING without an attempt record", 0)
-                continue
-            allocation = parse_formatted_hosts(attempt.hosts) or [("localhost", job.workers)]
-            process = self._adopt(job, attempt)
-            run = Running(job.id, attempt.attempt, process, allocation, waiting=job.state is not JobState.RUNNING)
-            if process.alive():
-                log.info("re-adopting %s attempt %d (%s)", job.id, attempt.attempt, process.where())
-                if not run.waiting:
-                    self.progress.started(job.id, _fault(job).get("hang_timeout_s", 60.0))
-            else:
-                run.end_note = "coordinator restarted while the job ran: "
+        for run in recovery.readopt(self.store, local_executor=self.local_executor, executor=self.executor,
+                                    external=self.external, settlement=self.settlement, progress=self.progress):
             with self._lock:
-                self._runs[job.id] = run
-            adopted.append(allocation)
-        self._sweep_pending_uploads()
-        self.signal.changed()
-        return adopted
-
-    def _adopt(self, job: JobRow, attempt) -> Handle:
-        """The handle of a live attempt an earlier coordinator started: by its Slurm job id, or mpirun's group."""
-        if not attempt.slurm_job:
-            return self.local_executor.adopt(job, attempt)
-        if self.executor.queues:
-            return self.executor.adopt(job, attempt)
-        return Ended(Exit(None, "the Slurm job", f"submitted to Slurm as job {attempt.slurm_job}, and this "
-                                                 "coordinator runs without --executor slurm: not watched"))
-
-    def _sweep_pending_uploads(self) -> None:
-        """Remove the upload queues (.pending-uploads: links to checkpoints rank 0 had not sent yet) and partial
-        downloads left in the working directories of attempts that no longer run: nobody will send them, and
-        they hold disk space."""
-        runs = self.data_dir / "runs"
-        if not runs.is_dir():
-            return
+                self._runs[run.job_id] = run
+            adopted.append(run.allocation)
         with self._lock:
             live = {(r.job_id, r.attempt) for r in self._runs.values()}
-        for job_dir in runs.iterdir():
-            for workdir in job_dir.glob("attempt-*") if job_dir.is_dir() else ():
-                number = workdir.name.removeprefix("attempt-")
-                if not number.isdigit() or (job_dir.name, int(number)) in live:
-                    continue
-                pending = workdir / ".pending-uploads"
-                if pending.is_dir() and not pending.is_symlink():
-                    shutil.rmtree(pending, ignore_errors=True)
-                for part in workdir.glob("*.part"):
-                    part.unlink(missing_ok=True)
+        recovery.sweep_pending_uploads(self.data_dir / "runs", live)
+        self.signal.changed()
+        return adopted
 
     def request_stop(self, job_id: str, delay_s: float) -> None:
         """Signal the job's process group after `delay_s` (the time its ranks get to stop on their own)."""
@@ -332,7 +261,7 @@ class Supervisor:
 
     def saw_progress(self, job_id: str, step: int, event: bool) -> None:
         self.progress.progress(job_id, step, event=event)
-        self.external.progress(job_id, step, event=event)
+        self.external.watch.progress(job_id, step, event=event)
 
     def job_token(self, job_id: str) -> str:
         """The plain token of the job's running attempt, which this coordinator launched. KeyError otherwise:
@@ -372,7 +301,8 @@ class Supervisor:
             self._stoppers = [t for t in self._stoppers if t.is_alive()] + [thread]
 
     def _settle(self, run: Running, exit: Exit) -> bool:
-        """Record how the attempt ended and move its job on; False when even that failed (retried later)."""
+        """Take what this supervisor knew of the ended attempt and settle it (coordinator.settlement); False when
+        that failed: the attempt stays on the list, and a stop we made is remembered for the next try."""
         with self._lock:
             self._stops.pop(run.job_id, None)
             killed = self._killed.pop(run.job_id, None)
@@ -380,95 +310,13 @@ class Supervisor:
             run.token = None
         self.progress.forget(run.job_id)
         self.shm.attempt_ended()
-        try:
-            self._record_end(run, exit, killed, resizing)
+        if self.settlement.settle(run, exit, killed, resizing, fleet=self.fleet):
             return True
-        except Exception as err:  # noqa: BLE001 - whatever broke, the job must not stay RUNNING
-            if run.settle_failures == 0:
-                log.exception("recording the end of %s attempt %d failed", run.job_id, run.attempt)
-            cause = err
-        try:
-            self._fail_over(run, exit, cause)
-            return True
-        except Exception:  # noqa: BLE001
-            # e.g. the disk is full: the attempt stays on the list and is settled again at every reap until the
-            # store takes it, so the job is never left RUNNING with no process behind it once space is freed
-            if run.settle_failures % 100 == 0:
-                log.exception("%s attempt %d ended but the job could not be moved on; retrying at every reap",
-                              run.job_id, run.attempt)
-            run.settle_failures += 1
-            with self._lock:
-                if killed is not None:
-                    self._killed.setdefault(run.job_id, killed)
-            return False
+        with self._lock:
+            if killed is not None:
+                self._killed.setdefault(run.job_id, killed)
+        return False
 
-    def _record_end(self, run: Running, exit: Exit, killed: tuple[str, str] | None, resizing: str | None = None) -> None:
-        job = self.store.get_job(run.job_id)
-        attempt = self.store.attempt(run.job_id, run.attempt)
-        if job is None or attempt is None:
-            return
-        ours = [c for c in self.store.checkpoints(job.id) if c.attempt == run.attempt]
-        finals = [c.step for c in ours if c.is_final]
-        log_path = Path(attempt.log_path)
-        outcome = classify(exit, cancel_requested=job.cancel_requested,
-                           final_checkpoint_step=max(finals) if finals else None,
-                           worker_event=attempt.worker_event, worker_message=attempt.worker_message,
-                           failure=attempt.failure, tail=log_tail(log_path), log_name=log_path.name, killed=killed,
-                           last_checkpoint_step=max(c.step for c in ours) if ours else None)
-        if run.end_note and outcome.state is not JobState.SUCCEEDED:
-            outcome = dataclasses.replace(outcome, message=run.end_note + outcome.message)
-        resized = resizing is not None and outcome.outcome == "stopped" and not job.cancel_requested
-        if resized:  # the stop with a checkpoint we asked for to grow an elastic job: relaunch it at once
-            saved = f" at step {max(c.step for c in ours)}" if ours else ""
-            outcome = Outcome(JobState.FAILED, True, f"{resizing}; attempt {run.attempt} stopped with a checkpoint"
-                                                     f"{saved}", "resized")
-        self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
-                               message=outcome.message)
-        if outcome.state is JobState.FAILED and not resized and killed is None and self.fleet is not None:
-            self.fleet.attempt_failed(job.id, run.allocation, attempt.failure, log_tail(log_path, lines=40))
-        self._move_on(job, run, exit, outcome, resized=resized)
-
-    def _fail_over(self, run: Running, exit: Exit, cause: Exception) -> None:
-        """The job's next state when its attempt's end could not be recorded: a retryable failure."""
-        job = self.store.get_job(run.job_id)
-        if job is None:
-            return
-        outcome = Outcome(JobState.FAILED, True, f"the coordinator could not record how attempt {run.attempt} ended "
-                                                 f"({type(cause).__name__}: {cause}); {exit.describe()}", "unrecorded")
-        self._move_on(job, run, exit, outcome)
-        try:
-            self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
-                                   message=outcome.message)
-        except Exception:  # noqa: BLE001 - the job moved on; the attempt record is secondary
-            log.exception("could not record the end of %s attempt %d", job.id, run.attempt)
-
-    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False) -> None:
-        fault = _fault(job)
-        # a registered run's launcher owns its restarts
-        max_restarts = 0 if job.executor == EXTERNAL else fault.get("max_restarts", 2)
-        decision = decide(outcome, attempt=run.attempt, restarts=job.restarts,
-                          max_restarts=max_restarts, backoff_s=fault.get("backoff_s", 1.0))
-        if resized:
-            decision = Decision(JobState.RESTARTING, outcome.message)
-        if decision.state is JobState.RESTARTING:
-            with self._lock:
-                self._restart_at[job.id] = time.monotonic() + decision.delay_s
-            if run.waiting:  # ended in Slurm's queue, before any rank ran: the job stays QUEUED (RESTARTING)
-                self.store.set_message(job.id, decision.message, restarted=True)
-                self.signal.changed()
-                return
-        try:
-            self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
-                                  expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING],
-                                  count_restart=not resized)
-        except IllegalTransition:
-            log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
-                        exit.describe())
-        self.signal.changed()
-
-    def _fail(self, job_id: str, message: str, attempt: int) -> None:
-        try:
-            self.store.transition(job_id, JobState.FAILED, message, attempt=attempt)
-        except IllegalTransition:
-            log.warning("could not mark %s FAILED (%s)", job_id, message)
-        self.signal.changed()
+    def _restart_after(self, job_id: str, delay_s: float) -> None:
+        with self._lock:
+            self._restart_at[job_id] = time.monotonic() + delay_s
