@@ -38,7 +38,7 @@ from coordinator.external_runs import ExternalRuns
 from coordinator.hosts import Allocation, format_hosts
 from coordinator.launcher import Exit, build_worker_env
 from coordinator.records import EXTERNAL, JobRow
-from coordinator.running import Running, fault_policy
+from coordinator.running import Running, hang_timeout_s
 from coordinator.settlement import Settlement
 from coordinator.shm_leftovers import Janitor
 from coordinator.states import IllegalTransition, JobState
@@ -116,7 +116,7 @@ class Supervisor:
             self._runs[job.id] = Running(job.id, attempt.attempt, process, allocation, token, waiting=queued)
             self._restart_at.pop(job.id, None)
         if not queued:
-            self.progress.started(job.id, fault_policy(job).get("hang_timeout_s", 60.0))
+            self.progress.started(job.id, hang_timeout_s(job))
         return True
 
     def ranks_called(self, job: JobRow) -> None:
@@ -133,7 +133,7 @@ class Supervisor:
                                   attempt=run.attempt, expect=[JobState.QUEUED, JobState.RESTARTING])
         except IllegalTransition:
             log.warning("job %s: its ranks called but it is no longer waiting", job.id)
-        self.progress.started(job.id, fault_policy(job).get("hang_timeout_s", 60.0))
+        self.progress.started(job.id, hang_timeout_s(job))
         self.signal.changed()
 
     def reap(self) -> list[Allocation]:

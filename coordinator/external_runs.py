@@ -18,7 +18,7 @@ from typing import Callable
 from coordinator.executors import Ended
 from coordinator.launcher import Exit
 from coordinator.records import JobRow
-from coordinator.running import Running, fault_policy
+from coordinator.running import Running, hang_timeout_s
 from coordinator.settlement import Settlement
 from coordinator.states import JobState
 from coordinator.store import Store
@@ -36,7 +36,7 @@ class ExternalRuns:
 
     def track(self, job: JobRow) -> None:
         """Watch a registered run's progress from now on."""
-        self.watch.started(job.id, max(fault_policy(job).get("hang_timeout_s", 60.0), EXTERNAL_SILENCE_S))
+        self.watch.started(job.id, max(hang_timeout_s(job), EXTERNAL_SILENCE_S))
 
     def end(self, job_id: str, attempt: int, exit: Exit) -> None:
         """Settle a registered run: its rank 0 said it exits (or a rank reported a failure)."""

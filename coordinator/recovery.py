@@ -22,7 +22,7 @@ from coordinator.external_runs import ExternalRuns
 from coordinator.hosts import parse_formatted_hosts
 from coordinator.launcher import Exit
 from coordinator.records import EXTERNAL, AttemptRow, JobRow
-from coordinator.running import Running, fault_policy
+from coordinator.running import Running, hang_timeout_s
 from coordinator.settlement import Settlement
 from coordinator.states import JobState
 from coordinator.store import Store
@@ -51,7 +51,7 @@ def readopt(store: Store, *, local_executor: LocalExecutor, executor: Executor, 
         if process.alive():
             log.info("re-adopting %s attempt %d (%s)", job.id, attempt.attempt, process.where())
             if not run.waiting:
-                progress.started(job.id, fault_policy(job).get("hang_timeout_s", 60.0))
+                progress.started(job.id, hang_timeout_s(job))
         else:
             run.end_note = "coordinator restarted while the job ran: "
         yield run

@@ -2,7 +2,8 @@
 reads how it ran, the re-adoption builds one for each attempt an earlier coordinator left behind.
 
 `fault_policy(job)` is the spec's "fault" table (hang timeout, restarts, backoff) that decides how a job's
-attempts are watched and moved on; missing keys take the defaults where they are read.
+attempts are watched and moved on; missing keys take the defaults where they are read (`hang_timeout_s(job)`:
+the spec's own default).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from coordinator.executors import Handle
 from coordinator.hosts import Allocation
 from coordinator.records import JobRow
+from worker.spec import FaultSpec
 
 
 @dataclass
@@ -31,3 +33,8 @@ class Running:
 
 def fault_policy(job: JobRow) -> dict:
     return json.loads(job.spec_json).get("fault", {})
+
+
+def hang_timeout_s(job: JobRow) -> float:
+    """How long the job's progress may stall before its attempt counts as hung (the spec's default if unset)."""
+    return fault_policy(job).get("hang_timeout_s", FaultSpec.hang_timeout_s)
