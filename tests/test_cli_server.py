@@ -225,9 +225,15 @@ def test_serve_prints_where_and_stops_cleanly(tmp_path, sig):
 def test_serve_with_a_retention_says_so(tmp_path):
     proc, address = _start_serve(tmp_path, "--delete-ended-after", "36h")
     try:
+        startup = []
+        for line in proc.stdout:  # the rest of what serve prints at start, up to its last line (the token)
+            startup.append(line)
+            if line.startswith("client token"):
+                break
+        assert any("ended jobs are deleted 36 h after they end" in line for line in startup), startup
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0 and "ended jobs are deleted 36 h after they end" in rest, rest
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()
