@@ -192,6 +192,7 @@ class Checkpoints:
         """Drop what is kept in memory for a job that was deleted."""
         with self._locks_guard:
             self._locks.pop(job_id, None)
+        self.verified.forget_under(self.root / job_id)
 
     def save(self, job: JobRow, info: CheckpointUpload, data: Iterable[bytes]) -> CheckpointRow:
         """Store an upload of the job's current attempt, then drop what retention no longer keeps.

@@ -65,6 +65,13 @@ class VerifiedFiles:
         with self._lock:
             self._seen.pop(str(path), None)
 
+    def forget_under(self, directory: Path | str) -> None:
+        """Forget every file below `directory` (a deleted job's): their records would only take memory."""
+        prefix = os.path.join(str(directory), "")
+        with self._lock:
+            for path in [p for p in self._seen if p.startswith(prefix)]:
+                del self._seen[path]
+
     def chunks(self, path: Path | str, sha256: str, size: int | None, what: str) -> Iterator[bytes]:
         """The file's chunks (opened now: FileNotFoundError here); hashed on the way unless the file is
         unchanged since its bytes were hashed and found to be `sha256`."""

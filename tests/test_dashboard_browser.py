@@ -169,6 +169,8 @@ def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
     assert page.is_enabled("#delete")
     page.click("#delete")
     page.wait_for_url(base + "/", timeout=10_000)
+    page.wait_for_selector("#jobs tbody", state="attached")
+    wait_for(lambda: page.locator(f'tr[data-job="{job_id}"]').count() == 0, 10, "the list without the job")
     assert srv.store.get_job(job_id) is None and not srv.store.checkpoints(job_id)
     assert not any((srv.data_dir / kind / job_id).exists() for kind in ("checkpoints", "logs", "runs"))
     context.close()
