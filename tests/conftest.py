@@ -4,12 +4,14 @@
         stub = job_stub(coordinator)              # JobService stub with the bearer token attached
     def test_y(start_coordinator):                # factory: start_coordinator(slots=4, data_roots=[...])
 
-Stopping a server also stops its running jobs (SIGTERM, grace, SIGKILL), so no test leaves workers behind.
+Stopping a server also stops its running jobs (SIGTERM, grace, SIGKILL), so no test leaves workers behind;
+and the MPICH shared-memory segments of ranks that tests killed or aborted go at the end of the session.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -21,6 +23,30 @@ if str(ROOT) not in sys.path:
 # The ranks the coordinator launches import `worker` from this checkout (launcher.build_worker_env also
 # ensures it); make the venv's mpirun the one found first.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    """Ranks that tests kill, or that abort (the hang and fault tests), never reach MPI_Finalize, so MPICH's
+    /dev/shm segments of theirs stay, holding RAM. A coordinator's janitor removes those of its own jobs
+    (coordinator.shm_leftovers); this removes the rest made during the session that nothing maps any more."""
+    started = time.time()
+    yield
+    from coordinator.shm_leftovers import PREFIX, SHM_DIR, mapped_paths
+    if not SHM_DIR.is_dir():
+        return
+    ours = []
+    for path in SHM_DIR.glob(PREFIX + "*"):
+        try:
+            st = path.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid == os.getuid() and st.st_ctime >= started:
+            ours.append(path)
+    in_use = mapped_paths() if ours else set()
+    for path in ours:
+        if str(path) not in in_use:
+            path.unlink(missing_ok=True)
 
 
 class AuthedJobStub:
