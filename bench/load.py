@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from coordinator.rpc import gradmesh_pb2 as pb  # noqa: E402
 from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc  # noqa: E402
+from serve_process import ServeProcess  # noqa: E402
 
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.CANCELLED}
 EVAL_EVERY = 2
@@ -57,50 +54,11 @@ def expected_steps(steps: int) -> list[int]:
     return [s for s in range(1, steps + 1) if s % EVAL_EVERY == 0 or s == steps]
 
 
-class Server:
-    """`python -m coordinator.cli serve` with 2 slots on a free port, in its own process group."""
+class Server(ServeProcess):
+    """The load test's `gradmesh serve`: `slots` slots, a queue that takes every job at once."""
 
     def __init__(self, data_dir: Path, slots: int, queued: int):
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        env.pop("GRADMESH_TOKEN", None)
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
-             "--slots", str(slots), "--data-root", str(data_dir), "--max-queued-jobs", str(queued)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-        self.address, lines, deadline = None, [], time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            found = re.search(r"listening on (\S+)", line)
-            if found:
-                self.address = found.group(1)
-                break
-        if self.address is None:
-            self.stop()
-            raise RuntimeError("gradmesh serve did not start:\n" + "".join(lines))
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # drain its output
-        self.token = (data_dir / "token").read_text().strip()
-
-    def rss_bytes(self) -> int:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the server stops its running jobs, then exits
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        super().__init__(data_dir, "--max-queued-jobs", str(queued), slots=slots)
 
 
 class Tally:

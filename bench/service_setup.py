@@ -3,11 +3,7 @@ the helpers that find a job's ranks and their token (Linux /proc) and wait for a
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +13,7 @@ sys.path.insert(0, str(ROOT))
 from coordinator.client import Client  # noqa: E402
 from coordinator.processes import Process, find  # noqa: E402
 from coordinator.wire import JOB_TOKEN_ENV  # noqa: E402
+from serve_process import ServeProcess  # noqa: E402
 
 
 def digits_spec(steps: int, workers: int = 2, layers=(64, 128, 128, 10), every: int = 0, eval_every: int = 1) -> dict:
@@ -32,45 +29,13 @@ def digits_spec(steps: int, workers: int = 2, layers=(64, 128, 128, 10), every: 
 
 # ---------------------------------------------------------------- the server
 
-class Server:
-    """`python -m coordinator.cli serve` in its own process group, on a free port."""
+class Server(ServeProcess):
+    """The service bench's `gradmesh serve`, 2 slots."""
 
     def __init__(self, data_dir: Path, slots: int = 2):
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        env.pop("GRADMESH_TOKEN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
-             "--slots", str(slots), "--data-root", str(data_dir),
-             # the first-step job (10M steps, a point each) and the ingestion phase store far more points than a
-             # production job may (coordinator.limits): lift that one cap for the measurement
-             "--max-points-per-job", str(10 ** 9)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-        self.address = None
-        deadline = time.monotonic() + 60
-        lines = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.search(r"listening on (\S+)", line)
-            if match:
-                self.address = match.group(1)
-                break
-        if self.address is None:
-            self.stop()
-            raise RuntimeError("gradmesh serve did not start:\n" + "".join(lines))
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # drain output
-        self.token = (data_dir / "token").read_text().strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        # the first-step job (10M steps, a point each) and the ingestion phase store far more points than a
+        # production job may (coordinator.limits): lift that one cap for the measurement
+        super().__init__(data_dir, "--max-points-per-job", str(10 ** 9), slots=slots)
 
 
 def rank_processes(job_id: str) -> list[Process]:
