@@ -4,6 +4,7 @@ sha256 check → the .npz loads with numpy at the reported accuracy; bad specs a
 line and a non-zero exit; `serve` runs and stops cleanly on SIGTERM/SIGINT; `demo` works end to end."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -183,28 +185,35 @@ def test_cancel_with_checkpoint_then_resume_on_fewer_workers(coordinator, tmp_pa
     assert "SUCCEEDED" in one_error_line(again)  # only FAILED or CANCELLED jobs resume
 
 
-def _start_serve(tmp_path: Path, *extra: str, slots: str | None = "1") -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *extra: str, slots: str | None = "1") -> Iterator[tuple[subprocess.Popen, str]]:
+    """`gradmesh serve` started, with the address it prints; killed at the end if the test did not stop it."""
     pool = ["--slots", slots] if slots else []
     proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(tmp_path / "d"),
                              "--port", "0", *pool, *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=cli_env(), cwd=tmp_path)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            return proc, match.group(1)
-        if len(lines) > 20:
-            break
-    proc.kill()
-    raise AssertionError("serve did not print its address:\n" + "".join(lines))
+    try:
+        lines, address = [], None
+        for line in proc.stdout:
+            lines.append(line)
+            match = re.search(r"listening on (\S+)", line)
+            if match:
+                address = match.group(1)
+                break
+            if len(lines) > 20:
+                break
+        assert address, "serve did not print its address:\n" + "".join(lines)
+        yield proc, address
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_prints_where_and_stops_cleanly(tmp_path, sig):
-    proc, address = _start_serve(tmp_path)
-    try:
+    with _serving(tmp_path) as (proc, address):
         token_file = tmp_path / "d" / "token"
         listed = run_cli("--address", address, "--data-dir", str(tmp_path / "d"), "list")
         assert listed.returncode == 0 and listed.stdout.strip() == "no jobs", listed.stderr
@@ -215,16 +224,11 @@ def test_serve_prints_where_and_stops_cleanly(tmp_path, sig):
         assert proc.returncode == 0, rest
         assert "stopping" in rest and "Traceback" not in rest
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.timeout(60)
 def test_serve_with_a_retention_says_so(tmp_path):
-    proc, address = _start_serve(tmp_path, "--delete-ended-after", "36h")
-    try:
+    with _serving(tmp_path, "--delete-ended-after", "36h") as (proc, address):
         startup = []
         for line in proc.stdout:  # the rest of what serve prints at start, up to its last line (the token)
             startup.append(line)
@@ -234,10 +238,6 @@ def test_serve_with_a_retention_says_so(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.timeout(30)
@@ -332,8 +332,7 @@ def test_interrupted_demo_leaves_no_worker(tmp_path, sig):
 def test_serve_with_a_hostfile(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# three slots on this machine\nlocalhost:3\n")
-    proc, address = _start_serve(tmp_path, "--hostfile", str(hostfile), slots=None)
-    try:
+    with _serving(tmp_path, "--hostfile", str(hostfile), slots=None) as (proc, address):
         spec = tmp_path / "job.toml"
         spec.write_text(SMALL_JOB)
         refused = run_cli("--address", address, "--data-dir", str(tmp_path / "d"), "submit", str(spec),
@@ -342,9 +341,5 @@ def test_serve_with_a_hostfile(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     both = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--hostfile", str(hostfile), "--slots", "2")
     assert "only one of" in one_error_line(both)
