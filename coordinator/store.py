@@ -32,13 +32,14 @@ from typing import Iterable
 
 from coordinator.errors import ResourceExhausted
 from coordinator.records import CheckpointRow, JobRow, TransitionRow
-from coordinator.states import IllegalTransition, JobState, check_transition
+from coordinator.states import TERMINAL, IllegalTransition, JobState, check_transition
 from coordinator.store_attempts import AttemptRecords
 from coordinator.store_checkpoints import CheckpointRecords
 from coordinator.store_hosts import HostHolds
 from coordinator.store_metrics import MetricRecords
 
 log = logging.getLogger("gradmesh.store")
+_ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
 
 
 class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
@@ -193,7 +194,7 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
 
     def ended_before(self, when: float) -> list[tuple[str, float]]:
         """(id, ended) of the jobs that ended before `when`, oldest first (coordinator.retention)."""
-        ended = [s.name for s in JobState if s.is_terminal()]
+        ended = _ENDED
         rows = self._query(f"SELECT id, ended FROM jobs WHERE state IN ({','.join('?' * len(ended))}) "
                            "AND ended > 0 AND ended < ? ORDER BY ended", (*ended, when))
         return [(r["id"], r["ended"]) for r in rows]
@@ -201,7 +202,7 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
     def delete_job(self, job_id: str) -> int | None:
         """Delete an ended job with its attempts, transitions, metrics and checkpoint records (one transaction);
         the number of checkpoint records it had, or None when there is no such ended job."""
-        ended = [s.name for s in JobState if s.is_terminal()]
+        ended = _ENDED
         with self._tx(f"the deletion of job {job_id}") as conn:
             checkpoints = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE job_id = ?", (job_id,)).fetchone()[0]
             cur = conn.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({','.join('?' * len(ended))})",
