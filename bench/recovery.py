@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coordinator.client import Client  # noqa: E402
-from coordinator.processes import find  # noqa: E402
-from coordinator.limits import Limits  # noqa: E402
-from coordinator.server import start_server  # noqa: E402
+from coordinator.supervision.processes import find  # noqa: E402
+from coordinator.access.limits import Limits  # noqa: E402
+from coordinator.api.server import start_server  # noqa: E402
 
 
 def job_spec(every_steps: int) -> dict:
@@ -99,7 +99,7 @@ def main() -> int:
     parser.add_argument("--every-steps", type=int, default=50, help="checkpoint interval")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gradmesh-recovery-") as tmp:
-        # a point every step of 100,000 steps: one more than a job may store by default (coordinator.limits)
+        # a point every step of 100,000 steps: one more than a job may store by default (coordinator.access.limits)
         srv = start_server(Path(tmp) / "data", slots=2, data_roots=[Path(tmp)], limits=Limits(points_per_job=10 ** 6))
         try:
             client = Client(srv.address, token=srv.token)

@@ -49,7 +49,7 @@ from service_rpcs import WINDOW_S, bench_getjob, bench_ingest
 from service_setup import ROOT, Server, digits_spec, job_token, signal_all, wait_state
 
 from coordinator.client import Client, GradmeshError  # noqa: E402
-from coordinator.processes import alive  # noqa: E402
+from coordinator.supervision.processes import alive  # noqa: E402
 
 TARGETS = {"getjob_per_s": 2000.0, "p99_ms": 20.0, "download_mib_s": 500.0, "submit_to_first_step_s": 1.0,
            "getjob_vs_health": 0.9, "download_vs_bare": 0.75}

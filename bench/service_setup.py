@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coordinator.client import Client  # noqa: E402
-from coordinator.processes import Process, find  # noqa: E402
+from coordinator.supervision.processes import Process, find  # noqa: E402
 from coordinator.wire import JOB_TOKEN_ENV  # noqa: E402
 from serve_process import ServeProcess  # noqa: E402
 
@@ -34,7 +34,7 @@ class Server(ServeProcess):
 
     def __init__(self, data_dir: Path, slots: int = 2):
         # the first-step job (10M steps, a point each) and the ingestion phase store far more points than a
-        # production job may (coordinator.limits): lift that one cap for the measurement
+        # production job may (coordinator.access.limits): lift that one cap for the measurement
         super().__init__(data_dir, "--max-points-per-job", str(10 ** 9), slots=slots)
 
 

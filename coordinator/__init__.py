@@ -1,0 +1,20 @@
+"""The gradmesh coordinator: a gRPC service that queues training jobs, runs them with `mpirun` (or Slurm),
+tracks their metrics, and stores and serves their checkpoints.
+
+The folders are the architecture, lowest first; each imports only from the rows above it:
+
+    errors states events     the shared vocabulary (modules here at the top): error classes, job states,
+    wire reports hosts       the change signal, the wire contract, what ranks report, host lists
+    store/                   SQLite: the durable record
+    access/                  tokens, limits, validation, admission, the auth interceptor
+    fleet/  files/           hosts' health and placement; checkpoint files and job directories on disk
+    supervision/             attempts: launch, watch, settle, re-adopt; local mpirun and Slurm executors
+    scheduler  jobs/         slots and the queue; what clients and ranks do to jobs (free of gRPC)
+    core                     the parts wired together
+    dashboard/               the web dashboard over the core
+    api/                     gRPC servicers over the core, and the server's start-up
+    cli/                     the `gradmesh` command
+
+`client/` (the Python SDK) stands apart: it imports only the vocabulary and the generated `rpc/` package,
+so a client-only installation needs none of the server. tests/test_architecture.py holds these rules.
+"""

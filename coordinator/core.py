@@ -1,4 +1,4 @@
-"""The coordinator's parts wired together, for `coordinator.server` (and for tests that look inside).
+"""The coordinator's parts wired together, for `coordinator.api.server` (and for tests that look inside).
 
     core = Coordinator(data_dir, store, SlotPool.local_pool(4), data_roots=[Path.cwd()])
     core.address = "127.0.0.1:50051"   # where the ranks reach us (known once the port is bound)
@@ -6,35 +6,35 @@
     core.jobs.submit(...); core.streams.watch(...); core.workers.report_progress(...)
     core.close()
 
-    jobs        client operations (coordinator.jobs)       streams   watch and logs (coordinator.streams)
-    workers     the ranks' calls (coordinator.worker_api)  checkpoints  files and records (coordinator.checkpoints)
-    supervisor  attempts (coordinator.attempts)           scheduler    slots and queue (coordinator.scheduler)
-    fleet       host health, placement, elastic resizes   hosts        ListHosts/DrainHost (coordinator.fleet)
+    jobs        client operations (coordinator.jobs.operations)       streams   watch and logs (coordinator.jobs.streams)
+    workers     the ranks' calls (coordinator.jobs.worker_api)  checkpoints  files and records (coordinator.files.checkpoints)
+    supervisor  attempts (coordinator.supervision.supervisor)           scheduler    slots and queue (coordinator.scheduler)
+    fleet       host health, placement, elastic resizes   hosts        ListHosts/DrainHost (coordinator.fleet.fleet)
 
 Files under DATA_DIR:
-    gradmesh.db                       the store (coordinator.store)
+    gradmesh.db                       the store (coordinator.store.store)
     checkpoints/<job>/step-N.npz      uploaded checkpoints, retained per the job's keep_last + best + final
     logs/<job>/attempt-K.log          stdout+stderr of mpirun and every rank of attempt K
     runs/<job>/attempt-K/             the ranks' working directory (--out)
-    trash/<job>.<tag>/                the three above of a job being deleted (coordinator.job_files)
+    trash/<job>.<tag>/                the three above of a job being deleted (coordinator.files.job_files)
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from coordinator.attempts import Supervisor
-from coordinator.checkpoints import Checkpoints
+from coordinator.supervision.supervisor import Supervisor
+from coordinator.files.checkpoints import Checkpoints
 from coordinator.events import ChangeSignal
-from coordinator.fleet import Fleet, HostOps
-from coordinator.hosthealth import HostHealth, HostPolicy
-from coordinator.jobs import Jobs
-from coordinator.limits import Limits, host_memory_bytes
-from coordinator.retention import Retention
+from coordinator.fleet.fleet import Fleet, HostOps
+from coordinator.fleet.health import HostHealth, HostPolicy
+from coordinator.jobs.operations import Jobs
+from coordinator.access.limits import Limits, host_memory_bytes
+from coordinator.files.expiry import Retention
 from coordinator.scheduler import Scheduler, SlotPool
-from coordinator.store import Store
-from coordinator.streams import Streams
-from coordinator.worker_api import WorkerApi
+from coordinator.store.store import Store
+from coordinator.jobs.streams import Streams
+from coordinator.jobs.worker_api import WorkerApi
 
 
 class Coordinator:

@@ -1,7 +1,7 @@
 """Worker slots and the queue: which job starts when.
 
     pool = SlotPool.local_pool(os.cpu_count())        # or SlotPool([("node1", 4), ("node2", 4)])
-    sched = Scheduler(store, pool, supervisor)        # supervisor: coordinator.attempts.Supervisor
+    sched = Scheduler(store, pool, supervisor)        # supervisor: coordinator.supervision.supervisor.Supervisor
     sched.start()      # background thread: reap ended attempts, start queued jobs that fit
     sched.wake()       # after a submit or cancel, so the loop does not wait for its next tick
 
@@ -21,8 +21,8 @@ from typing import Protocol, Sequence
 
 from coordinator.hosts import Allocation
 from coordinator.states import JobState
-from coordinator.records import JobRow
-from coordinator.store import Store
+from coordinator.store.records import JobRow
+from coordinator.store.store import Store
 
 log = logging.getLogger("gradmesh.scheduler")
 UNLIMITED_SLOTS = 1 << 30
@@ -117,7 +117,7 @@ class Scheduler:
         self.store = store
         self.pool = pool
         self.attempts = attempts
-        self.fleet = fleet  # coordinator.fleet.Fleet: healthy hosts only, elastic sizes and grows (None: plain FIFO)
+        self.fleet = fleet  # coordinator.fleet.fleet.Fleet: healthy hosts only, elastic sizes and grows (None: plain FIFO)
         self.tick_s = tick_s
         self._lock = threading.Lock()  # the pool's free slots
         self._wake = threading.Event()

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Iterable, Iterator
 
-from coordinator.errors import ChecksumMismatch
+from coordinator.errors import ChecksumMismatch, Unauthenticated
 
 # ---------------------------------------------------------------- metadata and environment
 
@@ -146,3 +148,20 @@ def sha256_of_chunks(chunks: Iterable[bytes]) -> str:
     for chunk in chunks:
         tally.add(chunk)
     return tally.hexdigest()
+
+
+def resolve_token(token: str | None = None, data_dir: str | Path | None = None) -> str | None:
+    """The client bearer token, for the SDK and a registering worker alike: the argument, else
+    GRADMESH_TOKEN, else DATA_DIR/token (when data_dir is given)."""
+    if token:
+        return token
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    if env:
+        return env
+    if data_dir is not None:
+        path = Path(data_dir).expanduser() / TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise Unauthenticated(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    return None

@@ -29,10 +29,10 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 def no_shared_memory_left_behind():
     """Ranks that tests kill, or that abort (the hang and fault tests), never reach MPI_Finalize, so MPICH's
     /dev/shm segments of theirs stay, holding RAM. A coordinator's janitor removes those of its own jobs
-    (coordinator.shm_leftovers); this removes the rest made during the session that nothing maps any more."""
+    (coordinator.supervision.shm_leftovers); this removes the rest made during the session that nothing maps any more."""
     started = time.time()
     yield
-    from coordinator.shm_leftovers import PREFIX, SHM_DIR, mapped_paths
+    from coordinator.supervision.shm_leftovers import PREFIX, SHM_DIR, mapped_paths
     if not SHM_DIR.is_dir():
         return
     ours = []
@@ -69,7 +69,7 @@ class AuthedJobStub:
 @pytest.fixture
 def start_coordinator(tmp_path):
     """Factory: start_coordinator(**start_server_kwargs) -> RunningServer; every server is stopped at the end."""
-    from coordinator.server import start_server
+    from coordinator.api.server import start_server
     servers = []
 
     def start(data_dir: Path | None = None, **kwargs):

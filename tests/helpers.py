@@ -99,8 +99,8 @@ def idle_server(start_coordinator, **kwargs):
 def running_job(srv, job_id: str = "w1", token: str = "token-w1", spec: str = SMALL_SPEC) -> tuple[str, str]:
     """A RUNNING job with one attempt whose ranks would hold `token` (no process behind it)."""
     from coordinator.states import JobState
-    from coordinator.records import JobRow
-    from coordinator.tokens import hash_token
+    from coordinator.store.records import JobRow
+    from coordinator.access.tokens import hash_token
     from worker.spec import parse_spec_text
     spec_json = parse_spec_text(spec).to_json()
     srv.store.create_job(JobRow(id=job_id, name="api-test", spec_json=spec_json, state=JobState.QUEUED, workers=1))

@@ -185,6 +185,17 @@ def _train(out: Path, cache: Path, steps: int, extra_env: dict | None = None) ->
     return done
 
 
+def _distinct_kernels(names: list[str]) -> list[str]:
+    """The candidates that OpenBLAS really runs as different kernels (it runs Zen with Haswell's, for one)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        code = "from worker import blas; print(blas.running_kernel()[0])"
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, blas.CORETYPE_ENV: name,
+                             "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+        seen.setdefault(out.stdout.strip().lower(), name)
+    return list(seen.values())
+
+
 def _cache_saying(path: Path, kernel: str) -> Path:
     key = blas.host_key(blas.numpy_blas()[1])
     blas._write_cache(path, {"hosts": {blas._key_text(key): {"kernel": kernel, "key": key}}})
@@ -193,7 +204,9 @@ def _cache_saying(path: Path, kernel: str) -> Path:
 
 def test_a_resumed_job_keeps_its_kernel_and_stays_bit_identical(tmp_path):
     _openblas_host()
-    names = blas.candidates(blas.cpu_model_and_flags()[1])
+    names = _distinct_kernels(blas.candidates(blas.cpu_model_and_flags()[1]))
+    if len(names) < 2:
+        pytest.skip(f"this CPU's candidate kernels all run as one OpenBLAS kernel ({names}): nothing to switch to")
     first, later = ("Haswell", "SkylakeX") if "SkylakeX" in names else (names[0], names[1])
     # the reference: 60 steps uninterrupted, the cache saying `first`
     ref = _train(tmp_path / "ref" / "out", _cache_saying(tmp_path / "c1.json", first), 60)
@@ -223,7 +236,7 @@ def test_a_resumed_job_keeps_its_kernel_and_stays_bit_identical(tmp_path):
 
 
 def test_the_coordinator_forwards_the_kernel_settings_to_its_ranks():
-    from coordinator.launcher import build_worker_env
+    from coordinator.supervision.launcher import build_worker_env
     base = {"GRADMESH_BLAS_KERNEL": "Haswell", "GRADMESH_BLAS_CACHE": "/c.json", "OPENBLAS_CORETYPE": "Zen",
             "GRADMESH_MPI_WAIT": "spin", "MPIR_CVAR_POSIX_POLL_FREQUENCY": "100"}
     env = build_worker_env(base, job_token="t")

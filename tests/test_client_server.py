@@ -14,7 +14,7 @@ from coordinator.client import (
     KIND_CHECKPOINT, KIND_JOB, AlreadyExists, Client, FailedPrecondition, InvalidArgument, InvalidSpec, JobSnapshot,
     JobState, JobStateChanged, MetricReported, NotFound, Unauthenticated,
 )
-from coordinator import processes
+from coordinator.supervision import processes
 from tests.helpers import numpy_accuracy, small_digits_spec, wait_for
 
 LEGAL = {

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.launcher import WorkerProcess, build_worker_env
+from coordinator.supervision.launcher import WorkerProcess, build_worker_env
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.wire import KIND_CHECKPOINT, KIND_TRAILER
 from helpers import expect_error, idle_server, running_job, small_digits_spec, upload_checkpoint, wait_for, worker_stub
@@ -152,7 +152,7 @@ def test_checkpoint_removed_between_choosing_and_opening_is_not_found(start_coor
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
 def test_serving_on_every_interface_needs_an_advertise_address(tmp_path, host):
-    from coordinator.server import start_server
+    from coordinator.api.server import start_server
     with pytest.raises(ValueError) as err:
         start_server(tmp_path / "d", host=host, port=0, slots=1)
     message = str(err.value)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.records import MetricRow
-from coordinator.worker_api import ProgressReport
+from coordinator.store.records import MetricRow
+from coordinator.jobs.worker_api import ProgressReport
 from helpers import cli_env, idle_server, running_job, self_signed_cert, upload_checkpoint, worker_stub
 
 pytestmark = pytest.mark.timeout(60)

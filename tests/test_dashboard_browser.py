@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.records import JobRow, MetricRow
+from coordinator.store.records import JobRow, MetricRow
 from coordinator.states import JobState
-from coordinator.tokens import hash_token
+from coordinator.access.tokens import hash_token
 from helpers import digits_toml, idle_server, running_job, wait_for, worker_stub
 
 pytestmark = pytest.mark.timeout(90)

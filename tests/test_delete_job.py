@@ -63,7 +63,7 @@ def test_a_finished_job_is_deleted_with_its_records_and_files_and_its_id_runs_an
     assert job_dirs(srv.data_dir, job.id) == {kind: False for kind in KINDS}
     assert rows_of(srv.data_dir, job.id) == {t: 0 for t in TABLES}
     assert not any((srv.data_dir / "trash").iterdir())
-    # nor is anything of it left in memory: the record of which files were hashed (coordinator.verified_files)
+    # nor is anything of it left in memory: the record of which files were hashed (coordinator.files.verified)
     assert not [p for p in srv.core.checkpoints.verified._seen if f"/{job.id}/" in p]
     with pytest.raises(NotFound):
         client.get(job.id)

@@ -5,7 +5,7 @@ import contextlib
 import pytest
 
 from coordinator.client import Client, NotFound
-from coordinator.server import start_server
+from coordinator.api.server import start_server
 
 POOL = [("node-a", 2), ("node-b", 2)]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import job_stub
-from coordinator.launcher import build_worker_env
+from coordinator.supervision.launcher import build_worker_env
 from coordinator.rpc import gradmesh_pb2 as pb
-from coordinator.server import load_or_create_token
+from coordinator.api.server import load_or_create_token
 from coordinator.wire import DATA_ROOTS_ENV, TOKEN_FILE
 from helpers import wait_for
 from worker.data import DataError, load_dataset

@@ -17,12 +17,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
-from coordinator.admission import CallLimits
+from coordinator.access.admission import CallLimits
 from coordinator.client import Client
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.states import JobState
-from coordinator.tokens import hash_token
+from coordinator.access.tokens import hash_token
 from coordinator.wire import JOB_TOKEN_HEADER
 from helpers import (SMALL_SPEC, cli_env, expect_error, idle_server, run_cli, running_job, small_digits_spec,
                      upload_checkpoint, wait_for, worker_stub)

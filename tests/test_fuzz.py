@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(240)
 
 REQUESTS = int(os.environ.get("GRADMESH_FUZZ_REQUESTS", "2400"))
 SPEC_REQUESTS = int(os.environ.get("GRADMESH_FUZZ_SPECS", "400"))
-MAX_DETAILS = 1000           # what the servicer promises for an error's message (coordinator.servicer)
+MAX_DETAILS = 1000           # what the servicer promises for an error's message (coordinator.api.servicer)
 MAX_TRAILER = 200
 UNARY_DEADLINE_S = 10.0
 STREAM_LISTEN_S = 0.3        # a stream is read this long (it may legitimately follow a live job), then cancelled

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from coordinator.client import Client, JobState
-from coordinator.hosthealth import HostPolicy
-from coordinator.server import start_server
+from coordinator.fleet.health import HostPolicy
+from coordinator.api.server import start_server
 from mpi_programs.launch import run_mpi
 from netns_hosts import netns_cluster
 

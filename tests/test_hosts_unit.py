@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from coordinator import elastic, placement
-from coordinator.hosthealth import HostHealth, HostState, UnknownHost
-from coordinator.records import JobRow
+from coordinator.fleet import elastic, placement
+from coordinator.fleet.health import HostHealth, HostState, UnknownHost
+from coordinator.store.records import JobRow
 from coordinator.reports import FailureCause, WorkerFailure
 from coordinator.states import JobState
 

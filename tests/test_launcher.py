@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.launcher import (PROJECT_ROOT, Exit, WorkerProcess, build_mpirun_argv, build_worker_env,
+from coordinator.supervision.launcher import (PROJECT_ROOT, Exit, WorkerProcess, build_mpirun_argv, build_worker_env,
                                   describe_exit, find_mpirun, log_tail)
-from coordinator.outcomes import classify
-from coordinator.processes import alive, group_alive
-from coordinator.processes import tagged as tagged_processes
+from coordinator.supervision.outcomes import classify
+from coordinator.supervision.processes import alive, group_alive
+from coordinator.supervision.processes import tagged as tagged_processes
 from coordinator.reports import WorkerEvent, from_legacy
 from coordinator.states import JobState
 from helpers import wait_for
@@ -173,7 +173,7 @@ def test_classify_quotes_only_failure_messages_of_the_worker():
 
 
 def test_restart_policy():
-    from coordinator.outcomes import Outcome, decide
+    from coordinator.supervision.outcomes import Outcome, decide
     failed = Outcome(JobState.FAILED, True, "mpirun failed with exit code 1", "failed")
     first = decide(failed, attempt=1, restarts=0, max_restarts=2, backoff_s=1.0)
     assert first.state is JobState.RESTARTING and first.delay_s == 1.0

@@ -1,4 +1,4 @@
-"""The coordinator's caps (coordinator.limits), attacked through a real server: memory bombs, huge integers,
+"""The coordinator's caps (coordinator.access.limits), attacked through a real server: memory bombs, huge integers,
 unused settings, and every unbounded-growth path (points, checkpoints, spec size and depth, labels, queue).
 
 Each test names the hole of issue 9 it closes. A refusal must come with the right code and the field, and
@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.limits import Limits, parse_size
-from coordinator.outcomes import Outcome, decide
+from coordinator.access.limits import Limits, parse_size
+from coordinator.supervision.outcomes import Outcome, decide
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
 from coordinator.wire import FIELD_TRAILER
@@ -107,7 +107,7 @@ def test_a_dataset_path_too_long_for_the_filesystem_is_invalid_argument(idle, ap
 
 
 def test_restart_backoff_is_capped_and_never_overflows():
-    from coordinator.outcomes import MAX_RESTART_DELAY_S
+    from coordinator.supervision.outcomes import MAX_RESTART_DELAY_S
     failed = Outcome(JobState.FAILED, True, "rank 1 died", "failed")
     assert decide(failed, attempt=2, restarts=1, max_restarts=3, backoff_s=0.5).delay_s == 1.0
     for restarts in (40, 1100, 10 ** 6):

@@ -1,6 +1,6 @@
 """A failed attempt's message names the rank and host from the worker log, as a person needs to act on it."""
-from coordinator.launcher import Exit
-from coordinator.outcomes import classify, headline
+from coordinator.supervision.launcher import Exit
+from coordinator.supervision.outcomes import classify, headline
 from coordinator.reports import WorkerEvent
 
 RAISED = """gradmesh: job: 2 rank(s) × 1 BLAS thread(s)

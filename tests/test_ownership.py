@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import processes
-from coordinator.launcher import WorkerProcess
-from coordinator.processes import Identity
-from coordinator.records import JobRow
+from coordinator.supervision import processes
+from coordinator.supervision.launcher import WorkerProcess
+from coordinator.supervision.processes import Identity
+from coordinator.store.records import JobRow
 from coordinator.states import JobState
-from coordinator.store import Store
-from coordinator.tokens import hash_token
+from coordinator.store.store import Store
+from coordinator.access.tokens import hash_token
 from helpers import wait_for
 from worker.spec import parse_spec_text
 
@@ -66,7 +66,7 @@ def test_group_zero_and_our_own_are_never_signalled():
     # stopped through its tagged processes. Run in a session of its own, so a regression kills only this child.
     script = textwrap.dedent("""
         import os, subprocess
-        from coordinator.launcher import WorkerProcess
+        from coordinator.supervision.launcher import WorkerProcess
         for pid, pgid in ((0, 0), (os.getpid(), os.getpgrp())):
             rank = subprocess.Popen(["sleep", "60"], env=dict(os.environ, GRADMESH_ATTEMPT_TAG="some-tag"),
                                     start_new_session=True)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from coordinator.records import MetricRow
-from coordinator.worker_api import ProgressReport
+from coordinator.store.records import MetricRow
+from coordinator.jobs.worker_api import ProgressReport
 from helpers import cli_env, idle_server, running_job, run_cli
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from coordinator.retention import Retention, parse_duration
+from coordinator.files.expiry import Retention, parse_duration
 from coordinator.states import JobState
 from helpers import idle_server, run_cli, running_job, upload_checkpoint, wait_for, worker_stub
 

@@ -1,7 +1,7 @@
 """Scheduling order (priority, then FIFO, no backfill) and slot accounting, without processes."""
 from coordinator.scheduler import SlotPool, plan_starts, scheduling_order
 from coordinator.states import JobState
-from coordinator.records import JobRow
+from coordinator.store.records import JobRow
 
 
 def job(seq, workers=1, priority=0):
@@ -44,7 +44,7 @@ def test_allocation_spans_hosts_in_order():
 
 
 def test_progress_watch_flags_a_job_whose_step_stops_moving():
-    from coordinator.watchdog import ProgressWatch
+    from coordinator.supervision.watchdog import ProgressWatch
     now = [0.0]
     watch = ProgressWatch(clock=lambda: now[0], startup_s=5)
     watch.started("a", timeout_s=10)

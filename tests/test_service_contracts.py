@@ -13,12 +13,12 @@ import grpc
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.launcher import Exit
-from coordinator.outcomes import classify
+from coordinator.supervision.launcher import Exit
+from coordinator.supervision.outcomes import classify
 from coordinator.reports import FailureCause, WorkerEvent, WorkerFailure
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
-from coordinator.store import Store
+from coordinator.store.store import Store
 from coordinator.wire import (FIELD_TRAILER, KIND_CHECKPOINT, KIND_FIELD, KIND_JOB, KIND_TOKEN, KIND_TRAILER,
                               METRICS_PAGE)
 from helpers import SMALL_SPEC, expect_error, idle_server, running_job, worker_stub
@@ -210,7 +210,7 @@ def test_errors_carry_their_kind_and_field_as_ascii_trailers(idle, channel):
 # ---------------------------------------------------------------- streams read in pages
 
 def test_watch_and_logs_deliver_everything_a_page_at_a_time(idle, channel):
-    from coordinator.streams import LOG_CHUNK_BYTES, PAGE
+    from coordinator.jobs.streams import LOG_CHUNK_BYTES, PAGE
     job_id, token = running_job(idle)
     total = 2 * PAGE + 7
     for start in range(1, total + 1, 1000):  # limits.points_per_report

@@ -20,11 +20,11 @@ import grpc
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.processes import tagged as tagged_processes
-from coordinator.tokens import attempt_tag
+from coordinator.supervision.processes import tagged as tagged_processes
+from coordinator.access.tokens import attempt_tag
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
-from coordinator.processes import of_job as job_processes
+from coordinator.supervision.processes import of_job as job_processes
 from helpers import assert_legal_path, digits_toml, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
@@ -38,7 +38,7 @@ def spec(steps: int) -> str:
 SERVE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from coordinator.server import start_server
+    from coordinator.api.server import start_server
     srv = start_server(Path(sys.argv[1]), port=int(sys.argv[2]), slots=2, token="crash-token")
     print(srv.address, flush=True)
     srv.wait_for_termination()
@@ -117,7 +117,7 @@ def test_job_that_died_while_the_coordinator_was_down_restarts_from_its_checkpoi
                  what="a first checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    from coordinator.store import Store
+    from coordinator.store.store import Store
     store = Store(data_dir / "gradmesh.db")
     tag = attempt_tag(store.get_job("orphan").token_hash)
     newest = store.checkpoints("orphan")[-1].step  # what the relaunch must resume from
@@ -155,7 +155,7 @@ def test_graceful_shutdown_stops_jobs_and_records_why(start_coordinator, tmp_pat
     tag = attempt_tag(srv.store.get_job("shut").token_hash)
     srv.stop(grace=1.0)  # stop_jobs=True by default
     assert not job_processes("shut") and tagged_processes(tag) == []
-    from coordinator.store import Store
+    from coordinator.store.store import Store
     store = Store(tmp_path / "d" / "gradmesh.db")
     try:
         job, attempt = store.get_job("shut"), store.attempt("shut", 1)

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from conftest import AuthedJobStub
-from coordinator.processes import group_alive, of_job as job_processes, tagged as tagged_processes
+from coordinator.supervision.processes import group_alive, of_job as job_processes, tagged as tagged_processes
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.states import JobState
-from coordinator.tokens import attempt_tag
+from coordinator.access.tokens import attempt_tag
 from helpers import assert_legal_path, digits_toml, self_signed_cert, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)

@@ -28,8 +28,8 @@ import pytest
 from conftest import AuthedJobStub
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
-from coordinator.processes import of_job as job_processes
-from coordinator.shm_leftovers import PREFIX, SHM_DIR, Janitor, mapped_paths
+from coordinator.supervision.processes import of_job as job_processes
+from coordinator.supervision.shm_leftovers import PREFIX, SHM_DIR, Janitor, mapped_paths
 from helpers import assert_legal_path, digits_toml, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
@@ -187,8 +187,8 @@ def test_frozen_job_is_killed_by_the_coordinators_watchdog_and_restarted(coordin
     # long enough that it is still training when the first point arrives, even on an idle fast machine
     api.SubmitJob(pb.SubmitJobRequest(spec=spec(hang_timeout_s=4, steps=3000), job_id="frozen"))
     wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="frozen")).latest.step >= 10, what="first point")
-    from coordinator.processes import tagged as tagged_processes
-    from coordinator.tokens import attempt_tag
+    from coordinator.supervision.processes import tagged as tagged_processes
+    from coordinator.access.tokens import attempt_tag
     pids = tagged_processes(attempt_tag(coordinator.store.get_job("frozen").token_hash))
     assert api.GetJob(pb.GetJobRequest(job_id="frozen")).state == pb.RUNNING
     assert len(pids) >= 4  # mpirun, hydra's proxy, 2 ranks

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from coordinator import convert
+from coordinator.api import convert
 from coordinator.client.writeback import start_writeback
-from coordinator.jobs import JobView
-from coordinator.records import JobRow
+from coordinator.jobs.operations import JobView
+from coordinator.store.records import JobRow
 from coordinator.states import JobState
 
 

@@ -1,4 +1,4 @@
-"""coordinator/shm_leftovers.py against real MPI ranks: the /dev/shm segments of ranks killed by SIGKILL
+"""coordinator/supervision/shm_leftovers.py against real MPI ranks: the /dev/shm segments of ranks killed by SIGKILL
 stay behind (MPI_Finalize never ran), and sweep() removes exactly those: never one a live rank maps, never a
 fresh one, never a file that is not MPICH's."""
 import os
@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from coordinator.processes import find
-from coordinator.shm_leftovers import PREFIX, SHM_DIR, Janitor, mapped_paths, sweep
+from coordinator.supervision.processes import find
+from coordinator.supervision.shm_leftovers import PREFIX, SHM_DIR, Janitor, mapped_paths, sweep
 from helpers import wait_for
 from mpi_programs.launch import REPO, mpirun_path
 

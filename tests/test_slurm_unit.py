@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.outcomes import classify, decide
+from coordinator.supervision.outcomes import classify, decide
 from coordinator.reports import WorkerEvent
-from coordinator.slurm import (SlurmJobInfo, SlurmQueue, build_sbatch, job_name, parse_scontrol, slurm_exit,
+from coordinator.supervision.slurm import (SlurmJobInfo, SlurmQueue, build_sbatch, job_name, parse_scontrol, slurm_exit,
                                waiting_text)
 from coordinator.states import JobState
 from helpers import run_cli, cli_env

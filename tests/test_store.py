@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from coordinator.checkpoints import RetentionPolicy
+from coordinator.store.checkpoints import RetentionPolicy
 from coordinator.states import IllegalTransition, JobState
-from coordinator.records import CheckpointRow, JobRow, MetricRow
-from coordinator.store import Store
+from coordinator.store.records import CheckpointRow, JobRow, MetricRow
+from coordinator.store.store import Store
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""coordinator/verified_files.py on real files: a file is hashed again exactly when it changed since its
+"""coordinator/files/verified.py on real files: a file is hashed again exactly when it changed since its
 bytes were last hashed, so downloads skip the server's hash pass without ever serving a changed file."""
 import hashlib
 import os
@@ -7,7 +7,7 @@ import time
 import pytest
 
 from coordinator.errors import ChecksumMismatch
-from coordinator.verified_files import VerifiedFiles
+from coordinator.files.verified import VerifiedFiles
 
 WRONG = "0" * 64
 

@@ -128,7 +128,7 @@ def _register_on_root(opts, comm):
     Returns (spec, hooks, resume path, token) as _fetch_spec_on_root does, and the worker token."""
     import json
 
-    from coordinator.client.client import resolve_token
+    from coordinator.wire import resolve_token
     from worker.coordinator_link import RankFailureHooks
     from worker.failure import EXIT_CONFIG
     from worker.register import RegistrationRefused, register

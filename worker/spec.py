@@ -33,7 +33,7 @@ NORMALIZATIONS = ("none", "standard")
 BUILTIN_SOURCES = ("digits", "synthetic")
 MAX_LAYER_SIZE = 1 << 20
 MAX_RESTARTS = 1000             # a retry policy beyond this is a loop, not a policy
-MAX_BACKOFF_S = 3600.0          # the first relaunch waits at most an hour (coordinator.outcomes caps the doubling)
+MAX_BACKOFF_S = 3600.0          # the first relaunch waits at most an hour (coordinator.supervision.outcomes caps the doubling)
 MAX_HANG_TIMEOUT_S = 7 * 86400.0
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # the store's integers are SQLite's int64
 

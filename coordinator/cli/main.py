@@ -39,8 +39,8 @@ from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
 from coordinator.cli.serve import add_limit_flags, cmd_serve
-from coordinator.limits import Limits
-from coordinator.retention import parse_duration
+from coordinator.access.limits import Limits
+from coordinator.files.expiry import parse_duration
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
 
 
@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(slurm) one more sbatch option, repeatable; write it with '=': --sbatch-arg=--time=60")
     p.add_argument("--slurm-poll", type=float, default=1.0, metavar="SECONDS",
                    help="(slurm) how often to ask Slurm's controller about the jobs (default 1)")
-    Limits.add_arguments(p)  # what one job or user may use (coordinator.limits)
-    add_limit_flags(p)       # calls in flight and idle calls (coordinator.admission)
+    Limits.add_arguments(p)  # what one job or user may use (coordinator.access.limits)
+    add_limit_flags(p)       # calls in flight and idle calls (coordinator.access.admission)
 
     p = command("hosts", cmd_hosts, "show the coordinator's hosts and their health; drain or undrain one")
     p.add_argument("action", nargs="?", choices=["drain", "undrain"],

@@ -4,7 +4,7 @@ Option mistakes (two pool options, half a TLS pair, a malformed host list, a cap
 `start_server` refuses with ValueError such as --host 0.0.0.0 without --advertise-address) are usage errors:
 one line, exit 2. A port that cannot be bound is an OSError: one line, exit 1.
 
-The front door's caps (coordinator.admission.CallLimits) have flags of their own, added by `add_limit_flags`.
+The front door's caps (coordinator.access.admission.CallLimits) have flags of their own, added by `add_limit_flags`.
 """
 from __future__ import annotations
 
@@ -14,24 +14,24 @@ import sys
 import threading
 from pathlib import Path
 
-from coordinator.admission import CallLimits
+from coordinator.access.admission import CallLimits
 from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
 from coordinator.client import TOKEN_FILE
-from coordinator.hosthealth import HostPolicy
+from coordinator.fleet.health import HostPolicy
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
-from coordinator.limits import Limits
+from coordinator.access.limits import Limits
 
 
 def import_start_server():
     try:
-        from coordinator.server import start_server
+        from coordinator.api.server import start_server
     except ImportError as exc:  # a client-only installation (e.g. without grpcio-health-checking)
         raise CliError(f"the coordinator server is not available in this installation: {exc}") from None
     return start_server
 
 
 def add_limit_flags(parser) -> None:
-    """`gradmesh serve`'s flags for the caps on calls (defaults: coordinator.admission.CallLimits)."""
+    """`gradmesh serve`'s flags for the caps on calls (defaults: coordinator.access.admission.CallLimits)."""
     d = CallLimits()
     parser.add_argument("--max-worker-rpcs", type=int, default=d.worker_rpcs, metavar="N",
                         help=f"WorkerService calls in flight, the ranks' own share (default {d.worker_rpcs})")
@@ -68,7 +68,7 @@ def _host_list(args) -> list[tuple[str, int]] | None:
 
 
 def _host_policy(args) -> HostPolicy:
-    """--host-failures, --host-failure-window, --host-cooldown (coordinator.hosthealth)."""
+    """--host-failures, --host-failure-window, --host-cooldown (coordinator.fleet.health)."""
     d = HostPolicy()
     policy = HostPolicy(failures=getattr(args, "host_failures", d.failures),
                         window_s=getattr(args, "host_failure_window", d.window_s),
@@ -92,7 +92,7 @@ def _http_port(args) -> int | None:
 
 
 def _slurm_options(args):
-    from coordinator.server import SlurmOptions
+    from coordinator.api.server import SlurmOptions
     if getattr(args, "executor", "local") != "slurm":
         if args.partition or args.account or args.sbatch_arg:
             raise CliError("serve: --partition, --account and --sbatch-arg go with --executor slurm", EXIT_USAGE)

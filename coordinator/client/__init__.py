@@ -18,6 +18,9 @@ a `GradmeshError`: InvalidArgument (`.field`, `.reason`; InvalidSpec when Submit
 NotFound (`.kind` "job" or "checkpoint"), AlreadyExists, FailedPrecondition, Unauthenticated,
 ResourceExhausted, Unavailable, DeadlineExceeded, DataLoss (ChecksumMismatch for a download that does not
 match its sha256), Unimplemented, Internal. `str(err)` is one line a person can act on.
+
+May import: only the shared vocabulary (coordinator.errors, states, wire) and the generated rpc package,
+so a client-only installation needs nothing of the server.
 """
 from coordinator.client.client import Client, read_spec_text, resolve_token
 from coordinator.client.errors import InvalidSpec, translate_error

@@ -16,32 +16,17 @@ from typing import Any, Iterable, Iterator, Mapping
 import grpc
 
 from coordinator import wire
+from coordinator.wire import resolve_token
 from coordinator.client.downloads import receive_checkpoint
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
     CheckpointInfo, DeletedJob, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
 )
-from coordinator.errors import GradmeshError, InvalidArgument, Unauthenticated, Unavailable
+from coordinator.errors import GradmeshError, InvalidArgument, Unavailable
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as pb_grpc
 
-
-
-def resolve_token(token: str | None = None, data_dir: str | Path | None = None) -> str | None:
-    """The bearer token: the argument, else GRADMESH_TOKEN, else DATA_DIR/token (when data_dir is given)."""
-    if token:
-        return token
-    env = os.environ.get(wire.TOKEN_ENV, "").strip()
-    if env:
-        return env
-    if data_dir is not None:
-        path = Path(data_dir).expanduser() / wire.TOKEN_FILE
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise Unauthenticated(f"cannot read the token file {path}: {exc.strerror or exc}") from None
-    return None
 
 
 def read_spec_text(spec: "str | Path | Mapping[str, Any]") -> str:

@@ -15,6 +15,8 @@
     views.py    the core's records as the JSON the pages render
     static/     the pages (plain HTML, CSS and JavaScript, no build step) and uPlot 1.6.32 (MIT, vendored
                 with its licence: the dashboard works offline)
+
+May import: core, jobs and everything below them. Only api (the server) imports it.
 """
 from coordinator.dashboard.app import RunningDashboard, start_dashboard
 

@@ -19,7 +19,7 @@ from coordinator.core import Coordinator
 from coordinator.dashboard import views
 from coordinator.dashboard.http import LIST_LIMIT, ROUTES, STATIC, Handler
 from coordinator.dashboard.session import Sessions
-from coordinator.jobs import LIST_PAGE_MAX
+from coordinator.jobs.operations import LIST_PAGE_MAX
 from coordinator.states import JobState
 
 log = logging.getLogger("gradmesh.dashboard")

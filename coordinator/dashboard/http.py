@@ -1,6 +1,6 @@
 """The dashboard's HTTP face: routing, the login cookie, CSRF, error statuses.
 
-A second thin adapter over the same core objects as the gRPC servicer (coordinator.jobs, coordinator.streams,
+A second thin adapter over the same core objects as the gRPC servicer (coordinator.jobs.operations, coordinator.jobs.streams,
 the scheduler's slot usage): each route unpacks the request, calls the core, and answers JSON (shaped by
 coordinator.dashboard.views), a stream, or a static file. The standard library's ThreadingHTTPServer is
 enough: one thread per connection, and a server-sent event stream is a response that never ends.

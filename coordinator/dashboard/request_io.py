@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from coordinator.errors import GradmeshError, InvalidArgument
 from coordinator.states import JobState
-
-if TYPE_CHECKING:
-    from coordinator.dashboard.app import DashboardServer
 
 MAX_BODY = 64 << 10
 
@@ -34,8 +31,17 @@ class PageGone(Exception):
     """The page closed its connection."""
 
 
+class LoginPages(Protocol):
+    def login_page(self, next_path: str, failed: bool = False) -> bytes: ...
+
+
+class ServesLogin(Protocol):
+    """What an answer needs of its server (coordinator.dashboard.app.DashboardServer, which imports this module)."""
+    app: LoginPages
+
+
 class RequestIO(BaseHTTPRequestHandler):
-    server: "DashboardServer"
+    server: ServesLogin  # type: ignore[assignment]
     query: dict[str, list[str]]  # the parsed query string, set by the handler's dispatch
 
     def _body(self) -> bytes:

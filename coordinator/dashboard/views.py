@@ -1,6 +1,6 @@
 """The dashboard's JSON: the core's records as plain dicts a page renders, and nothing else.
 
-Pure functions of the core's objects (coordinator.job_views.JobView, coordinator.records rows), so the HTTP
+Pure functions of the core's objects (coordinator.jobs.views.JobView, coordinator.store.records rows), so the HTTP
 adapter stays routing and transport. Floats that were not measured (NaN) become null: JSON has no NaN, and
 the charts draw null as a gap. Paths on the coordinator's disk are never sent.
 """
@@ -11,9 +11,9 @@ import math
 from typing import Any, Sequence
 
 from coordinator.hosts import parse_formatted_hosts
-from coordinator.job_views import JobView
-from coordinator.records import AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
-from coordinator.slurm import UNSUBMITTED
+from coordinator.jobs.views import JobView
+from coordinator.store.records import AttemptRow, CheckpointRow, JobRow, MetricRow, TransitionRow
+from coordinator.supervision.slurm import UNSUBMITTED
 
 
 def number(x: float | None) -> float | None:

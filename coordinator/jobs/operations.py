@@ -1,0 +1,281 @@
+"""Client operations on jobs, free of gRPC: submit, register, get, list, cancel, resume, delete, metrics, checkpoints.
+
+    jobs = Jobs(store, checkpoints, supervisor, signal, wake_scheduler=scheduler.wake, total_slots=4,
+                data_roots=[Path.cwd()])
+    view, created = jobs.submit(spec_text, job_id="digits-1", labels={}, workers=0)
+    jobs.get("digits-1").eta_seconds        # the server computes the ETA; clients only show it
+    jobs.cancel("digits-1", checkpoint=True)
+    points, next_token = jobs.metrics("digits-1", page_size=0, page_token="")
+
+Lifecycle of a job: QUEUED → the scheduler launches an attempt (RUNNING) → the supervisor
+(coordinator.supervision.supervisor) settles its end: SUCCEEDED, FAILED, or RESTARTING and relaunched from the newest
+intact checkpoint after its backoff. ResumeJob continues a FAILED/CANCELLED job as a new job "<id>-r<N>"
+from its checkpoint (terminal states stay final). What a new job must pass before it is stored (the caps of
+coordinator.access.limits, a rank's memory, its points and checkpoints) is coordinator.jobs.submission; what clients see
+of a job (JobView, its ETA, find_job) is coordinator.jobs.views, whose names this module also exports. Errors
+are the typed ones of coordinator.errors, whose `kind` says what a NOT_FOUND or FAILED_PRECONDITION is about.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+from coordinator.access import validate
+from coordinator.supervision.supervisor import Supervisor
+from coordinator.files.checkpoints import Checkpoints
+from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from coordinator.events import ChangeSignal
+from coordinator.files.job_files import JobFiles
+from coordinator.jobs.views import JobView, eta_seconds, find_job, job_view
+from coordinator.access.limits import Limits
+from coordinator.store.records import EXTERNAL, AttemptRow, CheckpointRow, JobRow, MetricRow
+from coordinator.states import IllegalTransition, JobState
+from coordinator.store.store import Store
+from coordinator.jobs.submission import SubmissionChecks, new_job_id
+from coordinator.access.tokens import hash_token, new_token
+from coordinator.wire import KIND_JOB, METRICS_PAGE
+from worker.spec import JobSpec, SpecError, drop_unused
+
+__all__ = ["Jobs", "DeletedJob", "LIST_PAGE_MAX", "JobView", "eta_seconds", "find_job"]
+
+LIST_PAGE_MAX = 200   # jobs in one ListJobs reply (the client's own page size)
+
+
+@dataclass(frozen=True)
+class DeletedJob:
+    """What DeleteJob removed."""
+    job_id: str
+    checkpoints: int     # checkpoint records
+    files: int           # files of every kind
+    bytes_freed: int
+
+
+class Jobs:
+    def __init__(self, store: Store, checkpoints: Checkpoints, supervisor: Supervisor, signal: ChangeSignal, *,
+                 wake_scheduler: Callable[[], None], total_slots: int, data_roots: Sequence[Path],
+                 cancel_checkpoint_wait_s: float = 30.0, limits: Limits = Limits(), memory_per_slot: int = 0):
+        self.store = store
+        self.checkpoints = checkpoints
+        self.supervisor = supervisor
+        self.signal = signal
+        self.wake_scheduler = wake_scheduler
+        self.cancel_checkpoint_wait_s = cancel_checkpoint_wait_s
+        self.checks = SubmissionChecks(store, limits=limits, total_slots=total_slots, data_roots=data_roots,
+                                       memory_per_slot=memory_per_slot)
+        self._creating = threading.Lock()      # the queue cap's count and the insert, as one step
+        self._lineage = threading.Lock()       # a resume's link to its source's checkpoint vs. that job's deletion
+        self.files = JobFiles(supervisor.data_dir)
+        self._views: dict[str, tuple[int, JobView]] = {}  # job id → (signal version, view at that version)
+        self._views_lock = threading.Lock()
+
+    def submit(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
+               workers: int = 0) -> tuple[JobView, bool]:
+        labels, raw = self.checks.request(spec_text, job_id, labels, workers)
+        spec = self.checks.runnable_spec(raw, workers)
+        spec_json = spec.to_json()
+        new_id = job_id or new_job_id(spec.name)
+        row = JobRow(id=new_id, name=spec.name, spec_json=spec_json, state=JobState.QUEUED, workers=spec.workers,
+                     priority=spec.priority, labels=labels, created=time.time(), total_steps=spec.train.steps)
+        with self._creating:
+            if self.store.get_job(new_id) is None:
+                self.checks.check_queue()
+            stored, created = self.store.create_job(row)
+        if not created and stored.spec_json != spec_json:
+            raise AlreadyExists(f"job_id: job {new_id} already exists with a different spec; choose another id "
+                                "or resubmit the identical spec", kind=KIND_JOB)
+        if created:
+            self.signal.changed()
+            self.wake_scheduler()
+        return self.view(stored), created
+
+    def register(self, spec_text: str, *, job_id: str = "", labels: Mapping[str, str] | None = None,
+                 workers: int = 0, hosts: str = "") -> tuple[JobView, str]:
+        """A run its user launched (`python -m worker --spec ... --register`): a job with executor "external",
+        RUNNING at once with attempt 1, and the worker token of that attempt. The run reads its own spec and
+        data: the dataset path is not checked against this coordinator's data roots, nor the workers against
+        its slots; the caps on spec, labels, points and checkpoints hold as for any job."""
+        if len(hosts) > 1000:
+            raise InvalidArgument("hosts", "at most 1000 characters")
+        labels, raw = self.checks.request(spec_text, job_id, labels, workers)
+        spec = self.checks.registered_spec(raw, workers)
+        new_id = job_id or new_job_id(spec.name)
+        row = JobRow(id=new_id, name=spec.name, spec_json=spec.to_json(), state=JobState.QUEUED, workers=spec.workers,
+                     priority=spec.priority, labels=labels, created=time.time(), total_steps=spec.train.steps,
+                     executor=EXTERNAL)
+        with self._creating:
+            stored, created = self.store.create_job(row, message="registered by its launcher")
+        if not created:
+            raise AlreadyExists(f"job_id: job {new_id} already exists; a registered run needs a new id", kind=KIND_JOB)
+        token = new_token()
+        where = hosts or f"{spec.workers} rank(s)"
+        self.store.begin_attempt(new_id, hosts=hosts, log_dir=self.supervisor.data_dir / "logs" / new_id,
+                                 run_dir=self.supervisor.data_dir / "runs" / new_id, token_hash=hash_token(token),
+                                 message=f"running outside the coordinator ({where}); launched and restarted by its user")
+        job = find_job(self.store, new_id)
+        self.supervisor.track_external(job)
+        self.signal.changed()
+        return self.view(job), token
+
+    def get(self, job_id: str) -> JobView:
+        # Every visible write bumps the change signal, so a view built at the current version is still
+        # exact; polling clients (GetJob in a loop) then cost a dict lookup instead of four queries.
+        validate.job_id(job_id)
+        version = self.signal.version
+        with self._views_lock:
+            cached = self._views.get(job_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        view = self.view(find_job(self.store, job_id))
+        with self._views_lock:
+            if len(self._views) > 10000:
+                self._views.clear()
+            self._views[job_id] = (version, view)
+        return view
+
+    def list(self, states: Sequence[int], page_size: int, page_token: str) -> tuple[list[JobView], str]:
+        wanted = []
+        for value in states:
+            try:
+                wanted.append(JobState(value))
+            except ValueError:
+                raise InvalidArgument("states", f"{value} is not a job state (use QUEUED..CANCELLED)") from None
+        # each job comes with its history (bounded by fault.max_restarts): pages stay small enough to build at once
+        size = validate.page_size(page_size, limit=LIST_PAGE_MAX)
+        before = validate.page_token(page_token)
+        rows = self.store.list_jobs(wanted, limit=size, before_seq=before)
+        token = str(rows[-1].seq) if len(rows) == size else ""
+        return [self.view(r) for r in rows], token
+
+    def cancel(self, job_id: str, checkpoint: bool = False) -> JobView:
+        job = find_job(self.store, job_id)
+        if job.state is JobState.QUEUED and not self.supervisor.is_active(job.id):  # (active: in Slurm's queue)
+            try:
+                self.store.transition(job.id, JobState.CANCELLED, "cancelled before it started",
+                                      expect=[JobState.QUEUED])
+            except IllegalTransition:
+                return self.cancel(job_id, checkpoint)  # it started meanwhile: cancel the running job
+            if self.supervisor.is_active(job.id):  # handed to Slurm meanwhile (it stays QUEUED there): scancel it
+                self.supervisor.request_stop(job.id, 0.0)
+            self.signal.changed()
+            self.wake_scheduler()
+            return self.get(job_id)
+        if job.state is JobState.RESTARTING and not self.supervisor.is_active(job.id):
+            try:
+                self.store.transition(job.id, JobState.CANCELLED, "cancelled while waiting to restart",
+                                      attempt=job.attempts, expect=[JobState.RESTARTING])
+            except IllegalTransition:
+                return self.cancel(job_id, checkpoint)  # relaunched meanwhile: cancel the running job
+            self.supervisor.forget_restart(job.id)
+            self.signal.changed()
+            return self.get(job_id)
+        if job.state is JobState.CANCELLED:
+            return self.view(job)
+        if job.state.is_terminal():
+            raise FailedPrecondition(f"job_id: job {job.id} already ended {job.state.name}; only a queued or "
+                                     "running job can be cancelled", kind=KIND_JOB)
+        self.store.request_cancel(job.id, checkpoint)
+        # Without a checkpoint the group is signalled at once; with one, the ranks first get the time to
+        # see cancel_requested at a step boundary and write it (then SIGTERM, grace, SIGKILL as usual).
+        self.supervisor.request_stop(job.id, self.cancel_checkpoint_wait_s if checkpoint else 0.0)
+        self.wake_scheduler()
+        self.signal.changed()
+        return self.get(job_id)
+
+    def resume(self, job_id: str, workers: int = 0) -> JobView:
+        """Run a FAILED or CANCELLED job again from its newest intact checkpoint, optionally on another number
+        of workers. Terminal states stay final: the run is a NEW job, "<id>-r<N>", labelled resumed_from=<id>,
+        whose first checkpoint is that one (so its ranks resume from it). Returns the new job."""
+        job = find_job(self.store, job_id)
+        validate.non_negative(workers, "workers")
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise FailedPrecondition(f"job_id: job {job_id} is {job.state.name}; only a FAILED or CANCELLED job "
+                                     "can be resumed", kind=KIND_JOB)
+        source = self.checkpoints.newest_intact(job_id)
+        if source is None:
+            raise FailedPrecondition(f"job_id: job {job_id} has no intact checkpoint to resume from", kind=KIND_JOB)
+        try:  # a spec stored before unused settings were refused still lists them: drop them
+            raw = drop_unused(json.loads(job.spec_json))
+        except SpecError as err:
+            raise InvalidArgument(err.field, err.reason) from None
+        spec = self.checks.runnable_spec(raw, workers)
+        self.checks.check_queue()
+        base = job_id[:58]
+        with self._lineage:  # not while the source is being deleted: its checkpoint is linked, not copied
+            return self._resume_as_new_job(job, spec, source, base)
+
+    def _resume_as_new_job(self, job: JobRow, spec: JobSpec, source: CheckpointRow, base: str) -> JobView:
+        job_id = job.id
+        find_job(self.store, job_id)  # deleted since it was read: its checkpoint is gone too
+        for n in range(1, 10000):
+            new_id = f"{base}-r{n}"
+            if self.store.get_job(new_id) is not None:
+                continue
+            seed = self.checkpoints.seed(source, new_id)
+            row = JobRow(id=new_id, name=spec.name, spec_json=spec.to_json(), state=JobState.QUEUED,
+                         workers=spec.workers, priority=spec.priority,
+                         labels={**job.labels, "resumed_from": job_id}, created=time.time(),
+                         total_steps=spec.train.steps)
+            stored, created = self.store.create_job(
+                row, message=f"resumed from job {job_id} at step {source.step}", seed=seed)
+            if created:
+                self.signal.changed()
+                self.wake_scheduler()
+                return self.view(stored)
+        raise FailedPrecondition(f"job_id: job {job_id} has been resumed too often", kind=KIND_JOB)
+
+    def delete(self, job_id: str) -> DeletedJob:
+        """Remove an ended job and everything kept of it (coordinator.files.job_files says how, crash-safely)."""
+        job = find_job(self.store, job_id)
+        if not job.state.is_terminal():
+            raise FailedPrecondition(f"job_id: job {job_id} is {job.state.name}; only an ended job (SUCCEEDED, "
+                                     "FAILED or CANCELLED) can be deleted: cancel it first", kind=KIND_JOB)
+        if self.supervisor.is_active(job_id):
+            raise FailedPrecondition(f"job_id: job {job_id} is {job.state.name}, and its ranks are still being "
+                                     "stopped; delete it once they are", kind=KIND_JOB)
+        with self._lineage, self.checkpoints.writing(job_id), self.files.moved_aside(job_id) as removal:
+            checkpoints = self.store.delete_job(job_id)
+            if checkpoints is None:  # deleted by another call since it was read (its files are back: none)
+                raise NotFound(f"job {job_id} not found", kind=KIND_JOB)
+        self.checkpoints.forget(job_id)
+        self.signal.changed()
+        return DeletedJob(job_id, checkpoints, removal.files, removal.bytes_freed)
+
+    def metrics(self, job_id: str, from_step: int = 0, page_size: int = 0,
+                page_token: str = "") -> tuple[list[MetricRow], str]:
+        """A page of the job's points in step order, from `from_step` (or from where `page_token` says), and
+        the token of the next page ("" on the last one). At most wire.METRICS_PAGE points per page."""
+        validate.non_negative(from_step, "from_step")
+        validate.non_negative(page_size, "page_size")
+        if page_token:
+            from_step = validate.page_token(page_token, call="GetMetrics")
+        size = min(page_size or METRICS_PAGE, METRICS_PAGE)
+        find_job(self.store, job_id)
+        points = self.store.metrics(job_id, from_step, limit=size + 1)
+        if len(points) > size:
+            return points[:size], str(points[size - 1].step + 1)
+        return points, ""
+
+    def list_checkpoints(self, job_id: str) -> list[CheckpointRow]:
+        find_job(self.store, job_id)
+        return self.store.checkpoints(job_id)
+
+    def attempts(self, job_id: str) -> list[AttemptRow]:
+        """The job's attempts, oldest first: hosts, exit, outcome and failure of each (for the dashboard)."""
+        find_job(self.store, job_id)
+        return self.store.attempts(job_id)
+
+    def open_checkpoint(self, job_id: str, *, step: int | None = None,
+                        best: bool = False) -> tuple[CheckpointRow, Iterator[bytes]]:
+        """The record and the file's chunks: at `step`, the best (checkpoints.best_of), or the latest."""
+        find_job(self.store, job_id)
+        if step is not None:
+            validate.non_negative(step, "step")
+        row = self.checkpoints.choose(job_id, step=step, best=best)
+        return row, self.checkpoints.open(row)
+
+    def view(self, job: JobRow) -> JobView:
+        return job_view(self.store, job)

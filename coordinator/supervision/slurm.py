@@ -1,0 +1,318 @@
+"""The Slurm executor: each attempt is a Slurm batch job, so Slurm owns queueing, placement and nodes, and
+gradmesh keeps the spec, metrics, checkpoints, restarts and the API (`gradmesh serve --executor slurm`).
+
+The command is built by a pure function, so tests assert it without a Slurm:
+
+    argv, script = build_sbatch(sbatch="sbatch", python="/venv/bin/python", workers=2,
+                                coordinator="10.0.0.5:50051", job_id="digits-1", attempt=1,
+                                workdir=Path("/d/runs/digits-1/attempt-1"), log_path=Path("/d/logs/digits-1/attempt-1.log"),
+                                script_path=Path("/d/logs/digits-1/attempt-1.sbatch"))
+    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1", "--ntasks=2", "--output=/d/logs/...log",
+       "--open-mode=append", "--chdir=/d/runs/digits-1/attempt-1", "--no-requeue", "--export=ALL",
+       "/d/logs/digits-1/attempt-1.sbatch"]
+    script: `exec srun --mpi=pmi2 --kill-on-bad-exit=1 /venv/bin/python -m worker --coordinator ... --out ...`
+
+sbatch runs with the ranks' allowlisted environment (coordinator.supervision.launcher.build_worker_env, the attempt's
+token included) and exports it to the job; `exec` makes srun the batch step itself. `--no-requeue`: a
+failed attempt is gradmesh's to restart (from the newest checkpoint that reached the coordinator).
+
+Watching: one `scontrol show job --oneliner` (every job the controller still holds) per `poll_s`, shared by
+every attempt. PENDING with Slurm's reason is what the job's message shows while it waits; a job in an
+ended state becomes an Exit naming Slurm's state and reason (`slurm_exit`). Without an accounting
+database an ended job stays visible only MinJobAge seconds (300 by default): an attempt whose job is gone
+ends as "unknown to Slurm" (its outcome then rests on what its ranks reported).
+
+Stopping: `scancel --signal=TERM` reaches srun's tasks (not `--full`: srun itself would take the SIGTERM as
+"abort the step" and kill the ranks), so they stop at a step boundary with a checkpoint and exit 4; after
+the grace period a plain `scancel` (SIGTERM, Slurm's KillWait, SIGKILL). A job still PENDING is simply
+cancelled.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from coordinator.supervision.executors import Launch, log_command
+from coordinator.supervision.launcher import Exit
+from coordinator.store.records import AttemptRow, JobRow
+from coordinator.store.store import Store
+
+log = logging.getLogger("gradmesh.slurm")
+
+TOOLS = ("sbatch", "squeue", "scontrol", "scancel")
+LAUNCHER = "the Slurm job"   # how failure messages name what ran the ranks
+UNSUBMITTED = "?"            # the attempt's slurm_job between its record and sbatch's answer
+
+# Slurm job states in which nothing of the job runs any more (squeue(1) "JOB STATE CODES").
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                   "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
+# Ended by Slurm itself: the ranks were killed, whatever exit code the batch step shows.
+KILLED_BY_SLURM = frozenset({"TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"})
+
+
+def job_name(job_id: str, attempt: int) -> str:
+    """The Slurm job name of an attempt: `squeue` shows which gradmesh job and attempt it is."""
+    return f"gradmesh-{job_id}-a{attempt}"
+
+
+def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, job_id: str, attempt: int,
+                 workdir: Path, log_path: Path, script_path: Path, partition: str = "", account: str = "",
+                 sbatch_args: Sequence[str] = ()) -> tuple[list[str], str]:
+    """The exact sbatch command of one attempt, and its batch script."""
+    argv = [sbatch, "--parsable", f"--job-name={job_name(job_id, attempt)}", f"--ntasks={workers}",
+            f"--output={log_path}", "--open-mode=append", f"--chdir={workdir}", "--no-requeue", "--export=ALL"]
+    if partition:
+        argv.append(f"--partition={partition}")
+    if account:
+        argv.append(f"--account={account}")
+    argv += list(sbatch_args)
+    argv.append(str(script_path))
+    worker = [python, "-m", "worker", "--coordinator", coordinator, "--job", job_id, "--attempt", str(attempt),
+              "--out", str(workdir)]
+    script = "\n".join([
+        "#!/bin/sh",
+        f"# gradmesh job {job_id}, attempt {attempt}, submitted by the coordinator at {coordinator}.",
+        "# The environment is the coordinator's allowlist for ranks (sbatch --export=ALL of it), with the",
+        "# attempt's token. srun starts one rank per task, wired up through PMI-2; exec makes srun the batch",
+        "# step, and `scancel --signal=TERM` reaches its tasks: they stop at a step boundary with a checkpoint.",
+        "exec srun --mpi=pmi2 --kill-on-bad-exit=1 " + " ".join(shlex.quote(a) for a in worker),
+        "",
+    ])
+    return argv, script
+
+
+@dataclass(frozen=True)
+class SlurmJobInfo:
+    """One job as `scontrol show job --oneliner` shows it."""
+    id: str
+    name: str = ""
+    state: str = ""
+    reason: str = ""
+    exit_code: int = 0
+    signal: int = 0
+    nodes: str = ""
+
+
+_FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=(\S*)")
+
+
+def parse_scontrol(text: str) -> dict[str, SlurmJobInfo]:
+    """`scontrol show job --oneliner` output → job id → info (lines without a JobId are skipped)."""
+    jobs = {}
+    for line in text.splitlines():
+        fields = dict(_FIELD.findall(line))
+        if "JobId" not in fields:
+            continue
+        code, _, sig = fields.get("ExitCode", "0:0").partition(":")
+        state = fields.get("JobState", "")
+        jobs[fields["JobId"]] = SlurmJobInfo(
+            id=fields["JobId"], name=fields.get("JobName", ""), state=state.split("+")[0],
+            reason=fields.get("Reason", ""), exit_code=int(code) if code.isdigit() else 0,
+            signal=int(sig) if sig.isdigit() else 0, nodes=fields.get("NodeList", ""))
+    return jobs
+
+
+def _reason(info: SlurmJobInfo) -> str:
+    return f", reason {info.reason}" if info.reason and info.reason not in ("None", "(null)") else ""
+
+
+def slurm_exit(slurm_id: str, info: SlurmJobInfo | None) -> Exit | None:
+    """The Exit of an attempt from its Slurm job: None while Slurm still runs (or queues) it. The exit code is
+    the batch step's (srun's: the ranks' highest), a signal is negative; a job Slurm ended itself (time limit,
+    node failure, out of memory, preemption) without a code counts as killed (SIGKILL), a cancelled one
+    without a code as SIGTERM'd. `info` None: Slurm no longer knows the job (purged after MinJobAge)."""
+    if info is None:
+        return Exit(None, LAUNCHER, f"Slurm no longer knows job {slurm_id} (it ended over MinJobAge ago, or was "
+                                    "purged)")
+    if info.state not in ENDED:
+        return None
+    code = -info.signal if info.signal else info.exit_code
+    if code == 0 and info.state in KILLED_BY_SLURM:
+        code = -9
+    elif code == 0 and info.state == "CANCELLED":
+        code = -15
+    return Exit(code, LAUNCHER, f"Slurm job {slurm_id} ended {info.state}{_reason(info)}")
+
+
+def waiting_text(slurm_id: str, info: SlurmJobInfo | None) -> str | None:
+    """What a job message says while the attempt waits for its ranks: Slurm's pending reason, or that the
+    job started and its ranks are starting. None once it ended."""
+    if info is None or info.state in ENDED:
+        return None
+    if info.state == "PENDING":
+        return f"waiting in Slurm's queue: job {slurm_id} PENDING{_reason(info)}"
+    where = f" on {info.nodes}" if info.nodes and info.nodes != "(null)" else ""
+    return f"Slurm job {slurm_id} {info.state}{where}; waiting for its ranks to start"
+
+
+def missing_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
+    return [tool for tool in TOOLS if which(tool) is None]
+
+
+def check_slurm(env: Mapping[str, str] | None = None, timeout_s: float = 15.0) -> str | None:
+    """None when Slurm's commands are here and its controller answers; else one line saying what is missing."""
+    missing = missing_tools()
+    if missing:
+        return f"--executor slurm needs Slurm's commands on PATH; missing: {', '.join(missing)}"
+    try:
+        done = subprocess.run(["squeue", "--noheader", "--format=%i", "--states=PENDING"], capture_output=True,
+                              text=True, timeout=timeout_s, env=None if env is None else dict(env))
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"--executor slurm: squeue did not answer ({err})"
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        return f"--executor slurm: squeue cannot reach the Slurm controller: {said[-1] if said else done.returncode}"
+    return None
+
+
+class SlurmQueue:
+    """What Slurm's controller says of every job, read at most once per `poll_s` and shared by all handles."""
+
+    def __init__(self, poll_s: float = 1.0, run: Callable[[Sequence[str]], str] | None = None):
+        self.poll_s = poll_s
+        self._run = run or _scontrol
+        self._lock = threading.Lock()
+        self._jobs: dict[str, SlurmJobInfo] = {}
+        self._read_at = -float("inf")
+        self._ok = False
+
+    def info(self, slurm_id: str, *, newer_than: float = 0.0) -> tuple[bool, SlurmJobInfo | None]:
+        """(whether Slurm answered, the job's info or None when unknown); read again when the last read is
+        older than poll_s or than `newer_than` (a job submitted after the last read is not in it)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._read_at >= self.poll_s or self._read_at < newer_than:
+                try:
+                    self._jobs = parse_scontrol(self._run(["scontrol", "show", "job", "--oneliner"]))
+                    self._ok = True
+                except (OSError, subprocess.SubprocessError) as err:
+                    if self._ok:
+                        log.warning("scontrol failed (%s); keeping the last answer", err)
+                    self._ok = False
+                self._read_at = time.monotonic()
+            return self._ok, self._jobs.get(slurm_id)
+
+    def find(self, name: str) -> SlurmJobInfo | None:
+        """The newest job of that name (an attempt whose Slurm job id was never recorded)."""
+        self.info("", newer_than=time.monotonic())
+        with self._lock:
+            named = [j for j in self._jobs.values() if j.name == name and j.id.isdigit()]
+        return max(named, key=lambda j: int(j.id), default=None)
+
+
+def _scontrol(argv: Sequence[str]) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    if done.returncode != 0 and "No jobs in the system" not in done.stdout + done.stderr:
+        raise subprocess.SubprocessError(done.stderr.strip() or f"{argv[0]} exited {done.returncode}")
+    return done.stdout
+
+
+class SlurmJob:
+    """The handle of one attempt submitted as Slurm job `slurm_id`."""
+
+    def __init__(self, slurm_id: str, queue: SlurmQueue, submitted_at: float = 0.0):
+        self.slurm_id = slurm_id
+        self.queue = queue
+        self.submitted_at = submitted_at  # monotonic; reads older than this do not know the job yet
+        self._exit: Exit | None = None
+        self._lock = threading.Lock()
+
+    def where(self) -> str:
+        return f"Slurm job {self.slurm_id}"
+
+    def _info(self) -> tuple[bool, SlurmJobInfo | None]:
+        return self.queue.info(self.slurm_id, newer_than=self.submitted_at)
+
+    def poll(self) -> Exit | None:
+        with self._lock:
+            if self._exit is None:
+                ok, info = self._info()
+                if ok:  # while the controller does not answer, the job is taken to run on
+                    self._exit = slurm_exit(self.slurm_id, info)
+            return self._exit
+
+    def waiting(self) -> str | None:
+        ok, info = self._info()
+        return waiting_text(self.slurm_id, info) if ok else None
+
+    def alive(self) -> bool:
+        return self.poll() is None
+
+    def stop(self, grace_s: float = 5.0) -> Exit:
+        """SIGTERM to the ranks (a PENDING job is cancelled outright), `grace_s` to stop, then scancel."""
+        ok, info = self._info()
+        pending = ok and info is not None and info.state == "PENDING"
+        if self.poll() is None:
+            _scancel([self.slurm_id] if pending else ["--signal=TERM", self.slurm_id])
+            deadline = time.monotonic() + grace_s
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            retry_at = 0.0
+            while self.poll() is None:  # Slurm sends SIGTERM, waits KillWait, then SIGKILL
+                if time.monotonic() >= retry_at:
+                    _scancel([self.slurm_id])
+                    retry_at = time.monotonic() + 10
+                time.sleep(0.2)
+        return self.poll()  # type: ignore[return-value]
+
+
+def _scancel(args: Sequence[str]) -> None:
+    try:
+        subprocess.run(["scancel", *args], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("scancel %s failed: %s", " ".join(args), err)
+
+
+class SlurmExecutor:
+    """Attempts as Slurm batch jobs (see the module's docstring)."""
+    name = "slurm"
+    queues = True
+
+    def __init__(self, store: Store, *, python: str, partition: str = "", account: str = "",
+                 sbatch_args: Sequence[str] = (), poll_s: float = 1.0):
+        self.store = store
+        self.python = python
+        self.partition = partition
+        self.account = account
+        self.sbatch_args = tuple(sbatch_args)
+        self.queue = SlurmQueue(poll_s)
+
+    def launch(self, request: Launch) -> SlurmJob:
+        attempt = request.attempt
+        log_path, workdir = Path(attempt.log_path), Path(attempt.workdir)
+        script_path = log_path.with_suffix(".sbatch")
+        argv, script = build_sbatch(sbatch=shutil.which("sbatch") or "sbatch", python=self.python,
+                                    workers=request.job.workers, coordinator=request.coordinator,
+                                    job_id=request.job.id, attempt=attempt.attempt, workdir=workdir,
+                                    log_path=log_path, script_path=script_path, partition=self.partition,
+                                    account=self.account, sbatch_args=self.sbatch_args)
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_command(log_path, request, argv)
+        script_path.write_text(script)
+        submitted_at = time.monotonic()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(request.env))
+        except subprocess.TimeoutExpired:
+            raise OSError("sbatch did not answer within 60 s") from None
+        if done.returncode != 0:
+            raise OSError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}")
+        slurm_id = done.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
+        with open(log_path, "a") as f:
+            f.write(f"gradmesh: submitted as Slurm job {slurm_id}\n")
+        self.store.record_slurm_job(request.job.id, attempt.attempt, slurm_id)
+        return SlurmJob(slurm_id, self.queue, submitted_at)
+
+    def adopt(self, job: JobRow, attempt: AttemptRow) -> SlurmJob:
+        slurm_id = attempt.slurm_job
+        if not slurm_id or slurm_id == UNSUBMITTED:  # a coordinator stopped between the record and sbatch's answer
+            found = self.queue.find(job_name(job.id, attempt.attempt))
+            slurm_id = found.id if found is not None else "(never submitted)"
+        return SlurmJob(slurm_id, self.queue)
