@@ -59,17 +59,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scaling_neighbour import neighbour_bench, run_small_worker
+from scaling_setup import REPO, SIZES, THREAD_VARS, Trainer  # scaling_setup puts the repository on sys.path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from worker.comm import SerialComm, init_comm, launched_by_mpi
 
-from worker.comm import SerialComm, init_comm, launched_by_mpi  # noqa: E402
-from worker.mlp import MLP  # noqa: E402
-from worker.optim import make_optimizer  # noqa: E402
-from worker.spec import OptimSpec  # noqa: E402
-from worker.stepsync import StepSync  # noqa: E402
-
-SIZES = [784, 1024, 1024, 10]
 CONFIGS = {  # name: (ranks, BLAS threads per rank, global batch, overlap)
     "1x1 b256": (1, 1, 256, False),
     "2x1 b256": (2, 1, 256, False),
@@ -77,24 +71,6 @@ CONFIGS = {  # name: (ranks, BLAS threads per rank, global batch, overlap)
     "1x2 b256": (1, 2, 256, False),
     "2x1 b256 overlap": (2, 1, 256, True),
 }
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class Trainer:
-    """One model replica and train.py's step (StepSync), for a given communicator, per-rank batch and mode."""
-
-    def __init__(self, comm, batch_per_rank: int, seed: int, overlap: bool, sizes=SIZES):
-        self.model = MLP(sizes, activation="relu", loss="cross_entropy", seed=0)
-        self.sync = StepSync(self.model, comm, overlap=overlap)
-        rng = np.random.default_rng(seed)
-        self.x = rng.standard_normal((batch_per_rank, sizes[0])).astype(np.float32)
-        self.y = rng.integers(0, sizes[-1], batch_per_rank)
-        self.optimizer = make_optimizer(OptimSpec(name="sgd", lr=0.01), self.model.num_params, total_steps=1)
-
-    def step(self) -> None:
-        self.sync.reduce(self.sync.backward(self.x, self.y))
-        self.optimizer.step(self.model.params, self.model.grad)
-
 
 def run_worker(args) -> int:
     from mpi4py import MPI  # only to let the idle rank sleep; training goes through worker.comm
@@ -154,112 +130,6 @@ def run_worker(args) -> int:
               f"{sps['2x1 b512'] / (2 * sps['1x1 b256']):.3f};  strong 2x1 b256 / (2 x 1x1 b256) = "
               f"{sps['2x1 b256'] / (2 * sps['1x1 b256']):.3f};  2x1 / 1x2 (b256) = {sps['2x1 b256'] / sps['1x2 b256']:.3f};"
               f"  overlap / none = {sps['2x1 b256 overlap'] / sps['2x1 b256']:.3f}")
-    return 0
-
-
-NEIGHBOUR_SIZES = [784, 128, 127, 126, 125, 124, 123, 10]
-NEIGHBOUR_BATCH = 128
-WAIT_VARIANTS = ("spin", "auto")   # GRADMESH_MPI_WAIT: MPICH's default spinning; gradmesh's policy
-
-
-def run_small_worker(args) -> int:
-    """One launch of --neighbour: train.py's step on the small MLP, in windows of --window-steps steps, the
-    neighbour stopped (SIGSTOP) in the quiet ones and running in the others, in pairs ordered quiet-busy,
-    busy-quiet, ...; rank 0 owns the neighbour and prints each window's samples/s."""
-    import signal
-    comm = init_comm(hang_timeout_s=60.0)
-    from threadpoolctl import threadpool_limits
-    neighbour = None
-    if comm.rank == 0:
-        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE])
-        os.kill(neighbour.pid, signal.SIGSTOP)
-    try:
-        with threadpool_limits(limits=1):
-            trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES)
-            for _ in range(50):
-                trainer.step()
-            for pair in range(args.pairs):
-                for busy in ((False, True) if pair % 2 == 0 else (True, False)):
-                    if neighbour is not None:
-                        os.kill(neighbour.pid, signal.SIGCONT if busy else signal.SIGSTOP)
-                    for _ in range(SETTLE_STEPS):  # the scheduler sees the change before the clock starts
-                        trainer.step()
-                    start = time.perf_counter()
-                    for _ in range(args.window_steps):
-                        trainer.step()
-                    elapsed = time.perf_counter() - start
-                    if comm.rank == 0:  # a neighbour's cost is in every step it hits: all steps' time, not a median
-                        print(f"WINDOW {pair} {'busy' if busy else 'quiet'} "
-                              f"{NEIGHBOUR_BATCH * args.window_steps / elapsed:.1f}", flush=True)
-    finally:
-        if neighbour is not None:
-            neighbour.kill()
-            neighbour.wait()
-    if comm.rank == 0:
-        print(f"POLICY {getattr(comm, 'wait_policy', '')}", flush=True)
-    return 0
-
-
-NEIGHBOUR_CODE = """
-import time
-while True:
-    end = time.perf_counter() + 0.005
-    while time.perf_counter() < end:
-        pass
-    time.sleep(0.005)
-"""
-SETTLE_STEPS = 10
-
-
-def neighbour_bench(args) -> int:
-    """Launches of each wait policy interleaved in a random order; within a launch, quiet and neighbour
-    windows alternate, so each neighbour/quiet ratio compares two adjacent windows of one launch (this VM's
-    speed drifts by ±30% from one minute to the next, and launch to launch)."""
-    mpirun = Path(sys.executable).parent / "mpirun"
-    base = {k: v for k, v in os.environ.items() if k not in THREAD_VARS and not k.startswith("MPIR_CVAR_")}
-    base.update(PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
-    waits = WAIT_VARIANTS + tuple(args.wait_variants)
-    quiet: dict[str, list[float]] = {w: [] for w in waits}
-    busy: dict[str, list[float]] = {w: [] for w in waits}
-    ratios: dict[str, list[float]] = {w: [] for w in waits}
-    why: dict[str, str] = {}
-    rng = np.random.default_rng(1)
-    load_before = os.getloadavg()[0]
-    for _ in range(args.rounds):
-        for index in rng.permutation(len(waits)):
-            wait = waits[index]
-            cmd = [str(mpirun if mpirun.exists() else "mpirun"), "-n", "2", sys.executable, __file__,
-                   "--small-worker", "--pairs", str(args.pairs), "--window-steps", str(args.window_steps)]
-            out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": wait}, capture_output=True,
-                                 text=True, timeout=300)
-            windows: dict[int, dict[str, float]] = {}
-            for line in out.stdout.splitlines():
-                if line.startswith("WINDOW "):
-                    _, pair, kind, value = line.split()
-                    windows.setdefault(int(pair), {})[kind] = float(value)
-                elif line.startswith("POLICY "):
-                    why[wait] = line[len("POLICY "):]
-            if len(windows) != args.pairs:
-                raise SystemExit(f"worker failed: {out.stderr[-2000:]}")
-            for w in windows.values():
-                quiet[wait].append(w["quiet"])
-                busy[wait].append(w["busy"])
-                ratios[wait].append(w["busy"] / w["quiet"])
-    print(f"throughput under a neighbour: MLP {'-'.join(map(str, NEIGHBOUR_SIZES))}, global batch {NEIGHBOUR_BATCH}, "
-          f"2 ranks x 1 thread on {os.cpu_count()} cores; {args.rounds} launches per policy, interleaved, each "
-          f"{args.pairs} pairs of quiet/neighbour windows of {args.window_steps} steps "
-          f"(1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
-    print(f"  {'waiting':<60} {'quiet samples/s':>16} {'with neighbour':>16} {'neighbour/quiet':>16}  quartiles")
-    for wait in waits:
-        label = {"spin": "MPICH default (spin)", "auto": "gradmesh policy"}.get(wait, wait) + f" [{why.get(wait, '')}]"
-        q1, _, q3 = np.percentile(ratios[wait], [25, 50, 75])
-        print(f"  {label:<60} {np.median(quiet[wait]):16,.0f} {np.median(busy[wait]):16,.0f} "
-              f"{np.median(ratios[wait]):16.3f}  {q1:.2f}..{q3:.2f}")
-    print(f"  quiet windows, gradmesh policy / MPICH default = {np.median(quiet['auto']) / np.median(quiet['spin']):.3f} "
-          f"(target >= 0.97; different launches); with neighbour = "
-          f"{np.median(busy['auto']) / np.median(busy['spin']):.3f}")
-    print("  (the ratio is the median over adjacent quiet/neighbour window pairs of all launches; target >= 0.70 "
-          "with gradmesh's policy)")
     return 0
 
 

@@ -31,8 +31,13 @@ from pathlib import Path
 
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.wire import JOB_TOKEN_ENV, TLS_CA_ENV
-from worker.hooks import NO_VALIDATION
+from worker.hooks import NO_VALIDATION, ConsoleHooks, Hooks
 from worker.spec import SpecError, parse_spec_text
+
+# The rest of worker/ is imported inside the functions that use it, on purpose: numpy (through train, failure,
+# threads and checkpoint's readers) must load only after the BLAS kernel is chosen (worker/blas.py), and
+# gRPC (coordinator_link, report, register) only when a coordinator is involved. None of these imports
+# dodges a cycle: nothing imports this module.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,8 +86,6 @@ def _fetch_spec_on_root(opts, comm):
 
     Returns (spec, hooks, resume path): rank 0's hooks report to the coordinator (or print, standalone);
     the other ranks' only report their own failure (and do nothing standalone)."""
-    from worker.hooks import ConsoleHooks, Hooks
-
     token = os.environ.get(JOB_TOKEN_ENV, "")
     if comm.rank == 0:
         hooks = ConsoleHooks()

@@ -133,7 +133,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def load_model(path: str | Path):
     """(MLP with the checkpoint's weights, Normalizer or None): inference from a checkpoint in two lines."""
-    from worker.data import Normalizer
+    from worker.data import Normalizer  # both import numpy: see the note on numpy at the top
     from worker.mlp import MLP
 
     ckpt = load_checkpoint(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from worker import datacache
-from worker.data import DataError, checked_path
+from worker.data_paths import DataError, checked_path
 
 _CHUNK_LINES = 16384
 FORMAT = 1  # bump when the conversion changes: the cache key includes it

@@ -17,25 +17,22 @@ of N takes the r-th of N nearly equal contiguous slices of each global batch. No
 so any (epoch, position) can be resumed from, with any number of ranks.
 
 Under a coordinator, every dataset file is checked when it is opened: it must resolve (symbolic links
-followed) under one of the coordinator's data roots, which the launcher passes in GRADMESH_DATA_ROOTS. The
-coordinator checks the spec's path at submit; this catches what lies inside a dataset directory (an
-`x.npy` symlink to a file elsewhere). Standalone runs (the variable unset) read any path the user gives.
+followed) under one of the coordinator's data roots, which the launcher passes in GRADMESH_DATA_ROOTS
+(worker/data_paths.py, shared with the format readers). The coordinator checks the spec's path at submit;
+this catches what lies inside a dataset directory (an `x.npy` symlink to a file elsewhere). Standalone runs
+(the variable unset) read any path the user gives.
 """
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from coordinator.wire import DATA_ROOTS_ENV
+from worker import csvsource, idx
+from worker.data_paths import DataError, checked_path  # callers import DataError from here too
 from worker.spec import DataSpec
-
-
-class DataError(ValueError):
-    """The data cannot be used as the spec says; the message says why."""
 
 
 @dataclass
@@ -118,24 +115,6 @@ def _synthetic(samples: int, features: int, classes: int, seed: int) -> tuple[np
     return x, y
 
 
-def data_roots() -> list[Path]:
-    """The roots every dataset file must resolve under ([] = unchecked: no coordinator set them)."""
-    return [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
-
-
-def checked_path(file: Path) -> Path:
-    """`file` resolved, once it is known to lie under the data roots (DataError otherwise). The resolved path
-    is what gets opened, so a link swapped after the check is not followed to a new place."""
-    roots = data_roots()
-    if not roots:
-        return file
-    resolved = file.resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise DataError(f"data.source: {file} resolves to {resolved}, outside the data roots "
-                        f"({', '.join(map(str, roots))})")
-    return resolved
-
-
 def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str, Path | None]:
     """(x, y, x_val, y_val, description, the labels file when it is not the source itself)."""
     if spec.source == "digits":
@@ -148,8 +127,6 @@ def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
         x, y = _synthetic(s.samples, s.features, s.classes, s.seed)
         return x, y, None, None, f"synthetic {s.samples}×{s.features}, {s.classes} classes, seed {s.seed}", None
     path = Path(spec.source).expanduser()
-    from worker import csvsource, idx  # they import this module's DataError and checked_path
-
     if csvsource.is_csv(path) and path.is_file():
         return csvsource.load(path, spec.label_column)
     if (idx.is_idx_file(path) and path.is_file()) or (path.is_dir() and idx.is_idx_dir(path)):

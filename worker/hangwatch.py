@@ -1,6 +1,6 @@
 """The hang watchdog: comm.py's helper that times every collective of its rank and aborts a stuck job.
 
-Only `worker.comm` creates one (`MpiComm.set_hang_timeout`) and it hands over everything MPI: a private
+Only `worker.comm_mpi` creates one (`MpiComm.set_hang_timeout`) and it hands over everything MPI: a private
 communicator whose `Isend`/`Irecv` carry the probes, `MPI.ANY_SOURCE`, and the function that aborts the
 job. So this module never imports mpi4py (DESIGN: comm.py is the only module that calls MPI; here we
 only call methods of the communicator object it gives us).

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from worker import datacache
-from worker.data import DataError, checked_path
+from worker.data_paths import DataError, checked_path
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE = 0x08

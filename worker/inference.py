@@ -11,11 +11,14 @@ is evaluated in the memory of one chunk. Nothing here needs MPI or a coordinator
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from worker import csvsource, idx
 from worker.data import DataError, Normalizer, load_dataset
 from worker.spec import DataSpec, is_csv_source
 
@@ -44,13 +47,10 @@ def examples(data: DataSpec, layers, loss: str, seed: int, split: str = "all", n
     with this seed trained beside (`split="val"`). Without `need_labels`, y may be None (a CSV without the
     label column, an IDX images file without its labels file)."""
     if not need_labels:
-        from pathlib import Path
         path = Path(data.source).expanduser()
         if is_csv_source(data.source) and path.is_file():
-            from worker import csvsource
             x, y, _, _, where, _ = csvsource.load(path, data.label_column, require_labels=False)
             return x, y, where
-        from worker import idx
         if idx.is_idx_file(path) and path.is_file() and not data.labels:
             beside = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
             if beside == path or not beside.exists():
@@ -66,7 +66,6 @@ def examples(data: DataSpec, layers, loss: str, seed: int, split: str = "all", n
 
 
 def _no_split(data: DataSpec) -> DataSpec:
-    import dataclasses
     return dataclasses.replace(data, val_fraction=0.0)
 
 

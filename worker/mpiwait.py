@@ -1,6 +1,6 @@
 """How an MPI rank waits in a collective when the ranks fill the host's cores: poll briefly, then yield.
 
-    set_wait_policy(os.environ)      # in worker/comm.py, before the first `from mpi4py import MPI`
+    set_wait_policy(os.environ)      # in worker/comm_mpi.py, before the first `from mpi4py import MPI`
 
 MPICH's ranks wait for a collective by spinning in its progress loop, offering the core to another process
 (sched_yield) only every 1000 polls. With one rank per core and nothing else running, that is the fastest

@@ -24,7 +24,7 @@ _GELU_K = 0.044715
 
 def build_model(ckpt):
     """The onnx.ModelProto of a loaded Checkpoint."""
-    import onnx
+    import onnx  # optional (gradmesh[onnx]): imported only when a model is exported
     from onnx import TensorProto, helper, numpy_helper
 
     spec = ckpt.meta["spec"]["model"]

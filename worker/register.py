@@ -15,7 +15,8 @@ import grpc
 
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.rpc import gradmesh_pb2_grpc as rpc
-from worker.coordinator_link import open_channel, say
+from coordinator.wire import JOB_TOKEN_HEADER
+from worker.coordinator_link import Backoff, open_channel, say
 
 REGISTER_TIMEOUT_S = 30.0
 EXIT_REPORT_TIMEOUT_S = 10.0
@@ -44,9 +45,6 @@ def register(address: str, spec_text: str, client_token: str, *, workers: int, h
 def report_exit(address: str, job_id: str, token: str, attempt: int, code: int, *, tls_ca=None,
                 tries: int = 3) -> bool:
     """Rank 0's last word: the run exits with `code` (after every point and checkpoint was delivered)."""
-    from worker.coordinator_link import Backoff
-    from coordinator.wire import JOB_TOKEN_HEADER
-
     channel = open_channel(address, tls_ca)
     backoff = Backoff(tries=tries, first_s=0.5, cap_s=2.0)
     try:

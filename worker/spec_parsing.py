@@ -1,13 +1,13 @@
 """Reading a job spec and validating it: text → plain structure → the typed, frozen `worker.spec.JobSpec`.
 
-Kept apart from the dataclasses (worker/spec.py, where every key is documented with its default) so that
-the spec's shape reads as one page and its checks as another: each key is type-checked against its
+Kept apart from the dataclasses (worker/spec_shape.py, where every key is documented with its default) so
+that the spec's shape reads as one page and its checks as another: each key is type-checked against its
 default's type (`_coerce`), each section against its ranges and choices (`_check_section`), then the rules
 across sections (`_check_cross_fields`) and the settings the chosen options do not use. The first bad key
 raises SpecError naming the dotted key and the reason.
 
-Callers import these functions from `worker.spec`, as before (it forwards them here on first use); this
-module imports worker.spec, never the reverse at import time.
+Callers import these functions from `worker.spec`, the spec's public face, which imports this module; this
+module imports only the shape below it (worker/spec_shape.py).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from worker.spec import (ACTIVATIONS, INT64_MAX, INT64_MIN, LOSSES, MAX_BACKOFF_S, MAX_HANG_TIMEOUT_S,
-                         MAX_LAYER_SIZE, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, CheckpointSpec,
-                         DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec, SpecError, SyntheticSpec, TrainSpec,
-                         short_repr, unused_settings)
+from worker.spec_shape import (ACTIVATIONS, INT64_MAX, INT64_MIN, LOSSES, MAX_BACKOFF_S, MAX_HANG_TIMEOUT_S,
+                               MAX_LAYER_SIZE, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS, SCHEDULES,
+                               CheckpointSpec, DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec, SpecError,
+                               SyntheticSpec, TrainSpec, short_repr, unused_settings)
 
 
 def load_spec(path: str | Path) -> JobSpec:
