@@ -363,7 +363,7 @@ def test_evaluate_a_bad_source_is_one_line_and_exit_2(demo_checkpoint, tmp_path)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("activation,normalize", [("relu", "standard"), ("gelu", "none"), ("sigmoid", "standard")])
 def test_onnx_export_matches_gradmesh_on_the_held_out_set(tmp_path, activation, normalize):
-    pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'gradmesh[onnx]')")
+    pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
     from worker.checkpoint import load_model
     spec = tmp_path / "s.toml"
