@@ -8,7 +8,7 @@
   one line naming the file and exit code 2, never a traceback.
 - A memory-mapped IDX source of 2 GiB (a sparse file: no disk used, deleted afterwards) trains a few steps
   with each rank's peak resident memory within a small margin of the same job on a 1,000-example file
-  (measured from /proc while the ranks run; the figure is printed for the README).
+  (measured from /proc while the ranks run; the figure is printed for docs/benchmarks.md).
 - `gradmesh evaluate` and `gradmesh predict` on the digits demo's checkpoint agree with a float64 numpy
   forward pass written here; `gradmesh export` writes an ONNX graph whose outputs onnxruntime computes
   within 1e-5 of gradmesh's on the held-out set.

@@ -132,6 +132,14 @@ def test_readme_is_for_users_short_and_keeps_the_two_commands():
     assert text.index(README_COMMANDS[0]) < text.index("## Concepts")
 
 
+def test_readme_table_has_one_row_for_every_gradmesh_command():
+    import argparse
+    from coordinator.cli.main import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = re.findall(r"^\| `gradmesh ([a-z]+)", (ROOT / "README.md").read_text(), re.M)
+    assert sorted(rows) == sorted(sub.choices), "README's command table against `gradmesh --help`"
+
+
 def test_no_page_speaks_of_work_sessions_or_issue_numbers():
     for page in PAGES:
         for n, line in enumerate(page.read_text().splitlines(), 1):
