@@ -333,18 +333,22 @@ def test_the_page_runs_as_written(page, tmp_path, slowness):
     script.write_text(prelude + _script(blocks, state))
     timeout = max(60.0, 4 * BUDGET_S.get(page.name, DEFAULT_BUDGET_S) * slowness)
     started = time.monotonic()
-    proc = subprocess.Popen([*(isolation or []), "bash", str(script)], cwd=workspace, env=_environment(workspace),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Output to a file, not a pipe: a process a block left running (`cmd &`) keeps a pipe open, and waiting
+    # for the end of the output would turn a failed block into a time-out.
+    log = workspace / ".docs-output"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*(isolation or []), "bash", str(script)], cwd=workspace,
+                                env=_environment(workspace), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     timed_out = False
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
         leftovers = _stop_everything(proc, workspace)
     elapsed = time.monotonic() - started
-    if timed_out:
-        output, _ = proc.communicate()  # what was printed before the limit (Popen keeps it)
+    output = log.read_text(errors="replace")
     reached = state.read_text().strip() if state.exists() else "?"
     where = blocks[int(reached)] if reached.isdigit() else None
     background_logs = "".join(f"\n--- {log.name}\n{log.read_text()[-3000:]}"
