@@ -8,7 +8,7 @@
   one line naming the file and exit code 2, never a traceback.
 - A memory-mapped IDX source of 2 GiB (a sparse file: no disk used, deleted afterwards) trains a few steps
   with each rank's peak resident memory within a small margin of the same job on a 1,000-example file
-  (measured from /proc while the ranks run; the figure is printed for the README).
+  (measured from /proc while the ranks run; the figure is printed for docs/benchmarks.md).
 - `gradmesh evaluate` and `gradmesh predict` on the digits demo's checkpoint agree with a float64 numpy
   forward pass written here; `gradmesh export` writes an ONNX graph whose outputs onnxruntime computes
   within 1e-5 of gradmesh's on the held-out set.
@@ -363,7 +363,7 @@ def test_evaluate_a_bad_source_is_one_line_and_exit_2(demo_checkpoint, tmp_path)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("activation,normalize", [("relu", "standard"), ("gelu", "none"), ("sigmoid", "standard")])
 def test_onnx_export_matches_gradmesh_on_the_held_out_set(tmp_path, activation, normalize):
-    pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'gradmesh[onnx]')")
+    pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
     from worker.checkpoint import load_model
     spec = tmp_path / "s.toml"

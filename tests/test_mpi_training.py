@@ -60,6 +60,18 @@ def layer_arrays(path):
 
 
 @pytest.mark.timeout(120)
+def test_two_ranks_into_a_finished_out_say_so_and_both_exit_0(tmp_path):
+    """Every rank learns the resumed step from rank 0's broadcast, so all return together: no rank waits in a
+    collective the others never enter."""
+    spec = write_spec(tmp_path, steps=20)
+    first = train(2, spec, tmp_path / "out")
+    assert first.returncode == 0, first.output
+    again = run_mpi(2, ["python", "-m", "worker", "--spec", str(spec), "--out", str(tmp_path / "out")], timeout=60)
+    assert again.returncode == 0 and not again.leftovers, again.output
+    assert again.output.count("already finished at step 20; use --no-resume to start over") == 1
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("batch", [60, 61], ids=["divisible", "uneven"])
 def test_one_two_and_three_ranks_reach_the_same_parameters(tmp_path, batch):
     spec = write_spec(tmp_path, batch=batch)

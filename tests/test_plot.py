@@ -65,7 +65,7 @@ def test_plot_without_matplotlib_says_so_in_one_line(two_jobs, tmp_path):
     done = run_cli(*conn(two_jobs), "plot", "fast", "-o", str(tmp_path / "x.png"), env=env)
     assert done.returncode == 1 and not (tmp_path / "x.png").exists()
     assert done.stderr == "gradmesh: gradmesh plot needs matplotlib, which is not installed: " \
-                          "pip install 'gradmesh[plot]'\n"
+                          "pip install -e '.[plot]' in the gradmesh clone (or pip install matplotlib)\n"
 
 
 def test_metrics_csv_is_a_header_and_one_row_per_point(two_jobs):

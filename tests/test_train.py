@@ -196,14 +196,39 @@ def test_real_divergence_is_detected(tmp_path):
         train(spec, SerialComm(), out_dir=tmp_path)
 
 
-def test_completed_run_is_not_trained_again(tmp_path):
+def test_completed_run_is_not_trained_again_and_says_so(tmp_path):
+    """A second run into the --out of a finished one trains nothing: it says so, naming --no-resume, exits 0 and
+    leaves final.npz untouched (the README once showed two commands sharing one --out, and the second looked
+    like a run that did nothing)."""
+    spec_path = small_spec(tmp_path, steps=20)
+    final = tmp_path / "r" / "final.npz"
+    assert run_worker("--spec", spec_path, "--out", tmp_path / "r").returncode == 0
+    before, stat = final.read_bytes(), final.stat()
+    again = run_worker("--spec", spec_path, "--out", tmp_path / "r")
+    assert again.returncode == 0, again.stderr
+    assert f"{tmp_path / 'r'} already finished at step 20; use --no-resume to start over" in again.stdout
+    assert [line for line in again.stdout.splitlines() if line.startswith(("step ", "checkpoint"))] == []
+    assert final.read_bytes() == before and final.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def test_no_resume_trains_a_finished_run_again_from_step_0(tmp_path):
     spec_path = small_spec(tmp_path, steps=20)
     assert run_worker("--spec", spec_path, "--out", tmp_path / "r").returncode == 0
     before = load_checkpoint(tmp_path / "r" / "final.npz").flat_params()
-    again = run_worker("--spec", spec_path, "--out", tmp_path / "r")
-    assert again.returncode == 0 and "resumed at step 20" in again.stdout
-    assert [line for line in again.stdout.splitlines() if line.startswith("step ")] == []
-    np.testing.assert_array_equal(load_checkpoint(tmp_path / "r" / "final.npz").flat_params(), before)
+    fresh = run_worker("--spec", spec_path, "--out", tmp_path / "r", "--no-resume")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "already finished" not in fresh.stdout
+    assert [line.split()[1] for line in fresh.stdout.splitlines() if line.startswith("step ")] == ["10/20", "20/20"]
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "r" / "final.npz").flat_params(), before)  # same seed
+
+
+def test_a_longer_spec_continues_a_finished_run(tmp_path):
+    """Finished means finished for this spec: asked for more steps, the run goes on from its final checkpoint."""
+    assert run_worker("--spec", small_spec(tmp_path, steps=20), "--out", tmp_path / "r").returncode == 0
+    longer = run_worker("--spec", small_spec(tmp_path, steps=30), "--out", tmp_path / "r")
+    assert longer.returncode == 0, longer.stderr
+    assert "already finished" not in longer.stdout and "step 30/30" in longer.stdout
+    assert load_checkpoint(tmp_path / "r" / "final.npz").meta["step"] == 30
 
 
 def test_standardised_inputs_are_saved_and_reused_on_resume(tmp_path):

@@ -2,10 +2,10 @@
 
 Standalone (no coordinator):
     python -m worker --spec examples/digits.toml --out runs/digits
-    mpirun -n 4 python -m worker --spec examples/digits.toml --out runs/digits
+    mpirun -n 4 python -m worker --spec examples/digits.toml --out runs/digits-4
   prints a progress line every `eval_every` steps, writes DIR/ckpt-<step>.npz every `every_steps`
   (keeping `keep_last`) and DIR/final.npz, and resumes from the newest good checkpoint in DIR when
-  started again (disable with --no-resume).
+  started again (disable with --no-resume); a DIR that holds a finished run is said so and left as it is.
 
 Launched by the coordinator (`gradmesh serve` does this; not meant to be typed):
     mpirun -n N python -m worker --coordinator HOST:PORT --job ID --attempt K --out WORKDIR
@@ -222,7 +222,9 @@ def _main(opts, prepared=None) -> int:
         if comm.rank == 0 and opts.spec is not None and opts.resume:
             resume = newest_valid_checkpoint(out, warn=_say)
         threads = configure_blas_threads(comm, spec.train.threads_per_rank)
-        result = train(spec, comm, hooks=hooks, out_dir=out, resume=resume, threads=threads, progress=progress)
+        standalone = opts.spec is not None and not opts.register and opts.resume
+        result = train(spec, comm, hooks=hooks, out_dir=out, resume=resume, threads=threads, progress=progress,
+                       finished_ok=standalone)
     except Divergence as exc:
         # every rank sees the same reduced loss, so all stop here together; rank 0 speaks for them
         if comm.rank == 0:
@@ -247,6 +249,11 @@ def _main(opts, prepared=None) -> int:
     hooks.close()
     if result.status == "stopped":
         return EXIT_STOPPED
+    if result.status == "finished":  # --out holds a finished run of this spec: say so rather than train nothing
+        if comm.rank == 0:
+            print(f"gradmesh: {out} already finished at step {result.step}; use --no-resume to start over "
+                  "(or another --out)", flush=True)
+        return EXIT_OK
     if comm.rank == 0:
         print(f"gradmesh: done at step {result.step}: {_final_metrics(result.metrics)}; "
               f"final checkpoint {result.final_path}", flush=True)

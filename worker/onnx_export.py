@@ -1,6 +1,6 @@
 """A checkpoint as an ONNX graph, for serving the model anywhere ONNX runs (onnxruntime, TensorRT, browsers).
 
-    export_onnx("best.npz", "model.onnx")       # needs the `onnx` package: pip install 'gradmesh[onnx]'
+    export_onnx("best.npz", "model.onnx")       # needs the `onnx` package: pip install -e '.[onnx]' in the clone
 
 The graph takes raw inputs `x` (float32, batch × features, any batch size) and computes exactly what
 gradmesh does: the input standardisation when the job used it ((x - mean) / std: Sub and Div nodes, the same

@@ -65,7 +65,7 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    status: str                 # "succeeded" | "stopped"
+    status: str                 # "succeeded" | "stopped" | "finished" (nothing left to do: see train's finished_ok)
     step: int
     epoch: int
     metrics: dict[str, float]
@@ -157,9 +157,14 @@ def _save_when_space(path: Path, arrays, meta, wait_s: float = FINAL_CHECKPOINT_
 
 def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path = "runs/job",
           resume: Checkpoint | str | Path | None = None, threads: tuple[int, str] = (0, "unset"),
-          progress: Progress | None = None) -> TrainResult:
+          progress: Progress | None = None, finished_ok: bool = False) -> TrainResult:
     """Train `spec` on this rank. `resume` matters on rank 0 only (it broadcasts the state). `progress`, when
     given, is kept up to date (one attribute store per step) for whoever reports a failure.
+
+    `finished_ok` (standalone runs): when the checkpoint resumed from is already at the last step, return at
+    once with status "finished", writing nothing, so a second run into the same --out is not mistaken for
+    training (the caller says so). Without it, such a resume evaluates and writes the final checkpoint again,
+    which a coordinator's attempt that died after its last step needs.
 
     Raises Divergence on a NaN/inf loss (on every rank), DataError/SpecError/CheckpointError for bad inputs.
     """
@@ -184,6 +189,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     optimizer = make_optimizer(spec.optim, P, total_steps)
 
     ckpt, start_step = _restore_and_broadcast(comm, model, optimizer, resume)
+    if finished_ok and start_step >= total_steps:  # start_step is broadcast: every rank returns here together
+        metrics = dict(ckpt.meta.get("metrics") or {}) if ckpt is not None else {}
+        return TrainResult("finished", start_step, sampler.epoch_of(start_step), metrics, None)
     normalizer = _shared_normalizer(comm, data, ckpt) if spec.data.normalize == "standard" else None
 
     val_part = Sampler.rank_slice(np.arange(len(data.val)), rank, size)

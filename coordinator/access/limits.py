@@ -11,7 +11,7 @@ of the coordinator is used up (the queue is full, the job stored all the points 
     limits.memory_per_slot_or(default=12 << 30)    # the bytes one rank may use
 
 Fixed rules that are part of the spec itself (layer sizes, workers, restarts, backoff, hang timeout, int64)
-live in `worker.spec` (checked in `worker.spec_parsing`); the README's "Limits and security" table lists both.
+live in `worker.spec` (checked in `worker.spec_parsing`); docs/security.md's table of caps lists both.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Limits:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         """The serve flags, one per cap, in their own group (defaults shown by --help)."""
         group = parser.add_argument_group("limits", "caps that keep one job or user from exhausting the "
-                                                    "coordinator (see the README's Limits and security)")
+                                                    "coordinator (see docs/security.md)")
         for f in fields(Limits):
             default = f.default
             kind = parse_size if f.name == "memory_per_slot" else _positive_int

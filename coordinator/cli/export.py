@@ -1,5 +1,6 @@
 """`gradmesh export CHECKPOINT -o model.onnx`: a checkpoint (a file, or a job id to download it from) as an
-ONNX graph (worker.onnx_export). The `onnx` package is an optional extra: pip install 'gradmesh[onnx]'."""
+ONNX graph (worker.onnx_export). The `onnx` package is an optional extra: pip install -e '.[onnx]' in the
+gradmesh clone."""
 from __future__ import annotations
 
 from coordinator.cli.commands import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
@@ -11,7 +12,8 @@ def cmd_export(args) -> int:
     try:
         import onnx  # noqa: F401  (only to say what is missing before anything is downloaded)
     except ImportError:
-        raise CliError("export needs the onnx package: pip install 'gradmesh[onnx]'", EXIT_ERROR) from None
+        raise CliError("export needs the onnx package: pip install -e '.[onnx]' in the gradmesh clone "
+                       "(or pip install onnx)", EXIT_ERROR) from None
     from worker.checkpoint import CheckpointError
     from worker.onnx_export import export_onnx
 

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")
 
     p = command("plot", cmd_plot, "draw jobs' curves (loss, validation, lr, samples/s vs step) on shared axes "
-                                  "into an image (needs matplotlib: pip install 'gradmesh[plot]')", json_flag=False)
+                                  "into an image (needs matplotlib: pip install -e '.[plot]' in the clone)", json_flag=False)
     p.add_argument("job_ids", nargs="+", metavar="ID")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
 
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cli.add_arguments(p, predicting=True)
     p.add_argument("-o", "--output", required=True, help="the .npy file to write")
 
-    p = command("export", cmd_export, "write a checkpoint as an ONNX model (needs: pip install 'gradmesh[onnx]')")
+    p = command("export", cmd_export, "write a checkpoint as an ONNX model (needs onnx: pip install -e '.[onnx]' in the clone)")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job id to download one from")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, help="with a job id: the checkpoint at this step")

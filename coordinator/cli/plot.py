@@ -2,7 +2,7 @@
 
 Five panels against step, each job on the same axes: training loss, validation loss, validation accuracy,
 learning rate and samples/s (the quantities of the dashboard's job page). matplotlib is an optional extra
-(`pip install 'gradmesh[plot]'`); without it the command says so in one line and exits 1.
+(`pip install -e '.[plot]'` in the gradmesh clone); without it the command says so in one line and exits 1.
 
     draw_curves({"digits-1": points, "digits-2": points}, Path("curves.png"))   # points: client MetricPoints
 """
@@ -25,7 +25,8 @@ def _figure_class():
     try:
         from matplotlib.figure import Figure  # the object API: no pyplot, no GUI backend, no global state
     except ImportError:
-        raise CliError("gradmesh plot needs matplotlib, which is not installed: pip install 'gradmesh[plot]'") from None
+        raise CliError("gradmesh plot needs matplotlib, which is not installed: pip install -e '.[plot]' in "
+                       "the gradmesh clone (or pip install matplotlib)") from None
     return Figure
 
 
