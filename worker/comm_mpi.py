@@ -123,7 +123,7 @@ class MpiComm:
 
         def guarded(nodes, parts):
             out = []
-            self._guarded("exact combine", lambda: out.append(combine(nodes, parts)))
+            self._guarded("allreduce", lambda: out.append(combine(nodes, parts)))   # the step's sum, as before
             return out[0]
         reducer.combine = guarded
         reducer.note += f"; waiting: {self.wait_policy}"
