@@ -109,15 +109,15 @@ def host_state(client, host):
     return next(h for h in client.hosts() if h.name == host)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(600)
 def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_back(cluster, coordinator, tmp_path):
     cooldown = 2.0
     srv, client = coordinator(failures=1, cooldown_s=cooldown)
     a, b = cluster.hosts
-    # 2 ranks must still be training when the short cool-down ends, even on a quiet machine: they took 2.2 s for
-    # 3,800 steps once the step sum went through shared memory, and a 4,000-step job ended before the cool-down
-    # did; 10,000 steps keep them busy for ~5 s (25 checkpoints: all kept, under the coordinator's cap of 30)
-    steps, every, eval_every = 10000, 400, 50
+    # 2 ranks must still be training when the short cool-down ends, even on a quiet machine: the exact step on
+    # this small model runs ~110-200 steps/s on 2 ranks here (its micro-batches of 8 rows cost Python per part),
+    # so 4,000 steps keep them busy for well over the cool-down (10 checkpoints: all kept, under the cap of 30)
+    steps, every, eval_every = 4000, 400, 20
     job_spec = spec("elastic", steps=steps, min_workers=2, every=every, eval_every=eval_every, optimizer="adam")
     job = client.submit(job_spec)
     wait_for("the first checkpoint", lambda: client.get(job.id).step >= every + 50, 60)
@@ -148,7 +148,7 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     third = wait_for("the grow back to 4 ranks", lambda: nth_attempt(client, job.id, 3), cooldown + 40)
     assert third.ranks == 4 and third.hosts == f"{a}:2,{b}:2", third
     assert host_state(client, b).state == "healthy"
-    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, 90)
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, 300)
     assert done.state is JobState.SUCCEEDED, done.message
     one, two, three = done.attempt_history
     assert two.outcome == "resized" and "growing from 2 to 4 ranks" in two.message, two
@@ -160,8 +160,11 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     assert f"stopped with a checkpoint at step {stop_step}" in two.message, two.message
     points = client.metrics(job.id)
     assert [p.step for p in points] == list(range(eval_every, steps + 1, eval_every))  # continuous history
-    assert max(p.step for p in points if p.attempt == 2) <= stop_step < min(p.step for p in points if p.attempt == 3)
-    assert min(p.step for p in points if p.attempt == 3) - stop_step <= eval_every
+    two_points = [p.step for p in points if p.attempt == 2]   # none when attempt 2 ran fewer than eval_every steps
+    assert (max(two_points) if two_points else resumed) <= stop_step < min(p.step for p in points if p.attempt == 3)
+    # (points are unique per step: those attempt 1 wrote beyond its last checkpoint stay attempt 1's)
+    earlier = max(p.step for p in points if p.attempt < 3)
+    assert min(p.step for p in points if p.attempt == 3) - max(stop_step, earlier) <= eval_every
 
     # the exact step (worker/stepexact.py) gives the same bits at any rank count: the job that ran on 4, then 2,
     # then 4 ranks ends where one uninterrupted process ends, with Adam (which amplified the rounding of another
@@ -175,7 +178,7 @@ def uninterrupted(client, job, job_spec, directory: Path):
     spec_file = directory / "job.json"
     spec_file.write_text(json.dumps(job_spec))
     local = run_mpi(1, ["python", "-m", "worker", "--spec", str(spec_file), "--out", str(directory), "--no-resume"],
-                    timeout=240)
+                    timeout=300)
     assert local.returncode == 0, local.output
     assert "exact step" in local.output, local.output
     client.download(job.id, directory / "job.npz")
