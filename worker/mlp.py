@@ -300,9 +300,9 @@ class MLP:
         """As sum_loss_and_grad, with the parameter gradient of each part (rows edges[j]:edges[j+1]) on its
         own: for layer i (last first) and part j it is written to grads_of(i, j) = (gW, gb), then
         after_part(i, j) runs (where a caller adds the parts up, in an order of its own). The forward pass
-        and the deltas run on all rows at once, for speed: row by row they are the same bits as on a part
-        alone, and a part's dW is one GEMM whose reduction runs over its rows in order, the same at any
-        thread count (tests/test_microbatch.py holds both on this BLAS). Returns each part's summed loss."""
+        and the deltas run on all rows at once; a BLAS may round a row differently in GEMMs of different row
+        counts (OpenBLAS does), so worker/stepexact.py calls this on one part at a time. Returns each part's
+        summed loss."""
         x = self._as_input(x)
         n = x.shape[0]
         parts = range(len(edges) - 1)
