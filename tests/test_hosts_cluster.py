@@ -200,7 +200,8 @@ def test_drain_moves_no_running_job_keeps_new_ones_off_and_a_non_elastic_job_wai
                                                                                          capsys):
     srv, client = coordinator()
     a, b = cluster.hosts
-    x = client.submit(spec("x", steps=5000, workers=2))  # ~3 s on 2 ranks: still running while y and z come and wait
+    # the exact step runs this model at ~110-200 steps/s on 2 ranks here: still running while y and z come and wait
+    x = client.submit(spec("x", steps=1500, workers=2))
     wait_for("x on a", lambda: running_attempt(client, x.id, 1), 30)
     assert client.get(x.id).attempt_history[0].hosts == f"{a}:2"
     code, out = cli(srv, "hosts", "drain", a, capsys=capsys)
@@ -216,7 +217,7 @@ def test_drain_moves_no_running_job_keeps_new_ones_off_and_a_non_elastic_job_wai
     code, out = cli(srv, "hosts", "--json", capsys=capsys)
     rows = {h["name"]: h for h in json.loads(out)}
     assert rows[a]["state"] == "drained" and rows[b]["state"] == "healthy" and rows[b]["slots"] == 2, rows
-    done_x = wait_for("x to end", lambda: (j := client.get(x.id)).is_terminal() and j, 60)
+    done_x = wait_for("x to end", lambda: (j := client.get(x.id)).is_terminal() and j, 120)
     assert done_x.state is JobState.SUCCEEDED and [t.hosts for t in done_x.attempt_history] == [f"{a}:2"]
     time.sleep(0.5)
     assert client.get(z.id).state is JobState.QUEUED  # a's slots are free, but drained
