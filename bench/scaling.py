@@ -14,6 +14,8 @@ on, and in host-shared memory, as in training), division by the global count; th
   2x1 b512           2 ranks x 1 thread,  global batch 512 (256/rank: weak scaling)
   1x2 b256           1 rank  x 2 threads, global batch 256          (threads instead of ranks)
   2x1 b256 overlap   as 2x1 b256, each layer's gradient allreduced (Iallreduce) as backward produces it
+  NxN b256 exactM    as NxN b256 with the exact step (worker/stepexact.py, M micro-batches, M = 8 and 16):
+                     the same bits at any rank count; its cost is printed as the per-rank sums' rate over its
 
 All of them run inside ONE 2-rank launch, interleaved: each round runs every configuration for
 `--steps` timed steps, in a random order. For a 1-rank configuration rank 1 sleeps (polling a
@@ -27,6 +29,7 @@ and the ratios printed, for both, are:
   strong-scaling efficiency = sps(2x1 b256) / (2 * sps(1x1 b256))
   ranks vs threads          = sps(2x1 b256) / sps(1x2 b256)
   overlap gain              = sps(2x1 b256 overlap) / sps(2x1 b256)
+  exact step's cost         = sps(Nx1 b256) / sps(Nx1 b256 exactM)      (target <= 1.05)
 
     python bench/scaling.py --neighbour           # throughput with a neighbour burning half a core
 
@@ -40,7 +43,10 @@ stopped (SIGSTOP) or running in alternating windows of --window-steps steps (--p
 quiet-busy, busy-quiet, ...); a window's samples/s = its samples / its total time. Printed per policy: the
 median quiet and neighbour samples/s, and the median over all pairs of neighbour/quiet (target >= 0.70 with
 gradmesh's policy), with its quartiles; and the quiet windows of gradmesh's policy over MPICH's default
-(target: no loss above 3%).
+(target: no loss above 3%). The third variant, auto+exact16, is gradmesh's policy with the exact step's 16
+micro-batches handed to the ranks by measured speed (target >= 0.72; ideal 0.75); each of its launches then
+trains 60 steps from scratch quiet and 60 beside the neighbour and prints whether the final parameters are
+bit-identical (they must be: the parts moved, the bits may not), with the final split of parts of each.
 
     python bench/scaling.py --torch               # the same step against PyTorch DDP (gloo, torchrun)
 
@@ -64,12 +70,16 @@ from scaling_setup import REPO, SIZES, THREAD_VARS, Trainer  # scaling_setup put
 
 from worker.comm import SerialComm, init_comm, launched_by_mpi
 
-CONFIGS = {  # name: (ranks, BLAS threads per rank, global batch, overlap)
-    "1x1 b256": (1, 1, 256, False),
-    "2x1 b256": (2, 1, 256, False),
-    "2x1 b512": (2, 1, 512, False),
-    "1x2 b256": (1, 2, 256, False),
-    "2x1 b256 overlap": (2, 1, 256, True),
+CONFIGS = {  # name: (ranks, BLAS threads per rank, global batch, overlap, micro-batches: 0 = per-rank sums)
+    "1x1 b256": (1, 1, 256, False, 0),
+    "2x1 b256": (2, 1, 256, False, 0),
+    "2x1 b512": (2, 1, 512, False, 0),
+    "1x2 b256": (1, 2, 256, False, 0),
+    "2x1 b256 overlap": (2, 1, 256, True, 0),
+    "1x1 b256 exact8": (1, 1, 256, False, 8),
+    "2x1 b256 exact8": (2, 1, 256, False, 8),
+    "1x1 b256 exact16": (1, 1, 256, False, 16),
+    "2x1 b256 exact16": (2, 1, 256, False, 16),
 }
 
 def run_worker(args) -> int:
@@ -81,11 +91,11 @@ def run_worker(args) -> int:
         raise SystemExit("bench/scaling.py runs on exactly 2 ranks")
     world = MPI.COMM_WORLD
     trainers = {}
-    for name, (ranks, _threads, batch, overlap) in CONFIGS.items():
+    for name, (ranks, _threads, batch, overlap, parts) in CONFIGS.items():
         if ranks == 2:
-            trainers[name] = Trainer(comm, batch // 2, seed=comm.rank, overlap=overlap)
+            trainers[name] = Trainer(comm, batch // 2, seed=comm.rank, overlap=overlap, parts=parts)
         elif comm.rank == 0:
-            trainers[name] = Trainer(SerialComm(), batch, seed=0, overlap=overlap)
+            trainers[name] = Trainer(SerialComm(), batch, seed=0, overlap=overlap, parts=parts)
 
     def idle_until_rank0_is_done() -> None:
         request = world.Ibarrier()
@@ -96,7 +106,7 @@ def run_worker(args) -> int:
     order_rng = np.random.default_rng(0)  # the same order on both ranks
     for round_ in range(args.rounds + 1):  # round 0 warms every configuration up, untimed
         for name in order_rng.permutation(list(CONFIGS)):
-            ranks, threads, _batch, _overlap = CONFIGS[name]
+            ranks, threads, _batch, _overlap, _parts = CONFIGS[name]
             with threadpool_limits(limits=threads):
                 if ranks == 1 and comm.rank == 1:
                     idle_until_rank0_is_done()
@@ -130,6 +140,10 @@ def run_worker(args) -> int:
               f"{sps['2x1 b512'] / (2 * sps['1x1 b256']):.3f};  strong 2x1 b256 / (2 x 1x1 b256) = "
               f"{sps['2x1 b256'] / (2 * sps['1x1 b256']):.3f};  2x1 / 1x2 (b256) = {sps['2x1 b256'] / sps['1x2 b256']:.3f};"
               f"  overlap / none = {sps['2x1 b256 overlap'] / sps['2x1 b256']:.3f}")
+        print(f"  [{label}] exact step's cost (per-rank sums' rate / exact's, target <= 1.05): " + ";  ".join(
+              f"{ranks}x1 {parts} parts {sps[f'{ranks}x1 b256'] / sps[f'{ranks}x1 b256 exact{parts}']:.3f}"
+              for parts in (8, 16) for ranks in (1, 2)) +
+              f";  exact 1x1 vs the old 1x2 (2 threads): {sps['1x2 b256'] / sps['1x1 b256 exact8']:.3f}")
     return 0
 
 
@@ -245,6 +259,7 @@ def main() -> int:
     parser.add_argument("--window-steps", type=int, default=300, help="timed steps per --neighbour window")
     parser.add_argument("--wait-variants", nargs="*", default=[], help="more GRADMESH_MPI_WAIT values to compare")
     parser.add_argument("--small-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--parts", type=int, default=0, help=argparse.SUPPRESS)   # a --small-worker's micro-batches
     parser.add_argument("--torch", action="store_true", help="gradmesh against PyTorch DDP (see above)")
     parser.add_argument("--torch-steps", type=int, default=60, help="timed steps per side with --torch")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)

@@ -22,7 +22,10 @@ SCALING = Path(__file__).resolve().with_name("scaling.py")   # what each launch 
 
 NEIGHBOUR_SIZES = [784, 128, 127, 126, 125, 124, 123, 10]
 NEIGHBOUR_BATCH = 128
-WAIT_VARIANTS = ("spin", "auto")   # GRADMESH_MPI_WAIT: MPICH's default spinning; gradmesh's policy
+# GRADMESH_MPI_WAIT: MPICH's default spinning; gradmesh's policy; gradmesh's policy with the exact step's
+# 16 micro-batches, handed to the ranks by their measured speed (worker/stepexact.py)
+WAIT_VARIANTS = ("spin", "auto", "auto+exact16")
+CHECK_STEPS = 60   # the exact variant's bit-identity check: this many steps quiet, then as many with the neighbour
 
 
 def run_small_worker(args) -> int:
@@ -36,9 +39,11 @@ def run_small_worker(args) -> int:
     if comm.rank == 0:
         neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE])
         os.kill(neighbour.pid, signal.SIGSTOP)
+    parts = args.parts
     try:
         with threadpool_limits(limits=1):
-            trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES)
+            trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES,
+                              parts=parts)
             for _ in range(50):
                 trainer.step()
             for pair in range(args.pairs):
@@ -53,7 +58,21 @@ def run_small_worker(args) -> int:
                     elapsed = time.perf_counter() - start
                     if comm.rank == 0:  # a neighbour's cost is in every step it hits: all steps' time, not a median
                         print(f"WINDOW {pair} {'busy' if busy else 'quiet'} "
-                              f"{NEIGHBOUR_BATCH * args.window_steps / elapsed:.1f}", flush=True)
+                              f"{NEIGHBOUR_BATCH * args.window_steps / elapsed:.1f}"
+                              f"{' parts ' + str(trainer.sync.ranges) if parts else ''}", flush=True)
+            if parts:   # the same training from scratch, quiet and then beside the neighbour: the same bits?
+                finals = []
+                for busy in (False, True):
+                    if neighbour is not None:
+                        os.kill(neighbour.pid, signal.SIGCONT if busy else signal.SIGSTOP)
+                    fresh = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False,
+                                    sizes=NEIGHBOUR_SIZES, parts=parts)
+                    for _ in range(CHECK_STEPS):
+                        fresh.step()
+                    finals.append((fresh.model.params.copy(), fresh.sync.ranges))
+                if comm.rank == 0:
+                    print(f"IDENTITY {int(np.array_equal(finals[0][0], finals[1][0]))} quiet {finals[0][1]} "
+                          f"neighbour {finals[1][1]}", flush=True)
     finally:
         if neighbour is not None:
             neighbour.kill()
@@ -86,20 +105,25 @@ def neighbour_bench(args) -> int:
     busy: dict[str, list[float]] = {w: [] for w in waits}
     ratios: dict[str, list[float]] = {w: [] for w in waits}
     why: dict[str, str] = {}
+    identity: list[str] = []
     rng = np.random.default_rng(1)
     load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
         for index in rng.permutation(len(waits)):
             wait = waits[index]
+            policy, _, exact = wait.partition("+exact")
             cmd = [str(mpirun if mpirun.exists() else "mpirun"), "-n", "2", sys.executable, str(SCALING),
-                   "--small-worker", "--pairs", str(args.pairs), "--window-steps", str(args.window_steps)]
-            out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": wait}, capture_output=True,
+                   "--small-worker", "--pairs", str(args.pairs), "--window-steps", str(args.window_steps),
+                   "--parts", exact or "0"]
+            out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": policy}, capture_output=True,
                                  text=True, timeout=300)
             windows: dict[int, dict[str, float]] = {}
             for line in out.stdout.splitlines():
                 if line.startswith("WINDOW "):
-                    _, pair, kind, value = line.split()
+                    _, pair, kind, value = line.split()[:4]
                     windows.setdefault(int(pair), {})[kind] = float(value)
+                elif line.startswith("IDENTITY "):
+                    identity.append(line[len("IDENTITY "):])
                 elif line.startswith("POLICY "):
                     why[wait] = line[len("POLICY "):]
             if len(windows) != args.pairs:
@@ -114,7 +138,8 @@ def neighbour_bench(args) -> int:
           f"(1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
     print(f"  {'waiting':<60} {'quiet samples/s':>16} {'with neighbour':>16} {'neighbour/quiet':>16}  quartiles")
     for wait in waits:
-        label = {"spin": "MPICH default (spin)", "auto": "gradmesh policy"}.get(wait, wait) + f" [{why.get(wait, '')}]"
+        label = {"spin": "MPICH default (spin)", "auto": "gradmesh policy",
+                 "auto+exact16": "exact step, 16 parts by speed"}.get(wait, wait) + f" [{why.get(wait, '')}]"
         q1, _, q3 = np.percentile(ratios[wait], [25, 50, 75])
         print(f"  {label:<60} {np.median(quiet[wait]):16,.0f} {np.median(busy[wait]):16,.0f} "
               f"{np.median(ratios[wait]):16.3f}  {q1:.2f}..{q3:.2f}")
@@ -122,5 +147,11 @@ def neighbour_bench(args) -> int:
           f"(target >= 0.97; different launches); with neighbour = "
           f"{np.median(busy['auto']) / np.median(busy['spin']):.3f}")
     print("  (the ratio is the median over adjacent quiet/neighbour window pairs of all launches; target >= 0.70 "
-          "with gradmesh's policy)")
+          "with gradmesh's policy, >= 0.72 with the exact step's parts by speed: ideal 0.75)")
+    for line in identity:   # "1 quiet [ranges] neighbour [ranges]" per exact launch
+        same, rest = line.split(" ", 1)
+        print(f"  exact step, {CHECK_STEPS} steps quiet vs beside the neighbour: "
+              f"{'bit-identical' if same == '1' else 'DIFFERENT'} final parameters ({rest})")
+    if any(not line.startswith("1 ") for line in identity):
+        return 1
     return 0

@@ -9,7 +9,10 @@ median round:
   fwd+bwd   forward, loss, backward (gradients of every weight)
   step      fwd+bwd plus an Adam update
 and prints gradmesh's time over PyTorch's (below 1.0 means gradmesh is faster), gradmesh's achieved
-GFLOP/s, and that over raw numpy GEMM GFLOP/s for exactly the matrix products a step performs.
+GFLOP/s, and that over raw numpy GEMM GFLOP/s for exactly the matrix products a step performs; and
+`exact`: the fwd+bwd of the exact step (worker/stepexact.py, one process, EXACT_PARTS micro-batches computed
+alone and added along the tree) over the plain fwd+bwd on the whole batch (target <= 1.05). At 2 threads the
+exact step keeps 2 only where a micro-batch's bits at 2 threads equal 1 thread's (else it pins 1 and says so).
 """
 from __future__ import annotations
 
@@ -33,9 +36,12 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from worker.mlp import MLP  # noqa: E402
 from worker.optim import make_optimizer  # noqa: E402
+from worker.comm import SerialComm  # noqa: E402
 from worker.spec import OptimSpec  # noqa: E402
+from worker.stepexact import ExactStep  # noqa: E402
 
 SHAPES = [([784, 256, 256, 10], 128), ([784, 1024, 1024, 10], 256), ([3072, 2048, 2048, 2048, 10], 512)]
+EXACT_PARTS = 8   # the spec's default train.micro_batches
 
 
 def step_flops(sizes, batch):
@@ -64,8 +70,16 @@ class Gradmesh:
         self.x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
         self.y = rng.integers(0, sizes[-1], batch)
 
+        self.exact_model = MLP(sizes, seed=0)
+        self.exact = ExactStep(self.exact_model, SerialComm(), EXACT_PARTS)
+        self.index = np.arange(batch)
+
     def fwd_bwd(self):
         self.model.loss_and_grad(self.x, self.y)
+
+    def exact_fwd_bwd(self):
+        rows = self.exact.rows(self.index)
+        self.exact.reduce(self.exact.backward(self.x[rows], self.y[rows]))
 
     def step(self):
         _, grad = self.model.loss_and_grad(self.x, self.y)
@@ -128,10 +142,10 @@ def measure(sizes, batch, threads, rounds, torch):
     with threadpool_limits(limits=threads, user_api="blas"):
         if torch:
             torch.set_num_threads(threads)
-        for fn in (ours.fwd_bwd, ours.step, raw.run) + ((theirs.fwd_bwd, theirs.step) if torch else ()):
+        for fn in (ours.fwd_bwd, ours.step, raw.run, ours.exact_fwd_bwd) + ((theirs.fwd_bwd, theirs.step) if torch else ()):
             fn()  # warm-up: buffers, caches, lazy init
-        result = {"ours_fb": [], "ours_step": [], "raw": [], "torch_fb": [], "torch_step": []}
-        plan = [("ours_fb", ours.fwd_bwd), ("raw", raw.run), ("ours_step", ours.step)]
+        result = {"ours_fb": [], "ours_step": [], "raw": [], "torch_fb": [], "torch_step": [], "exact_fb": []}
+        plan = [("ours_fb", ours.fwd_bwd), ("raw", raw.run), ("ours_step", ours.step), ("exact_fb", ours.exact_fwd_bwd)]
         if torch:
             plan += [("torch_fb", theirs.fwd_bwd), ("torch_step", theirs.step)]
         for _ in range(rounds):  # interleaved, so drift and noise hit both sides alike
@@ -159,7 +173,7 @@ def main() -> int:
           f"1-min load average {os.getloadavg()[0]:.2f}")
     print(f"gradmesh: {blas.describe_running(KERNEL_CHOICE) or 'BLAS is not OpenBLAS: no kernel choice'}")
     header = (f"{'MLP':<26} {'batch':>5} {'thr':>3} | {'fwd+bwd ms':>10} {'torch ms':>9} {'ratio':>6} | "
-              f"{'step ms':>8} {'torch ms':>9} {'ratio':>6} | {'GFLOP/s':>7} {'of GEMM':>7}")
+              f"{'step ms':>8} {'torch ms':>9} {'ratio':>6} | {'GFLOP/s':>7} {'of GEMM':>7} | {'exact':>6}")
     print(header)
     print("-" * len(header))
     for sizes, batch in SHAPES:
@@ -169,8 +183,10 @@ def main() -> int:
             gflops = flops / m["ours_fb"] / 1e9
             print(f"{name:<26} {batch:>5} {threads:>3} | {m['ours_fb'] * 1e3:>10.3f} {m['torch_fb'] * 1e3:>9.3f} "
                   f"{m['ours_fb'] / m['torch_fb']:>6.2f} | {m['ours_step'] * 1e3:>8.3f} {m['torch_step'] * 1e3:>9.3f} "
-                  f"{m['ours_step'] / m['torch_step']:>6.2f} | {gflops:>7.1f} {m['raw'] / m['ours_fb']:>6.0%}", flush=True)
+                  f"{m['ours_step'] / m['torch_step']:>6.2f} | {gflops:>7.1f} {m['raw'] / m['ours_fb']:>6.0%} | "
+                  f"{m['exact_fb'] / m['ours_fb']:>6.2f}", flush=True)
     print("ratio = gradmesh time / PyTorch time (target <= 0.90); of GEMM = raw GEMM time / gradmesh fwd+bwd time (target >= 90%)")
+    print(f"exact = the exact step's fwd+bwd ({EXACT_PARTS} micro-batches) / the plain fwd+bwd (target <= 1.05)")
     return 0
 
 

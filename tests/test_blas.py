@@ -63,6 +63,26 @@ def test_choice_is_measured_once_cached_and_reused(tmp_path):
     assert len(blas._read_cache(cache)["hosts"]) == 2
 
 
+def test_the_cache_is_keyed_by_gemm_sizes_so_a_small_first_job_does_not_decide_for_a_large_one(tmp_path):
+    cache = tmp_path / "cache.json"
+    env = {blas.CACHE_ENV: str(cache)}
+    small = FakeMeasure({"Haswell": 1.0, "SkylakeX": 2.0})     # the digits demo's GEMMs: Haswell wins
+    first = blas.choose_kernel("auto", [64, 128, 128, 10], 8, 1, hostname="h1", environ=dict(env), blas=OPENBLAS,
+                               cpuinfo=CPUINFO, measure_fn=small)
+    assert first.kernel == "Haswell" and "64-128-128-10x8" in first.source
+    large = FakeMeasure({"Haswell": 2.0, "SkylakeX": 1.0})     # a large model's: SkylakeX wins, measured anew
+    second = blas.choose_kernel("auto", [784, 1024, 1024, 10], 32, 1, hostname="h1", environ=dict(env),
+                                blas=OPENBLAS, cpuinfo=CPUINFO, measure_fn=large)
+    assert (second.kernel, large.calls) == ("SkylakeX", 1) and "measured now" in second.source
+    # each size keeps its own answer
+    for layers, rows, kernel in (([64, 128, 128, 10], 8, "Haswell"), ([784, 1024, 1024, 10], 32, "SkylakeX")):
+        again = blas.choose_kernel("auto", layers, rows, 1, hostname="h1", environ=dict(env), blas=OPENBLAS,
+                                   cpuinfo=CPUINFO, measure_fn=FakeMeasure({"Zen": 0.1}))
+        assert again.kernel == kernel and "measured earlier" in again.source
+    assert sorted(e["key"]["gemm"] for e in blas._read_cache(cache)["hosts"].values()) == [
+        "64-128-128-10x8", "784-1024-1024-10x32"]
+
+
 def test_one_process_per_host_measures_while_the_others_wait(tmp_path):
     cache = tmp_path / "cache.json"
     measure = FakeMeasure({"Haswell": 1.0, "SkylakeX": 0.5}, delay=0.3)
@@ -197,7 +217,7 @@ def _distinct_kernels(names: list[str]) -> list[str]:
 
 
 def _cache_saying(path: Path, kernel: str) -> Path:
-    key = blas.host_key(blas.numpy_blas()[1])
+    key = {**blas.host_key(blas.numpy_blas()[1]), "gemm": blas.gemm_key([64, 96, 10], 8)}  # _train's GEMMs
     blas._write_cache(path, {"hosts": {blas._key_text(key): {"kernel": kernel, "key": key}}})
     return path
 

@@ -33,6 +33,7 @@ steps = {steps}
 batch_size = {batch}
 eval_every = 25
 overlap = {overlap}
+micro_batches = {micro_batches}
 [optim]
 name = "adam"
 lr = 0.01
@@ -43,9 +44,10 @@ hang_timeout_s = {hang}
 """
 
 
-def write_spec(tmp_path, batch=60, steps=50, hang=60.0, overlap=False):
-    path = tmp_path / f"job-{batch}-{steps}{'-overlap' if overlap else ''}.toml"
-    path.write_text(SPEC.format(batch=batch, steps=steps, hang=hang, overlap="true" if overlap else "false"))
+def write_spec(tmp_path, batch=60, steps=50, hang=60.0, overlap=False, micro_batches=8):
+    path = tmp_path / f"job-{batch}-{steps}-{micro_batches}{'-overlap' if overlap else ''}.toml"
+    path.write_text(SPEC.format(batch=batch, steps=steps, hang=hang, overlap="true" if overlap else "false",
+                                micro_batches=micro_batches))
     return path
 
 
@@ -74,7 +76,9 @@ def test_two_ranks_into_a_finished_out_say_so_and_both_exit_0(tmp_path):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("batch", [60, 61], ids=["divisible", "uneven"])
 def test_one_two_and_three_ranks_reach_the_same_parameters(tmp_path, batch):
-    spec = write_spec(tmp_path, batch=batch)
+    """The per-rank sums (micro_batches = 0): the same update up to rounding. The exact step's bit-for-bit
+    agreement is tests/test_exact_ranks.py's."""
+    spec = write_spec(tmp_path, batch=batch, micro_batches=0)
     finals = {}
     for nprocs in (1, 2, 3):
         result = train(nprocs, spec, tmp_path / f"n{nprocs}")
@@ -100,7 +104,7 @@ def test_one_two_and_three_ranks_reach_the_same_parameters(tmp_path, batch):
             assert rel <= 1e-5, f"{nprocs} ranks, batch {batch}: {name} differs by {rel:.2e} (relative)"
     # The runs really trained (the check above does not compare near-initial weights): 1 step is far away.
     early = tmp_path / "n1-1step"
-    one_step = train(1, write_spec(tmp_path, batch=batch, steps=1), early)
+    one_step = train(1, write_spec(tmp_path, batch=batch, steps=1, micro_batches=0), early)
     assert one_step.returncode == 0, one_step.output
     moved = np.linalg.norm(layer_arrays(early / "final.npz")["layers.0.W"] - reference["layers.0.W"])
     assert moved > 1e-2 * np.linalg.norm(reference["layers.0.W"])
@@ -114,7 +118,7 @@ def test_overlap_mode_reaches_the_blocking_mode_parameters(tmp_path, nprocs):
     finals = {}
     for overlap in (False, True):
         out = tmp_path / f"overlap-{overlap}"
-        result = train(nprocs, write_spec(tmp_path, batch=61, overlap=overlap), out)
+        result = train(nprocs, write_spec(tmp_path, batch=61, overlap=overlap, micro_batches=0), out)
         assert result.returncode == 0 and "done at step 50" in result.output, result.output
         # rank 0 says which path the sums take: overlap's per-layer MPI calls bypass the shared-memory sum
         assert ("one nonblocking MPI allreduce per layer" in result.output) == overlap, result.output
@@ -124,7 +128,8 @@ def test_overlap_mode_reaches_the_blocking_mode_parameters(tmp_path, nprocs):
     for name, blocking in finals[False].items():
         np.testing.assert_allclose(finals[True][name], blocking, rtol=1e-6, atol=1e-7, err_msg=name)
     # the comparison means something: 50 steps moved the weights far from where one step leaves them
-    one_step = train(nprocs, write_spec(tmp_path, batch=61, steps=1, overlap=True), tmp_path / "one-step")
+    one_step = train(nprocs, write_spec(tmp_path, batch=61, steps=1, overlap=True, micro_batches=0),
+                     tmp_path / "one-step")
     assert one_step.returncode == 0, one_step.output
     first = layer_arrays(tmp_path / "one-step" / "final.npz")["layers.0.W"]
     assert not np.allclose(first, finals[True]["layers.0.W"], rtol=1e-3, atol=1e-4)

@@ -278,7 +278,9 @@ def _choose_blas_kernel(opts, comm, spec, out: Path, resume):
         record = json.dumps(blas.recorded_kernels(source)).encode()
     recorded = json.loads(comm.bcast_bytes(record if comm.rank == 0 else None))
     threads = blas.planned_threads(spec.train.threads_per_rank, comm.local_size)
-    batch = -(-spec.train.batch_size // comm.size)
+    # the rows of one GEMM: a micro-batch's in the exact step (the same at every rank count), else a rank's slice
+    parts = spec.train.micro_batches or comm.size
+    batch = -(-spec.train.batch_size // parts)
     try:
         choice = blas.choose_kernel(spec.train.blas_kernel, spec.model.layers, batch, threads,
                                     hostname=comm.hostname, recorded=recorded)

@@ -1,6 +1,6 @@
 """Which OpenBLAS kernel a rank runs: chosen per host by measurement, before numpy is imported.
 
-    choice = choose_kernel(spec.train.blas_kernel, spec.model.layers, batch_per_rank, threads,
+    choice = choose_kernel(spec.train.blas_kernel, spec.model.layers, rows_per_gemm, threads,
                            hostname=comm.hostname, recorded=kernels_in_checkpoint)   # sets OPENBLAS_CORETYPE
     import numpy                                                                  # OpenBLAS reads it now
     print(describe_running(choice))        # "BLAS kernel Haswell (OpenBLAS 0.3.31; measured on this host ...)"
@@ -19,9 +19,10 @@ the first `import numpy` of the process. Rules, first match wins:
    a. a kernel recorded for this job on this host (checkpoint meta `blas_kernels`, written by the job's
       first attempt): a resumed attempt runs the same kernel, so it stays bit-identical, whatever the
       host's cache says by then;
-   b. else the kernel recorded for this host in the cache file (GRADMESH_BLAS_CACHE, default
-      ~/.cache/gradmesh/blas-kernels.json), keyed by CPU model, core count, numpy's and OpenBLAS's
-      versions;
+   b. else the kernel recorded for this host and these GEMM sizes in the cache file (GRADMESH_BLAS_CACHE,
+      default ~/.cache/gradmesh/blas-kernels.json), keyed by CPU model, core count, numpy's and OpenBLAS's
+      versions, and the job's layer sizes and rows per GEMM (`gemm_key`): a small first job (the digits
+      demo's 64-128-128-10 at 8 rows) does not decide for a large one, which is measured at its own sizes;
    c. else measure: every candidate kernel the CPU can run (by its flags, and confirmed by what OpenBLAS
       reports it loaded) runs the job's own layer GEMMs (forward, weight and input gradients at this
       rank's batch and thread count) in a subprocess of its own, ~0.1-0.3 s each; the fastest is
@@ -112,6 +113,12 @@ def host_key(blas_version: str, cpuinfo: str | None = None) -> dict[str, str]:
     model, _ = cpu_model_and_flags(cpuinfo)
     return {"cpu": model, "cores": str(os.cpu_count() or 1), "numpy": numpy_version, "openblas": blas_version,
             "machine": platform.machine()}
+
+
+def gemm_key(layers, rows: int) -> str:
+    """The GEMM sizes a choice was measured on: the layer sizes and the rows of one GEMM (a micro-batch's, or
+    a rank's slice of the batch). The same for every rank count of the exact step (worker/stepexact.py)."""
+    return f"{'-'.join(str(int(n)) for n in layers)}x{int(rows)}"
 
 
 def candidates(flags: set[str], machine: str | None = None) -> list[str]:
@@ -311,7 +318,8 @@ def choose_kernel(spec_kernel: str, layers, batch_per_rank: int, threads: int, *
         return Choice(None, "OpenBLAS's own pick (no other kernel to measure on this CPU)")
     path = cache_path(environ)
     try:
-        winner, timings = cached_or_measured(host_key(version, cpuinfo), names,
+        key = {**host_key(version, cpuinfo), "gemm": gemm_key(layers, batch_per_rank)}
+        winner, timings = cached_or_measured(key, names,
                                              probe_shapes(layers, batch_per_rank, threads), path, environ,
                                              measure_fn)
     except OSError as exc:
@@ -322,8 +330,9 @@ def choose_kernel(spec_kernel: str, layers, batch_per_rank: int, threads: int, *
     if timings:
         fastest = min(timings.values())
         summary = ", ".join(f"{k} {v / fastest:.2f}x" for k, v in sorted(timings.items(), key=lambda kv: kv[1]))
-        return Choice(winner, f"measured now on this host: {summary}; cached in {path}", measured=timings)
-    return Choice(winner, f"measured earlier on this host, cached in {path}")
+        return Choice(winner, f"measured now on this host for GEMMs {key['gemm']}: {summary}; cached in {path}",
+                      measured=timings)
+    return Choice(winner, f"measured earlier on this host for GEMMs {key['gemm']}, cached in {path}")
 
 
 # ---- after numpy is imported ----------------------------------------------------------------------------

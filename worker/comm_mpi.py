@@ -108,6 +108,27 @@ class MpiComm:
                                f"waiting: {self.wait_policy}")
         return reducer.buffer
 
+    def exact_reducer(self, n: int, slots: int, tail: int):
+        """The exact step's node vectors and their combine (worker/stepexact.py): in host-shared memory when
+        every rank is on this host (worker/shmexact.py), else over MPI by slice owners (worker/comm_exact.py).
+        Collective: every rank calls it with the same sizes. Its `combine` runs under the hang watchdog."""
+        if self.local_size == self.size and os.environ.get(SHM_REDUCE_ENV, "1").strip() != "0":
+            from worker.shmexact import HostExactReducer
+            reducer = HostExactReducer(self._MPI, self._node, n, slots, tail)
+        else:
+            from worker.comm_exact import MpiExactReducer
+            why = "ranks on several hosts" if self.local_size < self.size else f"{SHM_REDUCE_ENV}=0"
+            reducer = MpiExactReducer(self._MPI, self._comm, n, slots, tail, why)
+        combine = reducer.combine
+
+        def guarded(nodes, parts):
+            out = []
+            self._guarded("allreduce", lambda: out.append(combine(nodes, parts)))   # the step's sum, as before
+            return out[0]
+        reducer.combine = guarded
+        reducer.note += f"; waiting: {self.wait_policy}"
+        return reducer
+
     def allreduce_sum_(self, buf: np.ndarray) -> None:
         check_reducible(buf)
         reducer = self._reducers.get(id(buf))

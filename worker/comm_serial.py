@@ -37,6 +37,10 @@ class SerialComm:
         import numpy as np
         return np.zeros(n, dtype)
 
+    def exact_reducer(self, n: int, slots: int, tail: int):
+        from worker.comm_exact import LocalExactReducer
+        return LocalExactReducer(n, slots, tail)
+
     def allreduce_sum_(self, buf: np.ndarray) -> None:
         check_reducible(buf)
 

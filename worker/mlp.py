@@ -24,7 +24,7 @@ the bias gradient as a matrix-vector product, and softmax fused with the cross-e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -107,6 +107,10 @@ class MLP:
             for a, b, c, i, o in self._segments()
         ]
 
+    def layer_views(self, vec: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W-shaped, b-shaped) views of each layer's part of a flat vector laid out like `params`."""
+        return [(vec[a:b].reshape(i, o), vec[b:c]) for a, b, c, i, o in self._segments()]
+
     def layer_slices(self) -> list[slice]:
         """The slice of the flat vectors that each layer's W and b occupy, in layer order."""
         return [slice(a, c) for a, _, c, _, _ in self._segments()]
@@ -137,7 +141,7 @@ class MLP:
     def _buffers_for(self, batch: int) -> _Buffers:
         buffers = self._buffers.get(batch)
         if buffers is None:
-            if len(self._buffers) >= 4:  # full batch, short last batch, eval batch: a few sizes in practice
+            if len(self._buffers) >= 8:  # full batch, short last batch, eval batch, micro-batches: a few sizes
                 self._buffers.pop(next(iter(self._buffers)))
             buffers = _Buffers(batch, self.sizes, self.dtype, keep_preactivation=self.activation == "gelu")
             self._buffers[batch] = buffers
@@ -218,10 +222,14 @@ class MLP:
             a += t
             delta *= a
 
-    def _loss_delta(self, out: np.ndarray, y, buf: _Buffers, count_correct: bool = False) -> tuple[float, int]:
-        """Summed loss and (with `count_correct`, for evaluation) the correct count, else 0; turns `out` in
-        place into d(summed loss)/d(out). Training steps skip the count: an argmax per step nobody reads."""
+    def _loss_delta(self, out: np.ndarray, y, buf: _Buffers, count_correct: bool = False,
+                    edges: Sequence[int] | None = None) -> tuple[list[float], int]:
+        """Summed loss of each part (rows edges[j]:edges[j+1]; default one part, the whole batch) and (with
+        `count_correct`, for evaluation) the correct count, else 0; turns `out` in place into d(summed
+        loss)/d(out). Training steps skip the count: an argmax per step nobody reads."""
         n = out.shape[0]
+        edges = (0, n) if edges is None else edges
+        bounds = list(zip(edges[:-1], edges[1:]))
         if self.loss == "cross_entropy":
             y = np.asarray(y)
             if y.shape != (n,) or y.dtype.kind not in "iu":
@@ -234,10 +242,11 @@ class MLP:
             picked = out[rows, y]
             np.exp(out, out=out)
             sums = out.sum(axis=1, keepdims=True)
-            loss_sum = float(np.log(sums).sum(dtype=np.float64) - picked.sum(dtype=np.float64))
+            logs = np.log(sums)
+            losses = [float(logs[a:b].sum(dtype=np.float64) - picked[a:b].sum(dtype=np.float64)) for a, b in bounds]
             out /= sums
             out[rows, y] -= 1            # softmax - onehot: the fused gradient
-            return loss_sum, correct
+            return losses, correct
         y = np.asarray(y, dtype=self.dtype)
         if y.ndim == 1 and out.shape[1] == 1:
             y = y[:, None]
@@ -245,10 +254,10 @@ class MLP:
             raise ValueError(f"mse targets must have shape {out.shape}, got {y.shape}")
         k = out.shape[1]
         out -= y
-        flat = out.reshape(-1)
-        loss_sum = float(np.dot(flat, flat)) / k   # per example: mean over outputs; summed over examples
+        # per example: mean over outputs; summed over examples (in float64 by numpy, not BLAS's threaded dot)
+        losses = [float(np.square(out[a:b], dtype=np.float64).sum()) / k for a, b in bounds]
         out *= 2.0 / k
-        return loss_sum, 0
+        return losses, 0
 
     def sum_loss_and_grad(self, x, y, on_layer_grad: Callable[[int], None] | None = None) -> SumResult:
         """Forward and backward on a batch; `self.grad` becomes the gradient of the SUMMED loss.
@@ -267,7 +276,7 @@ class MLP:
             return SumResult(0.0, self.grad, 0)
         buf = self._buffers_for(n)
         out = self._forward(x, buf)
-        loss_sum, _ = self._loss_delta(out, y, buf)
+        (loss_sum,), _ = self._loss_delta(out, y, buf)
         delta = out
         ones = buf.ones
         for i in range(len(self.layers) - 1, -1, -1):
@@ -283,6 +292,48 @@ class MLP:
             if on_layer_grad:
                 on_layer_grad(i)
         return SumResult(loss_sum, self.grad, n)
+
+    def sum_loss_and_grad_parts(self, x, y, edges: Sequence[int],
+                                grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                                after_part: Callable[[int, int], None],
+                                on_layer_grad: Callable[[int], None] | None = None) -> list[float]:
+        """As sum_loss_and_grad, with the parameter gradient of each part (rows edges[j]:edges[j+1]) on its
+        own: for layer i (last first) and part j it is written to grads_of(i, j) = (gW, gb), then
+        after_part(i, j) runs (where a caller adds the parts up, in an order of its own). The forward pass
+        and the deltas run on all rows at once; a BLAS may round a row differently in GEMMs of different row
+        counts (OpenBLAS does), so worker/stepexact.py calls this on one part at a time. Returns each part's
+        summed loss."""
+        x = self._as_input(x)
+        n = x.shape[0]
+        parts = range(len(edges) - 1)
+        if n == 0:
+            losses = [0.0 for _ in parts]
+            delta = a_prev = None
+        else:
+            buf = self._buffers_for(n)
+            delta = self._forward(x, buf)
+            losses, _ = self._loss_delta(delta, y, buf, edges=edges)
+        for i in range(len(self.layers) - 1, -1, -1):
+            if n:
+                a_prev = x if i == 0 else buf.acts[i - 1]
+            for j in parts:
+                gW, gb = grads_of(i, j)
+                lo, hi = edges[j], edges[j + 1]
+                if lo == hi:
+                    gW[...] = 0
+                    gb[...] = 0
+                else:
+                    np.matmul(a_prev[lo:hi].T, delta[lo:hi], out=gW)
+                    np.sum(delta[lo:hi], axis=0, out=gb)     # a plain sum down the rows, whatever the BLAS
+                after_part(i, j)
+            if i > 0 and n:
+                d_prev = buf.deltas[i - 1]
+                np.matmul(delta, self.layers[i].W.T, out=d_prev)
+                self._activation_backward(d_prev, i - 1, buf)
+                delta = d_prev
+            if on_layer_grad:
+                on_layer_grad(i)
+        return losses
 
     def loss_and_grad(self, x, y) -> tuple[float, np.ndarray]:
         """Mean loss over the batch and its gradient (the model's `grad`, scaled in place)."""
@@ -306,7 +357,7 @@ class MLP:
             yb = y[start:start + batch_size]
             buf = self._buffers_for(xb.shape[0])
             out = self._forward(xb, buf)
-            loss_sum, correct = self._loss_delta(out, yb, buf, count_correct=True)
+            (loss_sum,), correct = self._loss_delta(out, yb, buf, count_correct=True)
             total_loss += loss_sum
             total_correct += correct
             total += xb.shape[0]

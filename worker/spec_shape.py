@@ -31,6 +31,8 @@ MAX_RESTARTS = 1000             # a retry policy beyond this is a loop, not a po
 MAX_BACKOFF_S = 3600.0          # the first relaunch waits at most an hour (coordinator.supervision.outcomes caps the doubling)
 MAX_HANG_TIMEOUT_S = 7 * 86400.0
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # the store's integers are SQLite's int64
+MICRO_BATCHES_DEFAULT = 8       # enough parts for 8 ranks; more parts cost more per step (docs/cost-model.md)
+MAX_MICRO_BATCHES = 1024
 
 
 class SpecError(ValueError):
@@ -78,6 +80,9 @@ class TrainSpec:
     overlap: bool = False         # per-layer MPI allreduces during backward; slower than the default
                                   # host-shared-memory sum when ranks share a host (bench/scaling.py)
     blas_kernel: str = "auto"     # OpenBLAS kernel: auto (fastest measured on each host, worker/blas.py) | default | a core name
+    micro_batches: int = MICRO_BATCHES_DEFAULT  # the global batch in this many parts summed in a fixed order:
+                                  # the same bits at any rank count (worker/stepexact.py); 0 = per-rank sums
+                                  # (the path before: faster, exact only at a fixed rank count)
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,8 @@ class JobSpec:
             del raw[section][key]
         if not self.fault.min_workers:  # the default (not elastic) is left out: older specs keep their JSON
             del raw["fault"]["min_workers"]
+        if self.train.micro_batches == MICRO_BATCHES_DEFAULT:   # likewise
+            del raw["train"]["micro_batches"]
         return raw
 
     def to_json(self) -> str:

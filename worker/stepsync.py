@@ -59,6 +59,11 @@ class StepSync:
             return "step sum by one nonblocking MPI allreduce per layer during backward (train.overlap)"
         return self.comm.reduction_note
 
+    def rows(self, batch: np.ndarray) -> np.ndarray:
+        """This rank's contiguous share of the global batch (sizes differ by at most one)."""
+        n, rank, size = len(batch), self.comm.rank, self.comm.size
+        return batch[rank * n // size:(rank + 1) * n // size]
+
     def backward(self, x, y) -> SumResult:
         """Forward and backward on this rank's batch: model.grad = d(summed loss)/d(params)."""
         if not self.overlap:

@@ -3,12 +3,15 @@
     python -m worker --spec examples/digits.toml --out runs/digits             # one process
     mpirun -n 4 python -m worker --spec examples/digits.toml --out runs/digits # four ranks, same result
 
-Each step, rank r of N takes its slice of the global batch, computes the gradient of its SUMMED loss,
-and reduces [gradient | loss_sum, count, stop, stop_with_checkpoint] over the ranks in one in-place
-Allreduce (worker/stepsync.py): every rank gets the mean gradient of the whole global batch and applies
-the same optimizer step, so the replicas never drift (checked with a hash at the end). `stop` is how a
-cancel (rank 0's hooks) or a SIGTERM (any rank) becomes a decision every rank takes at the same step
-boundary.
+Each step, the global batch is cut into `train.micro_batches` parts; rank r of N computes the gradient of
+the SUMMED loss of each of its parts, and the parts are added along one tree over their indices, within
+the rank and then across ranks (worker/stepexact.py), with [loss of each part, stop, stop_with_checkpoint]
+gathered beside them: every rank gets the mean gradient of the whole global batch, with the same bits as
+one process, and applies the same optimizer step, so the replicas never drift (checked with a hash at the
+end) and any rank count or elastic resize continues the same trajectory. With `micro_batches = 0`, each
+rank sums its slice and one in-place Allreduce adds the ranks (worker/stepsync.py): exact only at a fixed
+rank count. `stop` is how a cancel (rank 0's hooks) or a SIGTERM (any rank) becomes a decision every rank
+takes at the same step boundary.
 
 Only rank 0 evaluates the reporting, prints, and writes checkpoints; every rank evaluates its shard of
 the validation set and the sums are allreduced.
@@ -38,6 +41,7 @@ from worker.hooks import Hooks
 from worker.mlp import MLP
 from worker.optim import learning_rate, make_optimizer
 from worker.spec import JobSpec
+from worker.stepexact import ExactStep
 from worker.stepsync import StepSync
 
 
@@ -182,7 +186,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
 
     model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
     P = model.num_params
-    sync = StepSync(model, comm, overlap=t.overlap)
+    # the exact step (the same bits at any rank count) unless the spec asks for per-rank sums
+    sync = ExactStep(model, comm, t.micro_batches) if t.micro_batches else StepSync(model, comm, overlap=t.overlap)
     if rank == 0 and sync.note:
         print(f"gradmesh: {sync.note}", flush=True)
     grad = model.grad
@@ -264,7 +269,7 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     with _SigtermFlag() as sigterm:
         while step < total_steps:
             batch_epoch, position = sampler.locate(step)  # 0-based: where this step's batch comes from
-            xb, yb = data.train.rows(sampler.rank_batch(batch_epoch, position, rank, size))
+            xb, yb = data.train.rows(sync.rows(sampler.global_batch(batch_epoch, position)))
             if normalizer is not None:
                 xb = normalizer.apply(xb)
             fault.before_step(step)

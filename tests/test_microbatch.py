@@ -1,0 +1,137 @@
+"""The exact step's pieces without MPI: the tree over micro-batch indices, each rank's plan, the frontier,
+the split by speed, the spec key, and the BLAS fact the design rests on.
+
+The tree is checked symbolically: every value is an expression (("p", j) for part j, (left, right) for a
+sum), so "the same additions in the same order" is plain equality of expressions, for every part count up
+to 40 and random splits over up to parts+3 ranks (some empty), against the tree's definition.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from worker.comm import SerialComm
+from worker.microbatch import (LeafPlan, combine_frontier, cover, even_ranges, frontier, most_slots, padded,
+                               part_edges, weighted_ranges)
+from worker.mlp import MLP
+from worker.spec import SpecError, parse_spec
+from worker.stepexact import ExactStep
+
+
+def tree(lo: int, size: int, parts: int):
+    """The definition: a node is its halves' sum, or its left half when the right one holds no part."""
+    if lo >= parts:
+        return None
+    if size == 1:
+        return ("p", lo)
+    left, right = tree(lo, size // 2, parts), tree(lo + size // 2, size // 2, parts)
+    return left if right is None else (left, right)
+
+
+def symbolic_total(ranges, parts):
+    values = {}
+    for rank, (a, b) in enumerate(ranges):
+        plan = LeafPlan.make(a, b, parts)
+        slots = {}
+        for j in range(a, b):
+            slots[plan.slot_of[j - a]] = ("p", j)
+            for dst, src in plan.adds[j - a]:
+                slots[dst] = (slots[dst], slots.pop(src))
+        assert sorted(slots) == sorted(plan.cover_slots)
+        assert plan.slots <= most_slots(parts) and (not plan.cover_slots or plan.cover_slots[0] == 0)
+        for node, slot in zip(plan.cover, plan.cover_slots):
+            assert slots[slot] == tree(*node, parts)
+            values[rank, slot] = slots[slot]
+    nodes = frontier(ranges, parts)
+    vals = [values[rank, slot] for rank, slot, _ in nodes]
+
+    def add(i, j):
+        vals[i] = (vals[i], vals[j])
+    return vals[combine_frontier(nodes, parts, add)]
+
+
+@pytest.mark.parametrize("parts", range(1, 41))
+def test_any_split_adds_the_parts_in_the_one_tree_order(parts):
+    rng = random.Random(parts)
+    reference = tree(0, padded(parts), parts)
+    for ranks in range(1, 9):
+        assert symbolic_total(even_ranges(parts, ranks), parts) == reference
+    for _ in range(40):
+        cuts = sorted(rng.randint(0, parts) for _ in range(rng.randint(0, parts + 2)))
+        assert symbolic_total(list(zip([0] + cuts, cuts + [parts])), parts) == reference
+
+
+def test_covers_and_edges():
+    assert tree(0, 4, 3) == ((("p", 0), ("p", 1)), ("p", 2))
+    assert [len(cover(a, b, 16)) for a, b in even_ranges(16, 4)] == [1, 1, 1, 1]   # aligned: one node each
+    assert [len(cover(a, b, 16)) for a, b in even_ranges(16, 3)] == [2, 3, 2]
+    assert part_edges(61, 8) == [0, 7, 15, 22, 30, 38, 45, 53, 61]
+    assert part_edges(3, 8) == [0, 0, 0, 1, 1, 1, 2, 2, 3]    # a short batch leaves parts empty
+    with pytest.raises(ValueError):
+        frontier([(0, 3), (4, 8)], 8)
+
+
+def test_parts_follow_speed_a_few_at_a_time_and_noise_moves_none():
+    ranges = even_ranges(16, 2)
+    seen = []
+    for _ in range(4):   # rank 1 is half as fast: 11/5 is the best split of 16
+        ranges = weighted_ranges(ranges, [(b - a) * (1.0 if r == 0 else 2.0) for r, (a, b) in enumerate(ranges)], 16)
+        seen.append(ranges)
+    assert seen[0] == [(0, 10), (10, 16)] and seen[-1] == [(0, 11), (11, 16)]   # at most 2 parts per decision
+    assert weighted_ranges(even_ranges(16, 2), [8.0, 8.1], 16) == even_ranges(16, 2)   # 1% is noise
+    assert weighted_ranges(even_ranges(4, 3), [1.0, 9.0, 1.0], 4)[1][1] - weighted_ranges(
+        even_ranges(4, 3), [1.0, 9.0, 1.0], 4)[1][0] >= 1                           # nobody drops to zero parts
+
+
+def test_the_spec_key_defaults_validates_and_stays_out_of_old_json():
+    base = {"train": {"steps": 5}}
+    assert parse_spec(base).train.micro_batches == 8
+    assert "micro_batches" not in parse_spec(base).to_dict()["train"]          # stored specs keep their JSON
+    assert parse_spec({"train": {"steps": 5, "micro_batches": 0}}).to_dict()["train"]["micro_batches"] == 0
+    for bad in (-1, 1025, 2.5, True):
+        with pytest.raises(SpecError) as err:
+            parse_spec({"train": {"steps": 5, "micro_batches": bad}})
+        assert err.value.field == "train.micro_batches"
+
+
+def test_one_process_exact_step_equals_the_tree_of_separately_computed_parts():
+    """SerialComm's exact step against its definition: each part's gradient computed by the same function,
+    then added by hand along the tree (8 parts: ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)))."""
+    sizes, parts, n = [20, 16, 5], 8, 61
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 20), dtype=np.float32)
+    y = rng.integers(0, 5, n)
+    model = MLP(sizes, seed=3)
+    step = ExactStep(model, SerialComm(), parts)
+    rows = step.rows(np.arange(n))
+    total = step.reduce(step.backward(x[rows], y[rows]))
+    edges = part_edges(n, parts)
+    alone = []
+    for j in range(parts):
+        out = np.zeros(model.num_params, np.float32)
+        views = model.layer_views(out)
+        model.sum_loss_and_grad_parts(x[edges[j]:edges[j + 1]], y[edges[j]:edges[j + 1]], (0, edges[j + 1] - edges[j]),
+                                      lambda i, _j: views[i], lambda i, _j: None)
+        alone.append(out)
+    while len(alone) > 1:
+        alone = [alone[k] + alone[k + 1] for k in range(0, len(alone), 2)]
+    assert np.array_equal(model.grad, alone[0] * np.float32(1.0 / n))
+    assert total.count == n and np.isfinite(total.loss_sum)
+
+
+def test_a_part_computed_alone_has_the_same_bits_wherever_its_rows_sit_and_batched_rows_may_not():
+    """What the exact step relies on (a part alone, at one thread, depends only on its rows), and why it does
+    not batch the forward pass (OpenBLAS rounds a row by the GEMM's row count: noted, not required)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((256, 784), dtype=np.float32)
+    w = rng.standard_normal((784, 1024), dtype=np.float32)
+    with threadpool_limits(limits=1):
+        alone = a[32:64] @ w
+        copied = np.ascontiguousarray(a[32:64].copy()) @ w
+        batched = a @ w
+    assert np.array_equal(alone, copied)
+    print(f"rows 32..63 batched in 256 rows {'equal' if np.array_equal(batched[32:64], alone) else 'differ from'} "
+          "the part alone on this BLAS")

@@ -1,0 +1,168 @@
+"""The exact step: the same bits at any rank count, from micro-batches summed in a fixed order.
+
+    sync = ExactStep(model, comm, parts=spec.train.micro_batches)   # model.grad is now the rank's slot 0
+    rows = sync.rows(batch)                      # this rank's rows of the global batch (its parts)
+    s = sync.backward(x[rows], y[rows])          # each part's gradient, added up along the tree (worker/microbatch.py)
+    total = sync.reduce(s, stop=False, checkpoint=False)   # model.grad is the MEAN gradient, same bits as 1 process
+    optimizer.step(model.params, model.grad)
+
+worker/stepsync.py's step sums per rank, so its bits depend on the rank count; this one computes each
+micro-batch's gradient on its own (the same GEMM shapes wherever it runs) and adds them along one
+binary tree over micro-batch indices (worker/microbatch.py): the rank's own parts up to its cover of
+whole tree nodes, then every rank's nodes through the communicator's `exact_reducer` (host-shared memory
+on one host, worker/shmexact.py; MPI between hosts, worker/comm_exact.py). The scalars (each part's
+loss, the stop flags, the seconds each rank computed) travel beside the gradient, gathered rather than
+summed, so they are exact too.
+
+Same shapes are not enough on their own: OpenBLAS's bits for a row depend on how many rows the GEMM has
+and how many threads run it (measured on its Haswell kernel: a row matches only within whole 24-row
+tiles, and 1 and 2 threads differ). So a part is always computed alone, at a thread count checked once
+per part shape (`check_threads`): the part at this rank's threads against the part at one thread, and
+one thread is pinned when they differ. Every rank therefore computes what one thread computes.
+
+Speed: every `REBALANCE_EVERY` steps the ranks' measured seconds move at most `MAX_MOVE` parts between
+neighbours (worker/microbatch.py `weighted_ranges`), so a rank that shares its core with another
+process gets fewer parts; the bits do not change, whoever computes which part.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, weighted_ranges
+from worker.mlp import MLP
+from worker.stepsync import Reduced
+
+STOP, STOP_CHECKPOINT, SECONDS = range(3)   # each rank's tail: these, then the loss of each part
+TAIL = 3
+REBALANCE_EVERY = 5      # steps between decisions on who computes which part
+MAX_MOVE = 2             # parts a boundary between two ranks moves at most per decision
+
+
+class PartsResult(list):
+    """The summed loss of each of this rank's parts (a list of floats), in part order."""
+
+
+class ExactStep:
+    """The buffers, plan and reduction of the exact step. See the module docstring."""
+
+    def __init__(self, model: MLP, comm, parts: int, balance: bool = True):
+        if parts < 1:
+            raise ValueError(f"parts must be at least 1, got {parts}")
+        self.model, self.comm, self.parts, self.balance = model, comm, parts, balance
+        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts)
+        self.slots = self.reducer.slots
+        model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
+        self._views = [model.layer_views(slot) for slot in self.slots]
+        self._layer_slices = model.layer_slices()
+        self.ranges = even_ranges(parts, comm.size)
+        self._window = np.zeros(comm.size)         # seconds each rank computed since the last decision
+        self._steps_in_window = 0
+        self._set_plan()
+        self._edges: list[int] = [0]
+        self._count = 0
+        self._busy = 0.0
+        self._thread_checked: dict[int, bool] = {}
+        self.pinned_note = ""
+
+    # ---- what train.py reads ------------------------------------------------------------------------
+    @property
+    def note(self) -> str:
+        how = self.reducer.note
+        return (f"exact step: {self.parts} micro-batches summed in a fixed tree over their indices"
+                f"{'; ' + how if how else ''}{'; ' + self.pinned_note if self.pinned_note else ''}")
+
+    def rows(self, batch: np.ndarray) -> np.ndarray:
+        """This rank's rows of the global batch `batch` (its parts, in order); remembered for backward."""
+        edges = part_edges(len(batch), self.parts)
+        a, b = self.plan.a, self.plan.b
+        self._edges = [e - edges[a] for e in edges[a:b + 1]]
+        self._count = len(batch)
+        return batch[edges[a]:edges[b]]
+
+    # ---- the two halves of the step -----------------------------------------------------------------
+    def backward(self, x, y) -> PartsResult:
+        """Each of this rank's parts alone (forward, backward), its gradient added up along the plan."""
+        started = time.perf_counter()
+        plan, edges, model = self.plan, self._edges, self.model
+        x = np.asarray(x)
+        losses = PartsResult()
+        for k in range(plan.b - plan.a):
+            lo, hi = edges[k], edges[k + 1]
+            self._check_threads(hi - lo, x[lo:hi], y[lo:hi])
+            views = self._views[plan.slot_of[k]]
+            losses += model.sum_loss_and_grad_parts(x[lo:hi], y[lo:hi], (0, hi - lo),
+                                                    lambda i, j: views[i], lambda i, j: None)
+            for d, s in plan.adds[k]:
+                self.slots[d] += self.slots[s]
+        self._busy = time.perf_counter() - started
+        return losses
+
+    def reduce(self, losses: PartsResult, *, stop: bool = False, checkpoint: bool = False) -> Reduced:
+        """Combine every rank's nodes to the total (slot 0, every rank) and gather the scalars."""
+        tail = self.reducer.tail
+        tail[:] = 0.0
+        tail[STOP] = 1.0 if stop else 0.0
+        tail[STOP_CHECKPOINT] = 1.0 if checkpoint else 0.0
+        tail[SECONDS] = self._busy
+        tail[TAIL + self.plan.a:TAIL + self.plan.b] = losses
+        tails = self.reducer.combine(self._frontier, self.parts)
+        loss_sum = 0.0
+        for rank, (a, b) in enumerate(self.ranges):   # part order: the same float additions on every rank
+            for j in range(a, b):
+                loss_sum += float(tails[rank, TAIL + j])
+        count = float(self._count)
+        self.model.grad *= np.float32(1.0 / count) if count else np.float32(0.0)
+        self._rebalance(tails[:, SECONDS])
+        return Reduced(loss_sum, count, bool(tails[:, STOP].any()), bool(tails[:, STOP_CHECKPOINT].any()))
+
+    # ---- internals ----------------------------------------------------------------------------------
+    def _set_plan(self) -> None:
+        self.plan = LeafPlan.make(*self.ranges[self.comm.rank], self.parts)
+        self._frontier = frontier(self.ranges, self.parts)
+
+    def _rebalance(self, seconds: np.ndarray) -> None:
+        if not self.balance or self.comm.size < 2:
+            return
+        self._window += seconds
+        self._steps_in_window += 1
+        if self._steps_in_window < REBALANCE_EVERY:
+            return
+        new = weighted_ranges(self.ranges, [float(s) for s in self._window], self.parts, MAX_MOVE)
+        self._window[:] = 0.0
+        self._steps_in_window = 0
+        if new != self.ranges:
+            self.ranges = new
+            self._set_plan()
+
+    def _check_threads(self, rows: int, x, y) -> None:
+        """Once per part size: does this rank's BLAS thread count give a part the bits of one thread? If
+        not, pin one thread for the rest of the run (threadpoolctl, process-wide)."""
+        if rows in self._thread_checked or rows == 0:
+            return
+        from threadpoolctl import threadpool_limits
+
+        from worker.threads import blas_threads_in_use
+        threads = blas_threads_in_use() or 1
+        same = True
+        if threads > 1:
+            mine = self._part_grad(x, y)
+            with threadpool_limits(limits=1):
+                one = self._part_grad(x, y)
+            same = bool(np.array_equal(mine, one))
+            if not same:
+                global _pinned
+                _pinned = threadpool_limits(limits=1)
+                self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
+                                    "threads differs from 1 thread's")
+        self._thread_checked[rows] = same
+
+    def _part_grad(self, x, y) -> np.ndarray:
+        out = np.empty(self.model.num_params, self.model.dtype)
+        views = self.model.layer_views(out)
+        self.model.sum_loss_and_grad_parts(x, y, (0, len(x)), lambda i, j: views[i], lambda i, j: None)
+        return out
+
+
+_pinned = None   # the process-wide one-thread limit, kept alive once a check pinned it
