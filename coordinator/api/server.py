@@ -50,7 +50,7 @@ from coordinator.access.auth import AuthInterceptor
 from coordinator.core import Coordinator
 from coordinator.fleet.health import HostPolicy
 from coordinator.access.limits import Limits
-from coordinator.dashboard import RunningDashboard, start_dashboard
+from coordinator.dashboard import HttpLimits, RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.supervision.slurm import SlurmExecutor, check_slurm
@@ -183,7 +183,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  call_limits: CallLimits | None = None, http_port: int | None = None,
                  executor: str = "local", slurm: SlurmOptions | None = None,
                  mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
-                 delete_ended_after_s: float | None = None) -> RunningServer:
+                 delete_ended_after_s: float | None = None, http_limits: HttpLimits | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -253,8 +253,10 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     dashboard = None
     if http_port is not None:  # the dashboard: same interface, TLS when gRPC has it (None = no dashboard)
         try:
+            # the HTTP side idles out as the gRPC side does, unless told otherwise
+            limits_http = http_limits or HttpLimits(idle_timeout_s=admission.limits.idle_timeout_s)
             dashboard = start_dashboard(core, client_token, host=host or "0.0.0.0", port=http_port,
-                                        tls_cert=tls_cert, tls_key=tls_key)
+                                        tls_cert=tls_cert, tls_key=tls_key, limits=limits_http)
         except OSError:
             server.stop(None)
             store.close()

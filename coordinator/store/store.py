@@ -37,6 +37,7 @@ from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.metrics import MetricRecords
+from coordinator.store.sessions import SessionRevocations
 
 log = logging.getLogger("gradmesh.store")
 _ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
@@ -66,7 +67,7 @@ def _float(value: object) -> float:
     return float(value)
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations):
     """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
 
     # ------------------------------------------------------------ jobs
