@@ -17,7 +17,9 @@ Calls are admitted per class of caller, each under its own cap (`limits`, coordi
 ranks' calls never wait behind the clients', callers without a valid token are refused before a message
 is read, and a call that waits on its client longer than the idle timeout is cancelled.
 
-The data directory is created 0700. The client token is `token`, else DATA_DIR/token, else generated into
+The data directory is created 0700 and held by one coordinator at a time (coordinator.api.data_lock: a
+second one is refused with one line naming the first one's pid and address, which it writes to
+DATA_DIR/coordinator.json for clients given --data-dir). The client token is `token`, else DATA_DIR/token, else generated into
 DATA_DIR/token (mode 0600; see `load_or_create_token` for what an existing file must be).
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
 still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.supervision.supervisor).
@@ -54,6 +56,7 @@ from coordinator.dashboard import HttpLimits, RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.supervision.slurm import SlurmExecutor, check_slurm
+from coordinator.api.data_lock import DataDirLock
 from coordinator.api.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store.store import Store
 from coordinator.access.tokens import hash_token
@@ -143,6 +146,7 @@ class RunningServer:
     health: health.HealthServicer
     admission: Admission
     dashboard: "RunningDashboard | None" = None  # the web dashboard, when started with http_port
+    lock: DataDirLock | None = None                 # this server's hold on its data directory
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, grace: float = 5.0, stop_jobs: bool = True) -> None:
@@ -160,6 +164,8 @@ class RunningServer:
         self.admission.close()
         self.core.close(stop_jobs=stop_jobs)
         self.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def job_token(self, job_id: str) -> str:
         """The job token of the running attempt this server launched (for tests and benchmarks); KeyError when
@@ -186,6 +192,26 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  delete_ended_after_s: float | None = None, http_limits: HttpLimits | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
+    lock = DataDirLock.acquire(data_dir)  # DataDirInUse (OSError): another coordinator owns it
+    try:
+        srv = _start(data_dir, lock, host=host, port=port, slots=slots, hosts=hosts, data_roots=data_roots,
+                     token=token, tls_cert=tls_cert, tls_key=tls_key, advertise_address=advertise_address,
+                     limits=limits, call_limits=call_limits, http_port=http_port, executor=executor, slurm=slurm,
+                     mpi_args=mpi_args, host_policy=host_policy, delete_ended_after_s=delete_ended_after_s,
+                     http_limits=http_limits)
+    except BaseException:
+        lock.release()
+        raise
+    lock.announce(srv.core.address, srv.dashboard.url if srv.dashboard else "")
+    return srv
+
+
+def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: int | None,
+           hosts: list[tuple[str, int]] | None, data_roots: list[Path] | None, token: str | None,
+           tls_cert: Path | None, tls_key: Path | None, advertise_address: str | None, limits: Limits | None,
+           call_limits: CallLimits | None, http_port: int | None, executor: str, slurm: SlurmOptions | None,
+           mpi_args: Sequence[str], host_policy: HostPolicy | None, delete_ended_after_s: float | None,
+           http_limits: HttpLimits | None) -> RunningServer:
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both tls_cert and tls_key")
     if slots is not None and hosts:
@@ -266,4 +292,4 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
     return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
                          store=store, grpc_server=server, health=health_servicer, admission=admission,
-                         dashboard=dashboard)
+                         dashboard=dashboard, lock=lock)

@@ -17,8 +17,9 @@
     gradmesh predict best.npz --data new.csv -o predictions.npy
     gradmesh export best.npz -o model.onnx          # ONNX graph (extra: onnx)
 
-Where the coordinator is: --address or GRADMESH_ADDRESS (default 127.0.0.1:50051). The token: --token,
-GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh when it has one); --tls-ca for TLS.
+Where the coordinator is: --address or GRADMESH_ADDRESS, else the one running on --data-dir (default
+127.0.0.1:50051). The token: --token, GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh
+when it has one); --tls-ca for TLS.
 Every read command takes --json for machine-readable output. Expected errors print one line to stderr
 and exit 1 (a refused spec names the field); usage errors exit 2; Ctrl-C exits 130.
 """
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="coordinator HOST:PORT (GRADMESH_ADDRESS, default 127.0.0.1:50051)")
         g.add_argument("--token", default=d(None),
                        help="bearer token (GRADMESH_TOKEN); write --token=VALUE when it starts with -")
-        g.add_argument("--data-dir", default=d(None), help="coordinator data directory (to read its token file)")
+        g.add_argument("--data-dir", default=d(None),
+                       help="coordinator data directory: its token file, and the address of the coordinator "
+                            "running on it (unless --address or GRADMESH_ADDRESS says otherwise)")
         g.add_argument("--tls-ca", default=d(None), help="CA certificate PEM for a TLS coordinator (GRADMESH_TLS_CA)")
         g.add_argument("--timeout", type=float, default=d(10.0), help="seconds per call (default 10)")
 

@@ -60,7 +60,9 @@ class Client:
     def __init__(self, address: str | None = None, token: str | None = None, tls_ca: str | Path | None = None,
                  timeout: float = 10.0, *, data_dir: str | Path | None = None, stream_timeout: float = 3600.0,
                  reconnect_timeout: float = 120.0, retries: bool = True):
-        self.address = address or os.environ.get(wire.ADDRESS_ENV, "").strip() or wire.DEFAULT_ADDRESS
+        # where: the argument, else GRADMESH_ADDRESS, else the coordinator that owns data_dir, else the default
+        self.address = (address or os.environ.get(wire.ADDRESS_ENV, "").strip()
+                        or (wire.owner_address(data_dir) if data_dir is not None else None) or wire.DEFAULT_ADDRESS)
         self.token = resolve_token(token, data_dir)
         self.timeout = timeout
         self.stream_timeout = stream_timeout          # deadline of one long stream (watch/logs -f/download)
