@@ -102,8 +102,8 @@ def parse_hostfile(path: Path) -> Allocation:
 def _positive_int(text: str, where: str) -> int:
     text = text.strip()
     if not _COUNT.fullmatch(text):
-        raise HostListError(f"{where}: slots must be a whole number in digits 0-9, got {text!r}")
+        raise HostListError(f"{where}: slots must be a whole number, got {text!r}")
     value = int(text)
     if value < 1 or value > MAX_SLOTS:
-        raise HostListError(f"{where}: slots must be 1..{MAX_SLOTS}")
+        raise HostListError(f"{where}: slots must be at least 1 and at most {MAX_SLOTS}")
     return value

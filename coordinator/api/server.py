@@ -36,6 +36,7 @@ import errno
 import logging
 import os
 import secrets
+import socket
 import stat
 import sys
 from concurrent import futures
@@ -132,6 +133,21 @@ def _create_token(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(new + "\n")
     return new
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """OSError, in one line a person can act on, when host:port cannot be listened on (in use, most often)."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT does not count
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise OSError(f"port {port} on {host} is already in use (another gradmesh serve, or a dashboard?): "
+                              "choose another --port, or --port 0 for any free one") from None
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 @dataclass
@@ -259,6 +275,12 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
                                         server)
 
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        _check_port_free(host, port)  # gRPC's own refusal is a C-level log line and "see GRPC_VERBOSITY"
+    except OSError:
+        admission.close()
+        store.close()
+        raise
     try:
         if tls_cert is not None:
             creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])

@@ -15,7 +15,7 @@ from typing import Any, Sequence, TextIO
 
 from coordinator import wire
 from coordinator.cli.render import (
-    ProgressView, describe_job, fmt_bytes, fmt_num, fmt_pct, fmt_time, job_table, print_json, summary_line, table,
+    ProgressView, clean, describe_job, fmt_bytes, fmt_num, fmt_pct, fmt_time, job_table, print_json, summary_line, table,
 )
 from coordinator.client import (
     TOKEN_FILE, Client, DeadlineExceeded, GradmeshError, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricReported,
@@ -94,7 +94,7 @@ def _event_dict(event: WatchEvent) -> dict[str, Any]:
 def outcome(job: JobInfo) -> int:
     if job.state is JobState.SUCCEEDED:
         return EXIT_OK
-    raise CliError(f"job {job.id} {job.state.name}" + (f": {job.message}" if job.message else ""))
+    raise CliError(f"job {clean(job.id)} {job.state.name}" + (f": {clean(job.message, indent=2)}" if job.message else ""))
 
 
 def cmd_submit(args) -> int:
@@ -132,7 +132,12 @@ def cmd_list(args) -> int:
 
 def cmd_watch(args) -> int:
     with make_client(args) as client:
-        job = watch_job(client, args.job_id, stream=sys.stdout, as_json=args.json)
+        try:
+            job = watch_job(client, args.job_id, stream=sys.stdout, as_json=args.json)
+        except KeyboardInterrupt:  # the watcher stops, not the job: say so, and how to get back to it
+            print(f"\nstopped watching; job {clean(args.job_id)} keeps running (`gradmesh watch {clean(args.job_id)}` "
+                  f"to follow it again, `gradmesh cancel {clean(args.job_id)}` to stop it)", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if not args.json:
         print(summary_line(job))
     return outcome(job)
@@ -170,7 +175,7 @@ def cmd_delete(args) -> int:
             try:
                 gone = client.delete(job_id)
             except GradmeshError as err:
-                print(f"gradmesh: {err.message}", file=sys.stderr)
+                print(f"gradmesh: {clean(err.message)}", file=sys.stderr)
                 failed += 1
                 continue
             deleted.append(gone)

@@ -35,6 +35,7 @@ from coordinator.cli.commands import (
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
+from coordinator.cli.render import clean
 from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
@@ -43,6 +44,21 @@ from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.access.limits import Limits
 from coordinator.files.expiry import parse_duration
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("gradmesh")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def count(text: str) -> int:
+    """A number of workers: 1 or more, in digits 0-9 (0 would silently mean "the spec's own")."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of workers, at least 1")
+    return int(text)
 
 
 def duration(text: str) -> float:
@@ -72,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     add_globals(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"gradmesh {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -131,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("submit", cmd_submit, "submit a job spec (TOML or JSON); prints the job id")
     p.add_argument("spec", help="job spec file")
-    p.add_argument("--workers", type=int, help="override the spec's workers")
+    p.add_argument("--workers", type=count, help="override the spec's workers (at least 1)")
     p.add_argument("--id", help="choose the job id (resubmitting the same id and spec is a no-op)")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label (repeatable)")
 
@@ -157,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("resume", cmd_resume, "continue a FAILED or CANCELLED job from its newest checkpoint, as a new job "
                                       "(prints its id)")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--workers", type=int, help="on this many workers instead")
+    p.add_argument("--workers", type=count, help="on this many workers instead (at least 1)")
 
     p = command("delete", cmd_delete, "remove ended jobs with their metrics, logs and checkpoints (frees their disk)")
     p.add_argument("job_ids", nargs="+", metavar="ID")
@@ -202,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", run_demo, "train the digits MLP on 2 workers through an embedded coordinator",
                 json_flag=False)
     p.add_argument("--keep-dir", help="directory for the demo's data (default: a new temporary directory)")
-    p.add_argument("--workers", type=int, default=2, help="MPI ranks (default 2)")
+    p.add_argument("--workers", type=count, default=2, help="MPI ranks (default 2)")
     p.add_argument("--epochs", type=int, default=0, help="override the demo's epochs")
     p.add_argument("--keep", action="store_true",
                    help="afterwards, keep the coordinator and its dashboard up until Ctrl-C, to look around")
@@ -211,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `gradmesh` alone: what it can do, not "the following arguments are required"
+        parser.print_help()
+        return EXIT_OK
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -232,5 +253,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, exit_code: int = EXIT_ERROR) -> int:
-    print(f"gradmesh: {message}", file=sys.stderr)
+    print(f"gradmesh: {clean(message, indent=2)}", file=sys.stderr)
     return exit_code

@@ -150,6 +150,24 @@ def cmd_serve(args) -> int:
         while not stop.wait(0.5):
             pass
     finally:
-        print("gradmesh coordinator stopping" + (" (running jobs keep running)" if args.keep_jobs else ""), flush=True)
+        print(_stopping_line(srv, args.keep_jobs), flush=True)
         srv.stop(grace=5.0, stop_jobs=not args.keep_jobs)
     return EXIT_OK
+
+
+def _stopping_line(srv, keep_jobs: bool) -> str:
+    """What a stop does to the jobs, by name: they keep running (--keep-jobs), or are stopped and restarted by
+    the next coordinator on this data directory."""
+    from coordinator.cli.render import clean
+    from coordinator.states import JobState
+    running = srv.store.jobs_in(JobState.RUNNING)
+    if not running:
+        return "gradmesh coordinator stopping (no job was running)"
+    shown = ", ".join(f"{clean(j.id)} (step {j.step}/{j.total_steps or '?'})" for j in running[:10])
+    more = f" and {len(running) - 10} more" if len(running) > 10 else ""
+    if keep_jobs:
+        return (f"gradmesh coordinator stopping; {len(running)} running job(s) keep running: {shown}{more} "
+                "(the next `gradmesh serve` on this data directory re-adopts them)")
+    return (f"gradmesh coordinator stopping, and with it {len(running)} running job(s): {shown}{more}; the next "
+            "`gradmesh serve` on this data directory restarts them from their newest checkpoint "
+            "(--keep-jobs leaves them running)")

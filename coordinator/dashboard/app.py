@@ -9,6 +9,7 @@ started for it; the accept backlog is `limits.backlog` (the standard library's 5
 """
 from __future__ import annotations
 
+import errno
 import html
 import logging
 import socket
@@ -152,6 +153,9 @@ def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", p
     try:
         httpd = server_cls((host, port), Handler)
     except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise OSError(f"dashboard: port {port} on {host} is already in use: choose another --http-port (0 = no "
+                          "dashboard)") from None
         raise OSError(f"dashboard: cannot listen on {host}:{port}: {err.strerror or err}") from None
     scheme = "http"
     if tls_cert is not None:
