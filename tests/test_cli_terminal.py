@@ -149,3 +149,20 @@ def test_logs_follow_shows_progress_and_ctrl_c_in_watch_and_serve_say_what_they_
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def test_a_plain_cancel_writes_no_checkpoint_and_cancel_checkpoint_does(start_coordinator, tmp_path):
+    """As the README says: `gradmesh cancel` stops at the next step boundary without a checkpoint, and only
+    `--checkpoint` writes one (periodic checkpoints are off here, so any checkpoint is the cancel's)."""
+    srv = start_coordinator(slots=1)
+    spec = small_digits_spec(steps=1_000_000, workers=1, eval_every=50)
+    spec["checkpoint"] = {"every_steps": 0, "keep_last": 2}
+    with Client(srv.address, token=srv.token) as client:
+        for flag, expected in (((), 0), (("--checkpoint",), 1)):
+            job = client.submit(spec)
+            wait_for(lambda: client.get(job.id).step >= 50, 120, "the job to train")
+            done = _cli(srv, "cancel", job.id, *flag, home=tmp_path)
+            assert done.returncode == 0 and "cancel requested" in done.stdout, done.stderr
+            ended = wait_for(lambda: (j := client.get(job.id)).is_terminal() and j, 120, "the cancel")
+            assert ended.state.name == "CANCELLED", ended.message
+            assert len(client.checkpoints(job.id)) == expected, (flag, client.checkpoints(job.id), ended.message)

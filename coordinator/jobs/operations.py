@@ -46,6 +46,7 @@ __all__ = ["Jobs", "DeletedJob", "LIST_PAGE_MAX", "JobView", "eta_seconds", "fin
 
 log = logging.getLogger("gradmesh.jobs")
 LIST_PAGE_MAX = 200   # jobs in one ListJobs reply (the client's own page size)
+CANCEL_WAIT_S = 10.0  # a plain cancel: how long the ranks get to stop at a step boundary before SIGTERM
 
 
 @dataclass(frozen=True)
@@ -195,9 +196,11 @@ class Jobs:
             raise FailedPrecondition(f"job_id: job {job.id} already ended {job.state.name}; only a queued or "
                                      "running job can be cancelled", kind=KIND_JOB)
         self.store.request_cancel(job.id, checkpoint)
-        # Without a checkpoint the group is signalled at once; with one, the ranks first get the time to
-        # see cancel_requested at a step boundary and write it (then SIGTERM, grace, SIGKILL as usual).
-        self.supervisor.request_stop(job.id, self.cancel_checkpoint_wait_s if checkpoint else 0.0)
+        # The ranks learn of the cancel from their next progress report and stop at that step boundary: with a
+        # checkpoint (written and uploaded first) when asked for one, without one otherwise. Only ranks that
+        # have not stopped by then get SIGTERM (grace, SIGKILL), whose handler saves one as a preemption does:
+        # signalling at once made every plain cancel write a checkpoint.
+        self.supervisor.request_stop(job.id, self.cancel_checkpoint_wait_s if checkpoint else CANCEL_WAIT_S)
         self.wake_scheduler()
         self.signal.changed()
         return self.get(job_id)
