@@ -236,7 +236,7 @@ def test_event_streams_are_capped_per_session_and_in_all(dash):
     for _ in range(limits.streams_per_session):
         conn, response = _open_stream(port, one)
         assert response.status == 200
-        held.append(conn)
+        held.append((conn, response))
     conn, response = _open_stream(port, one, "/api/jobs/stream")
     assert response.status == 429 and json.loads(response.read())["code"] == "TOO_MANY_REQUESTS"
     assert response.getheader("Retry-After")
@@ -244,19 +244,30 @@ def test_event_streams_are_capped_per_session_and_in_all(dash):
     for _ in range(limits.event_streams - limits.streams_per_session):  # another login fills the rest
         conn, response = _open_stream(port, two)
         assert response.status == 200
-        held.append(conn)
+        held.append((conn, response))
     conn, response = _open_stream(port, two)
     assert response.status == 429
     conn.close()
     assert dashboard_get(port, "/api/jobs", two)[0] == 200  # plain requests still get in
-    held.pop().close()
+    for part in held.pop():
+        part.close()
     # the server notices the closed page at its next write (a heartbeat at the latest): a place is free again
     wait_for(lambda: dash.dashboard.httpd.app.streams.count < limits.event_streams, 60, "the stream to be given back")
     conn, response = _open_stream(port, two)
     assert response.status == 200
-    held.append(conn)
-    for conn in held:
+    held.append((conn, response))
+    for pair in held:
+        for part in pair:
+            part.close()
+    # a page reloaded again and again: each reload closes its stream, whose place is free at once (not at the
+    # next heartbeat), so a session never runs into its cap by reloading
+    wait_for(lambda: dash.dashboard.httpd.app.streams.count == 0, 30, "the closed streams to be given back")
+    for _ in range(3 * limits.streams_per_session):
+        conn, response = _open_stream(port, one, "/api/jobs/stream")
+        assert response.status == 200
+        response.close()
         conn.close()
+        wait_for(lambda: dash.dashboard.httpd.app.streams.count == 0, 10, "the reloaded page's stream to end")
 
 
 def test_head_on_an_event_stream_or_a_download_sends_no_body(dash):

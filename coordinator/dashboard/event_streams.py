@@ -12,6 +12,8 @@ the stream starts), and `HEAD` on a stream answers its headers only.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import ssl
 import time
 from typing import Any, Callable
@@ -49,6 +51,8 @@ class EventStreams(RequestIO):
         self._write(b"retry: 1000\n\n")  # reconnect after a second, not the browser's default three
 
         def alive() -> bool:
+            if self._peer_closed():  # a page closed or reloaded: its place under the caps is free at once
+                return False
             if time.monotonic() - self._wrote < HEARTBEAT_S:
                 return True
             try:
@@ -57,6 +61,21 @@ class EventStreams(RequestIO):
             except PageGone:
                 return False
         return alive
+
+    def _peer_closed(self) -> bool:
+        """Whether the page has closed the connection: a browser sends nothing more on an event stream, so the
+        socket turning readable means its end (an EOF, or TLS's close_notify)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            if isinstance(self.connection, ssl.SSLSocket):
+                return True
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
 
     def _stream_done(self) -> None:
         """Give back the stream's place under the caps (after the route returned, however it ended)."""
