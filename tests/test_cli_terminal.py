@@ -86,6 +86,9 @@ def test_address_mistakes_each_get_one_line(start_coordinator, tmp_path):
         line = one_line(serve)
         assert serve.returncode == 1 and "already in use" in line and "listening" not in serve.stdout, line
         assert ("--port" if taken != "0" else "--http-port") in line
+    for port in ("70000", "-1"):
+        bad = run_cli("serve", "--data-dir", str(tmp_path / "dp"), "--port", port, env=env)
+        assert bad.returncode == 2 and "is not a port" in one_line(bad)
 
 
 # ---------------------------------------------------------------- with training under mpirun

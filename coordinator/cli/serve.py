@@ -113,6 +113,8 @@ def cmd_serve(args) -> int:
         raise CliError("serve: give only one of --slots, --hosts, --hostfile", EXIT_USAGE)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("serve: --tls-cert and --tls-key go together", EXIT_USAGE)
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"serve: --port {args.port} is not a port (1-65535, or 0 for any free one)", EXIT_USAGE)
     hosts = _host_list(args)
     call_limits = _call_limits(args)
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).expanduser()
