@@ -86,6 +86,9 @@ def test_address_mistakes_each_get_one_line(start_coordinator, tmp_path):
         line = one_line(serve)
         assert serve.returncode == 1 and "already in use" in line and "listening" not in serve.stdout, line
         assert ("--port" if taken != "0" else "--http-port") in line
+    for args in (("--port", "\u0661\u0662"), ("--slots", "1_0"), ("--port", " 7")):  # ASCII digits only
+        bad = run_cli("serve", "--data-dir", str(tmp_path / "dp"), *args, env=env)
+        assert bad.returncode == 2 and "is not a whole number" in bad.stderr, bad.stderr
     for port in ("70000", "-1"):
         bad = run_cli("serve", "--data-dir", str(tmp_path / "dp"), "--port", port, env=env)
         assert bad.returncode == 2 and "is not a port" in one_line(bad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,14 @@ from coordinator.client import (
 DEFAULT_DATA_DIR = Path("~/.gradmesh")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 REFRESH_SECONDS = 1.0  # while watching, ask the coordinator for the step count and ETA this often at most
+
+
+def integer(text: str) -> int:
+    """An argparse type: a whole number in digits 0-9 (int() would also take "١٢", "1_000" and " 7 ")."""
+    import argparse
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number (digits 0-9)")
+    return int(text)
 
 
 class CliError(Exception):

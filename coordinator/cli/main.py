@@ -31,7 +31,7 @@ import sys
 from typing import Callable, Sequence
 
 from coordinator.cli.commands import (
-    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, integer, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", cmd_serve, "run a coordinator until SIGINT/SIGTERM", json_flag=False)
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; another needs --advertise-address)")
-    p.add_argument("--port", type=int, default=50051, help="port (0 = any free one; default 50051)")
-    p.add_argument("--slots", type=int, help="worker slots on this host (default: its cores)")
+    p.add_argument("--port", type=integer, default=50051, help="port (0 = any free one; default 50051)")
+    p.add_argument("--slots", type=integer, help="worker slots on this host (default: its cores)")
     p.add_argument("--hosts", help="several machines: HOST:SLOTS,HOST:SLOTS")
     p.add_argument("--hostfile", help="file of HOST:SLOTS (or 'HOST slots=N') lines")
     p.add_argument("--data-root", action="append", default=[], metavar="DIR",
@@ -111,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="server certificate PEM (enables TLS)")
     p.add_argument("--tls-key", help="server private key PEM")
     p.add_argument("--advertise-address", help="HOST:PORT the workers use to reach this coordinator")
-    p.add_argument("--http-port", type=int, default=None,
+    p.add_argument("--http-port", type=integer, default=None,
                    help="web dashboard port on the same interface (default: the gRPC port + 1, a free one when "
                         "--port is 0; 0 = no dashboard)")
     p.add_argument("--mpirun-arg", action="append", default=[], metavar="ARG", dest="mpirun_args",
                    help="pass ARG to every mpirun (repeatable, in order; e.g. --mpirun-arg=-launcher "
                         "--mpirun-arg=ssh --mpirun-arg=-iface --mpirun-arg=eth1); stored with each attempt")
-    p.add_argument("--host-failures", type=int, default=2, metavar="N",
+    p.add_argument("--host-failures", type=integer, default=2, metavar="N",
                    help="quarantine a host after N failed attempts blamed on it within the window (default 2)")
     p.add_argument("--host-failure-window", type=float, default=600.0, metavar="SECONDS",
                    help="the window in which a host's failures count (default 600)")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("logs", cmd_logs, "print a job's worker log")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    p.add_argument("--attempt", type=int, default=0, help="which attempt (default: the latest)")
+    p.add_argument("--attempt", type=integer, default=0, help="which attempt (default: the latest)")
 
     p = command("cancel", cmd_cancel, "stop a job")
     p.add_argument("job_id", metavar="ID")
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("metrics", cmd_metrics, "a job's metric history")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--from-step", type=int, default=0, help="only points at or after this step")
+    p.add_argument("--from-step", type=integer, default=0, help="only points at or after this step")
     p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")
 
     p = command("plot", cmd_plot, "draw jobs' curves (loss, validation, lr, samples/s vs step) on shared axes "
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("download", cmd_download, "download a checkpoint and verify its sha256")
     p.add_argument("job_id", metavar="ID")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, help="the checkpoint at this step")
+    which.add_argument("--step", type=integer, help="the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="the one with the lowest validation loss")
     which.add_argument("--latest", action="store_true", help="the newest (default)")
     p.add_argument("-o", "--output", required=True, help="file to write")
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("export", cmd_export, "write a checkpoint as an ONNX model (needs: pip install 'gradmesh[onnx]')")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job id to download one from")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, help="with a job id: the checkpoint at this step")
+    which.add_argument("--step", type=integer, help="with a job id: the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="with a job id: the one with the lowest validation loss")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                 json_flag=False)
     p.add_argument("--keep-dir", help="directory for the demo's data (default: a new temporary directory)")
     p.add_argument("--workers", type=count, default=2, help="MPI ranks (default 2)")
-    p.add_argument("--epochs", type=int, default=0, help="override the demo's epochs")
+    p.add_argument("--epochs", type=integer, default=0, help="override the demo's epochs")
     p.add_argument("--keep", action="store_true",
                    help="afterwards, keep the coordinator and its dashboard up until Ctrl-C, to look around")
     return parser

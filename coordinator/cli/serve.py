@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from coordinator.access.admission import CallLimits
-from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
+from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError, integer
 from coordinator.client import TOKEN_FILE
 from coordinator.fleet.health import HostPolicy
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
@@ -33,12 +33,12 @@ def import_start_server():
 def add_limit_flags(parser) -> None:
     """`gradmesh serve`'s flags for the caps on calls (defaults: coordinator.access.admission.CallLimits)."""
     d = CallLimits()
-    parser.add_argument("--max-worker-rpcs", type=int, default=d.worker_rpcs, metavar="N",
+    parser.add_argument("--max-worker-rpcs", type=integer, default=d.worker_rpcs, metavar="N",
                         help=f"WorkerService calls in flight, the ranks' own share (default {d.worker_rpcs})")
-    parser.add_argument("--max-client-rpcs", type=int, default=d.client_rpcs, metavar="N",
+    parser.add_argument("--max-client-rpcs", type=integer, default=d.client_rpcs, metavar="N",
                         help="JobService and reflection calls in flight, open watch/log streams included "
                              f"(default {d.client_rpcs})")
-    parser.add_argument("--max-health-rpcs", type=int, default=d.open_rpcs, metavar="N",
+    parser.add_argument("--max-health-rpcs", type=integer, default=d.open_rpcs, metavar="N",
                         help=f"health checks and health watch streams in flight (default {d.open_rpcs})")
     parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
                         help="cancel a call that waits this long for its client to send or to take a message "
