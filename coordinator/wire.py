@@ -35,6 +35,8 @@ JOB_TOKEN_ENV = "GRADMESH_JOB_TOKEN"
 DATA_ROOTS_ENV = "GRADMESH_DATA_ROOTS"         # the coordinator's data roots (os.pathsep-separated), for the ranks
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 TOKEN_FILE = "token"                           # the client token's file in the coordinator's data directory
+LOCK_FILE = "lock"                             # flock'ed by the coordinator that owns the data directory
+OWNER_FILE = "coordinator.json"                # beside the token: that coordinator's pid, address and dashboard
 
 # Values of KIND_TRAILER.
 KIND_JOB = "job"
@@ -148,6 +150,31 @@ def sha256_of_chunks(chunks: Iterable[bytes]) -> str:
     for chunk in chunks:
         tally.add(chunk)
     return tally.hexdigest()
+
+
+def owner_address(data_dir: str | Path) -> str | None:
+    """The gRPC address of the coordinator that owns `data_dir` now (its DATA_DIR/coordinator.json, trusted
+    only while that coordinator still holds the directory's lock); None when none does."""
+    import fcntl
+    directory = Path(data_dir).expanduser()
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            pass  # held: a coordinator owns the directory
+        else:
+            return None  # nobody holds it: what the file says is stale
+        try:
+            address = json.loads((directory / OWNER_FILE).read_text())["address"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return address if isinstance(address, str) and address else None
+    finally:
+        os.close(fd)
 
 
 def resolve_token(token: str | None = None, data_dir: str | Path | None = None) -> str | None:

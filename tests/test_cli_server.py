@@ -343,3 +343,46 @@ def test_serve_with_a_hostfile(tmp_path):
         assert proc.returncode == 0
     both = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--hostfile", str(hostfile), "--slots", "2")
     assert "only one of" in one_error_line(both)
+
+
+# ---------------------------------------------------------------- one data directory, one coordinator
+
+@pytest.mark.timeout(120)
+def test_one_data_directory_one_coordinator(tmp_path):
+    """A second serve on the same --data-dir is refused in one line naming the first one's pid and address; a
+    client given only --data-dir finds the coordinator that owns it (not whatever answers on 50051)."""
+    with _serving(tmp_path) as (first, address):
+        second = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--port", "0", "--slots", "1", timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        line = one_error_line(second)
+        assert f"pid {first.pid}" in line and address in line and "in use" in line, line
+        assert "listening" not in second.stdout
+        owner = json.loads((tmp_path / "d" / "coordinator.json").read_text())
+        assert owner["pid"] == first.pid and owner["address"] == address
+        assert oct((tmp_path / "d" / "coordinator.json").stat().st_mode & 0o777) == "0o600"
+        # the client: --data-dir alone gives it the token and the address
+        listed = run_cli("--data-dir", str(tmp_path / "d"), "list", env=cli_env(HOME=str(tmp_path)))
+        assert listed.returncode == 0 and listed.stdout.strip() == "no jobs", listed.stderr
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+        assert first.returncode == 0
+    assert not (tmp_path / "d" / "coordinator.json").exists()
+    # the lock went with it: the directory serves again
+    with _serving(tmp_path) as (again, _):
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)
+        assert again.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_coordinator_leaves_no_lock_and_its_stale_address_is_not_trusted(tmp_path):
+    with _serving(tmp_path) as (first, address):
+        first.kill()
+        first.wait(timeout=30)
+    assert (tmp_path / "d" / "coordinator.json").exists()  # stale, as a kill -9 leaves it
+    from coordinator.wire import owner_address
+    assert owner_address(tmp_path / "d") is None  # nobody holds the lock: the file is not believed
+    with _serving(tmp_path) as (again, new_address):
+        assert owner_address(tmp_path / "d") == new_address
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)

@@ -8,6 +8,7 @@ they know (helpers.running_job), so they take a second each.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.states import JobState
 from coordinator.access.tokens import hash_token
 from coordinator.wire import JOB_TOKEN_HEADER
-from helpers import (SMALL_SPEC, cli_env, expect_error, idle_server, run_cli, running_job, small_digits_spec,
+from helpers import (SMALL_SPEC, cli_env, dashboard_get, dashboard_login, expect_error, idle_server, run_cli, running_job, small_digits_spec,
                      upload_checkpoint, wait_for, worker_stub)
 
 pytestmark = pytest.mark.timeout(120)
@@ -325,3 +326,82 @@ def test_error_details_are_bounded_printable_ascii(start_coordinator):
 def test_serve_refuses_a_cap_that_would_lock_the_door(tmp_path, flag, value):
     done = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path / "d"), flag, value, env=cli_env(HOME=str(tmp_path)))
     assert done.returncode == 2 and flag in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- 5. a registered run, one bad stored row
+
+@pytest.mark.parametrize("hosts", ["h:3000000000", "h:\u00b2", "h:\u0661", "h:-1", "h:0", "h:+2", "h:1_0",
+                                   "bad host:1", "h\n:1"])
+def test_a_registered_runs_hosts_are_checked_at_the_door(start_coordinator, hosts):
+    srv = idle_server(start_coordinator)
+    with grpc.insecure_channel(srv.address) as ch:
+        register = rpc.JobServiceStub(ch).RegisterRun
+        err = expect_error(CODE.INVALID_ARGUMENT, lambda: register(
+            pb.RegisterRunRequest(spec=SMALL_SPEC, job_id="reg-bad", hosts=hosts), timeout=10,
+            metadata=_bearer(srv.token)))
+        assert ("gradmesh-field", "hosts") in tuple(err.trailing_metadata()), err.details()
+        assert srv.store.get_job("reg-bad") is None  # refused before anything was stored
+        good = register(pb.RegisterRunRequest(spec=SMALL_SPEC, job_id="reg-ok", hosts=" vm:2, [::1]:1,gpu7"),
+                        timeout=10, metadata=_bearer(srv.token))
+        [attempt] = good.job.attempt_history
+        assert (attempt.hosts, attempt.ranks) == ("vm:2,[::1]:1,gpu7:1", 4)
+
+
+def _write_bad_rows(srv) -> list[str]:
+    """Jobs whose rows were damaged behind the coordinator's back (by hand, a bug, an older release), written
+    straight into SQLite; returns their ids."""
+    import sqlite3
+    bad = {"bad-hosts-sup": ("attempts", "hosts", "h:\u00b2"), "bad-hosts-big": ("attempts", "hosts", "h:3000000000"),
+           "bad-state": ("jobs", "state", "EXPLODED"), "bad-labels": ("jobs", "labels_json", "{not json"),
+           "bad-spec": ("jobs", "spec_json", "{not json"), "bad-workers": ("jobs", "workers", "lots"),
+           "bad-int32": ("jobs", "workers", 2**40), "bad-cause": ("attempts", "failure_cause", "GREMLINS"),
+           "bad-mpi-args": ("attempts", "mpi_args", "[unclosed"),
+           "bad-transition": ("transitions", "state", "SIDEWAYS")}
+    for job_id in bad:
+        running_job(srv, job_id, f"token-{job_id}")
+    db = sqlite3.connect(srv.data_dir / "gradmesh.db")
+    with db:
+        for job_id, (table, column, value) in bad.items():
+            key = "id" if table == "jobs" else "job_id"
+            db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (value, job_id))
+    db.close()
+    srv.core.signal.changed()  # the views are cached per change
+    return list(bad)
+
+
+def test_one_bad_stored_row_never_takes_a_listing_down(start_coordinator, tmp_path):
+    srv = idle_server(start_coordinator, http_port=0)
+    running_job(srv, "good-before", "token-good-before")
+    bad = _write_bad_rows(srv)
+    running_job(srv, "good-after", "token-good-after")
+    client = Client(srv.address, token=srv.token)
+    listed = {j.id for j in client.list()}
+    assert {"good-before", "good-after"} <= listed
+    assert listed >= set(bad) - {"bad-state", "bad-workers"}  # only the rows that are no job at all are left out
+    for state in ([JobState.RUNNING], None):
+        assert "good-after" in {j.id for j in client.list(states=state)}
+    for job_id in bad:
+        try:
+            job = client.get(job_id)
+        except Exception as err:  # noqa: BLE001 - the two rows that are no job answer DATA_LOSS, naming it
+            assert job_id in ("bad-state", "bad-workers") and type(err).__name__ == "DataLoss", (job_id, err)
+            assert job_id in str(err)
+            continue
+        assert job.id == job_id and job.spec is not None
+        if job_id.startswith("bad-hosts"):
+            assert job.attempt_history[0].ranks == 0  # a count that cannot be read counts for nothing
+    client.close()
+    # the CLI's list and status, and the dashboard's list and pages, as well
+    done = run_cli("--address", srv.address, "--token", srv.token, "list", env=cli_env(HOME=str(tmp_path)))
+    assert done.returncode == 0 and "good-before" in done.stdout and "bad-hosts-sup" in done.stdout, done.stderr
+    for job_id in ("bad-hosts-sup", "bad-spec", "bad-int32"):
+        done = run_cli("--address", srv.address, "--token", srv.token, "status", job_id,
+                       env=cli_env(HOME=str(tmp_path)))
+        assert done.returncode == 0 and job_id in done.stdout, done.stderr
+    session = dashboard_login(srv.dashboard.port, srv.token)
+    status, body = dashboard_get(srv.dashboard.port, "/api/jobs", session)
+    assert status == 200 and "good-after" in {j["id"] for j in json.loads(body)["jobs"]}
+    for job_id in ("bad-hosts-sup", "bad-spec", "bad-labels", "bad-transition"):
+        assert dashboard_get(srv.dashboard.port, f"/api/jobs/{job_id}", session)[0] == 200, job_id
+    status, body = dashboard_get(srv.dashboard.port, "/api/jobs/bad-state", session)
+    assert status == 500 and json.loads(body)["code"] == "DATA_LOSS"  # said, naming the job, not a traceback

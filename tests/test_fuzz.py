@@ -453,3 +453,37 @@ def _token_or_none(srv, job_id: str) -> str | None:
 def _terminal(client, job_id):
     job = client.get(job_id)
     return job if job.is_terminal() else None
+
+
+# ---------------------------------------------------------------- what the fuzzer once found, kept as cases
+
+def test_what_the_fuzzer_found_stays_fixed(start_coordinator):
+    """ListJobs with 250,001 states (once "too many SQL variables"), specs with a 5,001-digit integer (once
+    Python's int-string limit), a registered run's hosts that int() reads but int32 cannot hold: each is an
+    answer, never INTERNAL."""
+    srv = start_coordinator(slots=1)
+    srv.core.scheduler.stop()
+    metadata = (("authorization", f"Bearer {srv.token}"),)
+    with grpc.insecure_channel(srv.address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        from coordinator.rpc import gradmesh_pb2_grpc as rpc
+        jobs = rpc.JobServiceStub(channel)
+        spec = small_digits_spec(steps=50, workers=1)
+        jobs.SubmitJob(pb.SubmitJobRequest(spec=json.dumps(spec), job_id="listed"), timeout=30, metadata=metadata)
+        reply = jobs.ListJobs(pb.ListJobsRequest(states=[int(JobState.QUEUED)] * 250_001), timeout=60,
+                              metadata=metadata)
+        assert [j.id for j in reply.jobs] == ["listed"]
+        huge = "9" * 5001
+        for text in (json.dumps(spec).replace('"steps": 50', f'"steps": {huge}'),
+                     json.dumps(spec)[:-1] + f', "extra": -{huge}}}',
+                     f'name = "t"\n[train]\nsteps = {huge}\n'):
+            with pytest.raises(grpc.RpcError) as refused:
+                jobs.SubmitJob(pb.SubmitJobRequest(spec=text), timeout=30, metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            assert "5001 digits" in refused.value.details()
+            assert ("gradmesh-field", "file") in tuple(refused.value.trailing_metadata())
+        for hosts in ("h:3000000000", "h:\u00b2"):
+            with pytest.raises(grpc.RpcError) as refused:
+                jobs.RegisterRun(pb.RegisterRunRequest(spec=json.dumps(spec), hosts=hosts), timeout=30,
+                                 metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert len(jobs.ListJobs(pb.ListJobsRequest(), timeout=30, metadata=metadata).jobs) == 1

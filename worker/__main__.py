@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -137,6 +138,12 @@ def _register_on_root(opts, comm):
     from worker.register import RegistrationRefused, register
     from worker.report import CoordinatorHooks
 
+    import socket
+    # where the ranks run, as "HOST:RANKS,HOST:RANKS" (what the coordinator stores for its own attempts)
+    ranks_per_host: dict[str, int] = {}
+    for name in comm.allgather_bytes(socket.gethostname().encode()):
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", name.decode(errors="replace"))[:255] or "unknown"
+        ranks_per_host[host] = ranks_per_host.get(host, 0) + 1
     payload = b""
     if comm.rank == 0:
         try:
@@ -148,10 +155,9 @@ def _register_on_root(opts, comm):
             token = resolve_token(opts.token, opts.data_dir) or ""
             if not token:
                 raise RegistrationRefused("no client token: give --token, GRADMESH_TOKEN or --data-dir")
-            import socket
+            hosts = ",".join(f"{host}:{n}" for host, n in ranks_per_host.items())
             job_id, worker_token, attempt = register(opts.coordinator, text, token, workers=comm.size,
-                                                     hosts=f"{comm.size} rank(s), rank 0 on {socket.gethostname()}",
-                                                     tls_ca=_tls_ca())
+                                                     hosts=hosts, tls_ca=_tls_ca())
             payload = b"ok:" + json.dumps({"text": text, "job": job_id, "token": worker_token,
                                             "attempt": attempt}).encode()
         except SpecError as exc:

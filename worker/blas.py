@@ -132,7 +132,7 @@ def planned_threads(requested: int, ranks_on_host: int, environ=os.environ) -> i
     """The BLAS threads this rank will run (worker/threads.py's rule, without importing numpy)."""
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         first = environ.get(name, "").split(",")[0].strip()
-        if first.isdigit() and int(first) > 0:
+        if first.isascii() and first.isdigit() and len(first) < 7 and int(first) > 0:
             return int(first)
     if requested > 0:
         return requested

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FORMAT_VERSION = 1
-_PERIODIC = re.compile(r"^ckpt-(\d+)\.npz$")
+_PERIODIC = re.compile(r"^ckpt-([0-9]{1,18})\.npz$")
 
 
 class CheckpointError(ValueError):

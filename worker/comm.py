@@ -115,7 +115,7 @@ def init_comm(hang_timeout_s: float | None = None) -> Comm:
     if launched_by_mpi():
         return MpiComm(hang_timeout_s)
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
-    if tasks.isdigit() and int(tasks) > 1:
+    if tasks.isascii() and tasks.isdigit() and len(tasks) < 10 and int(tasks) > 1:
         # srun without an MPI plugin starts N independent copies that would each train alone.
         raise RuntimeError(f"started by srun as one of {tasks} tasks without MPI wire-up: "
                            "use `srun --mpi=pmi2 ...` (or mpirun inside the allocation)")

@@ -66,6 +66,7 @@ NO_VALIDATION = "no validation set"
 
 
 def format_point(point: dict[str, float], total_steps: int, has_validation: bool = True) -> str:
+    point = {"epoch": 0, "train_loss": math.nan, "samples_per_second": math.nan, "lr": math.nan, **point}
     parts = [f"step {int(point['step'])}/{total_steps}", f"epoch {int(point['epoch'])}",
              f"loss {point['train_loss']:.4f}"]
     if not has_validation:

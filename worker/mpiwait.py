@@ -38,7 +38,7 @@ THROTTLE_CVARS = {
 def ranks_on_host(environ=os.environ) -> int | None:
     for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
         raw = environ.get(name, "").strip()
-        if raw.isdigit() and int(raw) > 0:
+        if raw.isascii() and raw.isdigit() and len(raw) < 10 and int(raw) > 0:
             return int(raw)
     return None
 

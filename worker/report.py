@@ -53,7 +53,7 @@ from worker.checkpoint_fetch import CheckpointFetch
 from worker.checkpoint_uploads import CheckpointUploads, PendingUpload
 from worker.coordinator_link import (DISOWNED, KIND_DISK, RETRYABLE, CoordinatorRefused, failure_request,
                                      metric_float, open_channel, refusal_kind, say)
-from worker.hooks import Hooks, StopRequest
+from worker.hooks import ConsoleHooks, Hooks, StopRequest
 
 FINISH_EVENTS = {"succeeded": pb.WORKER_EVENT_FINISHED, "stopped": pb.WORKER_EVENT_STOPPED}  # "nan": a failure
 FETCH_TIMEOUT_S = 30.0            # FetchJob: a coordinator that is restarting gets this long to come back
@@ -82,6 +82,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         self._stub = rpc.WorkerServiceStub(self._channel)
         self._metadata = ((JOB_TOKEN_HEADER, token),)
         self._lock = threading.Lock()
+        self._console = ConsoleHooks()  # the progress lines of a standalone run, into the attempt log
         self._points: list[pb.MetricPoint] = []
         # events still to deliver, oldest first: (WorkerEvent, message, WorkerFailure or None)
         self._events: deque[tuple[int, str, pb.WorkerFailure | None]] = deque()
@@ -123,6 +124,8 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
     # (on_checkpoint is CheckpointUploads': it only queues the file)
 
     def on_start(self, *, step, total_steps, epoch, info):
+        # the attempt's log (`gradmesh logs -f`, the dashboard) shows what a standalone run prints, as it is printed
+        self._console.on_start(step=step, total_steps=total_steps, epoch=epoch, info=info)
         ranks = f"{info.get('ranks', '?')} rank(s)"
         with self._lock:
             self._progress = (step, total_steps, epoch)
@@ -131,6 +134,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         self._wake.set()
 
     def on_metrics(self, point):
+        self._console.on_metrics(point)
         msg = pb.MetricPoint(step=int(point["step"]), epoch=int(point.get("epoch", 0)),
                              train_loss=metric_float(point, "train_loss"), val_loss=metric_float(point, "val_loss"),
                              val_accuracy=metric_float(point, "val_accuracy"),
@@ -160,6 +164,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         return self._stop
 
     def on_finish(self, *, step, epoch, status, message=""):
+        self._console.on_finish(step=step, epoch=epoch, status=status, message=message)
         with self._lock:
             s, total, e = self._progress
             self._progress = (max(s, step), total, max(e, epoch))

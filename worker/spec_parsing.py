@@ -44,13 +44,27 @@ def load_raw(text: str, json_format: bool | None = None) -> Any:
     """The plain structure of spec text, not yet validated (SpecError, field "file", when it does not parse)."""
     if json_format is None:
         json_format = text.lstrip().startswith("{")
+    kind = "JSON" if json_format else "TOML"
     try:
-        return json.loads(text) if json_format else tomllib.loads(text)
+        return json.loads(text, parse_int=_bounded_int) if json_format else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if json_format else "TOML"
         raise SpecError("file", f"not valid {kind}: {exc}") from None
+    except SpecError:
+        raise
+    except ValueError as exc:  # an integer longer than Python converts (TOML; JSON stops at _bounded_int)
+        raise SpecError("file", f"not a usable {kind} spec: {str(exc).split(';')[0]}") from None
     except RecursionError:
         raise SpecError("file", "nested too deeply (a job spec is at most a few tables deep)") from None
+
+
+MAX_INT_DIGITS = 40  # far beyond any setting's range (int64 has 19 digits); longer ones are refused unread
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise SpecError("file", f"an integer of {len(text.lstrip('-'))} digits; a spec's numbers have at most "
+                                f"{MAX_INT_DIGITS}")
+    return int(text)
 
 
 def parse_spec(raw: Any) -> JobSpec:

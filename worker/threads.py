@@ -45,7 +45,7 @@ def _env_threads() -> tuple[int, str] | None:
         if not raw:
             continue
         first = raw.split(",")[0].strip()  # OMP_NUM_THREADS may list nested levels: "4,2"
-        if not first.isdigit() or int(first) < 1:
+        if not (first.isascii() and first.isdigit() and len(first) < 7) or int(first) < 1:
             raise ValueError(f"environment variable {name}={raw!r} is not a positive integer")
         return int(first), f"environment {name}={raw}"
     return None

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]{1,18})\s*([KMGT]?)(i?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -101,10 +101,9 @@ def parse_size(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not re.fullmatch(r"[0-9]{1,18}", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in digits 0-9")
+    value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value

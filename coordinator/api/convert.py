@@ -19,7 +19,7 @@ from coordinator.jobs.worker_api import ProgressReport
 def metric_to_pb(m: MetricRow) -> pb.MetricPoint:
     return pb.MetricPoint(step=m.step, epoch=m.epoch, train_loss=m.train_loss, val_loss=m.val_loss,
                           val_accuracy=m.val_accuracy, samples_per_second=m.samples_per_second, lr=m.lr,
-                          time_unix=m.time_unix, attempt=m.attempt)
+                          time_unix=m.time_unix, attempt=_i32(m.attempt))
 
 
 def metric_from_pb(p: pb.MetricPoint) -> MetricRow:
@@ -28,8 +28,13 @@ def metric_from_pb(p: pb.MetricPoint) -> MetricRow:
                      time_unix=p.time_unix, attempt=p.attempt)
 
 
+def _i32(value: int) -> int:
+    """A stored count as an int32 field carries it: a row written by hand must not make a reply unsendable."""
+    return max(-2**31, min(2**31 - 1, value))
+
+
 def state_to_pb(t: TransitionRow) -> pb.StateChange:
-    return pb.StateChange(state=int(t.state), message=t.message, time_unix=t.time, attempt=t.attempt,
+    return pb.StateChange(state=int(t.state), message=t.message, time_unix=t.time, attempt=_i32(t.attempt),
                           transition_id=t.id)
 
 
@@ -53,9 +58,9 @@ def job_to_pb(v: JobView) -> pb.Job:
 def _build_job_pb(v: JobView) -> pb.Job:
     j = v.job
     msg = pb.Job(id=j.id, name=j.name, spec_json=j.spec_json, state=int(j.state), message=j.message,
-                 workers=j.workers, priority=j.priority, labels=j.labels, step=j.step, total_steps=j.total_steps,
+                 workers=_i32(j.workers), priority=_i32(j.priority), labels=j.labels, step=j.step, total_steps=j.total_steps,
                  epoch=j.epoch, samples_per_second=v.samples_per_second, eta_seconds=v.eta_seconds,
-                 attempts=j.attempts, restarts=j.restarts, created_unix=j.created, started_unix=j.started,
+                 attempts=_i32(j.attempts), restarts=_i32(j.restarts), created_unix=j.created, started_unix=j.started,
                  ended_unix=j.ended, history=[state_to_pb(t) for t in v.history], executor=j.executor,
                  attempt_history=[attempt_to_pb(a) for a in v.attempts])
     if v.latest is not None:
@@ -66,7 +71,7 @@ def _build_job_pb(v: JobView) -> pb.Job:
 
 
 def attempt_to_pb(a: AttemptRow) -> pb.AttemptSummary:
-    return pb.AttemptSummary(attempt=a.attempt, ranks=a.ranks, hosts=a.hosts, outcome=a.outcome, message=a.message,
+    return pb.AttemptSummary(attempt=_i32(a.attempt), ranks=_i32(a.ranks), hosts=a.hosts, outcome=a.outcome, message=a.message,
                              started_unix=a.started, ended_unix=a.ended, mpi_args=list(a.mpi_args),
                              slurm_job=a.slurm_job if a.slurm_job != UNSUBMITTED else "")
 

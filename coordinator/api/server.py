@@ -17,7 +17,9 @@ Calls are admitted per class of caller, each under its own cap (`limits`, coordi
 ranks' calls never wait behind the clients', callers without a valid token are refused before a message
 is read, and a call that waits on its client longer than the idle timeout is cancelled.
 
-The data directory is created 0700. The client token is `token`, else DATA_DIR/token, else generated into
+The data directory is created 0700 and held by one coordinator at a time (coordinator.api.data_lock: a
+second one is refused with one line naming the first one's pid and address, which it writes to
+DATA_DIR/coordinator.json for clients given --data-dir). The client token is `token`, else DATA_DIR/token, else generated into
 DATA_DIR/token (mode 0600; see `load_or_create_token` for what an existing file must be).
 On start the store is re-read: queued jobs are scheduled again, running jobs whose process group is
 still alive are re-adopted, and the ones that ended meanwhile are settled (coordinator.supervision.supervisor).
@@ -34,6 +36,7 @@ import errno
 import logging
 import os
 import secrets
+import socket
 import stat
 import sys
 from concurrent import futures
@@ -50,10 +53,11 @@ from coordinator.access.auth import AuthInterceptor
 from coordinator.core import Coordinator
 from coordinator.fleet.health import HostPolicy
 from coordinator.access.limits import Limits
-from coordinator.dashboard import RunningDashboard, start_dashboard
+from coordinator.dashboard import HttpLimits, RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.supervision.slurm import SlurmExecutor, check_slurm
+from coordinator.api.data_lock import DataDirLock
 from coordinator.api.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store.store import Store
 from coordinator.access.tokens import hash_token
@@ -131,6 +135,21 @@ def _create_token(path: Path) -> str:
     return new
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """OSError, in one line a person can act on, when host:port cannot be listened on (in use, most often)."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT does not count
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise OSError(f"port {port} on {host} is already in use (another gradmesh serve, or a dashboard?): "
+                              "choose another --port, or --port 0 for any free one") from None
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
 @dataclass
 class RunningServer:
     address: str
@@ -143,6 +162,7 @@ class RunningServer:
     health: health.HealthServicer
     admission: Admission
     dashboard: "RunningDashboard | None" = None  # the web dashboard, when started with http_port
+    lock: DataDirLock | None = None                 # this server's hold on its data directory
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, grace: float = 5.0, stop_jobs: bool = True) -> None:
@@ -160,6 +180,8 @@ class RunningServer:
         self.admission.close()
         self.core.close(stop_jobs=stop_jobs)
         self.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def job_token(self, job_id: str) -> str:
         """The job token of the running attempt this server launched (for tests and benchmarks); KeyError when
@@ -183,9 +205,29 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  call_limits: CallLimits | None = None, http_port: int | None = None,
                  executor: str = "local", slurm: SlurmOptions | None = None,
                  mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
-                 delete_ended_after_s: float | None = None) -> RunningServer:
+                 delete_ended_after_s: float | None = None, http_limits: HttpLimits | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
+    lock = DataDirLock.acquire(data_dir)  # DataDirInUse (OSError): another coordinator owns it
+    try:
+        srv = _start(data_dir, lock, host=host, port=port, slots=slots, hosts=hosts, data_roots=data_roots,
+                     token=token, tls_cert=tls_cert, tls_key=tls_key, advertise_address=advertise_address,
+                     limits=limits, call_limits=call_limits, http_port=http_port, executor=executor, slurm=slurm,
+                     mpi_args=mpi_args, host_policy=host_policy, delete_ended_after_s=delete_ended_after_s,
+                     http_limits=http_limits)
+    except BaseException:
+        lock.release()
+        raise
+    lock.announce(srv.core.address, srv.dashboard.url if srv.dashboard else "")
+    return srv
+
+
+def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: int | None,
+           hosts: list[tuple[str, int]] | None, data_roots: list[Path] | None, token: str | None,
+           tls_cert: Path | None, tls_key: Path | None, advertise_address: str | None, limits: Limits | None,
+           call_limits: CallLimits | None, http_port: int | None, executor: str, slurm: SlurmOptions | None,
+           mpi_args: Sequence[str], host_policy: HostPolicy | None, delete_ended_after_s: float | None,
+           http_limits: HttpLimits | None) -> RunningServer:
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both tls_cert and tls_key")
     if slots is not None and hosts:
@@ -234,6 +276,12 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
 
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
+        _check_port_free(host, port)  # gRPC's own refusal is a C-level log line and "see GRPC_VERBOSITY"
+    except OSError:
+        admission.close()
+        store.close()
+        raise
+    try:
         if tls_cert is not None:
             creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
             bound = server.add_secure_port(bind, creds)
@@ -253,8 +301,10 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     dashboard = None
     if http_port is not None:  # the dashboard: same interface, TLS when gRPC has it (None = no dashboard)
         try:
+            # the HTTP side idles out as the gRPC side does, unless told otherwise
+            limits_http = http_limits or HttpLimits(idle_timeout_s=admission.limits.idle_timeout_s)
             dashboard = start_dashboard(core, client_token, host=host or "0.0.0.0", port=http_port,
-                                        tls_cert=tls_cert, tls_key=tls_key)
+                                        tls_cert=tls_cert, tls_key=tls_key, limits=limits_http)
         except OSError:
             server.stop(None)
             store.close()
@@ -264,4 +314,4 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
     return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
                          store=store, grpc_server=server, health=health_servicer, admission=admission,
-                         dashboard=dashboard)
+                         dashboard=dashboard, lock=lock)

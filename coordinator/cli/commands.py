@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Sequence, TextIO
 
 from coordinator import wire
 from coordinator.cli.render import (
-    ProgressView, describe_job, fmt_bytes, fmt_num, fmt_pct, fmt_time, job_table, print_json, summary_line, table,
+    ProgressView, clean, describe_job, fmt_bytes, fmt_num, fmt_pct, fmt_time, job_table, print_json, summary_line, table,
 )
 from coordinator.client import (
     TOKEN_FILE, Client, DeadlineExceeded, GradmeshError, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricReported,
@@ -25,6 +26,14 @@ from coordinator.client import (
 DEFAULT_DATA_DIR = Path("~/.gradmesh")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 REFRESH_SECONDS = 1.0  # while watching, ask the coordinator for the step count and ETA this often at most
+
+
+def integer(text: str) -> int:
+    """An argparse type: a whole number in digits 0-9 (int() would also take "١٢", "1_000" and " 7 ")."""
+    import argparse
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number (digits 0-9)")
+    return int(text)
 
 
 class CliError(Exception):
@@ -94,7 +103,7 @@ def _event_dict(event: WatchEvent) -> dict[str, Any]:
 def outcome(job: JobInfo) -> int:
     if job.state is JobState.SUCCEEDED:
         return EXIT_OK
-    raise CliError(f"job {job.id} {job.state.name}" + (f": {job.message}" if job.message else ""))
+    raise CliError(f"job {clean(job.id)} {job.state.name}" + (f": {clean(job.message, indent=2)}" if job.message else ""))
 
 
 def cmd_submit(args) -> int:
@@ -132,7 +141,12 @@ def cmd_list(args) -> int:
 
 def cmd_watch(args) -> int:
     with make_client(args) as client:
-        job = watch_job(client, args.job_id, stream=sys.stdout, as_json=args.json)
+        try:
+            job = watch_job(client, args.job_id, stream=sys.stdout, as_json=args.json)
+        except KeyboardInterrupt:  # the watcher stops, not the job: say so, and how to get back to it
+            print(f"\nstopped watching; job {clean(args.job_id)} keeps running (`gradmesh watch {clean(args.job_id)}` "
+                  f"to follow it again, `gradmesh cancel {clean(args.job_id)}` to stop it)", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if not args.json:
         print(summary_line(job))
     return outcome(job)
@@ -170,7 +184,7 @@ def cmd_delete(args) -> int:
             try:
                 gone = client.delete(job_id)
             except GradmeshError as err:
-                print(f"gradmesh: {err.message}", file=sys.stderr)
+                print(f"gradmesh: {clean(err.message)}", file=sys.stderr)
                 failed += 1
                 continue
             deleted.append(gone)

@@ -17,14 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from coordinator.cli.commands import EXIT_OK, EXIT_USAGE, CliError, make_client
+from coordinator.cli.commands import EXIT_OK, EXIT_USAGE, CliError, integer, make_client
 from coordinator.cli.render import fmt_num, fmt_pct, print_json, table
 
 
 def add_arguments(p, predicting: bool = False) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job id to download one from")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, help="with a job id: the checkpoint at this step")
+    which.add_argument("--step", type=integer, help="with a job id: the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="with a job id: the one with the lowest validation loss")
     p.add_argument("--data", required=True, metavar="SOURCE", help="the data: anything [data] source takes")
     p.add_argument("--label-column", help="a .csv source's label column (default: the job's, else 'label')")

@@ -17,8 +17,9 @@
     gradmesh predict best.npz --data new.csv -o predictions.npy
     gradmesh export best.npz -o model.onnx          # ONNX graph (extra: onnx)
 
-Where the coordinator is: --address or GRADMESH_ADDRESS (default 127.0.0.1:50051). The token: --token,
-GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh when it has one); --tls-ca for TLS.
+Where the coordinator is: --address or GRADMESH_ADDRESS, else the one running on --data-dir (default
+127.0.0.1:50051). The token: --token, GRADMESH_TOKEN, or the token file of --data-dir (default ~/.gradmesh
+when it has one); --tls-ca for TLS.
 Every read command takes --json for machine-readable output. Expected errors print one line to stderr
 and exit 1 (a refused spec names the field); usage errors exit 2; Ctrl-C exits 130.
 """
@@ -30,10 +31,11 @@ import sys
 from typing import Callable, Sequence
 
 from coordinator.cli.commands import (
-    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, integer, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
     cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
+from coordinator.cli.render import clean
 from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
@@ -42,6 +44,21 @@ from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.access.limits import Limits
 from coordinator.files.expiry import parse_duration
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("gradmesh")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def count(text: str) -> int:
+    """A number of workers: 1 or more, in digits 0-9 (0 would silently mean "the spec's own")."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of workers, at least 1")
+    return int(text)
 
 
 def duration(text: str) -> float:
@@ -61,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="coordinator HOST:PORT (GRADMESH_ADDRESS, default 127.0.0.1:50051)")
         g.add_argument("--token", default=d(None),
                        help="bearer token (GRADMESH_TOKEN); write --token=VALUE when it starts with -")
-        g.add_argument("--data-dir", default=d(None), help="coordinator data directory (to read its token file)")
+        g.add_argument("--data-dir", default=d(None),
+                       help="coordinator data directory: its token file, and the address of the coordinator "
+                            "running on it (unless --address or GRADMESH_ADDRESS says otherwise)")
         g.add_argument("--tls-ca", default=d(None), help="CA certificate PEM for a TLS coordinator (GRADMESH_TLS_CA)")
         g.add_argument("--timeout", type=float, default=d(10.0), help="seconds per call (default 10)")
 
@@ -69,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     add_globals(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"gradmesh {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -82,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", cmd_serve, "run a coordinator until SIGINT/SIGTERM", json_flag=False)
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; another needs --advertise-address)")
-    p.add_argument("--port", type=int, default=50051, help="port (0 = any free one; default 50051)")
-    p.add_argument("--slots", type=int, help="worker slots on this host (default: its cores)")
+    p.add_argument("--port", type=integer, default=50051, help="port (0 = any free one; default 50051)")
+    p.add_argument("--slots", type=integer, help="worker slots on this host (default: its cores)")
     p.add_argument("--hosts", help="several machines: HOST:SLOTS,HOST:SLOTS")
     p.add_argument("--hostfile", help="file of HOST:SLOTS (or 'HOST slots=N') lines")
     p.add_argument("--data-root", action="append", default=[], metavar="DIR",
@@ -91,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="server certificate PEM (enables TLS)")
     p.add_argument("--tls-key", help="server private key PEM")
     p.add_argument("--advertise-address", help="HOST:PORT the workers use to reach this coordinator")
-    p.add_argument("--http-port", type=int, default=None,
+    p.add_argument("--http-port", type=integer, default=None,
                    help="web dashboard port on the same interface (default: the gRPC port + 1, a free one when "
                         "--port is 0; 0 = no dashboard)")
     p.add_argument("--mpirun-arg", action="append", default=[], metavar="ARG", dest="mpirun_args",
                    help="pass ARG to every mpirun (repeatable, in order; e.g. --mpirun-arg=-launcher "
                         "--mpirun-arg=ssh --mpirun-arg=-iface --mpirun-arg=eth1); stored with each attempt")
-    p.add_argument("--host-failures", type=int, default=2, metavar="N",
+    p.add_argument("--host-failures", type=integer, default=2, metavar="N",
                    help="quarantine a host after N failed attempts blamed on it within the window (default 2)")
     p.add_argument("--host-failure-window", type=float, default=600.0, metavar="SECONDS",
                    help="the window in which a host's failures count (default 600)")
@@ -128,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("submit", cmd_submit, "submit a job spec (TOML or JSON); prints the job id")
     p.add_argument("spec", help="job spec file")
-    p.add_argument("--workers", type=int, help="override the spec's workers")
+    p.add_argument("--workers", type=count, help="override the spec's workers (at least 1)")
     p.add_argument("--id", help="choose the job id (resubmitting the same id and spec is a no-op)")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label (repeatable)")
 
@@ -145,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("logs", cmd_logs, "print a job's worker log")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    p.add_argument("--attempt", type=int, default=0, help="which attempt (default: the latest)")
+    p.add_argument("--attempt", type=integer, default=0, help="which attempt (default: the latest)")
 
     p = command("cancel", cmd_cancel, "stop a job")
     p.add_argument("job_id", metavar="ID")
@@ -154,14 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("resume", cmd_resume, "continue a FAILED or CANCELLED job from its newest checkpoint, as a new job "
                                       "(prints its id)")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--workers", type=int, help="on this many workers instead")
+    p.add_argument("--workers", type=count, help="on this many workers instead (at least 1)")
 
     p = command("delete", cmd_delete, "remove ended jobs with their metrics, logs and checkpoints (frees their disk)")
     p.add_argument("job_ids", nargs="+", metavar="ID")
 
     p = command("metrics", cmd_metrics, "a job's metric history")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--from-step", type=int, default=0, help="only points at or after this step")
+    p.add_argument("--from-step", type=integer, default=0, help="only points at or after this step")
     p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")
 
     p = command("plot", cmd_plot, "draw jobs' curves (loss, validation, lr, samples/s vs step) on shared axes "
@@ -175,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("download", cmd_download, "download a checkpoint and verify its sha256")
     p.add_argument("job_id", metavar="ID")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, help="the checkpoint at this step")
+    which.add_argument("--step", type=integer, help="the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="the one with the lowest validation loss")
     which.add_argument("--latest", action="store_true", help="the newest (default)")
     p.add_argument("-o", "--output", required=True, help="file to write")
@@ -192,15 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("export", cmd_export, "write a checkpoint as an ONNX model (needs onnx: pip install -e '.[onnx]' in the clone)")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job id to download one from")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, help="with a job id: the checkpoint at this step")
+    which.add_argument("--step", type=integer, help="with a job id: the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="with a job id: the one with the lowest validation loss")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
 
     p = command("demo", run_demo, "train the digits MLP on 2 workers through an embedded coordinator",
                 json_flag=False)
     p.add_argument("--keep-dir", help="directory for the demo's data (default: a new temporary directory)")
-    p.add_argument("--workers", type=int, default=2, help="MPI ranks (default 2)")
-    p.add_argument("--epochs", type=int, default=0, help="override the demo's epochs")
+    p.add_argument("--workers", type=count, default=2, help="MPI ranks (default 2)")
+    p.add_argument("--epochs", type=integer, default=0, help="override the demo's epochs")
     p.add_argument("--keep", action="store_true",
                    help="afterwards, keep the coordinator and its dashboard up until Ctrl-C, to look around")
     return parser
@@ -208,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `gradmesh` alone: what it can do, not "the following arguments are required"
+        parser.print_help()
+        return EXIT_OK
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -229,5 +253,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, exit_code: int = EXIT_ERROR) -> int:
-    print(f"gradmesh: {message}", file=sys.stderr)
+    print(f"gradmesh: {clean(message, indent=2)}", file=sys.stderr)
     return exit_code

@@ -4,11 +4,17 @@ Everything shown is the coordinator's: the ETA is `Job.eta_seconds`, "best" is `
 lowest validation loss, so it is named by its val loss), epochs are the worker's own numbers. A job whose
 spec holds no validation data (`data.val_fraction = 0` and points without validation figures) says
 "no validation set" instead of empty figures.
+
+Whatever a job's submitter chose (its name, labels, messages that quote them, hosts a registered run
+named) goes through `clean` before it reaches the terminal: control characters (newlines, CR, ANSI
+escapes, DEL, C1) and bidirectional overrides print as escapes, so one user's job cannot forge rows or
+colours in another user's terminal.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -18,6 +24,17 @@ from typing import Any, Sequence, TextIO
 from coordinator.client import JobInfo, JobState, MetricPoint, StateChange
 
 NO_VALIDATION = "no validation set"
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: object, indent: int | None = None) -> str:
+    """`text` safe to print on a terminal: control characters and bidi overrides as escapes (\\n, \\x1b, \\u202e).
+    With `indent`, a newline stays one (a message quoting a log's last lines) and the lines after it are indented
+    by that many spaces, so they cannot pass for rows of their own."""
+    escape = lambda m: m.group().encode("unicode_escape").decode("ascii")  # noqa: E731
+    if indent is None:
+        return _UNSAFE.sub(escape, str(text))
+    return ("\n" + " " * indent).join(_UNSAFE.sub(escape, line) for line in str(text).split("\n"))
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -98,7 +115,7 @@ def summary_line(job: JobInfo, best: bool = True) -> str:
     took = ""
     if job.started_unix and job.ended_unix:
         took = f" in {fmt_duration(job.ended_unix - job.started_unix)}"
-    return f"{job.id} {job.state.name} at step {job.step}/{job.total_steps}{took}" + (
+    return f"{clean(job.id)} {job.state.name} at step {job.step}/{job.total_steps}{took}" + (
         f", {best_text(job)}" if best else "")
 
 
@@ -106,8 +123,8 @@ def job_table(jobs: Sequence[JobInfo]) -> str:
     rows = [("ID", "STATE", "STEP", "VAL ACC", "WORKERS", "NAME", "CREATED")]
     for job in jobs:
         acc = job.best.val_accuracy if job.best else (job.latest.val_accuracy if job.latest else None)
-        rows.append((job.id, job.state.name, f"{job.step}/{job.total_steps or '?'}", fmt_pct(acc),
-                     str(job.workers), job.name, fmt_time(job.created_unix)))
+        rows.append((clean(job.id), job.state.name, f"{job.step}/{job.total_steps or '?'}", fmt_pct(acc),
+                     str(job.workers), clean(job.name), fmt_time(job.created_unix)))
     return table(rows)
 
 
@@ -117,10 +134,10 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def describe_job(job: JobInfo) -> str:
-    lines = [f"job        {job.id}  ({job.name})",
+    lines = [f"job        {clean(job.id)}  ({clean(job.name)})",
              f"state      {job.state.name}   attempts {job.attempts}, restarts {job.restarts}"]
     if job.message:
-        lines.append(f"message    {job.message}")
+        lines.append(f"message    {clean(job.message, indent=11)}")
     pct = f" ({100 * job.step / job.total_steps:.1f}%)" if job.total_steps else ""
     lines.append(f"progress   step {job.step}/{job.total_steps or '?'}{pct}  epoch {job.epoch}"
                  f"  ETA {fmt_duration(job.eta_seconds) if not job.is_terminal() else '-'}")
@@ -137,7 +154,7 @@ def describe_job(job: JobInfo) -> str:
                      f"  (the lowest val_loss)")
     elif not validation:
         lines.append(f"best       - ({NO_VALIDATION})")
-    labels = ",".join(f"{k}={v}" for k, v in sorted(job.labels.items())) or "-"
+    labels = clean(",".join(f"{k}={v}" for k, v in sorted(job.labels.items())) or "-")
     lines.append(f"workers    {job.workers}   priority {job.priority}   labels {labels}")
     lines.append(f"times      created {fmt_time(job.created_unix)}   started {fmt_time(job.started_unix)}"
                  f"   ended {fmt_time(job.ended_unix)}")
@@ -145,8 +162,10 @@ def describe_job(job: JobInfo) -> str:
         head = "attempts" if i == 0 else ""
         ended = fmt_time(a.ended_unix) if a.ended_unix else "running"
         slurm = f"  Slurm job {a.slurm_job}" if a.slurm_job else ""
-        lines.append(f"{head:<10} #{a.attempt}  {a.ranks} rank(s) on {a.hosts or '-'}  {a.outcome or 'running'}"
-                     f"  {fmt_time(a.started_unix)} .. {ended}{slurm}")
+        lines.append(f"{head:<10} #{a.attempt}  {a.ranks} rank(s) on {clean(a.hosts) or '-'}  "
+                     f"{clean(a.outcome) or 'running'}  {fmt_time(a.started_unix)} .. {ended}{clean(slurm)}")
+        if a.outcome and a.outcome not in ("succeeded", "resized") and a.message and a.message != job.message:
+            lines.append(f"{'':<10}     why: {clean(a.message, indent=20)}")  # the cause, as --json has it
     return "\n".join(lines)
 
 
@@ -186,8 +205,8 @@ class ProgressView:
             self._take_point(job.latest)
         self.samples_per_second = job.samples_per_second or self.samples_per_second
         if not self.tty:
-            self._line(f"{job.id}: {job.state.name} at step {job.step}/{job.total_steps or '?'}"
-                       + (f" — {job.message}" if job.message else ""))
+            self._line(f"{clean(job.id)}: {job.state.name} at step {job.step}/{job.total_steps or '?'}"
+                       + (f" — {clean(job.message, indent=2)}" if job.message else ""))
         self.draw(force=True)
 
     def on_job(self, job: JobInfo) -> None:
@@ -197,7 +216,7 @@ class ProgressView:
 
     def on_state(self, change: StateChange) -> None:
         self.state = change.state
-        outcome = f"{change.state.name}" + (f": {change.message}" if change.message else "")
+        outcome = f"{change.state.name}" + (f": {clean(change.message, indent=2)}" if change.message else "")
         if self.tty:
             if change.state.is_terminal():  # the final progress line stays, the outcome goes below it
                 self.stream.write("\r\x1b[K" + self.render() + "\n")

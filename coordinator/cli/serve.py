@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from coordinator.access.admission import CallLimits
-from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError
+from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError, integer
 from coordinator.client import TOKEN_FILE
 from coordinator.fleet.health import HostPolicy
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
@@ -33,12 +33,12 @@ def import_start_server():
 def add_limit_flags(parser) -> None:
     """`gradmesh serve`'s flags for the caps on calls (defaults: coordinator.access.admission.CallLimits)."""
     d = CallLimits()
-    parser.add_argument("--max-worker-rpcs", type=int, default=d.worker_rpcs, metavar="N",
+    parser.add_argument("--max-worker-rpcs", type=integer, default=d.worker_rpcs, metavar="N",
                         help=f"WorkerService calls in flight, the ranks' own share (default {d.worker_rpcs})")
-    parser.add_argument("--max-client-rpcs", type=int, default=d.client_rpcs, metavar="N",
+    parser.add_argument("--max-client-rpcs", type=integer, default=d.client_rpcs, metavar="N",
                         help="JobService and reflection calls in flight, open watch/log streams included "
                              f"(default {d.client_rpcs})")
-    parser.add_argument("--max-health-rpcs", type=int, default=d.open_rpcs, metavar="N",
+    parser.add_argument("--max-health-rpcs", type=integer, default=d.open_rpcs, metavar="N",
                         help=f"health checks and health watch streams in flight (default {d.open_rpcs})")
     parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
                         help="cancel a call that waits this long for its client to send or to take a message "
@@ -113,6 +113,8 @@ def cmd_serve(args) -> int:
         raise CliError("serve: give only one of --slots, --hosts, --hostfile", EXIT_USAGE)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("serve: --tls-cert and --tls-key go together", EXIT_USAGE)
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"serve: --port {args.port} is not a port (1-65535, or 0 for any free one)", EXIT_USAGE)
     hosts = _host_list(args)
     call_limits = _call_limits(args)
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).expanduser()
@@ -150,6 +152,24 @@ def cmd_serve(args) -> int:
         while not stop.wait(0.5):
             pass
     finally:
-        print("gradmesh coordinator stopping" + (" (running jobs keep running)" if args.keep_jobs else ""), flush=True)
+        print(_stopping_line(srv, args.keep_jobs), flush=True)
         srv.stop(grace=5.0, stop_jobs=not args.keep_jobs)
     return EXIT_OK
+
+
+def _stopping_line(srv, keep_jobs: bool) -> str:
+    """What a stop does to the jobs, by name: they keep running (--keep-jobs), or are stopped and restarted by
+    the next coordinator on this data directory."""
+    from coordinator.cli.render import clean
+    from coordinator.states import JobState
+    running = srv.store.jobs_in(JobState.RUNNING)
+    if not running:
+        return "gradmesh coordinator stopping (no job was running)"
+    shown = ", ".join(f"{clean(j.id)} (step {j.step}/{j.total_steps or '?'})" for j in running[:10])
+    more = f" and {len(running) - 10} more" if len(running) > 10 else ""
+    if keep_jobs:
+        return (f"gradmesh coordinator stopping; {len(running)} running job(s) keep running: {shown}{more} "
+                "(the next `gradmesh serve` on this data directory re-adopts them)")
+    return (f"gradmesh coordinator stopping, and with it {len(running)} running job(s): {shown}{more}; the next "
+            "`gradmesh serve` on this data directory restarts them from their newest checkpoint "
+            "(--keep-jobs leaves them running)")

@@ -50,6 +50,17 @@ def _looks_like_path(text: str) -> bool:
     return os.path.exists(os.path.expanduser(text)) or text.endswith((".toml", ".json"))
 
 
+def _check_address(address: str) -> None:
+    """HOST:PORT (or a gRPC target with a scheme, "unix:/path", "dns:///host:port"): a missing port would make
+    gRPC dial 443 and say only "connection refused"."""
+    if ":/" in address or address.startswith("unix:"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or host.endswith(":") or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise InvalidArgument("address", f"{address[:100]!r} has no port: write HOST:PORT, e.g. 127.0.0.1:50051 "
+                                         "(the port `gradmesh serve` prints as 'listening on')")
+
+
 class Client:
     """A connection to one coordinator. Thread-safe; close it (or use `with`) when done.
 
@@ -60,7 +71,10 @@ class Client:
     def __init__(self, address: str | None = None, token: str | None = None, tls_ca: str | Path | None = None,
                  timeout: float = 10.0, *, data_dir: str | Path | None = None, stream_timeout: float = 3600.0,
                  reconnect_timeout: float = 120.0, retries: bool = True):
-        self.address = address or os.environ.get(wire.ADDRESS_ENV, "").strip() or wire.DEFAULT_ADDRESS
+        # where: the argument, else GRADMESH_ADDRESS, else the coordinator that owns data_dir, else the default
+        self.address = (address or os.environ.get(wire.ADDRESS_ENV, "").strip()
+                        or (wire.owner_address(data_dir) if data_dir is not None else None) or wire.DEFAULT_ADDRESS)
+        _check_address(self.address)
         self.token = resolve_token(token, data_dir)
         self.timeout = timeout
         self.stream_timeout = stream_timeout          # deadline of one long stream (watch/logs -f/download)

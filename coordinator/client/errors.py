@@ -75,6 +75,9 @@ def _unreachable_reason(transport_details: str, tls: bool) -> str:
     lower = transport_details.lower()
     if "refused" in lower:
         return "connection refused (is `gradmesh serve` running there?)"
+    if "parsing http/2" in lower or "http/1" in lower:  # the server there speaks HTTP/1.1: not a gRPC port
+        return ("it answers plain HTTP, not gRPC: is that the web dashboard's port? Give the coordinator's gRPC "
+                "port (the one `gradmesh serve` prints as 'listening on'; the dashboard's is that + 1)")
     if "handshake" in lower or "ssl" in lower:
         return "TLS handshake failed (does the coordinator use TLS, and is --tls-ca its certificate or CA?)"
     if not tls and "socket closed" in lower:

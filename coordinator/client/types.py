@@ -187,7 +187,11 @@ class JobInfo:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json) if self.spec_json else {}
+        try:
+            spec = json.loads(self.spec_json) if self.spec_json else {}
+        except ValueError:  # a stored spec the coordinator cannot read back either: none to show
+            return {}
+        return spec if isinstance(spec, dict) else {}
 
     def is_terminal(self) -> bool:
         return self.state.is_terminal()

@@ -10,7 +10,8 @@
     http.py     routing, CSRF checks, error statuses (a thin adapter over the same core objects as the gRPC
                 servicer), on event_streams.py (server-sent events and the routes that stream) and
                 request_io.py (request bodies, JSON answers, errors, redirects, security headers)
-    session.py  the stateless session cookie and its CSRF token
+    session.py  the session cookie (its expiry inside, logouts kept by the store) and its CSRF token
+    guard.py    the caps: connections, event streams, login attempts, the idle timeout (HttpLimits)
     app.py      the state the routes share, the HTTP(S) server, start and stop
     views.py    the core's records as the JSON the pages render
     static/     the pages (plain HTML, CSS and JavaScript, no build step) and uPlot 1.6.32 (MIT, vendored
@@ -19,5 +20,6 @@
 May import: core, jobs and everything below them. Only api (the server) imports it.
 """
 from coordinator.dashboard.app import RunningDashboard, start_dashboard
+from coordinator.dashboard.guard import HttpLimits
 
-__all__ = ["RunningDashboard", "start_dashboard"]
+__all__ = ["HttpLimits", "RunningDashboard", "start_dashboard"]

@@ -1,37 +1,49 @@
 """The dashboard as a running thing: the state its routes share, the HTTP server, and how it starts and stops.
 
     dash = start_dashboard(core, token, host="127.0.0.1", port=0)    # tls_cert=, tls_key= for https
-    dash.url, dash.port
+    dash.url, dash.port                                              # limits=HttpLimits(...) for other caps
     dash.stop()
+
+The server answers a connection over `limits.connections` with a 503 and closes it before any thread is
+started for it; the accept backlog is `limits.backlog` (the standard library's 5 made rapid connects wait).
 """
 from __future__ import annotations
 
+import errno
 import html
 import logging
 import socket
 import ssl
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from coordinator.core import Coordinator
 from coordinator.dashboard import views
+from coordinator.dashboard.guard import Counted, HttpLimits, LoginThrottle
 from coordinator.dashboard.http import LIST_LIMIT, ROUTES, STATIC, Handler
 from coordinator.dashboard.session import Sessions
 from coordinator.jobs.operations import LIST_PAGE_MAX
 from coordinator.states import JobState
 
 log = logging.getLogger("gradmesh.dashboard")
+_COUNT_LOCK = threading.Lock()
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 36\r\n\r\ntoo many connections; try again soon")
 
 
 class Dashboard:
     """What the routes share: the core, the sessions, the static files (read once, they are small)."""
 
-    def __init__(self, core: Coordinator, token: str, scheme: str):
+    def __init__(self, core: Coordinator, token: str, scheme: str, limits: HttpLimits = HttpLimits()):
         self.core = core
-        self.sessions = Sessions(token)
+        self.sessions = Sessions(token, core.store)
         self.scheme = scheme
+        self.limits = limits
+        self.streams = Counted(limits.event_streams, limits.streams_per_session)
+        self.logins = LoginThrottle(limits)
         self.routes = ROUTES
         self.static = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
 
@@ -69,6 +81,47 @@ class Dashboard:
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True  # an open event stream must not hold up the coordinator's stop
     app: Dashboard
+    open_connections = 0
+    _refused_logged = 0.0
+
+    def process_request(self, request, client_address) -> None:
+        """A thread for the connection when under the cap; else a 503 (on plain HTTP) and the socket closed."""
+        with _COUNT_LOCK:
+            full = self.open_connections >= self.app.limits.connections
+            if not full:
+                self.open_connections += 1
+        if full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread could be started
+            self._done()
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with _COUNT_LOCK:
+            self.open_connections -= 1
+
+    def _refuse(self, request) -> None:
+        now = time.monotonic()
+        if now - self._refused_logged > 60:
+            self._refused_logged = now
+            log.warning("dashboard: %d connections open, the most it takes; refusing more (said once a minute)",
+                        self.app.limits.connections)
+        if not isinstance(request, ssl.SSLSocket):  # a TLS connection has no handshake yet: just closed
+            try:
+                request.setblocking(False)
+                request.send(_FULL)
+            except OSError:
+                pass
+        self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         # a failed TLS handshake or a peer gone mid-request: not worth a traceback on the coordinator's stderr
@@ -91,13 +144,18 @@ class RunningDashboard:
 
 
 def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", port: int = 0,
-                    tls_cert: Path | None = None, tls_key: Path | None = None) -> RunningDashboard:
+                    tls_cert: Path | None = None, tls_key: Path | None = None,
+                    limits: HttpLimits = HttpLimits()) -> RunningDashboard:
     """Serve the dashboard of `core` on host:port (0 = any free port), over TLS when given a certificate."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_cls = type("DashboardServer", (DashboardServer,), {"address_family": family})
+    server_cls = type("DashboardServer", (DashboardServer,), {"address_family": family,
+                                                              "request_queue_size": limits.backlog})
     try:
         httpd = server_cls((host, port), Handler)
     except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise OSError(f"dashboard: port {port} on {host} is already in use: choose another --http-port (0 = no "
+                          "dashboard)") from None
         raise OSError(f"dashboard: cannot listen on {host}:{port}: {err.strerror or err}") from None
     scheme = "http"
     if tls_cert is not None:
@@ -106,6 +164,6 @@ def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", p
         # the handshake happens in the connection's own thread (at its first read), not in the accept loop
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
         scheme = "https"
-    httpd.app = Dashboard(core, token, scheme)
+    httpd.app = Dashboard(core, token, scheme, limits)
     shown = f"[{host}]" if ":" in host else host
     return RunningDashboard(httpd, f"{scheme}://{shown}:{httpd.server_address[1]}/")

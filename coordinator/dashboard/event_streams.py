@@ -5,16 +5,21 @@ it has no length (its connection closes with it), writes a heartbeat comment whe
 page is noticed (PageGone), and resumes where the page left off (Last-Event-ID, or ?from_step=). The routes:
 the jobs list (a "jobs" event whenever it changes, at most every LIST_MIN_INTERVAL), a job's events (its
 metric history in pages, then WatchJob's snapshot, points and state changes) and its log, followed.
+
+Streams are capped in all and per session (coordinator.dashboard.guard.HttpLimits; over the cap: 429 before
+the stream starts), and `HEAD` on a stream answers its headers only.
 """
 from __future__ import annotations
 
 import json
+import select
+import socket
 import ssl
 import time
 from typing import Any, Callable
 
 from coordinator.dashboard import views
-from coordinator.dashboard.request_io import SECURITY_HEADERS, PageGone, RequestIO
+from coordinator.dashboard.request_io import SECURITY_HEADERS, PageGone, Refused, RequestIO
 from coordinator.errors import GradmeshError, InvalidArgument
 
 LIST_MIN_INTERVAL = 0.25  # a busy coordinator re-sends the list at most this often to each open page
@@ -24,7 +29,14 @@ HEARTBEAT_S = 15.0        # an idle event stream writes a comment this often, wh
 class EventStreams(RequestIO):
     def _events_start(self) -> Callable[[], bool]:
         """Send the headers of an event stream; returns `alive`, which writes a heartbeat comment now and
-        then and answers False once the page has gone (so a stream waiting for events notices)."""
+        then and answers False once the page has gone (so a stream waiting for events notices). Refused (429)
+        when this session or the dashboard has as many streams open as it takes; `_stream_done` gives it back."""
+        key = self.nonce or ""
+        if self.command != "HEAD":
+            if not self.server.app.streams.enter(key):
+                raise Refused(429, "too many open event streams (close some pages, or wait)",
+                              (("Retry-After", "5"),))
+            self._stream_key = key
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -33,10 +45,14 @@ class EventStreams(RequestIO):
             self.send_header(key, value)
         self.end_headers()
         self.close_connection = True
+        if self.command == "HEAD":
+            raise PageGone  # the headers are the whole answer
         self._wrote = time.monotonic()
         self._write(b"retry: 1000\n\n")  # reconnect after a second, not the browser's default three
 
         def alive() -> bool:
+            if self._peer_closed():  # a page closed or reloaded: its place under the caps is free at once
+                return False
             if time.monotonic() - self._wrote < HEARTBEAT_S:
                 return True
             try:
@@ -45,6 +61,28 @@ class EventStreams(RequestIO):
             except PageGone:
                 return False
         return alive
+
+    def _peer_closed(self) -> bool:
+        """Whether the page has closed the connection: a browser sends nothing more on an event stream, so the
+        socket turning readable means its end (an EOF, or TLS's close_notify)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            if isinstance(self.connection, ssl.SSLSocket):
+                return True
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
+
+    def _stream_done(self) -> None:
+        """Give back the stream's place under the caps (after the route returned, however it ended)."""
+        key = getattr(self, "_stream_key", None)
+        if key is not None:
+            self._stream_key = None
+            self.server.app.streams.leave(key)
 
     def _write(self, data: bytes) -> None:
         try:
@@ -60,7 +98,7 @@ class EventStreams(RequestIO):
 
     def _events_from_step(self) -> int:
         last = self.headers.get("Last-Event-ID", "")
-        if last.isdigit():
+        if last.isascii() and last.isdigit() and len(last) <= 18:
             return int(last) + 1
         return _int(self.query.get("from_step", ["0"])[0], "from_step")
 
@@ -120,7 +158,7 @@ class EventStreams(RequestIO):
 
 
 def _int(text: str, field: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise InvalidArgument(field, f"{text[:20]!r} is not a non-negative integer")
     return int(text)
 

@@ -25,8 +25,11 @@ one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirec
     POST /api/jobs/<id>/delete       {}                      the same Jobs.delete as DeleteJob
 
 Auth: the login page takes the client token once; the answer sets `gradmesh_session` (HttpOnly,
-SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), so sessions need no server state, survive a
-restart, and all end when the token changes. Anything else without a valid session is 401.
+SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), so sessions survive a restart and all end
+when the token changes; the nonce carries the session's expiry, checked here, and a logout revokes it
+(coordinator.dashboard.session). Anything else without a valid session is 401. Login attempts are rate
+limited per address and in all (429 with Retry-After), and open connections and event streams are capped
+(coordinator.dashboard.guard). A request that fails without a session is one log line, never a traceback.
 CSRF: SameSite=Strict keeps the cookie off cross-site requests, but another port of the same host is the
 same *site*; so every POST must also carry X-CSRF-Token (HMAC(token, "csrf:" + nonce), which the page reads
 from the non-HttpOnly `gradmesh_csrf` cookie: another origin cannot) and, when the browser sends Origin,
@@ -49,7 +52,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from coordinator.dashboard import views
 from coordinator.dashboard.event_streams import EventStreams
-from coordinator.dashboard.request_io import SECURITY_HEADERS, PageGone
+from coordinator.dashboard.request_io import SECURITY_HEADERS, PageGone, Refused, safe_next
 from coordinator.dashboard.session import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX_AGE
 from coordinator.errors import GradmeshError, InvalidArgument, Unauthenticated
 
@@ -82,6 +85,7 @@ class Handler(EventStreams):
     # ------------------------------------------------------------------ dispatch, session, CSRF
 
     def setup(self) -> None:
+        self.timeout = self.server.app.limits.idle_timeout_s  # a read or write waiting longer closes the connection
         super().setup()
         # an event is one small write; without this, Nagle's algorithm may hold it for a delayed ACK
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -99,10 +103,12 @@ class Handler(EventStreams):
         self._dispatch("GET")
 
     def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        self.query = parse_qs(url.query)
         app = self.server.app
+        url = None
         try:
+            self._check_framing()
+            url = urlsplit(self.path)
+            self.query = parse_qs(url.query, max_num_fields=100)
             for route in app.routes:
                 match = route.regex.match(url.path)
                 if match and route.method == method:
@@ -120,15 +126,29 @@ class Handler(EventStreams):
             route.handler(self, *match.groups())
         except PageGone:
             self.close_connection = True
+        except Refused as err:
+            self.close_connection = True
+            self._error(err.status, str(err), headers=err.headers)
         except Forbidden as err:
             self._error(403, str(err))
         except GradmeshError as err:
             self._error(HTTP_STATUS.get(err.code, 500), str(err), err)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
+        except ValueError as err:  # a request line or query that does not parse: nothing was done
+            if url is not None and self.nonce is not None:
+                raise
+            self._error(400, f"malformed request: {str(err)[:200]}")
         except Exception as err:  # a bug: the page gets a 500, the server keeps serving
-            log.exception("dashboard: %s %s failed", method, url.path)
+            where = url.path if url is not None else "?"
+            if self.nonce is None:  # whoever sent it has no session: one line, no traceback to fill the log
+                log.warning("dashboard: %s %s from %s without a session failed: %s: %s", method, where[:200],
+                            self.client_address[0], type(err).__name__, str(err)[:200])
+            else:
+                log.exception("dashboard: %s %s failed", method, where[:200])
             self._error(500, f"internal error: {type(err).__name__}: {err}")
+        finally:
+            self._stream_done()
 
     @property
     def nonce(self) -> str | None:
@@ -158,25 +178,30 @@ class Handler(EventStreams):
 
     def login_page(self) -> None:
         failed = "failed" in self.query
-        body = self.server.app.login_page(self.query.get("next", ["/"])[0], failed)
+        body = self.server.app.login_page(safe_next(self.query.get("next", ["/"])[0]), failed)
         self._send(401 if failed else 200, body, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
 
     def login(self) -> None:
         self._check_origin()  # no login CSRF: another site cannot log a browser into this one
-        form = parse_qs(self._body().decode(errors="replace"))
         app = self.server.app
+        wait = app.logins.wait_s(self.client_address[0])
+        if wait:
+            raise Refused(429, "too many login attempts; try again in a moment",
+                          (("Retry-After", str(max(1, round(wait)))),))
+        form = parse_qs(self._body().decode(errors="replace"), max_num_fields=20)
+        nxt = safe_next(form.get("next", ["/"])[0])
         if not app.sessions.check_token(form.get("token", [""])[0]):
-            self._redirect("/login?failed=1&next=" + quote(form.get("next", ["/"])[0]))
+            self._redirect("/login?failed=1&next=" + quote(nxt))
             return
         session, csrf = app.sessions.new()
         secure = "; Secure" if app.scheme == "https" else ""
-        nxt = form.get("next", ["/"])[0]
-        self._redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/", [
+        self._redirect(nxt, [
             ("Set-Cookie", f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
                            f"Max-Age={SESSION_MAX_AGE}{secure}"),
             ("Set-Cookie", f"{CSRF_COOKIE}={csrf}; Path=/; SameSite=Strict; Max-Age={SESSION_MAX_AGE}{secure}")])
 
     def logout(self) -> None:
+        self.server.app.sessions.revoke(self.nonce)  # the cookie is refused from now on, wherever it was kept
         self.send_response(204)
         for name in (SESSION_COOKIE, CSRF_COOKIE):
             self.send_header("Set-Cookie", f"{name}=; Path=/; Max-Age=0; SameSite=Strict")
@@ -220,6 +245,9 @@ class Handler(EventStreams):
         for key, value in SECURITY_HEADERS.items():
             self.send_header(key, value)
         self.end_headers()
+        if self.command == "HEAD":
+            getattr(chunks, "close", lambda: None)()
+            return
         try:
             for data in chunks:
                 self.wfile.write(data)
@@ -259,7 +287,7 @@ ROUTES = [
     Route("GET", "/api/jobs" + JOB, Handler.job),
     Route("GET", "/api/jobs" + JOB + "/events", Handler.job_events),
     Route("GET", "/api/jobs" + JOB + "/log", Handler.job_log),
-    Route("GET", "/api/jobs" + JOB + r"/checkpoints/(\d+)", Handler.download),
+    Route("GET", "/api/jobs" + JOB + r"/checkpoints/([0-9]{1,18})", Handler.download),
     Route("POST", "/api/jobs" + JOB + "/cancel", Handler.cancel),
     Route("POST", "/api/jobs" + JOB + "/resume", Handler.resume),
     Route("POST", "/api/jobs" + JOB + "/delete", Handler.delete),

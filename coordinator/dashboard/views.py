@@ -61,7 +61,11 @@ def checkpoint(c: CheckpointRow) -> dict[str, Any]:
 
 def job_detail(v: JobView, attempts: Sequence[AttemptRow], checkpoints: Sequence[CheckpointRow]) -> dict[str, Any]:
     """Everything of the job page but its metric points and log, which stream ("attempts" stays the count)."""
-    return {**job(v), "spec": json.loads(v.job.spec_json), "history": [transition(t) for t in v.history],
+    try:
+        spec = json.loads(v.job.spec_json)
+    except ValueError:  # a stored spec that does not read back: the page shows none
+        spec = None
+    return {**job(v), "spec": spec, "history": [transition(t) for t in v.history],
             "attempt_list": [attempt(a) for a in attempts], "checkpoints": [checkpoint(c) for c in checkpoints]}
 
 

@@ -54,7 +54,7 @@ MAX_CHECKPOINT_BYTES = 4 << 30
 DISK_RESERVE_BYTES = 1 << 20  # an upload must leave this much free: the store's next writes need room too
 KIND_DISK = "disk"            # the kind of ResourceExhausted for a full disk: retry later, nothing is wrong with the call
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_TEMPORARY = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]+\.tmp$")   # .NAME.PID.ID.tmp, as write_verified names them
+_TEMPORARY = re.compile(r"^\.(.+)\.([0-9]{1,10})\.[0-9a-f]+\.tmp$")   # .NAME.PID.ID.tmp, as write_verified names them
 
 
 def free_bytes(directory: Path) -> int:

@@ -86,7 +86,7 @@ def plan(pending: Sequence[JobRow], capacity: Mapping[str, int], free: Mapping[s
 
 
 _SILENT = re.compile(r"silent rank\(s\): (.*)$", re.S)
-_SILENT_RANK = re.compile(r"(?:^|; )(\d+) \(")
+_SILENT_RANK = re.compile(r"(?:^|; )([0-9]{1,9}) \(")
 _HYDRA_AT = re.compile(r"PID \d+ RUNNING AT (\S+)")
 _HYDRA_SIGNAL = re.compile(r"EXIT STRING: (.*signal.*)$", re.I)
 _SSH_UNREACHABLE = re.compile(r"ssh: (?:connect to host (\S+) port \d+|Could not resolve hostname ([^:\s]+))")

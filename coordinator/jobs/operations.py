@@ -18,6 +18,7 @@ are the typed ones of coordinator.errors, whose `kind` says what a NOT_FOUND or 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 from coordinator.access import validate
 from coordinator.supervision.supervisor import Supervisor
 from coordinator.files.checkpoints import Checkpoints
-from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from coordinator.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from coordinator.events import ChangeSignal
 from coordinator.files.job_files import JobFiles
+from coordinator.hosts import InvalidHosts, format_hosts, parse_registered_hosts
 from coordinator.jobs.views import JobView, eta_seconds, find_job, job_view
 from coordinator.access.limits import Limits
 from coordinator.store.records import EXTERNAL, AttemptRow, CheckpointRow, JobRow, MetricRow
@@ -42,7 +44,9 @@ from worker.spec import JobSpec, SpecError, drop_unused
 
 __all__ = ["Jobs", "DeletedJob", "LIST_PAGE_MAX", "JobView", "eta_seconds", "find_job"]
 
+log = logging.getLogger("gradmesh.jobs")
 LIST_PAGE_MAX = 200   # jobs in one ListJobs reply (the client's own page size)
+CANCEL_WAIT_S = 10.0  # a plain cancel: how long the ranks get to stop at a step boundary before SIGTERM
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class Jobs:
         its slots; the caps on spec, labels, points and checkpoints hold as for any job."""
         if len(hosts) > 1000:
             raise InvalidArgument("hosts", "at most 1000 characters")
+        try:  # stored as the normalised list: every later reader adds its counts up
+            hosts = format_hosts(parse_registered_hosts(hosts))
+        except InvalidHosts as err:
+            raise InvalidArgument("hosts", f"{err}; write HOST:RANKS,HOST:RANKS") from None
         labels, raw = self.checks.request(spec_text, job_id, labels, workers)
         spec = self.checks.registered_spec(raw, workers)
         new_id = job_id or new_job_id(spec.name)
@@ -137,18 +145,28 @@ class Jobs:
         return view
 
     def list(self, states: Sequence[int], page_size: int, page_token: str) -> tuple[list[JobView], str]:
-        wanted = []
+        wanted: set[JobState] = set()  # each state once: a filter repeating one 250,000 times is still one
         for value in states:
             try:
-                wanted.append(JobState(value))
+                wanted.add(JobState(value))
             except ValueError:
                 raise InvalidArgument("states", f"{value} is not a job state (use QUEUED..CANCELLED)") from None
         # each job comes with its history (bounded by fault.max_restarts): pages stay small enough to build at once
         size = validate.page_size(page_size, limit=LIST_PAGE_MAX)
         before = validate.page_token(page_token)
-        rows = self.store.list_jobs(wanted, limit=size, before_seq=before)
+        rows = self.store.list_jobs(sorted(wanted), limit=size, before_seq=before)
         token = str(rows[-1].seq) if len(rows) == size else ""
-        return [self.view(r) for r in rows], token
+        return [v for v in map(self._listed, rows) if v is not None], token
+
+    def _listed(self, row: JobRow) -> JobView | None:
+        """The view of a listed job; None (said in the log) when its stored records cannot be read, so that one
+        bad row leaves the others listed."""
+        try:
+            return self.view(row)
+        except (ValueError, TypeError, KeyError, DataLoss) as err:
+            log.warning("job %s left out of a listing: its stored records cannot be read (%s: %s)",
+                        row.id, type(err).__name__, err)
+            return None
 
     def cancel(self, job_id: str, checkpoint: bool = False) -> JobView:
         job = find_job(self.store, job_id)
@@ -178,9 +196,11 @@ class Jobs:
             raise FailedPrecondition(f"job_id: job {job.id} already ended {job.state.name}; only a queued or "
                                      "running job can be cancelled", kind=KIND_JOB)
         self.store.request_cancel(job.id, checkpoint)
-        # Without a checkpoint the group is signalled at once; with one, the ranks first get the time to
-        # see cancel_requested at a step boundary and write it (then SIGTERM, grace, SIGKILL as usual).
-        self.supervisor.request_stop(job.id, self.cancel_checkpoint_wait_s if checkpoint else 0.0)
+        # The ranks learn of the cancel from their next progress report and stop at that step boundary: with a
+        # checkpoint (written and uploaded first) when asked for one, without one otherwise. Only ranks that
+        # have not stopped by then get SIGTERM (grace, SIGKILL), whose handler saves one as a preemption does:
+        # signalling at once made every plain cancel write a checkpoint.
+        self.supervisor.request_stop(job.id, self.cancel_checkpoint_wait_s if checkpoint else CANCEL_WAIT_S)
         self.wake_scheduler()
         self.signal.changed()
         return self.get(job_id)

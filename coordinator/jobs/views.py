@@ -47,8 +47,11 @@ def eta_seconds(job: JobRow, samples_per_second: float) -> float:
     if job.state is JobState.SUCCEEDED:
         return 0.0
     if job.state is JobState.RUNNING and samples_per_second > 0 and job.total_steps > 0:
-        batch = json.loads(job.spec_json).get("train", {}).get("batch_size", 0)
-        if batch:
+        try:
+            batch = json.loads(job.spec_json).get("train", {}).get("batch_size", 0)
+        except (ValueError, AttributeError):  # a stored spec that does not read back: no ETA
+            batch = 0
+        if isinstance(batch, int) and batch > 0:
             return max(0, job.total_steps - job.step) * batch / samples_per_second
     return -1.0
 

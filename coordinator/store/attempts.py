@@ -24,7 +24,8 @@ class AttemptRecords(StoreConnection):
     def _attempt(r: sqlite3.Row) -> AttemptRow:
         failure = None
         if r["failure_cause"]:
-            failure = WorkerFailure(FailureCause[r["failure_cause"]], r["failure_message"], rank=r["failure_rank"],
+            cause = FailureCause.__members__.get(r["failure_cause"], FailureCause.UNSPECIFIED)
+            failure = WorkerFailure(cause, r["failure_message"], rank=r["failure_rank"],
                                     host=r["failure_host"], exception_type=r["failure_exception"],
                                     step=r["failure_step"])
         event_name = r["worker_event"]
@@ -41,7 +42,7 @@ class AttemptRecords(StoreConnection):
                           start_ticks=r["start_ticks"], boot_id=r["boot_id"], slurm_job=r["slurm_job"], ended=r["ended"],
                           exit_code=r["exit_code"], outcome=r["outcome"], message=r["message"],
                           worker_event=event, worker_message=r["worker_message"], failure=failure,
-                          mpi_args=tuple(json.loads(r["mpi_args"] or "[]")))
+                          mpi_args=_mpi_args(r["mpi_args"]))
 
     def waiting_attempt(self, job_id: str, attempt: int) -> str | None:
         """The Slurm job id of the job's attempt when it was submitted and has not ended (its ranks may call
@@ -133,3 +134,12 @@ class AttemptRecords(StoreConnection):
     def attempt(self, job_id: str, attempt: int) -> AttemptRow | None:
         rows = self._query("SELECT * FROM attempts WHERE job_id = ? AND attempt = ?", (job_id, attempt))
         return self._attempt(rows[0]) if rows else None
+
+
+def _mpi_args(text: str | None) -> tuple[str, ...]:
+    """The stored mpirun options; a list that does not read back is shown as none (it was used at launch)."""
+    try:
+        args = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(a) for a in args) if isinstance(args, list) else ()

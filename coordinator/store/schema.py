@@ -99,6 +99,12 @@ CREATE TABLE IF NOT EXISTS drained_hosts (
     host TEXT PRIMARY KEY,
     since REAL NOT NULL
 );
+
+-- dashboard sessions ended by logout before their expiry: refused until `expires`, across restarts
+CREATE TABLE IF NOT EXISTS revoked_sessions (
+    nonce TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+);
 """
 
 

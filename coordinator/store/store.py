@@ -30,33 +30,81 @@ import sqlite3
 import time
 from typing import Iterable
 
-from coordinator.errors import ResourceExhausted
+from coordinator.errors import DataLoss, ResourceExhausted
 from coordinator.store.records import CheckpointRow, JobRow, TransitionRow
 from coordinator.states import TERMINAL, IllegalTransition, JobState, check_transition
 from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.metrics import MetricRecords
+from coordinator.store.sessions import SessionRevocations
 
 log = logging.getLogger("gradmesh.store")
 _ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
+_REPORTED: set[str] = set()                 # unreadable job rows already said in the log
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
+class UnreadableRow(DataLoss):
+    """A stored job row that is not a job record (answered DATA_LOSS, kind "job", naming the job)."""
+
+    def __init__(self, job_id: object, why: str):
+        self.job_id = str(job_id)
+        super().__init__(f"job {ascii(self.job_id)[1:-1][:80]}: its stored record cannot be read ({why[:200]}); "
+                         "repair or delete its row in DATA_DIR/gradmesh.db", kind="job")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r:.40} where a whole number belongs")
+    return value
+
+
+def _float(value: object) -> float:
+    if value is None:
+        return 0.0
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r:.40} where a time belongs")
+    return float(value)
+
+
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations):
     """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
 
     # ------------------------------------------------------------ jobs
 
     @staticmethod
     def _job(row: sqlite3.Row) -> JobRow:
-        return JobRow(
-            id=row["id"], name=row["name"], spec_json=row["spec_json"], state=JobState[row["state"]],
-            workers=row["workers"], priority=row["priority"], labels=json.loads(row["labels_json"]),
-            message=row["message"], created=row["created"], started=row["started"], ended=row["ended"],
-            step=row["step"], total_steps=row["total_steps"], epoch=row["epoch"], attempts=row["attempts"],
-            restarts=row["restarts"], cancel_requested=bool(row["cancel_requested"]),
-            checkpoint_requested=bool(row["checkpoint_requested"]), token_hash=row["token_hash"], seq=row["seq"],
-            executor=row["executor"])
+        """The record of a row. A row that cannot be one (a state no release wrote, a NULL where a number
+        belongs: written by hand or by a bug) raises UnreadableRow; what can be read around is (labels)."""
+        try:
+            labels = json.loads(row["labels_json"] or "{}")
+            labels = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+        except ValueError:
+            labels = {}
+        try:
+            return JobRow(
+                id=row["id"], name=str(row["name"]), spec_json=str(row["spec_json"]), state=JobState[row["state"]],
+                workers=_int(row["workers"]), priority=_int(row["priority"]), labels=labels,
+                message=str(row["message"]), created=_float(row["created"]), started=_float(row["started"]),
+                ended=_float(row["ended"]), step=_int(row["step"]), total_steps=_int(row["total_steps"]),
+                epoch=_int(row["epoch"]), attempts=_int(row["attempts"]), restarts=_int(row["restarts"]),
+                cancel_requested=bool(row["cancel_requested"]), checkpoint_requested=bool(row["checkpoint_requested"]),
+                token_hash=str(row["token_hash"]), seq=_int(row["seq"]), executor=str(row["executor"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UnreadableRow(row["id"], f"{type(err).__name__}: {err}") from None
+
+    def _jobs(self, rows: Iterable[sqlite3.Row]) -> list[JobRow]:
+        """The records of the rows that can be read; one that cannot is left out (and said once in the log),
+        so one bad row never takes a listing or the scheduler down."""
+        jobs = []
+        for row in rows:
+            try:
+                jobs.append(self._job(row))
+            except UnreadableRow as err:
+                if err.job_id not in _REPORTED:
+                    _REPORTED.add(err.job_id)
+                    log.warning("%s; it is left out of listings", err)
+        return jobs
 
     def create_job(self, job: JobRow, message: str = "queued",
                    seed: CheckpointRow | None = None) -> tuple[JobRow, bool]:
@@ -108,7 +156,7 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._job(rows[0]) if rows else None
+        return self._job(rows[0]) if rows else None  # UnreadableRow (DATA_LOSS) for a row that is no job
 
     def list_jobs(self, states: Iterable[JobState] = (), limit: int = 50, before_seq: int = 0) -> list[JobRow]:
         """Newest first; `before_seq` > 0 continues a previous page."""
@@ -122,7 +170,7 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
             args.append(before_seq)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        return [self._job(r) for r in self._query(sql, args)]
+        return self._jobs(self._query(sql, args))
 
     def count_jobs(self, *states: JobState) -> int:
         """How many jobs are in these states (the queue cap counts QUEUED ones)."""
@@ -134,7 +182,7 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
         marks = ",".join("?" * len(states))
         rows = self._query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY priority DESC, seq ASC",
                            [s.name for s in states])
-        return [self._job(r) for r in rows]
+        return self._jobs(rows)
 
     def transition(self, job_id: str, new: JobState, message: str, *, attempt: int = 0,
                    now: float | None = None, expect: Iterable[JobState] | None = None,
@@ -171,8 +219,10 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
 
     def transitions(self, job_id: str, after_id: int = 0) -> list[TransitionRow]:
         rows = self._query("SELECT * FROM transitions WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id))
-        return [TransitionRow(r["id"], r["job_id"], JobState[r["state"]], r["message"], r["time"], r["attempt"])
-                for r in rows]
+        # a transition to a state no release wrote is left out: the job's history reads around it
+        return [TransitionRow(r["id"], r["job_id"], JobState[r["state"]], str(r["message"]), _float(r["time"]),
+                              r["attempt"] if isinstance(r["attempt"], int) else 0)
+                for r in rows if r["state"] in JobState.__members__]
 
     def update_progress(self, job_id: str, *, step: int, total_steps: int, epoch: int) -> None:
         """Raise the job's progress. On a full disk the write is skipped (logged): the next heartbeat repeats it."""

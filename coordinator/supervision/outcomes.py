@@ -37,8 +37,8 @@ _OUTCOME_OF_CAUSE = {
 }
 
 _WATCHDOG = re.compile(r"(rank \d+ on \S+: collective .* did not complete within .*)")
-_RANK_ERROR = re.compile(r"^\[rank (\d+) on ([^\]]+)\] ((?:[\w.]+(?:Error|Exception|Interrupt)|[\w.]+Exit)\b.*)$")
-_HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
+_RANK_ERROR = re.compile(r"^\[rank ([0-9]{1,9}) on ([^\]]+)\] ((?:[\w.]+(?:Error|Exception|Interrupt)|[\w.]+Exit)\b.*)$")
+_HYDRA_PID = re.compile(r"PID ([0-9]{1,10}) RUNNING AT (\S+)")
 _HYDRA_EXIT = re.compile(r"EXIT STRING: (.+)$")
 
 

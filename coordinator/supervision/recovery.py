@@ -77,7 +77,7 @@ def sweep_pending_uploads(runs: Path, live: set[tuple[str, int]]) -> None:
     for job_dir in runs.iterdir():
         for workdir in job_dir.glob("attempt-*") if job_dir.is_dir() else ():
             number = workdir.name.removeprefix("attempt-")
-            if not number.isdigit() or (job_dir.name, int(number)) in live:
+            if not (number.isascii() and number.isdigit() and len(number) < 10) or (job_dir.name, int(number)) in live:
                 continue
             pending = workdir / ".pending-uploads"
             if pending.is_dir() and not pending.is_symlink():

@@ -115,8 +115,8 @@ def parse_scontrol(text: str) -> dict[str, SlurmJobInfo]:
         state = fields.get("JobState", "")
         jobs[fields["JobId"]] = SlurmJobInfo(
             id=fields["JobId"], name=fields.get("JobName", ""), state=state.split("+")[0],
-            reason=fields.get("Reason", ""), exit_code=int(code) if code.isdigit() else 0,
-            signal=int(sig) if sig.isdigit() else 0, nodes=fields.get("NodeList", ""))
+            reason=fields.get("Reason", ""), exit_code=int(code) if _count(code) else 0,
+            signal=int(sig) if _count(sig) else 0, nodes=fields.get("NodeList", ""))
     return jobs
 
 
@@ -204,7 +204,7 @@ class SlurmQueue:
         """The newest job of that name (an attempt whose Slurm job id was never recorded)."""
         self.info("", newer_than=time.monotonic())
         with self._lock:
-            named = [j for j in self._jobs.values() if j.name == name and j.id.isdigit()]
+            named = [j for j in self._jobs.values() if j.name == name and _count(j.id)]
         return max(named, key=lambda j: int(j.id), default=None)
 
 
@@ -316,3 +316,8 @@ class SlurmExecutor:
             found = self.queue.find(job_name(job.id, attempt.attempt))
             slurm_id = found.id if found is not None else "(never submitted)"
         return SlurmJob(slurm_id, self.queue)
+
+
+def _count(text: str) -> bool:
+    """Whether Slurm's text is a number int() may read: ASCII digits, not too many."""
+    return text.isascii() and text.isdigit() and len(text) < 19
