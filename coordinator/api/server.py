@@ -54,7 +54,9 @@ from coordinator.dashboard import RunningDashboard, start_dashboard
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.supervision.slurm import SlurmExecutor, check_slurm
-from coordinator.api.servicer import JobServicer, WorkerServicer, method_handlers
+from coordinator.api.servicer import WorkerServicer, method_handlers
+from coordinator.api.team_rpcs import TeamServicer
+from coordinator.team.policy import TeamPolicy
 from coordinator.store.store import Store
 from coordinator.access.tokens import hash_token
 from coordinator import wire
@@ -183,7 +185,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  call_limits: CallLimits | None = None, http_port: int | None = None,
                  executor: str = "local", slurm: SlurmOptions | None = None,
                  mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
-                 delete_ended_after_s: float | None = None) -> RunningServer:
+                 delete_ended_after_s: float | None = None, team: TeamPolicy | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -215,15 +217,19 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
                        tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits(),
                        executor_factory=factory, mpi_args=mpi_args, host_policy=host_policy or HostPolicy(),
-                       delete_ended_after_s=delete_ended_after_s)
+                       delete_ended_after_s=delete_ended_after_s, team=team or TeamPolicy(),
+                       token_file=None if token else data_dir / wire.TOKEN_FILE)
+    core.accounts.bootstrap(client_token)   # the client token is the first administrator's
 
     admission = Admission(call_limits or CallLimits())
-    interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,
+    interceptor = AuthInterceptor(core.accounts.refusal, lambda token: store.job_of_token(hash_token(token)) is not None,
                                   admission)
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
     server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams, core.hosts)),
+    jobs = TeamServicer(core.jobs, core.streams, core.hosts, core.accounts, slots_by_user=core.scheduler.slots_by_user,
+                        share=core.team.share)
+    server.add_generic_rpc_handlers((method_handlers("JobService", jobs),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

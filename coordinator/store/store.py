@@ -37,13 +37,14 @@ from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.metrics import MetricRecords
+from coordinator.store.users import UserRecords
 
 log = logging.getLogger("gradmesh.store")
 _ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
-    """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, UserRecords):
+    """The jobs and their transitions, with the attempt, metric, checkpoint, host and user records of the bases."""
 
     # ------------------------------------------------------------ jobs
 
@@ -56,7 +57,7 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
             step=row["step"], total_steps=row["total_steps"], epoch=row["epoch"], attempts=row["attempts"],
             restarts=row["restarts"], cancel_requested=bool(row["cancel_requested"]),
             checkpoint_requested=bool(row["checkpoint_requested"]), token_hash=row["token_hash"], seq=row["seq"],
-            executor=row["executor"])
+            executor=row["executor"], owner=row["owner"])
 
     def create_job(self, job: JobRow, message: str = "queued",
                    seed: CheckpointRow | None = None) -> tuple[JobRow, bool]:
@@ -71,9 +72,9 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
                 return self._job(existing), False
             db.execute(
                 "INSERT INTO jobs (id, name, spec_json, state, message, workers, priority, labels_json, created,"
-                " total_steps, executor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " total_steps, executor, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.id, job.name, job.spec_json, JobState.QUEUED.name, message, job.workers, job.priority,
-                 json.dumps(job.labels, sort_keys=True), now, job.total_steps, job.executor))
+                 json.dumps(job.labels, sort_keys=True), now, job.total_steps, job.executor, job.owner))
             db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, 0)",
                        (job.id, JobState.QUEUED.name, message, now))
             if seed is not None:
@@ -110,9 +111,13 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def list_jobs(self, states: Iterable[JobState] = (), limit: int = 50, before_seq: int = 0) -> list[JobRow]:
-        """Newest first; `before_seq` > 0 continues a previous page."""
+    def list_jobs(self, states: Iterable[JobState] = (), limit: int = 50, before_seq: int = 0,
+                  owner: str = "") -> list[JobRow]:
+        """Newest first; `before_seq` > 0 continues a previous page; `owner` only that user's jobs."""
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if owner:
+            sql += " AND owner = ?"
+            args.append(owner)
         states = list(states)
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
