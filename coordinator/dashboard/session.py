@@ -26,9 +26,9 @@ class Sessions:
     def check_token(self, token: str) -> bool:
         return hmac.compare_digest(token.strip().encode(), self._key)
 
-    def new(self) -> tuple[str, str]:
-        """(session cookie, CSRF token) of a new session."""
-        nonce = secrets.token_hex(16)
+    def new(self, who: str = "") -> tuple[str, str]:
+        """(session cookie, CSRF token) of a new session; `who` (the user: Dashboard.session_tag) is signed with it."""
+        nonce = secrets.token_hex(16) + (":" + who if who else "")
         return f"{nonce}.{self._mac('session:' + nonce)}", self.csrf(nonce)
 
     def csrf(self, nonce: str) -> str:
