@@ -72,6 +72,7 @@ class SlurmOptions:
     account: str = ""
     sbatch_args: tuple[str, ...] = ()
     poll_s: float = 1.0   # how often Slurm's controller is asked about the jobs (scontrol)
+    accounts: tuple[tuple[str, str], ...] = ()   # (gradmesh user, Slurm account): whom each user's jobs are charged to
 
 JOB_SERVICE = pb.DESCRIPTOR.services_by_name["JobService"].full_name
 WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -205,7 +206,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
         options = slurm or SlurmOptions()
         factory = lambda store: SlurmExecutor(store, python=sys.executable, partition=options.partition,  # noqa: E731
                                               account=options.account, sbatch_args=options.sbatch_args,
-                                              poll_s=options.poll_s)
+                                              poll_s=options.poll_s, accounts=dict(options.accounts))
     elif executor != "local":
         raise ValueError(f"--executor {executor!r}: use local or slurm")
     client_token = load_or_create_token(data_dir, token)

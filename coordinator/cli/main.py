@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sbatch job per attempt, queued and placed by Slurm (no --slots/--hosts)")
     p.add_argument("--partition", default="", help="(slurm) the partition to submit to")
     p.add_argument("--account", default="", help="(slurm) the account to charge")
+    p.add_argument("--slurm-account", action="append", default=[], metavar="USER=ACCOUNT",
+                   help="(slurm) charge this gradmesh user's jobs to this Slurm account (repeatable; others: "
+                        "--account). Every job's Slurm comment names its owner")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="(slurm) one more sbatch option, repeatable; write it with '=': --sbatch-arg=--time=60")
     p.add_argument("--slurm-poll", type=float, default=1.0, metavar="SECONDS",

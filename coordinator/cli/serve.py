@@ -124,13 +124,20 @@ def _http_port(args) -> int | None:
 def _slurm_options(args):
     from coordinator.api.server import SlurmOptions
     if getattr(args, "executor", "local") != "slurm":
-        if args.partition or args.account or args.sbatch_arg:
-            raise CliError("serve: --partition, --account and --sbatch-arg go with --executor slurm", EXIT_USAGE)
+        if args.partition or args.account or args.sbatch_arg or getattr(args, "slurm_account", None):
+            raise CliError("serve: --partition, --account, --slurm-account and --sbatch-arg go with --executor slurm",
+                           EXIT_USAGE)
         return None
     if not args.slurm_poll > 0:
         raise CliError(f"serve: --slurm-poll must be positive, got {args.slurm_poll:g}", EXIT_USAGE)
+    accounts = []
+    for item in getattr(args, "slurm_account", None) or []:
+        user, sep, account = item.partition("=")
+        if not sep or not user.strip() or not account.strip():
+            raise CliError(f"serve: --slurm-account {item!r}: expected USER=ACCOUNT", EXIT_USAGE)
+        accounts.append((user.strip(), account.strip()))
     return SlurmOptions(partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
-                        poll_s=args.slurm_poll)
+                        poll_s=args.slurm_poll, accounts=tuple(accounts))
 
 
 def cmd_serve(args) -> int:
