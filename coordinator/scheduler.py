@@ -137,6 +137,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._preempting: dict[str, str] = {}  # job stopped to make room -> the job it makes room for
+        self._past: dict[str, float] = {}      # user -> recent slot-seconds, decayed (fair share's tie-break)
+        self._past_at = time.monotonic()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="gradmesh-scheduler", daemon=True)
@@ -185,6 +187,7 @@ class Scheduler:
         # (a registered run is its user's to launch: never started here, even if a crash left it QUEUED)
         pending = [j for j in pending if not j.executor and not self.attempts.is_active(j.id) and self.attempts.ready(j)]
         running = self._running()
+        self._account(running)
         stopping = self.attempts.stopping()
         self._preempting = {v: for_job for v, for_job in self._preempting.items() if v in stopping}
         with self._lock:  # the slots are taken in the plan, under the lock
@@ -225,6 +228,16 @@ class Scheduler:
         rows = self.store.jobs_in(JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING)
         return [(j, held[j.id]) for j in rows if j.id in held]
 
+    def _account(self, running: Sequence[tuple[JobRow, int]]) -> None:
+        """Add the slot-seconds since the last round to each user's recent usage, after decaying it (kept in
+        memory: a restarted coordinator starts everyone afresh)."""
+        now = time.monotonic()
+        dt, self._past_at = now - self._past_at, now
+        decay = 0.5 ** (dt / self.policy.usage_half_life_s)
+        self._past = {user: v * decay for user, v in self._past.items() if v * decay > 1e-3}
+        for job, slots in running:
+            self._past[job.owner] = self._past.get(job.owner, 0.0) + slots * dt
+
     def _decide(self, pending: Sequence[JobRow], running, placer: placement.Placer):
         used: dict[str, int] = {}
         for job, slots in running:
@@ -242,7 +255,7 @@ class Scheduler:
         decision = fairshare.plan([c for _, c in candidates.values()], used, shares=self.policy.share,
                                   max_slots=self.max_slots(), reserve_after_s=self.policy.reserve_after_s,
                                   now=time.time(), place=lambda c: placer.take(candidates[c.job_id][0], c.slots),
-                                  reserved=set(self._preempting.values()))
+                                  reserved=set(self._preempting.values()), past=self._past)
         for job_id in decision.unplaced:
             job, c = candidates[job_id]
             lacking = placer.lacking(job, c.slots)

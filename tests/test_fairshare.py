@@ -26,10 +26,11 @@ class Slots:
         return True
 
 
-def plan(candidates, free, used=None, *, shares=None, max_slots=None, reserve_after_s=300.0, reserved=()):
+def plan(candidates, free, used=None, *, shares=None, max_slots=None, reserve_after_s=300.0, reserved=(),
+         past=None):
     return fairshare.plan(candidates, used or {}, shares=lambda u: (shares or {}).get(u, 1.0),
                           max_slots=max_slots or {}, reserve_after_s=reserve_after_s, now=NOW, place=Slots(free),
-                          reserved=reserved)
+                          reserved=reserved, past=past)
 
 
 def test_the_user_furthest_below_their_share_goes_first():
@@ -42,6 +43,15 @@ def test_the_user_furthest_below_their_share_goes_first():
     queue = [cand(f"a{i}", "ana", seq=i) for i in range(4)] + [cand(f"b{i}", "bob", seq=10 + i) for i in range(4)]
     started = plan(queue, 4, shares={"bob": 3.0}).started
     assert sorted(started) == ["a0", "b0", "b1", "b2"]
+
+
+def test_between_users_holding_as_many_slots_the_one_who_used_fewer_lately_goes_first():
+    queue = [cand("a3", "ana", seq=3), cand("c0", "cy", seq=20)]
+    # both hold nothing now (ana's short jobs just ended); ana has used 500 slot-seconds lately, cy none
+    assert plan(queue, 1, past={"ana": 500.0}).started == ["c0"]
+    assert plan(queue, 1).started == ["a3"]   # without a past: first submitted first
+    # slots held now come first: cy holding 1 loses to ana holding none, whatever ana's past
+    assert plan(queue, 1, used={"cy": 1}, past={"ana": 500.0}).started == ["a3"]
 
 
 def test_priority_comes_before_fair_share():

@@ -2,7 +2,7 @@
 the jobs a preemption stops. Pure functions of the queue and the slots, unit-tested without a server.
 
     decision = plan(candidates, used={"ana": 2, "bob": 0}, shares=policy.share, max_slots={"ana": 2},
-                    reserve_after_s=300, now=time.time(), place=try_to_take_slots)
+                    reserve_after_s=300, now=time.time(), place=try_to_take_slots, past={"ana": 5400.0})
     decision.started     # job ids, in the order they took their slots
     decision.reserved    # the job holding a reservation (later jobs may not take the slots it waits for)
     decision.waits       # job id -> why it still waits (a cap, a reservation)
@@ -11,8 +11,10 @@ the jobs a preemption stops. Pure functions of the queue and the slots, unit-tes
 The rules, in order:
   1. Higher `priority` first, always.
   2. Within a priority, a job that has waited `reserve_after_s` holds a reservation and comes first (oldest
-     first); the others come from the user furthest below their share: the fewest slots held per unit of
-     share (`used / share`, equal shares by default), then first submitted first.
+     first); the others come from the user furthest below their share: the fewest slots held now per unit of
+     share (`used / share`, equal shares by default); between users who hold as many, the one who used the
+     fewest slot-seconds lately (`past / share`, decayed: the scheduler halves it every `usage_half_life_s`),
+     so a user whose short jobs keep ending does not win every tie; then first submitted first.
   3. A user's jobs never hold more than the user's `max_slots` together: a job that would exceed it waits.
   4. A job that does not fit in the free slots does not block the jobs behind it (backfill) — unless it holds
      a reservation: then nothing after it starts, so the slots it waits for gather as running jobs end, and it
@@ -21,10 +23,11 @@ The rules, in order:
 and says whether it did; the free slots only shrink during a plan, so a job that did not fit once is not
 tried again in the same plan. After every start the order is taken again, since the starter's usage grew.
 
-Compared with Slurm: its multifactor priority mixes fair share (decayed past usage) with age and size into
-one number, and its backfill starts a small job early only if, by the jobs' time limits, it ends before the
-reserved start of the job it jumps. Our jobs have no time limit, so fair share here counts the slots held
-*now*, not past usage, and a job's reservation is earned by its wait, not planned from estimated end times.
+Compared with Slurm: its multifactor priority mixes fair share (decayed past usage, a half-life of days)
+with age and size into one number, and its backfill starts a small job early only if, by the jobs' time
+limits, it ends before the reserved start of the job it jumps. Our jobs have no time limit, so fair share here
+counts the slots held *now* first and recent usage (a half-life of an hour, kept in memory) only between
+equals, and a job's reservation is earned by its wait, not planned from estimated end times.
 """
 from __future__ import annotations
 
@@ -63,9 +66,11 @@ class Decision:
 
 def plan(candidates: Sequence[Candidate], used: Mapping[str, int], *, shares: Callable[[str], float],
          max_slots: Mapping[str, int], reserve_after_s: float, now: float, place: Callable[[Candidate], bool],
-         reserved: Collection[str] = ()) -> Decision:
+         reserved: Collection[str] = (), past: Mapping[str, float] | None = None) -> Decision:
     """The jobs to start now, by the rules of the module docstring. `used`: slots each user's running jobs hold;
-    `reserved`: jobs that hold a reservation whatever their wait (one a preemption is making room for)."""
+    `past`: each user's decayed slot-seconds; `reserved`: jobs that hold a reservation whatever their wait (one
+    a preemption is making room for)."""
+    past = past or {}
     used = dict(used)
     decision = Decision()
     left = list(candidates)
@@ -75,8 +80,9 @@ def plan(candidates: Sequence[Candidate], used: Mapping[str, int], *, shares: Ca
 
     def key(c: Candidate) -> tuple:
         if holds_reservation(c):
-            return (-c.priority, 0, 0.0, c.seq)
-        return (-c.priority, 1, used.get(c.user, 0) / shares(c.user), c.seq)
+            return (-c.priority, 0, 0.0, 0.0, c.seq)
+        share = shares(c.user)
+        return (-c.priority, 1, used.get(c.user, 0) / share, past.get(c.user, 0.0) / share, c.seq)
 
     while left:
         eligible = []

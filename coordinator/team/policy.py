@@ -19,6 +19,7 @@ class TeamPolicy:
     reserve_after_s: float = DEFAULT_RESERVE_AFTER_S   # a job that has waited this long holds a reservation
     preempt: bool = False          # a higher-priority job may stop lower-priority ones (with a checkpoint)
     private_jobs: bool = False     # members and viewers read only their own jobs
+    usage_half_life_s: float = 3600.0   # a user's recent slot-seconds (the tie-break of fair share) halve this often
 
     def __post_init__(self) -> None:
         for name, weight in self.shares.items():
@@ -26,6 +27,8 @@ class TeamPolicy:
                 raise ValueError(f"--share {name}={weight}: a share must be a positive number")
         if not self.reserve_after_s >= 0:
             raise ValueError("--reserve-after must not be negative")
+        if not self.usage_half_life_s > 0:
+            raise ValueError("the usage half-life must be positive")
 
     def share(self, user: str) -> float:
         return self.shares.get(user, 1.0)
