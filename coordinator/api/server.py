@@ -6,7 +6,8 @@
     # start_server(..., http_port=50052) also serves the web dashboard (coordinator.dashboard): srv.dashboard.url
     srv.wait_for_termination()          # or srv.stop(grace=5.0)
 
-It serves gradmesh.v1.JobService (clients: "authorization: Bearer <token>"), gradmesh.v1.WorkerService
+It serves gradmesh.v1.JobService (clients: "authorization: Bearer <a user's token>"; the client token of
+DATA_DIR/token is the first administrator's, and `team` is the fair-share policy, coordinator.team), gradmesh.v1.WorkerService
 (ranks: "x-gradmesh-job-token"), the standard grpc.health.v1 health service (SERVING while up, no token)
 and server reflection, behind the client token like the JobService
 (`grpcurl -plaintext -H "authorization: Bearer $(cat DATA_DIR/token)" 127.0.0.1:50051 list`). It binds
