@@ -11,6 +11,7 @@ What is proved:
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -156,3 +157,38 @@ def test_jobs_from_before_users_belong_to_the_first_administrator(start_coordina
     srv = start_coordinator(data_dir=data)
     with Client(srv.address, token=srv.token) as admin:
         assert admin.get("old-1").owner == "admin"
+
+
+def test_the_cli_adds_users_prints_the_token_alone_and_lists_them(team):
+    srv, _, _ = team
+    admin = ("--address", srv.address, "--token", srv.token)
+    added = run_cli(*admin, "users", "add", "zed", "--role", "viewer", "--token-expires", "30d")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert len(token) == 64 and "\n" not in token and "the token of zed (viewer, expires" in added.stderr
+    me = run_cli("--address", srv.address, "--token", token, "whoami")
+    assert me.stdout.strip() == "zed (viewer)", me.stderr
+    listed = run_cli(*admin, "users", "list").stdout.splitlines()
+    assert listed[0].split()[:3] == ["NAME", "ROLE", "MAX"] and any(line.split()[:2] == ["zed", "viewer"]
+                                                                   for line in listed)
+    refused = run_cli("--address", srv.address, "--token", token, "users", "remove", "ana")
+    assert refused.returncode == 1 and refused.stderr.startswith("gradmesh: zed (viewer) may not manage users")
+    changed = run_cli(*admin, "users", "set", "zed", "--max-slots", "3", "--json")
+    assert json.loads(changed.stdout)["max_slots"] == 3, changed.stderr
+    nothing = run_cli(*admin, "users", "set", "zed")
+    assert nothing.returncode == 2 and "say what to change" in nothing.stderr
+
+
+def test_team_settings_refuse_nonsense():
+    from coordinator.cli.users import parse_since
+    from coordinator.team.policy import TeamPolicy, parse_shares
+    assert parse_shares(["ana=2", " bob = 0.5"]) == {"ana": 2.0, "bob": 0.5}
+    for bad in (["ana"], ["ana=0"], ["=2"], ["ana=nan"], ["ana=x"]):
+        with pytest.raises(ValueError, match="NAME=WEIGHT"):
+            parse_shares(bad)
+    with pytest.raises(ValueError):
+        TeamPolicy(reserve_after_s=-1)
+    assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_since("2026-12-01") > parse_since("2026-11-30")
+    with pytest.raises(Exception, match="neither a duration"):
+        parse_since("yesterday")
