@@ -20,7 +20,7 @@ from helpers import digits_toml, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 20_000
+STEPS = 10_000
 
 
 def low_spec() -> str:
