@@ -1,21 +1,27 @@
-"""Load test of a shared coordinator: many queued jobs, many watchers and pollers, on a real `gradmesh serve`.
+"""Load test of a coordinator shared by a team: many queued jobs of several users, many watchers and pollers,
+on a real `gradmesh serve`.
 
-    PYTHONPATH=. python bench/load.py --quick            # smoke test, ~30 s: 6 jobs, 5 watchers, 10 s of polling
+    PYTHONPATH=. python bench/load.py --quick            # smoke test, ~30 s: 10 jobs, 5 watchers, 10 s of polling
     PYTHONPATH=. python bench/load.py                    # 200 jobs, 50 watchers, pollers for 60 s (quiet machine!)
     PYTHONPATH=. python bench/load.py --json             # the figures as JSON
 
 A 2-slot coordinator (`python -m coordinator.cli serve`, its own process group, 127.0.0.1, a temporary data
-directory) gets --jobs real small digits jobs (1 rank, --steps steps, a metric point every 2 steps) at once,
-so most of them wait QUEUED. Meanwhile, for --seconds:
+directory) gets --users members (`AddUser`, each with a token of their own) and --jobs real small digits jobs
+(1 rank, --steps steps, a metric point every 2 steps) at once, so most of them wait QUEUED: the first user
+queues 40% of them first (someone who queued a hundred jobs), then the others queue the rest in turns. Every
+call below is made with one of the users' tokens. Meanwhile, for --seconds:
   - --watchers threads stream WatchJob: watcher w follows jobs w, w + W, w + 2W, ... each from step 0 to
     its end (a stream that breaks is resumed after the last step seen, and the break counted by code);
   - --getjob-pollers threads call GetJob on the jobs in turn, --list-pollers threads call ListJobs (first
     page of 50), timing every call.
 After that the watchers finish the jobs they follow, and the run waits (up to --drain-timeout) for every job
-to end. Targets (issue 9): errors by code 0, GetJob p99 < 50 ms, every job terminal, no metric point lost
-or duplicated for any watcher (each watcher's steps are compared with GetMetrics, and GetMetrics with the
-points the spec implies), coordinator RSS growth < 100 MiB (VmRSS from /proc, after start vs. at the end).
-Exit status 0 when every target is met, 1 otherwise.
+to end. Targets: errors by code 0, GetJob p99 < 50 ms, every job terminal, no metric point lost or duplicated
+for any watcher (each watcher's steps are compared with GetMetrics, and GetMetrics with the points the spec
+implies), coordinator RSS growth < 100 MiB (VmRSS from /proc, after start vs. at the end). Exit status 0
+when every target is met, 1 otherwise. Reported beside them, the shares: the fraction of slot-seconds each
+user's jobs got over the run, and while every user still had jobs queued (from the first submission to the
+first start of any user's last job), and how long each user waited for their first job to start (under a
+FIFO, the others would wait for the first user's 40% to finish; under fair share, a job or two).
 """
 from __future__ import annotations
 
@@ -117,6 +123,39 @@ def all_metrics(stub, metadata, job_id: str) -> list[int]:
             return steps
 
 
+def owners(users: list[str], jobs: int) -> list[str]:
+    """Who submits each job, in submission order: the first user 40% of them at once, then the rest in turns."""
+    first = (jobs * 2) // 5 if len(users) > 1 else jobs
+    rest = [users[1 + i % (len(users) - 1)] for i in range(jobs - first)] if len(users) > 1 else []
+    return [users[0]] * first + rest
+
+
+def shares(jobs: list, now: float) -> dict:
+    """Each user's fraction of the slot-seconds their jobs' attempts held: over the run, and in the contended
+    window (from the first submission until the first start of any user's last attempt); and the seconds from
+    the first submission to each user's first start."""
+    held = [(j.owner, a.started_unix, a.ended_unix or now, a.ranks) for j in jobs for a in j.attempt_history]
+    if not held:
+        return {"run": {}, "contended": {}, "contended_s": 0.0, "first_start_s": {}}
+    start = min(j.created_unix for j in jobs)
+    first_start: dict[str, float] = {}
+    last_start: dict[str, float] = {}
+    for user, s, _, _ in held:
+        last_start[user] = max(last_start.get(user, 0.0), s)
+        first_start[user] = min(first_start.get(user, s), s)
+    end = min(last_start.values())
+
+    def fractions(lo: float, hi: float) -> dict[str, float]:
+        got: dict[str, float] = {}
+        for user, s, e, ranks in held:
+            got[user] = got.get(user, 0.0) + max(0.0, min(e, hi) - max(s, lo)) * ranks
+        total = sum(got.values())
+        return {u: round(v / total, 3) if total else 0.0 for u, v in sorted(got.items())}
+
+    return {"run": fractions(start, now), "contended": fractions(start, end), "contended_s": round(end - start, 1),
+            "first_start_s": {u: round(t - start, 1) for u, t in sorted(first_start.items())}}
+
+
 def run(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="gradmesh-load-"))
     server = Server(tmp, slots=2, queued=max(1000, args.jobs))
@@ -129,17 +168,23 @@ def run(args) -> dict:
 
 def load(server: Server, args) -> dict:
     tally = Tally()
-    metadata = (("authorization", f"Bearer {server.token}"),)
+    admin = (("authorization", f"Bearer {server.token}"),)
     channel = grpc.insecure_channel(server.address)
     stub = pb_grpc.JobServiceStub(channel)
+    users = [f"user{u}" for u in range(args.users)]
+    as_user = {}
+    for name in users:
+        token = stub.AddUser(pb.AddUserRequest(name=name, role=pb.ROLE_MEMBER), metadata=admin, timeout=30).token
+        as_user[name] = (("authorization", f"Bearer {token}"),)
+    metadata = admin
     rss_start = server.rss_bytes()
     started = time.monotonic()
     spec = job_spec(args.steps)
     job_ids = []
-    for n in range(args.jobs):
+    for n, owner in enumerate(owners(users, args.jobs)):
         try:
-            job_ids.append(stub.SubmitJob(pb.SubmitJobRequest(spec=spec, job_id=f"load-{n:04d}"), metadata=metadata,
-                                          timeout=30).job.id)
+            job_ids.append(stub.SubmitJob(pb.SubmitJobRequest(spec=spec, job_id=f"load-{n:04d}"),
+                                          metadata=as_user[owner], timeout=30).job.id)
         except grpc.RpcError as err:
             tally.error("SubmitJob", err)
     submitted_s = time.monotonic() - started
@@ -149,15 +194,17 @@ def load(server: Server, args) -> dict:
     rss_peak = [rss_start]
 
     def watcher(w: int) -> None:
+        mine = as_user[users[w % len(users)]]   # reading is everyone's
         for job_id in job_ids[w::args.watchers]:
-            seen[job_id] = watch_job(stub, metadata, job_id, tally, drain_until)
+            seen[job_id] = watch_job(stub, mine, job_id, tally, drain_until)
 
     def getjob_poller(p: int) -> None:
         i = p
+        mine = as_user[users[p % len(users)]]
         while time.monotonic() < load_until and job_ids:
             t0 = time.perf_counter()
             try:
-                stub.GetJob(pb.GetJobRequest(job_id=job_ids[i % len(job_ids)]), metadata=metadata, timeout=10)
+                stub.GetJob(pb.GetJobRequest(job_id=job_ids[i % len(job_ids)]), metadata=mine, timeout=10)
                 tally.timed("GetJob", time.perf_counter() - t0)
             except grpc.RpcError as err:
                 tally.error("GetJob", err)
@@ -182,8 +229,10 @@ def load(server: Server, args) -> dict:
         time.sleep(1.0)
     states = Counter()
     lost = duplicated = short = 0
+    finals = []
     for job_id in job_ids:
         job = stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=metadata, timeout=30)
+        finals.append(job)
         states[pb.JobState.Name(job.state)] += 1
         stored = all_metrics(stub, metadata, job_id)
         got = seen.get(job_id, [])
@@ -205,6 +254,8 @@ def load(server: Server, args) -> dict:
         "points_lost": lost, "points_duplicated": duplicated, "jobs_missing_points_in_store": short,
         "rss_start_mib": round(rss_start / 2**20, 1), "rss_peak_mib": round(rss_peak[0] / 2**20, 1),
         "rss_end_mib": round(rss_end / 2**20, 1), "rss_growth_mib": round((rss_end - rss_start) / 2**20, 1),
+        "users": len(users), "jobs_per_user": dict(Counter(j.owner for j in finals)),
+        "shares": shares(finals, time.time()),
     }
 
 
@@ -227,8 +278,9 @@ def verdict(r: dict) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 6 jobs, 5 watchers, 10 s")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 10 jobs, 5 watchers, 10 s")
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--users", type=int, default=5, help="members submitting the jobs (default 5)")
     parser.add_argument("--watchers", type=int, default=50)
     parser.add_argument("--getjob-pollers", type=int, default=4)
     parser.add_argument("--list-pollers", type=int, default=2)
@@ -239,7 +291,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.jobs, args.watchers, args.seconds, args.drain_timeout = 6, 5, 10.0, 120.0
+        args.jobs, args.watchers, args.seconds, args.drain_timeout = 10, 5, 10.0, 120.0
     result = run(args)
     missed = verdict(result)
     if args.json:

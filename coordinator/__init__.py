@@ -6,8 +6,9 @@ The folders are the architecture, lowest first; each imports only from the rows 
     errors states events     the shared vocabulary (modules here at the top): error classes, job states,
     wire reports hosts       the change signal, the wire contract, what ranks report, host lists
     store/                   SQLite: the durable record
-    access/                  tokens, limits, validation, admission, the auth interceptor
-    fleet/  files/           hosts' health and placement; checkpoint files and job directories on disk
+    access/                  tokens, limits, validation, admission, the auth interceptor, roles (who may what)
+    fleet/  files/  team/    hosts' health and placement; checkpoint files and job directories on disk;
+                             users, their tokens and the audit trail, and fair share of the slots
     supervision/             attempts: launch, watch, settle, re-adopt; local mpirun and Slurm executors
     scheduler  jobs/         slots and the queue; what clients and ranks do to jobs (free of gRPC)
     core                     the parts wired together

@@ -7,6 +7,7 @@
     core.close()
 
     jobs        client operations (coordinator.jobs.operations)       streams   watch and logs (coordinator.jobs.streams)
+    accounts    users, tokens, the audit trail (coordinator.team.accounts); `team` the fair-share policy
     workers     the ranks' calls (coordinator.jobs.worker_api)  checkpoints  files and records (coordinator.files.checkpoints)
     supervisor  attempts (coordinator.supervision.supervisor)           scheduler    slots and queue (coordinator.scheduler)
     fleet       host health, placement, elastic resizes   hosts        ListHosts/DrainHost (coordinator.fleet.fleet)
@@ -35,15 +36,21 @@ from coordinator.scheduler import Scheduler, SlotPool
 from coordinator.store.store import Store
 from coordinator.jobs.streams import Streams
 from coordinator.jobs.worker_api import WorkerApi
+from coordinator.access.roles import Action
+from coordinator.team.accounts import Accounts
+from coordinator.team.policy import TeamPolicy
 
 
 class Coordinator:
     def __init__(self, data_dir: Path, store: Store, pool: SlotPool, *, data_roots: Sequence[Path],
                  tls_ca: Path | None = None, stop_grace_s: float = 5.0, cancel_checkpoint_wait_s: float = 30.0,
                  mpi_args: Sequence[str] = (), limits: Limits = Limits(), executor_factory=None,
-                 host_policy: HostPolicy = HostPolicy(), delete_ended_after_s: float | None = None):
+                 host_policy: HostPolicy = HostPolicy(), delete_ended_after_s: float | None = None,
+                 team: TeamPolicy = TeamPolicy(), token_file: Path | None = None):
         self.data_dir = Path(data_dir)
         self.store = store
+        self.team = team
+        self.accounts = Accounts(store, token_file=token_file)  # users, tokens, the audit trail
         self.signal = ChangeSignal()
         self.checkpoints = Checkpoints(self.data_dir / "checkpoints", store)
         self.supervisor = Supervisor(store, self.signal, data_dir=self.data_dir, local=pool.local, tls_ca=tls_ca,
@@ -51,8 +58,8 @@ class Coordinator:
                                      executor=executor_factory(store) if executor_factory else None)
         self.fleet = Fleet(store, self.signal, HostHealth(list(pool.capacity.items()), **host_policy.kwargs()))
         self.supervisor.fleet = self.fleet
-        self.scheduler = Scheduler(store, pool, self.supervisor, fleet=self.fleet)
-        self.hosts = HostOps(self.fleet, usage=self.scheduler.usage, wake=self.scheduler.wake)
+        self.scheduler = Scheduler(store, pool, self.supervisor, fleet=self.fleet, policy=team,
+                                   max_slots=self.accounts.max_slots)
         self.limits = limits
         # a rank may use its host's memory divided by the host's slots (hosts of a pool are taken to be alike)
         # (under Slurm the nodes are not known here: only --memory-per-slot limits a rank)
@@ -60,7 +67,11 @@ class Coordinator:
         per_slot = limits.memory_per_slot_or(0 if queued else host_memory_bytes() // max(pool.capacity.values()))
         self.jobs = Jobs(store, self.checkpoints, self.supervisor, self.signal, wake_scheduler=self.scheduler.wake,
                          total_slots=pool.total, data_roots=data_roots,
-                         cancel_checkpoint_wait_s=cancel_checkpoint_wait_s, limits=limits, memory_per_slot=per_slot)
+                         cancel_checkpoint_wait_s=cancel_checkpoint_wait_s, limits=limits, memory_per_slot=per_slot,
+                         accounts=self.accounts, private_jobs=team.private_jobs)
+        self.hosts = HostOps(self.fleet, usage=self.scheduler.usage, wake=self.scheduler.wake,
+                             allow=lambda caller, host: self.jobs.allow(caller, Action.DRAIN, target=host),
+                             audit=self.accounts.record)
         self.streams = Streams(store, self.signal, views=self.jobs.get)
         self.workers = WorkerApi(store, self.checkpoints, self.supervisor, self.signal, limits=limits)
         self.retention = Retention(self.jobs, store, delete_ended_after_s) if delete_ended_after_s else None

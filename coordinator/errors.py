@@ -58,6 +58,13 @@ class Unauthenticated(GradmeshError):
     code = "UNAUTHENTICATED"
 
 
+class PermissionDenied(GradmeshError):
+    """The caller is known but its role does not allow this (a member cancelling a colleague's job, a viewer
+    submitting). `kind` says what was refused ("job", "user", "host", "audit"); the message names the owner."""
+
+    code = "PERMISSION_DENIED"
+
+
 class ResourceExhausted(GradmeshError):
     """A documented limit was reached (queued jobs, points per report, disk space, ...)."""
 
@@ -100,5 +107,5 @@ class Internal(GradmeshError):
 
 BY_CODE: dict[str, type[GradmeshError]] = {
     cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated,
-                              ResourceExhausted, Unavailable, DeadlineExceeded, DataLoss, Unimplemented, Internal)
+                              PermissionDenied, ResourceExhausted, Unavailable, DeadlineExceeded, DataLoss, Unimplemented, Internal)
 }

@@ -22,7 +22,7 @@ RANKS = {
     "vocabulary": 0, "rpc": 0,
     "worker": 1,
     "store": 2, "access": 2, "client": 2,
-    "fleet": 3, "files": 3,
+    "fleet": 3, "files": 3, "team": 3,
     "supervision": 4,
     "scheduler": 5, "jobs": 5,
     "core": 6,

@@ -15,7 +15,7 @@ import pytest
 from coordinator.client import (
     KIND_CHECKPOINT, KIND_JOB, AlreadyExists, ChecksumMismatch, Client, DataLoss, FailedPrecondition, Internal,
     InvalidArgument, InvalidSpec, JobSnapshot, JobState, JobStateChanged, MetricReported, NotFound,
-    ResourceExhausted, Unauthenticated, Unavailable, read_spec_text, resolve_token,
+    PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable, read_spec_text, resolve_token,
 )
 from coordinator.rpc import gradmesh_pb2 as pb
 from tests.scripted_server import ScriptedServer, abort_with, job_pb
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.timeout(60)
      FailedPrecondition),
     (grpc.StatusCode.ALREADY_EXISTS, "job_id: 'x' exists with a different spec", KIND_JOB, AlreadyExists),
     (grpc.StatusCode.UNAUTHENTICATED, "missing bearer token", "token", Unauthenticated),
-    (grpc.StatusCode.PERMISSION_DENIED, "wrong token", "token", Unauthenticated),
+    (grpc.StatusCode.PERMISSION_DENIED, "ana (member) may not cancel job x: it belongs to bob", KIND_JOB,
+     PermissionDenied),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 1000 queued jobs", "", ResourceExhausted),
     (grpc.StatusCode.INTERNAL, "boom", "", Internal),
     (grpc.StatusCode.DATA_LOSS, "checkpoint file of step 40 is corrupt on the coordinator", KIND_CHECKPOINT,

@@ -305,7 +305,8 @@ def test_an_expired_session_is_refused_by_the_server(dash):
     """A cookie signed with the right key but past its expiry (the browser was told Max-Age; a copy is not)."""
     key = dash.token.encode()
     for expiry, status in ((int(time.time()) - 5, 401), (int(time.time()) + 600, 200)):
-        nonce = f"{expiry:x}-{'ab' * 16}"
+        user = f"admin:{hashlib.sha256(dash.token.encode()).hexdigest()[:16]}"  # the first administrator's session
+        nonce = f"{expiry:x}-{'ab' * 16}:{user}"
         mac = hmac.new(key, f"session:{nonce}".encode(), hashlib.sha256).hexdigest()
         assert dashboard_get(dash.dashboard.port, "/api/jobs", {"Cookie": f"gradmesh_session={nonce}.{mac}"})[0] == status
     # and one without an expiry in it (a stateless cookie of the older release) is no session at all

@@ -5,15 +5,17 @@ that are empty, huge, unicode, NUL-laden or almost-valid ids; integers at the ed
 NaN, infinities and huge doubles; unknown enum values; repeated fields and maps with many entries;
 nested messages. A share of the calls sends random bytes as the serialized message; a share of the
 worker calls is well-formed for the live job (so extreme points and uploads reach the store). The
-metadata is one of: the client token, the live job's token, a second running job's token ("other job"),
-the token of an attempt that ended, a made-up one, a wrong bearer, both tokens, none.
+metadata is one of: the client token (the first administrator's), a member's and a viewer's token, the live
+job's token, a second running job's token ("other job"), the token of an attempt that ended, a made-up one, a
+wrong bearer, both tokens, none.
 
 A second test submits structurally valid specs with extreme values (huge layers and classes, int64 edges
 and beyond, deep nesting, unknown keys, NaN/inf): they probe the caps the coordinator sets on what it runs.
 
 What must hold: no call ends INTERNAL or UNKNOWN; no call runs into its deadline; a token never works for
 a job it does not belong to (nor the client token on the worker service, nor a job token on the client
-one); every error's message and trailers are bounded printable ASCII; the server still answers health
+one); a member or viewer never succeeds at what their role forbids (ROLE_FORBIDS: users, drains, another's
+token or audit rows, the administrator's jobs; a viewer's submissions); every error's message and trailers are bounded printable ASCII; the server still answers health
 checks; SQLite's integrity check passes; and a normal job submitted afterwards SUCCEEDS. The seed is
 printed so a failure can be replayed (GRADMESH_FUZZ_SEED=...); GRADMESH_FUZZ_REQUESTS sets the count.
 """
@@ -126,6 +128,34 @@ class Fuzzer:
                 except ValueError:  # e.g. an unknown value for a closed enum: leave it unset
                     pass
         return message
+
+
+# What a member's or a viewer's token must never do (the jobs the fuzzer names are the administrator's).
+ROLE_FORBIDS = {
+    "member": {"AddUser", "UpdateUser", "RemoveUser", "RotateToken", "DrainHost", "UndrainHost"},
+    "viewer": {"AddUser", "UpdateUser", "RemoveUser", "RotateToken", "DrainHost", "UndrainHost", "SubmitJob",
+               "RegisterRun", "CancelJob", "ResumeJob", "DeleteJob"},
+}
+USER_OF_KEY = {"member": "fuzzmember", "viewer": "fuzzviewer"}
+
+
+def _role_problem(key: str, name: str, request, admins_jobs: set[str]) -> str | None:
+    """What is wrong with an OK answer to the member's or the viewer's token, if anything."""
+    if key not in ROLE_FORBIDS:
+        return None
+    if name in ROLE_FORBIDS[key]:
+        return f"{name} with the {key} token answered OK"
+    if isinstance(request, (bytes, list)):
+        return None
+    if name in ("CancelJob", "ResumeJob", "DeleteJob") and request.job_id in admins_jobs:
+        return f"{name} of the administrator's job {request.job_id} with the {key} token answered OK"
+    if name == "ListAudit" and request.user not in ("", USER_OF_KEY[key]):
+        return f"ListAudit of {request.user!r}'s rows with the {key} token answered OK"
+    return None
+
+
+def client_service_methods():
+    return list(pb.DESCRIPTOR.services_by_name["JobService"].methods)
 
 
 def _methods():
@@ -244,12 +274,17 @@ def test_fuzz_every_rpc_then_a_normal_job_succeeds(start_coordinator, tmp_path):
     srv = start_coordinator(slots=2)
     client = Client(srv.address, token=srv.token)
     jobs = Jobs(srv, client)
+    _, member_token = client.add_user("fuzzmember", role="member")
+    _, viewer_token = client.add_user("fuzzviewer", role="viewer")
+    client.add_user("fuzzy", role="member")   # whose token the administrator's RotateToken calls may rotate
 
     fuzzer = Fuzzer(rng, [jobs.live, jobs.other, jobs.ended, "no-such-job"])
     # Cancelling a running job would end the tokens under test: CancelJob aims at the others.
     cancel_fuzzer = Fuzzer(rng, [jobs.ended, "no-such-job", "fuzz-decoy"])
     tokens = {
         "client": (("authorization", f"Bearer {srv.token}"),),
+        "member": (("authorization", f"Bearer {member_token}"),),
+        "viewer": (("authorization", f"Bearer {viewer_token}"),),
         "job": (("x-gradmesh-job-token", jobs.live_token),),
         "other-job": (("x-gradmesh-job-token", jobs.other_token),),
         "ended-job": (("x-gradmesh-job-token", jobs.ended_token),),
@@ -275,6 +310,8 @@ def test_fuzz_every_rpc_then_a_normal_job_succeeds(start_coordinator, tmp_path):
             request = source.fill(request_cls())
         if not as_bytes and service.name == "WorkerService" and rng.random() < 0.25:
             _well_formed_for(request, method, jobs, rng)
+        if not as_bytes and method.name == "RotateToken" and request.name in ("", "admin", *USER_OF_KEY.values()):
+            request.name = "fuzzy"   # never the tokens the run itself uses (a member's attempt is refused anyway)
         job_id = None  # the job the request names, when known (random bytes name none)
         if not as_bytes:
             messages = request if isinstance(request, list) else [request]
@@ -287,6 +324,16 @@ def test_fuzz_every_rpc_then_a_normal_job_succeeds(start_coordinator, tmp_path):
         elif method.client_streaming and as_bytes:
             request = [m.SerializeToString() for m in request]
         plan.append((service, method, request, key, as_bytes, job_id))
+    for key in ("member", "viewer"):   # every role x operation at least once, well formed
+        for method in client_service_methods():
+            request = getattr(pb, method.input_type.name)()
+            if "job_id" in request.DESCRIPTOR.fields_by_name:
+                request.job_id = jobs.ended if method.name in ("ResumeJob", "DeleteJob") else jobs.live
+            for field, value in (("name", "fuzzy"), ("host", "localhost"), ("user", "admin")):
+                if field in request.DESCRIPTOR.fields_by_name:
+                    setattr(request, field, value)
+            plan.append((pb.DESCRIPTOR.services_by_name["JobService"], method,
+                         request if not method.client_streaming else [request], key, False, getattr(request, "job_id", None)))
     # A few plain valid calls, so the OK-reached check below never depends on what the seed happened to draw.
     worker, client_service = pb.DESCRIPTOR.services_by_name["WorkerService"], pb.DESCRIPTOR.services_by_name["JobService"]
     for _ in range(3):
@@ -302,6 +349,8 @@ def test_fuzz_every_rpc_then_a_normal_job_succeeds(start_coordinator, tmp_path):
         service, method, request, key, as_bytes, job_id = entry
         return entry, _call(channel, service, method, request, tokens[key], as_bytes)
 
+    admins_jobs = {jobs.live, jobs.other, jobs.ended}
+
     outcomes: Counter = Counter()
     bad: list[str] = []
     started = time.monotonic()
@@ -309,12 +358,17 @@ def test_fuzz_every_rpc_then_a_normal_job_succeeds(start_coordinator, tmp_path):
                                                      ("grpc.max_receive_message_length", 64 << 20)]) as channel:
         with futures.ThreadPoolExecutor(8) as pool:
             for entry, ((code, details, trailers), took) in pool.map(run, plan):
-                service, method, _, key, _, job_id = entry
+                service, method, request, key, _, job_id = entry
                 name = method.name
                 outcomes[(name, code.name)] += 1
                 bad += _problems(name, code, details, trailers, took)
-                if code == grpc.StatusCode.OK and service.name == "JobService" and key not in ("client", "both"):
+                if code == grpc.StatusCode.OK and service.name == "JobService" and key not in (
+                        "client", "both", "member", "viewer"):
                     bad.append(f"{name} with the {key} token answered OK")
+                if code == grpc.StatusCode.OK and (problem := _role_problem(key, name, request, admins_jobs)):
+                    bad.append(problem)
+                if key in ROLE_FORBIDS and name in ROLE_FORBIDS[key] and not isinstance(request, (bytes, list)):
+                    outcomes[("role refusals", code.name)] += 1
                 if code == grpc.StatusCode.OK and service.name == "WorkerService" and (
                         jobs.owner(key) is None or (job_id is not None and job_id != jobs.owner(key))):
                     bad.append(f"{name} for job {job_id!r} with the {key} token answered OK")
@@ -323,6 +377,7 @@ def test_fuzz_every_rpc_then_a_normal_job_succeeds(start_coordinator, tmp_path):
         assert not bad, f"seed {seed}: {len(bad)} bad outcomes, e.g. {bad[:10]}"
         assert sum(n for (_, c), n in outcomes.items() if c != "OK") > 0  # the fuzzer did reach refusals
         assert {name for name, c in outcomes if c == "OK"} >= {"FetchJob", "ReportProgress", "GetJob"}, outcomes
+        assert outcomes[("role refusals", "PERMISSION_DENIED")] >= 2 * 5, outcomes   # the well-formed ones at least
         _assert_healthy(channel)
 
     _drain_queue(srv)

@@ -64,22 +64,24 @@ def test_rank_hosts_and_allocation_skip_unusable_hosts():
     assert placement.allocate(2, {"a": -1, "b": 2}, {"a", "b"}) == [("b", 2)]  # overcommitted a: nothing
 
 
-def test_plan_never_shares_a_slot_and_the_head_blocks_with_a_message():
+def test_placer_never_shares_a_slot_and_names_what_a_job_lacks():
     capacity = {"a": 2, "b": 2}
-    jobs = [job("one", 2, seq=1), job("two", 2, seq=2), job("three", 1, seq=3)]
-    starts, waits = placement.plan(jobs, capacity, dict(capacity), {"a", "b"}, elastic.job_launch_size)
-    assert [(j.id, alloc) for j, alloc in starts] == [("one", [("a", 2)]), ("two", [("b", 2)])]
-    assert waits == {}  # three waits for slots other jobs hold: no message
-    # b quarantined: a 4-rank job cannot start at all, says what it lacks, and blocks the queue
-    starts, waits = placement.plan([job("big", 4), job("small", 1, seq=2)], capacity, dict(capacity), {"a"},
-                                   elastic.job_launch_size, why_not=lambda h: "quarantined until 12:00:00")
-    assert starts == []
-    assert waits == {"big": "waiting for 4 worker slot(s): 2 free on usable hosts; unavailable: b (2 slot(s), "
-                            "quarantined until 12:00:00)"}
+    placer = placement.Placer(capacity, dict(capacity), {"a", "b"}, elastic.job_launch_size)
+    one, two, three = job("one", 2, seq=1), job("two", 2, seq=2), job("three", 1, seq=3)
+    assert placer.take(one, 2) and placer.take(two, 2) and not placer.take(three, 1)
+    assert placer.taken == {"one": [("a", 2)], "two": [("b", 2)]}
+    assert placer.lacking(three, 1) is None  # three waits for slots other jobs hold: no message
+    # b quarantined: a 4-rank job cannot start at all and says what it lacks
+    placer = placement.Placer(capacity, dict(capacity), {"a"}, elastic.job_launch_size,
+                              why_not=lambda h: "quarantined until 12:00:00")
+    big = job("big", 4)
+    assert placer.size(big) is None and not placer.take(big, 4)
+    assert placer.lacking(big, None) == ("waiting for 4 worker slot(s): 2 free on usable hosts; unavailable: b (2 "
+                                         "slot(s), quarantined until 12:00:00)")
     # the same job elastic down to 2 starts on a
-    starts, _ = placement.plan([job("big", 4, min_workers=2)], capacity, dict(capacity), {"a"},
-                               elastic.job_launch_size)
-    assert [(j.id, alloc) for j, alloc in starts] == [("big", [("a", 2)])]
+    elastic_big = job("big", 4, min_workers=2)
+    assert placer.size(elastic_big) == 2 and placer.take(elastic_big, 2)
+    assert placer.taken["big"] == [("a", 2)]
 
 
 def test_elastic_sizes_and_grow():

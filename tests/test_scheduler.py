@@ -1,12 +1,25 @@
-"""Scheduling order (priority, then FIFO, no backfill) and slot accounting, without processes."""
-from coordinator.scheduler import SlotPool, plan_starts, scheduling_order
+"""Scheduling order (priority, then fair share with backfill: coordinator.team.fairshare) and slot accounting,
+without processes."""
+from coordinator.fleet import placement
+from coordinator.scheduler import SlotPool, _whole_pool, scheduling_order
 from coordinator.states import JobState
 from coordinator.store.records import JobRow
+from coordinator.team import fairshare
 
 
-def job(seq, workers=1, priority=0):
+def job(seq, workers=1, priority=0, owner="admin"):
     return JobRow(id=f"j{seq}", name="n", spec_json="{}", state=JobState.QUEUED, workers=workers, priority=priority,
-                  seq=seq)
+                  seq=seq, owner=owner, created=1000.0 + seq)
+
+
+def starts(jobs, pool, *, now=1000.0, reserve_after_s=300.0):
+    """What the scheduler would start from `jobs` on `pool`: fair share over a placer, as Scheduler._decide."""
+    placer = placement.Placer(pool.capacity, pool.free, set(pool.capacity), _whole_pool)
+    by_id = {j.id: j for j in jobs}
+    candidates = [fairshare.Candidate(j.id, j.owner, j.priority, j.seq, j.workers, j.created) for j in jobs]
+    decision = fairshare.plan(candidates, {}, shares=lambda u: 1.0, max_slots={}, reserve_after_s=reserve_after_s,
+                              now=now, place=lambda c: placer.take(by_id[c.job_id], c.slots))
+    return decision.started
 
 
 def test_priority_first_then_fifo():
@@ -14,23 +27,24 @@ def test_priority_first_then_fifo():
     assert [j.id for j in scheduling_order(jobs)] == ["j2", "j4", "j1", "j3", "j5"]
 
 
-def test_a_prefix_that_fits_starts_and_the_head_blocks_the_rest():
-    order = [job(1, workers=2), job(2, workers=1), job(3, workers=1)]
-    assert [j.id for j in plan_starts(order, 3)] == ["j1", "j2"]
-    # the head needs 4 of 3 free: nothing behind it jumps the queue
-    assert plan_starts([job(1, workers=4), job(2, workers=1)], 3) == []
-    assert plan_starts([], 8) == []
+def test_small_jobs_backfill_past_a_big_one_until_it_has_waited_long_enough():
+    pool = SlotPool.local_pool(3)
+    assert starts([job(1, workers=2), job(2, workers=1), job(3, workers=1)], pool) == ["j1", "j2"]
+    # the head needs 4 of 3 free: the small one behind it starts anyway (backfill) ...
+    assert starts([job(1, workers=4), job(2, workers=1)], pool) == ["j2"]
+    # ... until the big one has waited reserve_after_s: then it holds a reservation and nothing passes it
+    assert starts([job(1, workers=4), job(2, workers=1)], pool, now=1001.0 + 300) == []
+    assert starts([], SlotPool.local_pool(8)) == []
 
 
 def test_two_jobs_that_do_not_fit_together_go_one_after_the_other():
     pool = SlotPool.local_pool(2)
     a, b = job(1, workers=2), job(2, workers=2)
-    first = plan_starts([a, b], pool.available)
-    assert [j.id for j in first] == ["j1"]
+    assert starts([a, b], pool) == ["j1"]
     alloc = pool.allocate(2)
-    assert plan_starts([b], pool.available) == []
+    assert starts([b], pool) == []
     pool.release(alloc)
-    assert [j.id for j in plan_starts([b], pool.available)] == ["j2"]
+    assert starts([b], pool) == ["j2"]
 
 
 def test_allocation_spans_hosts_in_order():

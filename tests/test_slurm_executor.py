@@ -172,6 +172,8 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     serve.wait_state(job, "RUNNING")
     slurm_id = serve.slurm_job(job)
     assert f"{slurm_id}|gradmesh-sb-ok-a1|RUNNING" in squeue(slurm)
+    # Slurm's side says whose job it is: the gradmesh owner is the Slurm job's comment
+    assert "Comment=gradmesh owner=admin" in slurm.run(["scontrol", "show", "job", slurm_id]).stdout
     script = (serve.data_dir / "logs" / job / "attempt-1.sbatch").read_text()
     assert "exec srun --mpi=pmi2" in script and f"--job {job}" in script
     done = serve.wait_state(job, "SUCCEEDED")

@@ -43,6 +43,13 @@ def test_partition_account_and_extra_sbatch_options_come_before_the_script():
     assert job_name("j", 1) == "gradmesh-j-a1"
 
 
+def test_the_owner_goes_to_slurm_as_the_comment():
+    argv, _ = build_sbatch(sbatch="sbatch", python="python", workers=2, coordinator="h:1", job_id="j", attempt=1,
+                           workdir=W, log_path=LOG, script_path=SCRIPT, account="ml", owner="ana",
+                           sbatch_args=["--time=60"])
+    assert argv[-4:] == ["--account=ml", "--comment=gradmesh owner=ana", "--time=60", str(SCRIPT)]
+
+
 def test_paths_with_spaces_are_quoted_in_the_script():
     _, script = build_sbatch(sbatch="sbatch", python="/my venv/python", workers=1, coordinator="h:1", job_id="j",
                              attempt=1, workdir=Path("/a b/w"), log_path=LOG, script_path=SCRIPT)

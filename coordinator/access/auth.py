@@ -1,11 +1,13 @@
 """Who may call what: the server's one interceptor, in front of every service it serves.
 
-    gradmesh.v1.JobService, server reflection and anything else    ("authorization", "Bearer <client token>")
+    gradmesh.v1.JobService, server reflection and anything else    ("authorization", "Bearer <a user's token>")
     gradmesh.v1.WorkerService    ("x-gradmesh-job-token", "<token>"): the token of a running attempt; which
                                  job it may touch is checked by the core (coordinator.jobs.worker_api)
     grpc.health.v1.Health        no token
 
-Both tokens are checked from the call's metadata alone, on gRPC's dispatch thread, before a single message
+A user's token is live while the user exists and the token has not expired (coordinator.team.accounts finds
+it by its sha256 and says why not); what the user may do is decided later, per call, by their role
+(coordinator.access.roles). Both tokens are checked from the call's metadata alone, on gRPC's dispatch thread, before a single message
 is read: a refused call is answered UNAUTHENTICATED at once and holds no thread and no capacity, so callers
 without credentials cannot starve anyone. An accepted call is then admitted under its class's cap
 (coordinator.access.admission). A worker token is live while its attempt runs: the store finds the RUNNING job
@@ -13,7 +15,6 @@ whose current attempt holds a token with its sha256 (Store.job_of_token, an inde
 """
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Callable
 
@@ -46,11 +47,13 @@ def _header(details: grpc.HandlerCallDetails, name: str) -> str:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """`live_worker(token)` says whether a worker token belongs to a running attempt (it may raise when the
-    store is closing: the call is then answered UNAVAILABLE)."""
+    """`client_refusal(token)` says why a bearer token may not call (None: it may), `live_worker(token)` whether
+    a worker token belongs to a running attempt; either may raise when the store is closing: the call is then
+    answered UNAVAILABLE."""
 
-    def __init__(self, client_token: str, live_worker: Callable[[str], bool], admission: Admission):
-        self._token = client_token.encode()
+    def __init__(self, client_refusal: Callable[[str], str | None], live_worker: Callable[[str], bool],
+                 admission: Admission):
+        self._client_refusal_of = client_refusal
         self._live_worker = live_worker
         self._admission = admission
 
@@ -73,12 +76,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _client_refusal(self, header: str) -> tuple[grpc.StatusCode, str] | None:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token):
-            return None
-        reason = "missing" if not header else "wrong"
-        return grpc.StatusCode.UNAUTHENTICATED, (
-            f"authorization: {reason} bearer token (send metadata 'authorization: Bearer <token>'; the token is "
-            "in the coordinator's DATA_DIR/token)")
+        if scheme.lower() != "bearer":
+            token = ""
+        try:
+            why = self._client_refusal_of(token.strip())
+        except Exception as err:  # noqa: BLE001 - the store is closing: say so rather than fail the dispatch
+            log.debug("cannot check a client token: %s: %s", type(err).__name__, err)
+            return grpc.StatusCode.UNAVAILABLE, "the coordinator cannot check tokens now; retry shortly"
+        return None if why is None else (grpc.StatusCode.UNAUTHENTICATED, why)
 
     def _worker_refusal(self, token: str) -> tuple[grpc.StatusCode, str] | None:
         if not token:

@@ -15,6 +15,7 @@ from worker.spec import INT64_MAX
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+USER_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # a user's name: also a Slurm --comment and an audit column
 SEQ_RE = re.compile(r"[0-9]{1,18}")  # a page token: a positive int64, in ASCII digits
 
 
@@ -31,6 +32,13 @@ def job_id(value: str, field: str = "job_id") -> str:
     if not JOB_ID_RE.fullmatch(value):
         raise InvalidArgument(field, f"'{shown(value, 80)}' is not a job id (1-64 of A-Z a-z 0-9 . _ -, "
                                      "starting with a letter or digit)")
+    return value
+
+
+def user_name(value: str, field: str = "name") -> str:
+    if not USER_RE.fullmatch(value or ""):
+        raise InvalidArgument(field, f"'{shown(value or '', 80)}' is not a user name (1-32 of a-z 0-9 _ -, starting "
+                                     "with a letter)")
     return value
 
 

@@ -62,7 +62,7 @@ def _build_job_pb(v: JobView) -> pb.Job:
                  epoch=j.epoch, samples_per_second=v.samples_per_second, eta_seconds=v.eta_seconds,
                  attempts=_i32(j.attempts), restarts=_i32(j.restarts), created_unix=j.created, started_unix=j.started,
                  ended_unix=j.ended, history=[state_to_pb(t) for t in v.history], executor=j.executor,
-                 attempt_history=[attempt_to_pb(a) for a in v.attempts])
+                 attempt_history=[attempt_to_pb(a) for a in v.attempts], owner=j.owner)
     if v.latest is not None:
         msg.latest.CopyFrom(metric_to_pb(v.latest))
     if v.best is not None:

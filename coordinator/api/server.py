@@ -6,7 +6,8 @@
     # start_server(..., http_port=50052) also serves the web dashboard (coordinator.dashboard): srv.dashboard.url
     srv.wait_for_termination()          # or srv.stop(grace=5.0)
 
-It serves gradmesh.v1.JobService (clients: "authorization: Bearer <token>"), gradmesh.v1.WorkerService
+It serves gradmesh.v1.JobService (clients: "authorization: Bearer <a user's token>"; the client token of
+DATA_DIR/token is the first administrator's, and `team` is the fair-share policy, coordinator.team), gradmesh.v1.WorkerService
 (ranks: "x-gradmesh-job-token"), the standard grpc.health.v1 health service (SERVING while up, no token)
 and server reflection, behind the client token like the JobService
 (`grpcurl -plaintext -H "authorization: Bearer $(cat DATA_DIR/token)" 127.0.0.1:50051 list`). It binds
@@ -58,7 +59,9 @@ from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.scheduler import SlotPool
 from coordinator.supervision.slurm import SlurmExecutor, check_slurm
 from coordinator.api.data_lock import DataDirLock
-from coordinator.api.servicer import JobServicer, WorkerServicer, method_handlers
+from coordinator.api.servicer import WorkerServicer, method_handlers
+from coordinator.api.team_rpcs import TeamServicer
+from coordinator.team.policy import TeamPolicy
 from coordinator.store.store import Store
 from coordinator.access.tokens import hash_token
 from coordinator import wire
@@ -74,6 +77,7 @@ class SlurmOptions:
     account: str = ""
     sbatch_args: tuple[str, ...] = ()
     poll_s: float = 1.0   # how often Slurm's controller is asked about the jobs (scontrol)
+    accounts: tuple[tuple[str, str], ...] = ()   # (gradmesh user, Slurm account): whom each user's jobs are charged to
 
 JOB_SERVICE = pb.DESCRIPTOR.services_by_name["JobService"].full_name
 WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -205,7 +209,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  call_limits: CallLimits | None = None, http_port: int | None = None,
                  executor: str = "local", slurm: SlurmOptions | None = None,
                  mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
-                 delete_ended_after_s: float | None = None, http_limits: HttpLimits | None = None) -> RunningServer:
+                 delete_ended_after_s: float | None = None, http_limits: HttpLimits | None = None,
+                 team: TeamPolicy | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     lock = DataDirLock.acquire(data_dir)  # DataDirInUse (OSError): another coordinator owns it
@@ -214,7 +219,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                      token=token, tls_cert=tls_cert, tls_key=tls_key, advertise_address=advertise_address,
                      limits=limits, call_limits=call_limits, http_port=http_port, executor=executor, slurm=slurm,
                      mpi_args=mpi_args, host_policy=host_policy, delete_ended_after_s=delete_ended_after_s,
-                     http_limits=http_limits)
+                     http_limits=http_limits, team=team)
     except BaseException:
         lock.release()
         raise
@@ -227,7 +232,7 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
            tls_cert: Path | None, tls_key: Path | None, advertise_address: str | None, limits: Limits | None,
            call_limits: CallLimits | None, http_port: int | None, executor: str, slurm: SlurmOptions | None,
            mpi_args: Sequence[str], host_policy: HostPolicy | None, delete_ended_after_s: float | None,
-           http_limits: HttpLimits | None) -> RunningServer:
+           http_limits: HttpLimits | None, team: TeamPolicy | None) -> RunningServer:
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both tls_cert and tls_key")
     if slots is not None and hosts:
@@ -245,7 +250,7 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
         options = slurm or SlurmOptions()
         factory = lambda store: SlurmExecutor(store, python=sys.executable, partition=options.partition,  # noqa: E731
                                               account=options.account, sbatch_args=options.sbatch_args,
-                                              poll_s=options.poll_s)
+                                              poll_s=options.poll_s, accounts=dict(options.accounts))
     elif executor != "local":
         raise ValueError(f"--executor {executor!r}: use local or slurm")
     client_token = load_or_create_token(data_dir, token)
@@ -257,15 +262,19 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
     core = Coordinator(data_dir, store, pool, data_roots=data_roots or [Path.cwd()],
                        tls_ca=Path(tls_cert).resolve() if tls_cert else None, limits=limits or Limits(),
                        executor_factory=factory, mpi_args=mpi_args, host_policy=host_policy or HostPolicy(),
-                       delete_ended_after_s=delete_ended_after_s)
+                       delete_ended_after_s=delete_ended_after_s, team=team or TeamPolicy(),
+                       token_file=None if token else data_dir / wire.TOKEN_FILE)
+    core.accounts.bootstrap(client_token)   # the client token is the first administrator's
 
     admission = Admission(call_limits or CallLimits())
-    interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,
+    interceptor = AuthInterceptor(core.accounts.refusal, lambda token: store.job_of_token(hash_token(token)) is not None,
                                   admission)
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
     server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams, core.hosts)),
+    jobs = TeamServicer(core.jobs, core.streams, core.hosts, core.accounts, slots_by_user=core.scheduler.slots_by_user,
+                        share=core.team.share)
+    server.add_generic_rpc_handlers((method_handlers("JobService", jobs),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

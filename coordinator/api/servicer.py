@@ -28,11 +28,13 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from coordinator.api import convert
+from coordinator.access.roles import SYSTEM, Caller
 from coordinator.errors import GradmeshError, InvalidArgument
 from coordinator.jobs.operations import Jobs
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.jobs.streams import Streams
-from coordinator.wire import FIELD_TRAILER, JOB_TOKEN_HEADER, KIND_TRAILER
+from coordinator.team.accounts import Accounts
+from coordinator.wire import CLIENT_TOKEN_HEADER, FIELD_TRAILER, JOB_TOKEN_HEADER, KIND_TRAILER
 from coordinator.jobs.worker_api import WorkerApi
 
 log = logging.getLogger("gradmesh.servicer")
@@ -113,18 +115,30 @@ def rpc(method: Callable) -> Callable:
     return unary
 
 
-def _token(context: grpc.ServicerContext) -> str:
+def _token(context: grpc.ServicerContext, header: str = JOB_TOKEN_HEADER) -> str:
     for key, value in context.invocation_metadata():
-        if key == JOB_TOKEN_HEADER:
+        if key == header:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return ""
 
 
 class JobServicer:
-    def __init__(self, jobs: Jobs, streams: Streams, hosts=None):
+    """Every method acts for its caller, the user whose bearer token the call carries (`caller(context)`): the
+    core asks coordinator.access.roles whether that user may. The users, tokens and audit RPCs are added by
+    coordinator.api.team_rpcs.TeamServicer, the class the server serves."""
+
+    def __init__(self, jobs: Jobs, streams: Streams, hosts=None, accounts: Accounts | None = None):
         self.jobs = jobs
         self.streams = streams
         self.hosts = hosts  # coordinator.fleet.fleet.HostOps
+        self.accounts = accounts  # who a bearer token is (None: every caller acts as the coordinator's own)
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        """The user making the call, with its address (the interceptor already refused unknown tokens)."""
+        if self.accounts is None:
+            return SYSTEM
+        scheme, _, token = _token(context, CLIENT_TOKEN_HEADER).partition(" ")
+        return self.accounts.caller(token.strip() if scheme.lower() == "bearer" else "", address=context.peer())
 
     @rpc
     def ListHosts(self, request, context):
@@ -132,49 +146,51 @@ class JobServicer:
 
     @rpc
     def DrainHost(self, request, context):
-        return convert.host_to_pb(self.hosts.drain(request.host))
+        return convert.host_to_pb(self.hosts.drain(request.host, self.caller(context)))
 
     @rpc
     def UndrainHost(self, request, context):
-        return convert.host_to_pb(self.hosts.undrain(request.host))
+        return convert.host_to_pb(self.hosts.undrain(request.host, self.caller(context)))
 
     @rpc
     def SubmitJob(self, request, context):
         view, created = self.jobs.submit(request.spec, job_id=request.job_id, labels=dict(request.labels),
-                                         workers=request.workers)
+                                         workers=request.workers, caller=self.caller(context))
         return pb.SubmitJobResponse(job=convert.job_to_pb(view), created=created)
 
     @rpc
     def GetJob(self, request, context):
-        return convert.job_to_pb(self.jobs.get(request.job_id))
+        return convert.job_to_pb(self.jobs.get(request.job_id, self.caller(context)))
 
     @rpc
     def ListJobs(self, request, context):
-        views, token = self.jobs.list(list(request.states), request.page_size, request.page_token)
+        views, token = self.jobs.list(list(request.states), request.page_size, request.page_token,
+                                      owner=request.owner, caller=self.caller(context))
         return pb.ListJobsResponse(jobs=[convert.job_to_pb(v) for v in views], next_page_token=token)
 
     @rpc
     def CancelJob(self, request, context):
-        return convert.job_to_pb(self.jobs.cancel(request.job_id, request.checkpoint))
+        return convert.job_to_pb(self.jobs.cancel(request.job_id, request.checkpoint, self.caller(context)))
 
     @rpc
     def RegisterRun(self, request, context):
         view, token = self.jobs.register(request.spec, job_id=request.job_id, labels=dict(request.labels),
-                                         workers=request.workers, hosts=request.hosts)
+                                         workers=request.workers, hosts=request.hosts, caller=self.caller(context))
         return pb.RegisterRunResponse(job=convert.job_to_pb(view), worker_token=token, attempt=view.job.attempts)
 
     @rpc
     def ResumeJob(self, request, context):
-        return convert.job_to_pb(self.jobs.resume(request.job_id, request.workers))
+        return convert.job_to_pb(self.jobs.resume(request.job_id, request.workers, self.caller(context)))
 
     @rpc
     def DeleteJob(self, request, context):
-        gone = self.jobs.delete(request.job_id)
+        gone = self.jobs.delete(request.job_id, self.caller(context))
         return pb.DeleteJobResponse(job_id=gone.job_id, checkpoints=gone.checkpoints, files=gone.files,
                                     bytes_freed=gone.bytes_freed)
 
     @rpc
     def WatchJob(self, request, context):
+        self.jobs.readable(request.job_id, self.caller(context))
         for kind, value in self.streams.watch(request.job_id, request.from_step, is_active=context.is_active):
             if kind == "snapshot":
                 yield pb.WatchJobEvent(snapshot=convert.job_to_pb(value))
@@ -185,11 +201,13 @@ class JobServicer:
 
     @rpc
     def GetMetrics(self, request, context):
-        points, token = self.jobs.metrics(request.job_id, request.from_step, request.page_size, request.page_token)
+        points, token = self.jobs.metrics(request.job_id, request.from_step, request.page_size, request.page_token,
+                                          caller=self.caller(context))
         return pb.GetMetricsResponse(points=[convert.metric_to_pb(m) for m in points], next_page_token=token)
 
     @rpc
     def StreamLogs(self, request, context):
+        self.jobs.readable(request.job_id, self.caller(context))
         for attempt, data in self.streams.logs(request.job_id, follow=request.follow, attempt=request.attempt,
                                                is_active=context.is_active):
             yield pb.LogChunk(data=data, attempt=attempt)
@@ -197,13 +215,14 @@ class JobServicer:
     @rpc
     def ListCheckpoints(self, request, context):
         return pb.ListCheckpointsResponse(checkpoints=[convert.checkpoint_to_pb(c) for c in
-                                                       self.jobs.list_checkpoints(request.job_id)])
+                                                       self.jobs.list_checkpoints(request.job_id,
+                                                                                  self.caller(context))])
 
     @rpc
     def DownloadCheckpoint(self, request, context):
         which = request.WhichOneof("which")
         row, chunks = self.jobs.open_checkpoint(request.job_id, step=request.step if which == "step" else None,
-                                                best=which == "best" and request.best)
+                                                best=which == "best" and request.best, caller=self.caller(context))
         yield from _checkpoint_stream(row, chunks)
 
 

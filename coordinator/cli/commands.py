@@ -129,7 +129,7 @@ def cmd_status(args) -> int:
 def cmd_list(args) -> int:
     states = [parse_state(s) for s in args.state] or None
     with make_client(args) as client:
-        jobs = list(client.list(states=states))
+        jobs = list(client.list(states=states, owner=getattr(args, "owner", None) or ""))
     if args.json:
         print_json([job.to_dict() for job in jobs])
     elif jobs:

@@ -8,6 +8,8 @@
     gradmesh status ID | list [--state RUNNING] | metrics ID | checkpoints ID | logs ID [-f]
     gradmesh cancel ID [--checkpoint]
     gradmesh hosts [--json] | hosts drain HOST | hosts undrain HOST    # slots and health of every host
+    gradmesh users add NAME [--role member] [--max-slots N]   # prints NAME's token once; users list|set|remove
+    gradmesh tokens rotate [NAME] | audit [--user U] [--since 24h] | whoami
     gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
     gradmesh delete ID [ID ...]                     # an ended job and all its files, to free the disk
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
@@ -40,7 +42,8 @@ from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
-from coordinator.cli.serve import add_limit_flags, cmd_serve
+from coordinator.cli.serve import add_limit_flags, add_team_flags, cmd_serve
+from coordinator.cli import users as users_cli
 from coordinator.access.limits import Limits
 from coordinator.files.expiry import parse_duration
 from coordinator.client import GradmeshError, InvalidArgument, InvalidSpec
@@ -134,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "sbatch job per attempt, queued and placed by Slurm (no --slots/--hosts)")
     p.add_argument("--partition", default="", help="(slurm) the partition to submit to")
     p.add_argument("--account", default="", help="(slurm) the account to charge")
+    p.add_argument("--slurm-account", action="append", default=[], metavar="USER=ACCOUNT",
+                   help="(slurm) charge this gradmesh user's jobs to this Slurm account (repeatable; others: "
+                        "--account). Every job's Slurm comment names its owner")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="(slurm) one more sbatch option, repeatable; write it with '=': --sbatch-arg=--time=60")
     p.add_argument("--slurm-poll", type=float, default=1.0, metavar="SECONDS",
                    help="(slurm) how often to ask Slurm's controller about the jobs (default 1)")
     Limits.add_arguments(p)  # what one job or user may use (coordinator.access.limits)
     add_limit_flags(p)       # calls in flight and idle calls (coordinator.access.admission)
+    add_team_flags(p)        # fair share, reservations, preemption, private jobs (coordinator.team.policy)
 
     p = command("hosts", cmd_hosts, "show the coordinator's hosts and their health; drain or undrain one")
     p.add_argument("action", nargs="?", choices=["drain", "undrain"],
@@ -156,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="ID")
 
     p = command("list", cmd_list, "list jobs, newest first")
+    p.add_argument("--owner", metavar="USER", help="only this user's jobs")
     p.add_argument("--state", action="append", default=[], metavar="STATE",
                    help="only jobs in this state (repeatable): QUEUED RUNNING RESTARTING SUCCEEDED FAILED CANCELLED")
 
@@ -215,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--step", type=integer, help="with a job id: the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="with a job id: the one with the lowest validation loss")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+
+    users_cli.register(sub, add_globals)   # users, tokens, audit, whoami
 
     p = command("demo", run_demo, "train the digits MLP on 2 workers through an embedded coordinator",
                 json_flag=False)

@@ -120,11 +120,11 @@ def summary_line(job: JobInfo, best: bool = True) -> str:
 
 
 def job_table(jobs: Sequence[JobInfo]) -> str:
-    rows = [("ID", "STATE", "STEP", "VAL ACC", "WORKERS", "NAME", "CREATED")]
+    rows = [("ID", "STATE", "STEP", "VAL ACC", "WORKERS", "NAME", "OWNER", "CREATED")]
     for job in jobs:
         acc = job.best.val_accuracy if job.best else (job.latest.val_accuracy if job.latest else None)
         rows.append((clean(job.id), job.state.name, f"{job.step}/{job.total_steps or '?'}", fmt_pct(acc),
-                     str(job.workers), clean(job.name), fmt_time(job.created_unix)))
+                     str(job.workers), clean(job.name), clean(job.owner) or "-", fmt_time(job.created_unix)))
     return table(rows)
 
 
@@ -134,7 +134,7 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def describe_job(job: JobInfo) -> str:
-    lines = [f"job        {clean(job.id)}  ({clean(job.name)})",
+    lines = [f"job        {clean(job.id)}  ({clean(job.name)}, owner {clean(job.owner) or '-'})",
              f"state      {job.state.name}   attempts {job.attempts}, restarts {job.restarts}"]
     if job.message:
         lines.append(f"message    {clean(job.message, indent=11)}")

@@ -20,6 +20,8 @@ from coordinator.client import TOKEN_FILE
 from coordinator.fleet.health import HostPolicy
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
 from coordinator.access.limits import Limits
+from coordinator.files.expiry import parse_duration
+from coordinator.team.policy import DEFAULT_RESERVE_AFTER_S, TeamPolicy, parse_shares
 
 
 def import_start_server():
@@ -43,6 +45,34 @@ def add_limit_flags(parser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
                         help="cancel a call that waits this long for its client to send or to take a message "
                              f"(default {d.idle_timeout_s:g})")
+
+
+def add_team_flags(parser) -> None:
+    """`gradmesh serve`'s flags for a team (coordinator.team.policy.TeamPolicy; docs/team.md)."""
+    group = parser.add_argument_group("team", "fair share of the slots between users, reservations, preemption")
+    group.add_argument("--share", action="append", default=[], metavar="NAME=WEIGHT",
+                       help="a user's weight in the fair share (repeatable; default 1 for everyone)")
+    group.add_argument("--reserve-after", default=None, metavar="DURATION",
+                       help="a queued job that does not fit holds a reservation after waiting this long, so smaller "
+                            f"jobs stop passing it (e.g. 10m; default {DEFAULT_RESERVE_AFTER_S:g} s; 0 = at once, "
+                            "no backfill)")
+    group.add_argument("--preempt", action="store_true",
+                       help="a higher-priority job may stop lower-priority ones at a step boundary with a "
+                            "checkpoint; they requeue and continue (off by default)")
+    group.add_argument("--private-jobs", action="store_true",
+                       help="members and viewers see only their own jobs (administrators see all)")
+
+
+def _team_policy(args) -> TeamPolicy:
+    reserve = getattr(args, "reserve_after", None)
+    try:
+        reserve_s = DEFAULT_RESERVE_AFTER_S if reserve is None else (0.0 if reserve.strip() in ("0", "0s") else
+                                                                      parse_duration(reserve))
+        return TeamPolicy(shares=parse_shares(getattr(args, "share", None) or []), reserve_after_s=reserve_s,
+                          preempt=bool(getattr(args, "preempt", False)),
+                          private_jobs=bool(getattr(args, "private_jobs", False)))
+    except ValueError as err:
+        raise CliError(f"serve: {err}", EXIT_USAGE) from None
 
 
 def _call_limits(args) -> CallLimits:
@@ -94,13 +124,20 @@ def _http_port(args) -> int | None:
 def _slurm_options(args):
     from coordinator.api.server import SlurmOptions
     if getattr(args, "executor", "local") != "slurm":
-        if args.partition or args.account or args.sbatch_arg:
-            raise CliError("serve: --partition, --account and --sbatch-arg go with --executor slurm", EXIT_USAGE)
+        if args.partition or args.account or args.sbatch_arg or getattr(args, "slurm_account", None):
+            raise CliError("serve: --partition, --account, --slurm-account and --sbatch-arg go with --executor slurm",
+                           EXIT_USAGE)
         return None
     if not args.slurm_poll > 0:
         raise CliError(f"serve: --slurm-poll must be positive, got {args.slurm_poll:g}", EXIT_USAGE)
+    accounts = []
+    for item in getattr(args, "slurm_account", None) or []:
+        user, sep, account = item.partition("=")
+        if not sep or not user.strip() or not account.strip():
+            raise CliError(f"serve: --slurm-account {item!r}: expected USER=ACCOUNT", EXIT_USAGE)
+        accounts.append((user.strip(), account.strip()))
     return SlurmOptions(partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
-                        poll_s=args.slurm_poll)
+                        poll_s=args.slurm_poll, accounts=tuple(accounts))
 
 
 def cmd_serve(args) -> int:
@@ -117,6 +154,7 @@ def cmd_serve(args) -> int:
         raise CliError(f"serve: --port {args.port} is not a port (1-65535, or 0 for any free one)", EXIT_USAGE)
     hosts = _host_list(args)
     call_limits = _call_limits(args)
+    team = _team_policy(args)
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).expanduser()
     data_roots = [Path(p).expanduser().resolve() for p in args.data_root] or [Path.cwd()]
     # the coordinator's own warnings (re-adopted jobs, corrupt checkpoints, internal errors) go to stderr
@@ -130,7 +168,7 @@ def cmd_serve(args) -> int:
                            call_limits=call_limits, http_port=_http_port(args), executor=args.executor,
                            slurm=_slurm_options(args),
                            mpi_args=list(getattr(args, "mpirun_args", None) or []), host_policy=_host_policy(args),
-                           delete_ended_after_s=getattr(args, "delete_ended_after", None))
+                           delete_ended_after_s=getattr(args, "delete_ended_after", None), team=team)
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:
@@ -142,12 +180,15 @@ def cmd_serve(args) -> int:
     print(f"gradmesh coordinator listening on {srv.address}", flush=True)
     print(f"data directory {srv.data_dir}; data roots {', '.join(map(str, data_roots))}", flush=True)
     if srv.dashboard is not None:
-        print(f"web dashboard on {srv.dashboard.url}  (log in with the client token)", flush=True)
+        print(f"web dashboard on {srv.dashboard.url}  (log in with a user's token)", flush=True)
     if srv.core.retention is not None:
         print(f"ended jobs are deleted {srv.core.retention.keep_s / 3600:g} h after they end, with their files "
               "(--delete-ended-after)", flush=True)
-    print(f"client token {token_where}  (export GRADMESH_ADDRESS={srv.address}; "
-          f"use --data-dir {srv.data_dir} or GRADMESH_TOKEN)", flush=True)
+    if team.preempt or team.private_jobs or team.shares:
+        print(f"team: {'preemption on; ' if team.preempt else ''}{'private jobs; ' if team.private_jobs else ''}"
+              f"shares {dict(team.shares) or 'equal'}; reservations after {team.reserve_after_s:g} s", flush=True)
+    print(f"client token {token_where}, the first administrator's  (export GRADMESH_ADDRESS={srv.address}; "
+          f"use --data-dir {srv.data_dir} or GRADMESH_TOKEN; add users with `gradmesh users add`)", flush=True)
     try:
         while not stop.wait(0.5):
             pass

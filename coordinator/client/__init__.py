@@ -15,7 +15,8 @@ Modules: `client` (the Client), `downloads` (a checkpoint streamed to disk, veri
 `types` (the frozen results: JobInfo, MetricPoint, CheckpointInfo, ...),
 `errors` (status code + trailers → the classes of `coordinator.errors`, re-exported here). Every failure is
 a `GradmeshError`: InvalidArgument (`.field`, `.reason`; InvalidSpec when SubmitJob refused the spec),
-NotFound (`.kind` "job" or "checkpoint"), AlreadyExists, FailedPrecondition, Unauthenticated,
+NotFound (`.kind` "job" or "checkpoint"), AlreadyExists, FailedPrecondition, Unauthenticated, PermissionDenied
+(a user whose role does not allow it; the message names the job's owner),
 ResourceExhausted, Unavailable, DeadlineExceeded, DataLoss (ChecksumMismatch for a download that does not
 match its sha256), Unimplemented, Internal. `str(err)` is one line a person can act on.
 
@@ -25,12 +26,12 @@ so a client-only installation needs nothing of the server.
 from coordinator.client.client import Client, read_spec_text, resolve_token
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
-    AttemptInfo, CheckpointInfo, DeletedJob, Download, HostInfo, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
-    StateChange, WatchEvent, parse_state,
+    AttemptInfo, AuditEntry, CheckpointInfo, DeletedJob, Download, HostInfo, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
+    StateChange, UserInfo, WatchEvent, parse_state,
 )
 from coordinator.errors import (
     AlreadyExists, ChecksumMismatch, DataLoss, DeadlineExceeded, FailedPrecondition, GradmeshError, Internal,
-    InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
+    InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
 )
 from coordinator.wire import DEFAULT_ADDRESS, KIND_CHECKPOINT, KIND_JOB, TOKEN_FILE
 
@@ -38,7 +39,7 @@ __all__ = [
     "Client", "JobState", "JobInfo", "AttemptInfo", "HostInfo", "MetricPoint", "StateChange", "CheckpointInfo", "DeletedJob", "Download",
     "WatchEvent", "JobSnapshot", "JobStateChanged", "MetricReported", "parse_state",
     "GradmeshError", "InvalidArgument", "InvalidSpec", "NotFound", "AlreadyExists", "FailedPrecondition",
-    "Unauthenticated", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "DataLoss", "ChecksumMismatch",
+    "Unauthenticated", "PermissionDenied", "UserInfo", "AuditEntry", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "DataLoss", "ChecksumMismatch",
     "Unimplemented", "Internal", "translate_error", "resolve_token", "read_spec_text",
     "DEFAULT_ADDRESS", "TOKEN_FILE", "KIND_JOB", "KIND_CHECKPOINT",
 ]

@@ -20,6 +20,7 @@ from coordinator.wire import resolve_token
 from coordinator.client.downloads import receive_checkpoint
 from coordinator.client.errors import InvalidSpec, translate_error
 from coordinator.client.types import (
+    AuditEntry, UserInfo, role_to_pb,
     CheckpointInfo, DeletedJob, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
 )
@@ -137,13 +138,15 @@ class Client:
             self._job_infos[key] = info
         return info
 
-    def list(self, states: Iterable["str | JobState"] | None = None, page_size: int = 200) -> Iterator[JobInfo]:
-        """Every job (newest first), optionally only in `states`; fetches page after page lazily."""
+    def list(self, states: Iterable["str | JobState"] | None = None, page_size: int = 200,
+             owner: str = "") -> Iterator[JobInfo]:
+        """Every job (newest first) the caller may read, optionally only in `states` or only `owner`'s; fetches
+        page after page lazily."""
         wanted = [int(parse_state(s)) for s in (states or ())]
         token = ""
         while True:
             page = self._unary("ListJobs", pb.ListJobsRequest(states=wanted, page_size=page_size,
-                                                              page_token=token), "list")
+                                                              page_token=token, owner=owner), "list")
             for job in page.jobs:
                 yield JobInfo.from_pb(job)
             token = page.next_page_token
@@ -179,6 +182,51 @@ class Client:
 
     def undrain(self, host: str) -> HostInfo:
         return HostInfo.from_pb(self._unary("UndrainHost", pb.DrainHostRequest(host=host), "undrain"))
+
+    # -- users, tokens, the audit trail (administrators manage users; anyone rotates their own token)
+
+    def whoami(self) -> UserInfo:
+        """The user this client's token belongs to."""
+        return UserInfo.from_pb(self._unary("WhoAmI", pb.WhoAmIRequest(), "whoami"))
+
+    def add_user(self, name: str, role: str = "member", max_slots: int = 0,
+                 token_expires_s: float = 0.0) -> tuple[UserInfo, str]:
+        """A new user and their token: shown this once (the coordinator keeps only its hash)."""
+        reply = self._unary("AddUser", pb.AddUserRequest(name=name, role=role_to_pb(role), max_slots=int(max_slots),
+                                                         token_expires_s=float(token_expires_s)), "users add")
+        return UserInfo.from_pb(reply.user), reply.token
+
+    def users(self) -> list[UserInfo]:
+        """Every user (an administrator), or only the caller (anyone else)."""
+        return [UserInfo.from_pb(u) for u in self._unary("ListUsers", pb.ListUsersRequest(), "users").users]
+
+    def update_user(self, name: str, role: str | None = None, max_slots: int | None = None) -> UserInfo:
+        request = pb.UpdateUserRequest(name=name, role=role_to_pb(role) if role else pb.ROLE_UNSPECIFIED)
+        if max_slots is not None:
+            request.max_slots = int(max_slots)
+        return UserInfo.from_pb(self._unary("UpdateUser", request, "users set"))
+
+    def remove_user(self, name: str) -> UserInfo:
+        """Remove a user: their token stops working at once; their jobs and audit rows stay."""
+        return UserInfo.from_pb(self._unary("RemoveUser", pb.RemoveUserRequest(name=name), "users remove"))
+
+    def rotate_token(self, name: str = "", token_expires_s: float = 0.0) -> tuple[UserInfo, str]:
+        """A new token for `name` (default: this client's own user); the old one stops working at once."""
+        reply = self._unary("RotateToken", pb.RotateTokenRequest(name=name, token_expires_s=float(token_expires_s)),
+                            "tokens rotate")
+        return UserInfo.from_pb(reply.user), reply.token
+
+    def audit(self, user: str = "", since: float = 0.0) -> list[AuditEntry]:
+        """The audit trail, oldest first: every user's (an administrator) or the caller's own, from `since`."""
+        entries: list[AuditEntry] = []
+        token = ""
+        while True:
+            reply = self._unary("ListAudit", pb.ListAuditRequest(user=user, since_unix=float(since), page_token=token),
+                                "audit")
+            entries.extend(AuditEntry.from_pb(a) for a in reply.entries)
+            token = reply.next_page_token
+            if not token:
+                return entries
 
     def metrics(self, job_id: str, from_step: int = 0) -> list[MetricPoint]:
         """The job's metric history from `from_step`, in step order. A long history comes in pages (each

@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.errors import (
     AlreadyExists, DataLoss, DeadlineExceeded, FailedPrecondition, GradmeshError, Internal, InvalidArgument,
-    NotFound, ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
+    NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
 )
 from coordinator.wire import FIELD_TRAILER, KIND_FIELD, KIND_TRAILER
 
@@ -54,7 +54,9 @@ def translate_error(err: grpc.RpcError, *, address: str, what: str = "", tls: bo
         return FailedPrecondition(details or "failed precondition", kind=kind)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(details or "a limit was reached", kind=kind)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code == grpc.StatusCode.PERMISSION_DENIED:   # a known user whose role does not allow it
+        return PermissionDenied(details or "permission denied", kind=kind)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(f"not authorized by the coordinator at {address}: "
                                f"{details or code.name.lower()}{_AUTH_HINT}", kind=kind)
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -169,6 +169,7 @@ class JobInfo:
     ended_unix: float | None        # None until terminal
     history: tuple[StateChange, ...] = field(default=())
     attempt_history: tuple[AttemptInfo, ...] = field(default=())   # every launch: ranks and hosts of each
+    owner: str = ""                 # the user who submitted it
 
     @classmethod
     def from_pb(cls, j: pb.Job) -> "JobInfo":
@@ -183,7 +184,7 @@ class JobInfo:
             "attempts": j.attempts, "restarts": j.restarts, "created_unix": j.created_unix,
             "started_unix": j.started_unix or None, "ended_unix": j.ended_unix or None,
             "history": tuple(StateChange.from_pb(s) for s in j.history),
-            "attempt_history": tuple(AttemptInfo.from_pb(a) for a in j.attempt_history)})
+            "attempt_history": tuple(AttemptInfo.from_pb(a) for a in j.attempt_history), "owner": j.owner})
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -275,3 +276,59 @@ class JobStateChanged(WatchEvent):
 @dataclass(frozen=True)
 class MetricReported(WatchEvent):
     point: MetricPoint
+
+
+ROLE_NAMES = {pb.ROLE_ADMIN: "admin", pb.ROLE_MEMBER: "member", pb.ROLE_VIEWER: "viewer"}
+ROLE_VALUES = {v: k for k, v in ROLE_NAMES.items()}
+
+
+def role_to_pb(role: str) -> int:
+    """The proto value of "admin", "member" or "viewer" (any case); InvalidArgument("role", ...) otherwise."""
+    value = ROLE_VALUES.get(str(role).strip().lower())
+    if value is None:
+        raise InvalidArgument("role", f"unknown role {role!r} (admin, member or viewer)")
+    return value
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user of the coordinator: role, slot cap, token dates, and the slots their jobs hold now."""
+    name: str
+    role: str                       # admin | member | viewer
+    max_slots: int                  # 0 = no cap
+    created_unix: float
+    token_created_unix: float
+    expires_unix: float | None      # None = the token never expires
+    slots_in_use: int
+    share: float                    # the user's weight in the fair share
+
+    @classmethod
+    def from_pb(cls, u: pb.User) -> "UserInfo":
+        return cls(name=u.name, role=ROLE_NAMES.get(u.role, "unknown"), max_slots=u.max_slots,
+                   created_unix=u.created_unix, token_created_unix=u.token_created_unix,
+                   expires_unix=u.expires_unix or None, slots_in_use=u.slots_in_use, share=u.share)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of the audit trail: who did what to which job, host or user, when, from where, and whether it
+    was allowed ("ok") or refused ("denied")."""
+    id: int
+    time_unix: float
+    user: str
+    action: str
+    target: str
+    address: str
+    outcome: str
+    detail: str
+
+    @classmethod
+    def from_pb(cls, a: pb.AuditEntry) -> "AuditEntry":
+        return cls(id=a.id, time_unix=a.time_unix, user=a.user, action=a.action, target=a.target, address=a.address,
+                   outcome=a.outcome, detail=a.detail)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)

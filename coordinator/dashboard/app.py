@@ -20,13 +20,17 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from coordinator.access import validate
+from coordinator.access.roles import OWNER_ACTIONS, Caller, Role, may
 from coordinator.core import Coordinator
+from coordinator.errors import InvalidArgument
 from coordinator.dashboard import views
 from coordinator.dashboard.guard import Counted, HttpLimits, LoginThrottle
 from coordinator.dashboard.http import LIST_LIMIT, ROUTES, STATIC, Handler
 from coordinator.dashboard.session import Sessions
 from coordinator.jobs.operations import LIST_PAGE_MAX
 from coordinator.states import JobState
+from coordinator.store.records import UserRow
 
 log = logging.getLogger("gradmesh.dashboard")
 _COUNT_LOCK = threading.Lock()
@@ -47,35 +51,70 @@ class Dashboard:
         self.routes = ROUTES
         self.static = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
 
-    def newest(self, states: list[int]) -> tuple[list, bool]:
+    def newest(self, states: list[int], caller: Caller | None = None) -> tuple[list, bool]:
         """Up to LIST_LIMIT jobs, newest first, in the core's pages; and whether there are more."""
         jobs, token = [], ""
         while True:
-            page, token = self.core.jobs.list(states, LIST_PAGE_MAX, token)
+            page, token = self.core.jobs.list(states, LIST_PAGE_MAX, token, caller=caller)
             jobs += page
             if not token or len(jobs) >= LIST_LIMIT:
                 return jobs[:LIST_LIMIT], bool(token) or len(jobs) > LIST_LIMIT
 
-    def listing(self, states: list[int]) -> dict[str, Any]:
-        jobs, more = self.newest(states)
+    # ------------------------------------------------------------ who is logged in
+
+    def login(self, token: str) -> UserRow | None:
+        """The user whose live token this is, else None."""
+        token = token.strip()
+        return self.core.accounts.user_of(token) if self.core.accounts.refusal(token) is None else None
+
+    @staticmethod
+    def session_tag(user: UserRow) -> str:
+        """What a session cookie carries of its user: the name and a prefix of the token's hash, so a session
+        ends when its user is removed or their token rotated or expired."""
+        return f"{user.name}:{user.token_hash[:16]}"
+
+    def caller(self, nonce: str, address: str) -> Caller | None:
+        """The user of a session (its signed nonce), while the user exists and holds the same live token."""
+        _, _, tag = nonce.partition(":")
+        name, _, prefix = tag.partition(":")
+        try:
+            validate.user_name(name)
+        except InvalidArgument:
+            return None   # a session from before users (or not ours): log in again
+        row = self.core.store.user(name)
+        if row is None or len(prefix) != 16 or not row.token_hash.startswith(prefix) or \
+                (row.expires and row.expires <= time.time()):
+            return None
+        return Caller(row.name, Role(row.role), f"dashboard {address}")
+
+    # ------------------------------------------------------------ what the pages show
+
+    def listing(self, states: list[int], caller: Caller | None = None) -> dict[str, Any]:
+        jobs, more = self.newest(states, caller)
         if states and int(JobState.RUNNING) not in states:
-            running_views = self.newest([int(JobState.RUNNING)])[0]
+            running_views = self.newest([int(JobState.RUNNING)], caller)[0]
         else:
             running_views = [v for v in jobs if v.job.state is JobState.RUNNING]
         running = [a for v in running_views for a in self.core.jobs.attempts(v.job.id)[-1:] if not a.ended]
         return {"jobs": [views.job(v) for v in jobs], "more": more,
-                "slots": views.slots(self.core.scheduler.usage(), running)}
+                "slots": views.slots(self.core.scheduler.usage(), running),
+                "user": {"name": caller.name, "role": caller.role.value} if caller else None}
 
     def login_page(self, next_path: str, failed: bool = False) -> bytes:
         """login.html with the page to return to and, after a wrong token, the reason."""
         page = self.static["login.html"].decode()
-        message = "That is not this coordinator's client token." if failed else ""
+        message = "That is not the live token of a user of this coordinator." if failed else ""
         return (page.replace("{{next}}", html.escape(next_path if next_path.startswith("/") else "/"))
                 .replace("{{message}}", message).encode())
 
-    def detail(self, job_id: str, view=None) -> dict[str, Any]:
+    def detail(self, job_id: str, view=None, caller: Caller | None = None) -> dict[str, Any]:
+        """The job page's JSON, with the actions the logged-in user may take on it (the page offers only those)."""
         jobs = self.core.jobs
-        return views.job_detail(view or jobs.get(job_id), jobs.attempts(job_id), jobs.list_checkpoints(job_id))
+        view = view or jobs.get(job_id, caller)
+        actions = [a.value for a in OWNER_ACTIONS if caller is None or
+                   may(caller, a, view.job, private_jobs=jobs.private_jobs)]
+        return {**views.job_detail(view, jobs.attempts(job_id, caller), jobs.list_checkpoints(job_id, caller)),
+                "actions": actions}
 
 
 class DashboardServer(ThreadingHTTPServer):

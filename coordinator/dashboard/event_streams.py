@@ -27,6 +27,8 @@ HEARTBEAT_S = 15.0        # an idle event stream writes a comment this often, wh
 
 
 class EventStreams(RequestIO):
+    caller = None   # the logged-in user (coordinator.access.roles.Caller), set by the handler's dispatch
+
     def _events_start(self) -> Callable[[], bool]:
         """Send the headers of an event stream; returns `alive`, which writes a heartbeat comment now and
         then and answers False once the page has gone (so a stream waiting for events notices). Refused (429)
@@ -106,14 +108,14 @@ class EventStreams(RequestIO):
 
     def jobs_stream(self) -> None:
         app, states = self.server.app, self._job_states()
-        app.listing(states)  # a bad filter is a 400 before the stream starts
+        app.listing(states, self.caller)  # a bad filter (or a refusal) is an error before the stream starts
         alive = self._events_start()
         sent, seen = None, None
         while alive() and not app.core.signal.closed:
             version = app.core.signal.version
             if version != seen:  # every visible write bumps the version: nothing else can change the list
                 began, seen = time.monotonic(), version
-                listing = app.listing(states)
+                listing = app.listing(states, self.caller)
                 if listing != sent:
                     self._event("jobs", listing)
                     sent = listing
@@ -124,7 +126,7 @@ class EventStreams(RequestIO):
     def job_events(self, job_id: str) -> None:
         app = self.server.app
         from_step = self._events_from_step()
-        page, token = app.core.jobs.metrics(job_id, from_step)  # NotFound/InvalidArgument before the stream
+        page, token = app.core.jobs.metrics(job_id, from_step, caller=self.caller)  # NotFound, ... before the stream
         alive = self._events_start()
         # The history in pages (one event each, not one per point), then WatchJob's own stream from the step
         # after it: snapshot, the points since, live points and state changes, ending on the terminal state.
@@ -133,21 +135,21 @@ class EventStreams(RequestIO):
             from_step = page[-1].step + 1
             if not token:
                 break
-            page, token = app.core.jobs.metrics(job_id, page_token=token)
+            page, token = app.core.jobs.metrics(job_id, page_token=token, caller=self.caller)
         try:
             for kind, value in app.core.streams.watch(job_id, from_step, is_active=alive):
                 if kind == "snapshot":
-                    self._event("snapshot", app.detail(job_id, value))
+                    self._event("snapshot", app.detail(job_id, value, self.caller))
                 elif kind == "metric":
                     self._event("metric", views.metric(value), value.step)
                 else:
-                    self._event("state", {**views.transition(value), "job": app.detail(job_id)})
+                    self._event("state", {**views.transition(value), "job": app.detail(job_id, caller=self.caller)})
         except GradmeshError as err:  # e.g. UNAVAILABLE at shutdown: the headers are gone, say it as an event
             self._event("failure", {"error": str(err), "code": err.code})
 
     def job_log(self, job_id: str) -> None:
         app = self.server.app
-        app.core.jobs.get(job_id)
+        app.core.jobs.get(job_id, self.caller)
         alive = self._events_start()
         try:
             for attempt, data in app.core.streams.logs(job_id, follow=True, is_active=alive):

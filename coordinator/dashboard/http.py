@@ -8,7 +8,7 @@ enough: one thread per connection, and a server-sent event stream is a response 
 one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirects with the security headers).
 
     GET  /login                      the login page (the only thing served without the session cookie)
-    POST /login                      token=<client token> → the session cookies, 303 to /
+    POST /login                      token=<a user's token> → the session cookies, 303 to /
     POST /logout                     clears them
     GET  /  /jobs/<id>               the jobs list, a job's page (static HTML; static/*.js fill them in)
     GET  /static/<file>              scripts, styles, the vendored uPlot and its licence
@@ -24,11 +24,14 @@ one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirec
     POST /api/jobs/<id>/resume       {"workers": int}       the same Jobs.resume as ResumeJob
     POST /api/jobs/<id>/delete       {}                      the same Jobs.delete as DeleteJob
 
-Auth: the login page takes the client token once; the answer sets `gradmesh_session` (HttpOnly,
-SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), so sessions survive a restart and all end
-when the token changes; the nonce carries the session's expiry, checked here, and a logout revokes it
-(coordinator.dashboard.session). Anything else without a valid session is 401. Login attempts are rate
-limited per address and in all (429 with Retry-After), and open connections and event streams are capped
+Auth: the login page takes a user's token once; the answer sets `gradmesh_session` (HttpOnly,
+SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), the nonce carrying the session's expiry, the
+user and a prefix of their token's hash, so sessions survive a restart and end when the first
+administrator's token changes, or the user's (rotated, expired, removed); the expiry is checked here, and a
+logout revokes the session (coordinator.dashboard.session). Anything else without a valid session is 401.
+Every route acts for that user: the core's roles decide (403 when they refuse), and a job's JSON lists the
+`actions` the user may take on it, the only buttons the page shows. Login attempts are rate limited per
+address and in all (429 with Retry-After), and open connections and event streams are capped
 (coordinator.dashboard.guard). A request that fails without a session is one log line, never a traceback.
 CSRF: SameSite=Strict keeps the cookie off cross-site requests, but another port of the same host is the
 same *site*; so every POST must also carry X-CSRF-Token (HMAC(token, "csrf:" + nonce), which the page reads
@@ -63,7 +66,7 @@ LIST_LIMIT = 500          # jobs in one list answer (newest first); the page say
 
 # The one table from the error vocabulary (coordinator.errors `code`) to HTTP statuses.
 HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+    "INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
     "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 429, "DATA_LOSS": 500, "INTERNAL": 500,
     "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
 }
@@ -105,6 +108,8 @@ class Handler(EventStreams):
     def _dispatch(self, method: str) -> None:
         app = self.server.app
         url = None
+        nonce = self.nonce   # the logged-in user (None: not logged in, or the user's token changed since)
+        self.caller = app.caller(nonce, self.client_address[0]) if nonce is not None else None
         try:
             self._check_framing()
             url = urlsplit(self.path)
@@ -114,12 +119,12 @@ class Handler(EventStreams):
                 if match and route.method == method:
                     break
             else:
-                if self.nonce is None:
+                if self.caller is None:
                     raise Unauthenticated("log in first: open /login and enter the coordinator's client token")
                 known = any(r.regex.match(url.path) for r in app.routes)
                 self._error(405 if known else 404, "method not allowed" if known else f"no page {url.path}")
                 return
-            if not route.public and self.nonce is None:
+            if not route.public and self.caller is None:
                 raise Unauthenticated("log in first: open /login and enter the coordinator's client token")
             if method == "POST" and not route.public:
                 self._check_csrf()
@@ -190,10 +195,11 @@ class Handler(EventStreams):
                           (("Retry-After", str(max(1, round(wait)))),))
         form = parse_qs(self._body().decode(errors="replace"), max_num_fields=20)
         nxt = safe_next(form.get("next", ["/"])[0])
-        if not app.sessions.check_token(form.get("token", [""])[0]):
+        user = app.login(form.get("token", [""])[0])   # a user's live token
+        if user is None:
             self._redirect("/login?failed=1&next=" + quote(nxt))
             return
-        session, csrf = app.sessions.new()
+        session, csrf = app.sessions.new(app.session_tag(user))
         secure = "; Secure" if app.scheme == "https" else ""
         self._redirect(nxt, [
             ("Set-Cookie", f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
@@ -228,13 +234,13 @@ class Handler(EventStreams):
         self._send(200, body, kind, [("Cache-Control", "no-cache")])
 
     def jobs(self) -> None:
-        self._json(self.server.app.listing(self._job_states()))
+        self._json(self.server.app.listing(self._job_states(), self.caller))
 
     def job(self, job_id: str) -> None:
-        self._json(self.server.app.detail(job_id))
+        self._json(self.server.app.detail(job_id, caller=self.caller))
 
     def download(self, job_id: str, step: str) -> None:
-        row, chunks = self.server.app.core.jobs.open_checkpoint(job_id, step=int(step))
+        row, chunks = self.server.app.core.jobs.open_checkpoint(job_id, step=int(step), caller=self.caller)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(row.size))
@@ -260,18 +266,18 @@ class Handler(EventStreams):
 
     def cancel(self, job_id: str) -> None:
         body = self._json_body()
-        view = self.server.app.core.jobs.cancel(job_id, checkpoint=bool(body.get("checkpoint", False)))
+        view = self.server.app.core.jobs.cancel(job_id, bool(body.get("checkpoint", False)), self.caller)
         self._json(views.job(view))
 
     def resume(self, job_id: str) -> None:
         workers = self._json_body().get("workers", 0)
         if not isinstance(workers, int):
             raise InvalidArgument("workers", "must be an integer")
-        self._json(views.job(self.server.app.core.jobs.resume(job_id, workers)))
+        self._json(views.job(self.server.app.core.jobs.resume(job_id, workers, self.caller)))
 
     def delete(self, job_id: str) -> None:
         self._json_body()
-        self._json(dataclasses.asdict(self.server.app.core.jobs.delete(job_id)))
+        self._json(dataclasses.asdict(self.server.app.core.jobs.delete(job_id, self.caller)))
 
 
 JOB = r"/([A-Za-z0-9][A-Za-z0-9._-]*)"

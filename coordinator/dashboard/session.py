@@ -19,7 +19,8 @@ from typing import Protocol
 
 SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "gradmesh_session", "gradmesh_csrf", "X-CSRF-Token"
 SESSION_MAX_AGE = 12 * 3600   # a session ends this long after its login, on the server too
-_NONCE = re.compile(r"([0-9a-f]{1,12})-[0-9a-f]{32}")
+# "<expiry>-<random>" and, for a user's session, ":<user name>:<prefix of the token's hash>"
+_NONCE = re.compile(r"([0-9a-f]{1,12})-[0-9a-f]{32}(?::[a-z][a-z0-9_-]{0,31}:[0-9a-f]{16})?")
 
 
 class Revocations(Protocol):
@@ -44,9 +45,9 @@ class Sessions:
     def check_token(self, token: str) -> bool:
         return hmac.compare_digest(token.strip().encode(), self._key)
 
-    def new(self) -> tuple[str, str]:
-        """(session cookie, CSRF token) of a new session."""
-        nonce = f"{int(time.time() + self.max_age):x}-{secrets.token_hex(16)}"
+    def new(self, who: str = "") -> tuple[str, str]:
+        """(session cookie, CSRF token) of a new session; `who` (the user: Dashboard.session_tag) is signed with it."""
+        nonce = f"{int(time.time() + self.max_age):x}-{secrets.token_hex(16)}" + (":" + who if who else "")
         return f"{nonce}.{self._mac('session:' + nonce)}", self.csrf(nonce)
 
     def csrf(self, nonce: str) -> str:

@@ -39,7 +39,8 @@ def job(v: JobView) -> dict[str, Any]:
             "restarts": j.restarts, "created": j.created, "started": j.started, "ended": j.ended,
             "cancel_requested": j.cancel_requested, "samples_per_second": number(v.samples_per_second),
             "eta_seconds": v.eta_seconds if v.eta_seconds >= 0 else None,
-            "latest": metric(v.latest) if v.latest else None, "best": metric(v.best) if v.best else None}
+            "latest": metric(v.latest) if v.latest else None, "best": metric(v.best) if v.best else None,
+            "owner": j.owner}
 
 
 def attempt(a: AttemptRow) -> dict[str, Any]:

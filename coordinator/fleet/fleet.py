@@ -1,7 +1,8 @@
 """The hosts as the scheduler and the supervisor see them: health, placement and elastic resizes together.
 
     fleet = Fleet(store, signal, HostHealth(pool hosts, failures=2, window_s=600, cooldown_s=300))
-    starts = fleet.plan(pending, pool)           # under the pool's lock: [(job, allocation)], slots taken
+    placer = fleet.placer(pool)                  # under the pool's lock: where jobs would go (placement.Placer)
+    fleet.tell(pending, waits)                   # why each pending job waits, in its message
     fleet.grow(pool, attempts)                   # elastic jobs below `workers` whose slots came back: resize
     fleet.attempt_failed(job_id, allocation, failure, tail)   # the supervisor, when an attempt failed
     HostOps(fleet, usage=scheduler.usage, wake=scheduler.wake)   # ListHosts / DrainHost / UndrainHost
@@ -63,12 +64,12 @@ class Fleet:
                 return s.state.value
         return "unknown"
 
-    def plan(self, pending: Sequence[JobRow], pool) -> list[tuple[JobRow, Allocation]]:
-        """Call under the pool's lock: the jobs to start and their slots, which are taken from the pool here."""
-        starts, waits = placement.plan(pending, pool.capacity, pool.free, self.usable(), elastic.job_launch_size,
-                                       why_not=self.why_not)
-        for _, alloc in starts:
-            pool.reserve(alloc)
+    def placer(self, pool) -> placement.Placer:
+        """Call under the pool's lock: a placer over the pool's free slots on the usable hosts."""
+        return placement.Placer(pool.capacity, pool.free, self.usable(), elastic.job_launch_size, why_not=self.why_not)
+
+    def tell(self, pending: Sequence[JobRow], waits: dict[str, str]) -> None:
+        """Write why each pending job waits into its message, once per change (not every round)."""
         for job in pending:
             message = waits.get(job.id)
             if message is None:
@@ -77,7 +78,6 @@ class Fleet:
                 self._said[job.id] = message
                 if self.store.note(job.id, message, (JobState.QUEUED, JobState.RESTARTING)):
                     self.signal.changed()
-        return starts
 
     def grow(self, pool, lock, attempts) -> None:
         """Ask every running elastic job below its `workers` to grow back when usable slots make up the rest."""
@@ -113,27 +113,33 @@ KIND_HOST = "host"  # a NotFound about a host
 class HostOps:
     """The client operations on hosts (ListHosts, DrainHost, UndrainHost), free of gRPC.
 
-        ops = HostOps(fleet, usage=scheduler.usage, wake=scheduler.wake)
+        ops = HostOps(fleet, usage=scheduler.usage, wake=scheduler.wake, allow=..., audit=...)
         ops.list()          # [HostView(status, free)]
-        ops.drain("b")      # no new ranks on b (running ones stay); NotFound (kind "host") for an unknown host
+        ops.drain("b", caller)   # no new ranks on b (running ones stay); NotFound (kind "host") for an unknown host
+
+    `allow(caller, host)` returns the caller or raises PermissionDenied (only administrators drain: the core
+    asks coordinator.access.roles); `audit(caller, action, host)` records a drain in the audit trail.
     """
 
-    def __init__(self, fleet: Fleet, usage, wake):
+    def __init__(self, fleet: Fleet, usage, wake, allow=lambda caller, host: caller, audit=lambda *a, **k: None):
         self.fleet = fleet
         self.usage = usage   # () → [(host, slots, free)] read under the pool's lock
         self.wake = wake
+        self.allow = allow
+        self.audit = audit
 
     def list(self) -> list[HostView]:
         free = {host: max(0, f) for host, _, f in self.usage()}
         return [HostView(s, free.get(s.host, 0)) for s in self.fleet.health.status()]
 
-    def drain(self, host: str) -> HostView:
-        return self._set(host, drained=True)
+    def drain(self, host: str, caller=None) -> HostView:
+        return self._set(host, drained=True, caller=caller)
 
-    def undrain(self, host: str) -> HostView:
-        return self._set(host, drained=False)
+    def undrain(self, host: str, caller=None) -> HostView:
+        return self._set(host, drained=False, caller=caller)
 
-    def _set(self, host: str, drained: bool) -> HostView:
+    def _set(self, host: str, drained: bool, caller=None) -> HostView:
+        caller = self.allow(caller, host[:255])
         if not host or len(host) > 255:
             raise InvalidArgument("host", "must name a host of the pool (1..255 characters)")
         if host not in self.fleet.health.slots:
@@ -142,6 +148,7 @@ class HostOps:
         self.fleet.store.set_drained(host, drained)   # first the record: a drain must survive a restart
         (self.fleet.health.drain if drained else self.fleet.health.undrain)(host)
         log.info("host %s %s by an operator", host, "drained" if drained else "undrained")
+        self.audit(caller, "drain" if drained else "undrain", host)
         self.fleet.signal.changed()
         self.wake()
         return next(v for v in self.list() if v.status.host == host)

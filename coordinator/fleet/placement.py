@@ -2,13 +2,13 @@
 
     rank_hosts([("a", 2), ("b", 2)])                 → ["a", "a", "b", "b"]   (hydra fills hosts in order)
     allocate(3, free={"a": 2, "b": 2}, usable={"b"}) → None  (only 2 usable slots)
-    plan(pending, capacity, free, usable, size_of)   → (starts [(job, allocation)], waits {job id: message})
+    Placer(capacity, free, usable, size_of).take(job, n)   → True, slots taken for it (placer.taken[job.id])
     blamed_hosts([("a", 2), ("b", 2)], failure, tail) → [("b", "ranks 2, 3 silent to the hang watchdog ...")]
 
 Placement never puts two jobs' ranks on one slot (it takes only free slots, and the caller takes them under
 the pool's lock) and never starts a job on a host that is not usable (quarantined or drained: see
-coordinator.fleet.health). Order is the scheduler's: strictly by priority then FIFO, the head blocks the
-rest; a job the usable hosts cannot hold at all waits with a message naming the missing slots.
+coordinator.fleet.health). Order is the scheduler's (coordinator.team.fairshare); a job the usable hosts cannot
+hold at all waits with a message naming the missing slots.
 
 A failed attempt is blamed on a host only when its end says so: ranks that the hang watchdog found silent
 and that make up all of a host's ranks (its link cut, the machine gone), a rank killed by a signal there
@@ -61,28 +61,37 @@ def missing_message(need: int, capacity: Mapping[str, int], free: Mapping[str, i
     return "; ".join(out)
 
 
-def plan(pending: Sequence[JobRow], capacity: Mapping[str, int], free: Mapping[str, int], usable: Collection[str],
-         size_of: Callable[[JobRow, int], int | None], why_not: Callable[[str], str] = lambda h: "unavailable",
-         ) -> tuple[list[tuple[JobRow, Allocation]], dict[str, str]]:
-    """The jobs to start now and their slots, from `pending` in scheduling order; the head that cannot start
-    blocks the rest and gets a message naming what it lacks (`waits`). `size_of(job, usable capacity)` is
-    the rank count to start the job with (coordinator.fleet.elastic.launch_size), None when the usable hosts cannot
-    hold it at all."""
-    free = dict(free)
-    total_usable = usable_slots(capacity, usable)
-    starts: list[tuple[JobRow, Allocation]] = []
-    waits: dict[str, str] = {}
-    for job in pending:
-        size = size_of(job, total_usable)
-        alloc = allocate(size, free, usable) if size else None
+class Placer:
+    """Slots taken job by job from a copy of the free slots, on usable hosts only (the scheduler's fair share,
+    coordinator.team.fairshare, decides the order; this decides where). `size_of(job, usable capacity)` is the
+    rank count to start a job with (coordinator.fleet.elastic.job_launch_size), None when the usable hosts
+    cannot hold it at all."""
+
+    def __init__(self, capacity: Mapping[str, int], free: Mapping[str, int], usable: Collection[str],
+                 size_of: Callable[[JobRow, int], int | None], why_not: Callable[[str], str] = lambda h: "unavailable"):
+        self.capacity, self.usable, self.size_of, self.why_not = capacity, usable, size_of, why_not
+        self.free = dict(free)
+        self.total_usable = usable_slots(capacity, usable)
+        self.taken: dict[str, Allocation] = {}   # job id -> the slots taken for it
+
+    def size(self, job: JobRow) -> int | None:
+        return self.size_of(job, self.total_usable)
+
+    def take(self, job: JobRow, n: int) -> bool:
+        alloc = allocate(n, self.free, self.usable)
         if alloc is None:
-            if size is None or total_usable < job.workers:  # not a matter of waiting for other jobs
-                waits[job.id] = missing_message(size or job.workers, capacity, free, usable, why_not)
-            break
+            return False
         for host, k in alloc:
-            free[host] -= k
-        starts.append((job, alloc))
-    return starts, waits
+            self.free[host] -= k
+        self.taken[job.id] = alloc
+        return True
+
+    def lacking(self, job: JobRow, n: int | None) -> str | None:
+        """Why `job` cannot start whatever other jobs do (usable hosts missing), or None when it only waits for
+        slots that other jobs hold."""
+        if n is not None and self.total_usable >= job.workers:
+            return None
+        return missing_message(n or job.workers, self.capacity, self.free, self.usable, self.why_not)
 
 
 _SILENT = re.compile(r"silent rank\(s\): (.*)$", re.S)

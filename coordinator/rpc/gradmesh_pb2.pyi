@@ -43,6 +43,13 @@ class FailureCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_CAUSE_RANK_ERROR: _ClassVar[FailureCause]
     FAILURE_CAUSE_HANG: _ClassVar[FailureCause]
     FAILURE_CAUSE_OUT_OF_MEMORY: _ClassVar[FailureCause]
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_ADMIN: _ClassVar[Role]
+    ROLE_MEMBER: _ClassVar[Role]
+    ROLE_VIEWER: _ClassVar[Role]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 RUNNING: JobState
@@ -68,6 +75,10 @@ FAILURE_CAUSE_BAD_CHECKPOINT: FailureCause
 FAILURE_CAUSE_RANK_ERROR: FailureCause
 FAILURE_CAUSE_HANG: FailureCause
 FAILURE_CAUSE_OUT_OF_MEMORY: FailureCause
+ROLE_UNSPECIFIED: Role
+ROLE_ADMIN: Role
+ROLE_MEMBER: Role
+ROLE_VIEWER: Role
 
 class MetricPoint(_message.Message):
     __slots__ = ("step", "epoch", "train_loss", "val_loss", "val_accuracy", "samples_per_second", "lr", "time_unix", "attempt")
@@ -106,7 +117,7 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time_unix: _Optional[float] = ..., attempt: _Optional[int] = ..., transition_id: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history", "executor", "attempt_history")
+    __slots__ = ("id", "name", "spec_json", "state", "message", "workers", "priority", "labels", "step", "total_steps", "epoch", "latest", "best", "samples_per_second", "eta_seconds", "attempts", "restarts", "created_unix", "started_unix", "ended_unix", "history", "executor", "attempt_history", "owner")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +148,7 @@ class Job(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     spec_json: str
@@ -160,7 +172,8 @@ class Job(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
     executor: str
     attempt_history: _containers.RepeatedCompositeFieldContainer[AttemptSummary]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., executor: _Optional[str] = ..., attempt_history: _Optional[_Iterable[_Union[AttemptSummary, _Mapping]]] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., workers: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., best: _Optional[_Union[MetricPoint, _Mapping]] = ..., samples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., restarts: _Optional[int] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., executor: _Optional[str] = ..., attempt_history: _Optional[_Iterable[_Union[AttemptSummary, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class AttemptSummary(_message.Message):
     __slots__ = ("attempt", "ranks", "hosts", "outcome", "message", "started_unix", "ended_unix", "mpi_args", "slurm_job")
@@ -218,14 +231,16 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("states", "page_size", "page_token")
+    __slots__ = ("states", "page_size", "page_token", "owner")
     STATES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[JobState]
     page_size: int
     page_token: str
-    def __init__(self, states: _Optional[_Iterable[_Union[JobState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, states: _Optional[_Iterable[_Union[JobState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -543,3 +558,121 @@ class FetchCheckpointRequest(_message.Message):
     job_id: str
     step: int
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("name", "role", "max_slots", "created_unix", "token_created_unix", "expires_unix", "slots_in_use", "share")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    max_slots: int
+    created_unix: float
+    token_created_unix: float
+    expires_unix: float
+    slots_in_use: int
+    share: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., max_slots: _Optional[int] = ..., created_unix: _Optional[float] = ..., token_created_unix: _Optional[float] = ..., expires_unix: _Optional[float] = ..., slots_in_use: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AddUserRequest(_message.Message):
+    __slots__ = ("name", "role", "max_slots", "token_expires_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    max_slots: int
+    token_expires_s: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., max_slots: _Optional[int] = ..., token_expires_s: _Optional[float] = ...) -> None: ...
+
+class UserToken(_message.Message):
+    __slots__ = ("user", "token")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    token: str
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListUsersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListUsersResponse(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[User]
+    def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...
+
+class UpdateUserRequest(_message.Message):
+    __slots__ = ("name", "role", "max_slots")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    max_slots: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., max_slots: _Optional[int] = ...) -> None: ...
+
+class RemoveUserRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RotateTokenRequest(_message.Message):
+    __slots__ = ("name", "token_expires_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token_expires_s: float
+    def __init__(self, name: _Optional[str] = ..., token_expires_s: _Optional[float] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "time_unix", "user", "action", "target", "address", "outcome", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    time_unix: float
+    user: str
+    action: str
+    target: str
+    address: str
+    outcome: str
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., time_unix: _Optional[float] = ..., user: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., address: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("user", "since_unix", "page_size", "page_token")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    since_unix: float
+    page_size: int
+    page_token: str
+    def __init__(self, user: _Optional[str] = ..., since_unix: _Optional[float] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -109,6 +109,41 @@ class JobServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Host.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/gradmesh.v1.JobService/WhoAmI',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.User.FromString,
+                _registered_method=True)
+        self.AddUser = channel.unary_unary(
+                '/gradmesh.v1.JobService/AddUser',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.AddUserRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.UserToken.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/gradmesh.v1.JobService/ListUsers',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/gradmesh.v1.JobService/UpdateUser',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.User.FromString,
+                _registered_method=True)
+        self.RemoveUser = channel.unary_unary(
+                '/gradmesh.v1.JobService/RemoveUser',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.RemoveUserRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.User.FromString,
+                _registered_method=True)
+        self.RotateToken = channel.unary_unary(
+                '/gradmesh.v1.JobService/RotateToken',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.RotateTokenRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.UserToken.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/gradmesh.v1.JobService/ListAudit',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -204,6 +239,48 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +358,41 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.UndrainHost,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Host.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.WhoAmIRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.User.SerializeToString,
+            ),
+            'AddUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddUser,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.AddUserRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.UserToken.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListUsersRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.UpdateUserRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.User.SerializeToString,
+            ),
+            'RemoveUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUser,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.RemoveUserRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.User.SerializeToString,
+            ),
+            'RotateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToken,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.RotateTokenRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.UserToken.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -688,6 +800,195 @@ class JobService:
             '/gradmesh.v1.JobService/UndrainHost',
             coordinator_dot_rpc_dot_gradmesh__pb2.DrainHostRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/WhoAmI',
+            coordinator_dot_rpc_dot_gradmesh__pb2.WhoAmIRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/AddUser',
+            coordinator_dot_rpc_dot_gradmesh__pb2.AddUserRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.UserToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/ListUsers',
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListUsersRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/UpdateUser',
+            coordinator_dot_rpc_dot_gradmesh__pb2.UpdateUserRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/RemoveUser',
+            coordinator_dot_rpc_dot_gradmesh__pb2.RemoveUserRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/RotateToken',
+            coordinator_dot_rpc_dot_gradmesh__pb2.RotateTokenRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.UserToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/ListAudit',
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

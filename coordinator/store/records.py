@@ -44,6 +44,7 @@ class JobRow:
     token_hash: str = ""
     seq: int = 0
     executor: str = ""  # "" = this coordinator's executor; EXTERNAL = launched by its user, only tracked here
+    owner: str = "admin"  # the user who submitted it (jobs older than users: the first administrator)
 
 
 EXTERNAL = "external"
@@ -113,3 +114,26 @@ class CheckpointRow:
     created: float
     attempt: int
     path: str
+
+
+@dataclass(frozen=True)
+class UserRow:
+    name: str
+    role: str                # admin | member | viewer (coordinator.access.roles.Role)
+    token_hash: str
+    max_slots: int = 0       # worker slots its jobs may hold at once; 0 = no cap of its own
+    created: float = 0.0
+    token_created: float = 0.0
+    expires: float = 0.0     # when its token stops working; 0 = never
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    time: float
+    user: str
+    action: str
+    target: str = ""
+    address: str = ""
+    outcome: str = "ok"      # ok | denied
+    detail: str = ""

@@ -155,3 +155,63 @@ def migrate(conn: sqlite3.Connection) -> None:
         for name, decl in columns.items():
             if name not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    for step in TEAM_STEPS:
+        step(conn)
+
+
+# ---------------------------------------------------------------- a service for a team: users, owners, audit
+# Each step is idempotent (a table or index created if missing, a column added if missing), so it runs at
+# every open, in any order relative to the steps others add.
+
+USERS_TABLE = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,                         -- admin | member | viewer (coordinator.access.roles.Role)
+    token_hash TEXT NOT NULL,                   -- sha256 of the user's token; the token itself is never stored
+    max_slots INTEGER NOT NULL DEFAULT 0,       -- worker slots the user's jobs may hold at once; 0 = no cap
+    created REAL NOT NULL,
+    token_created REAL NOT NULL,
+    expires REAL NOT NULL DEFAULT 0             -- when the token stops working; 0 = never
+);
+-- every client call is authenticated by its token's hash, before any message is read
+CREATE UNIQUE INDEX IF NOT EXISTS users_by_token ON users(token_hash);
+"""
+
+AUDIT_TABLE = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    user TEXT NOT NULL,                         -- who (a user's name; users may be removed, their rows stay)
+    action TEXT NOT NULL,                       -- submit, cancel, resume, delete, drain, users.add, ...
+    target TEXT NOT NULL DEFAULT '',            -- the job, host or user acted on
+    address TEXT NOT NULL DEFAULT '',           -- where the call came from (gRPC peer, dashboard client)
+    outcome TEXT NOT NULL DEFAULT 'ok',         -- ok | denied
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_by_user ON audit(user, id);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit(time);
+"""
+
+# Who a job belongs to. Jobs stored before there were users belong to the first administrator.
+JOB_OWNER_COLUMNS = {
+    "owner": "TEXT NOT NULL DEFAULT 'admin'",
+}
+
+
+def _users(conn: sqlite3.Connection) -> None:
+    conn.executescript(USERS_TABLE)
+
+
+def _audit(conn: sqlite3.Connection) -> None:
+    conn.executescript(AUDIT_TABLE)
+
+
+def _job_owner(conn: sqlite3.Connection) -> None:
+    have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+    for name, decl in JOB_OWNER_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner, seq)")
+
+
+TEAM_STEPS = (_users, _audit, _job_owner)

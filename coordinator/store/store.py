@@ -38,6 +38,7 @@ from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.metrics import MetricRecords
 from coordinator.store.sessions import SessionRevocations
+from coordinator.store.users import UserRecords
 
 log = logging.getLogger("gradmesh.store")
 _ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
@@ -67,8 +68,9 @@ def _float(value: object) -> float:
     return float(value)
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations):
-    """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations, UserRecords):
+    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session and user records of the
+    base classes."""
 
     # ------------------------------------------------------------ jobs
 
@@ -89,7 +91,8 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, Session
                 ended=_float(row["ended"]), step=_int(row["step"]), total_steps=_int(row["total_steps"]),
                 epoch=_int(row["epoch"]), attempts=_int(row["attempts"]), restarts=_int(row["restarts"]),
                 cancel_requested=bool(row["cancel_requested"]), checkpoint_requested=bool(row["checkpoint_requested"]),
-                token_hash=str(row["token_hash"]), seq=_int(row["seq"]), executor=str(row["executor"]))
+                token_hash=str(row["token_hash"]), seq=_int(row["seq"]), executor=str(row["executor"]),
+                owner=str(row["owner"] or ""))
         except (KeyError, TypeError, ValueError) as err:
             raise UnreadableRow(row["id"], f"{type(err).__name__}: {err}") from None
 
@@ -119,9 +122,9 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, Session
                 return self._job(existing), False
             db.execute(
                 "INSERT INTO jobs (id, name, spec_json, state, message, workers, priority, labels_json, created,"
-                " total_steps, executor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " total_steps, executor, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.id, job.name, job.spec_json, JobState.QUEUED.name, message, job.workers, job.priority,
-                 json.dumps(job.labels, sort_keys=True), now, job.total_steps, job.executor))
+                 json.dumps(job.labels, sort_keys=True), now, job.total_steps, job.executor, job.owner))
             db.execute("INSERT INTO transitions (job_id, state, message, time, attempt) VALUES (?, ?, ?, ?, 0)",
                        (job.id, JobState.QUEUED.name, message, now))
             if seed is not None:
@@ -158,9 +161,13 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, Session
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._job(rows[0]) if rows else None  # UnreadableRow (DATA_LOSS) for a row that is no job
 
-    def list_jobs(self, states: Iterable[JobState] = (), limit: int = 50, before_seq: int = 0) -> list[JobRow]:
-        """Newest first; `before_seq` > 0 continues a previous page."""
+    def list_jobs(self, states: Iterable[JobState] = (), limit: int = 50, before_seq: int = 0,
+                  owner: str = "") -> list[JobRow]:
+        """Newest first; `before_seq` > 0 continues a previous page; `owner` only that user's jobs."""
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if owner:
+            sql += " AND owner = ?"
+            args.append(owner)
         states = list(states)
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"

@@ -40,11 +40,12 @@ class Settlement:
         self.signal = signal
         self._restart_after = restart_after  # (job id, backoff s): when a RESTARTING job may launch again
 
-    def settle(self, run: Running, exit: Exit, killed: tuple[str, str] | None, resizing: str | None,
+    def settle(self, run: Running, exit: Exit, killed: tuple[str, str] | None, resizing: tuple[str, str] | None,
                fleet: Fleet | None = None) -> bool:
         """Record how the attempt ended and move its job on; False when even that failed (retried later).
-        `killed`: (outcome, why) when the coordinator stopped it; `resizing`: why, when it was stopped with a
-        checkpoint to grow an elastic job; `fleet`, when given, is told which hosts a failure blames."""
+        `killed`: (outcome, why) when the coordinator stopped it; `resizing`: (why, outcome) when it was stopped
+        with a checkpoint to be relaunched (an elastic job growing, "resized"; a preemption, "preempted");
+        `fleet`, when given, is told which hosts a failure blames."""
         try:
             self._record_end(run, exit, killed, resizing, fleet)
             return True
@@ -72,7 +73,7 @@ class Settlement:
             log.warning("could not mark %s FAILED (%s)", job_id, message)
         self.signal.changed()
 
-    def _record_end(self, run: Running, exit: Exit, killed: tuple[str, str] | None, resizing: str | None,
+    def _record_end(self, run: Running, exit: Exit, killed: tuple[str, str] | None, resizing: tuple[str, str] | None,
                     fleet: Fleet | None) -> None:
         job = self.store.get_job(run.job_id)
         attempt = self.store.attempt(run.job_id, run.attempt)
@@ -89,10 +90,11 @@ class Settlement:
         if run.end_note and outcome.state is not JobState.SUCCEEDED:
             outcome = dataclasses.replace(outcome, message=run.end_note + outcome.message)
         resized = resizing is not None and outcome.outcome == "stopped" and not job.cancel_requested
-        if resized:  # the stop with a checkpoint we asked for to grow an elastic job: relaunch it at once
+        if resized:  # the stop with a checkpoint we asked for (a resize, a preemption): relaunch it, no restart spent
+            why, word = resizing
             saved = f" at step {max(c.step for c in ours)}" if ours else ""
-            outcome = Outcome(JobState.FAILED, True, f"{resizing}; attempt {run.attempt} stopped with a checkpoint"
-                                                     f"{saved}", "resized")
+            outcome = Outcome(JobState.FAILED, True, f"{why}; attempt {run.attempt} stopped with a checkpoint"
+                                                     f"{saved}", word)
         self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
                                message=outcome.message)
         if outcome.state is JobState.FAILED and not resized and killed is None and fleet is not None:

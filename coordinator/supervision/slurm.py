@@ -65,14 +65,17 @@ def job_name(job_id: str, attempt: int) -> str:
 
 def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, job_id: str, attempt: int,
                  workdir: Path, log_path: Path, script_path: Path, partition: str = "", account: str = "",
-                 sbatch_args: Sequence[str] = ()) -> tuple[list[str], str]:
-    """The exact sbatch command of one attempt, and its batch script."""
+                 sbatch_args: Sequence[str] = (), owner: str = "") -> tuple[list[str], str]:
+    """The exact sbatch command of one attempt, and its batch script. `owner`, the gradmesh user whose job it is,
+    goes to Slurm as the job's comment (`squeue -o %k`, sacct's Comment), so Slurm's side shows who ran what."""
     argv = [sbatch, "--parsable", f"--job-name={job_name(job_id, attempt)}", f"--ntasks={workers}",
             f"--output={log_path}", "--open-mode=append", f"--chdir={workdir}", "--no-requeue", "--export=ALL"]
     if partition:
         argv.append(f"--partition={partition}")
     if account:
         argv.append(f"--account={account}")
+    if owner:
+        argv.append(f"--comment=gradmesh owner={owner}")
     argv += list(sbatch_args)
     argv.append(str(script_path))
     worker = [python, "-m", "worker", "--coordinator", coordinator, "--job", job_id, "--attempt", str(attempt),
@@ -277,11 +280,12 @@ class SlurmExecutor:
     queues = True
 
     def __init__(self, store: Store, *, python: str, partition: str = "", account: str = "",
-                 sbatch_args: Sequence[str] = (), poll_s: float = 1.0):
+                 sbatch_args: Sequence[str] = (), poll_s: float = 1.0, accounts: Mapping[str, str] | None = None):
         self.store = store
         self.python = python
         self.partition = partition
         self.account = account
+        self.accounts = dict(accounts or {})   # gradmesh user -> the Slurm account their jobs are charged to
         self.sbatch_args = tuple(sbatch_args)
         self.queue = SlurmQueue(poll_s)
 
@@ -293,7 +297,8 @@ class SlurmExecutor:
                                     workers=request.job.workers, coordinator=request.coordinator,
                                     job_id=request.job.id, attempt=attempt.attempt, workdir=workdir,
                                     log_path=log_path, script_path=script_path, partition=self.partition,
-                                    account=self.account, sbatch_args=self.sbatch_args)
+                                    account=self.accounts.get(request.job.owner, self.account),
+                                    sbatch_args=self.sbatch_args, owner=request.job.owner)
         workdir.mkdir(parents=True, exist_ok=True)
         log_command(log_path, request, argv)
         script_path.write_text(script)

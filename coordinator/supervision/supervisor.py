@@ -75,7 +75,8 @@ class Supervisor:
         self._restart_at: dict[str, float] = {}   # RESTARTING job → monotonic time its backoff ends
         self._killed: dict[str, tuple[str, str]] = {}  # job id → (outcome, why) when we stopped it ourselves
         self._stoppers: list[threading.Thread] = []
-        self._resizing: dict[str, str] = {}  # elastic job id → why it is being stopped with a checkpoint
+        self._resizing: dict[str, tuple[str, str]] = {}  # job id → (why, outcome) of a stop with a checkpoint that
+        # relaunches it: an elastic job growing back ("resized"), a lower-priority job making room ("preempted")
         self.fleet = None  # coordinator.fleet.fleet.Fleet: told which hosts a failed attempt blames (None: nobody)
         self.shm = Janitor()  # removes the /dev/shm segments killed ranks leave (coordinator.supervision.shm_leftovers)
         self.settlement = Settlement(store, signal, restart_after=self._restart_after)
@@ -239,19 +240,28 @@ class Supervisor:
         with self._lock:
             return {job_id: list(run.allocation) for job_id, run in self._runs.items()}
 
-    def request_resize(self, job_id: str, why: str, wait_s: float = 60.0) -> None:
-        """Stop an elastic job with a checkpoint at its next step boundary (its ranks are told through the progress
-        report, as for a cancel with checkpoint), then relaunch it at once without spending a restart; SIGTERM
-        (which also checkpoints) if the ranks have not stopped after `wait_s`."""
+    def request_resize(self, job_id: str, why: str, wait_s: float = 60.0, outcome: str = "resized") -> bool:
+        """Stop a job with a checkpoint at its next step boundary (its ranks are told through the progress
+        report, as for a cancel with checkpoint), then requeue it (RESTARTING) at once without spending a
+        restart: an elastic job growing back, or (`outcome` "preempted") a job making room for a higher-priority
+        one. SIGTERM (which also checkpoints) if the ranks have not stopped after `wait_s`. False when the job
+        runs no attempt here that could be asked (or is being asked already)."""
         with self._lock:
-            if job_id not in self._runs or job_id in self._resizing:
-                return
-            self._resizing[job_id] = why
+            run = self._runs.get(job_id)
+            if run is None or run.waiting or job_id in self._resizing:
+                return False
+            self._resizing[job_id] = (why, outcome)
             self._stops.setdefault(job_id, time.monotonic() + wait_s)
         log.info("job %s: %s", job_id, why)
+        return True
+
+    def stopping(self) -> set[str]:
+        """The jobs being stopped with a checkpoint to be relaunched (resized or preempted)."""
+        with self._lock:
+            return set(self._resizing)
 
     def stop_requested(self, job_id: str) -> bool:
-        """Whether the job's ranks are to stop with a checkpoint although no cancel was asked (a resize)."""
+        """Whether the job's ranks are to stop with a checkpoint although no cancel was asked (resize, preemption)."""
         with self._lock:
             return job_id in self._resizing
 

@@ -82,7 +82,7 @@ function renderDetail(d) {
     ["workers", d.workers], ["samples/s", d.samples_per_second ? Math.round(d.samples_per_second) : "–"],
     ["ETA", d.terminal ? "–" : G.duration(d.eta_seconds)],
     ["best val loss", best ? `${G.num(best.val_loss)} (acc ${G.pct(best.val_accuracy)}, step ${best.step})` : "–"],
-    ["attempts", d.attempts], ["restarts", d.restarts], ["created", G.time(d.created)],
+    ["attempts", d.attempts], ["restarts", d.restarts], ["owner", d.owner], ["created", G.time(d.created)],
   ];
   if (Object.keys(d.labels).length) facts.push(["labels", Object.entries(d.labels).map(([k, v]) => k + "=" + v).join(" ")]);
   document.getElementById("facts").replaceChildren(...facts.map(([k, v]) => G.el("div", {}, G.el("span", {text: k}), String(v))));
@@ -91,6 +91,12 @@ function renderDetail(d) {
   document.getElementById("cancel-checkpoint").disabled = !cancellable || d.state !== "RUNNING";
   document.getElementById("resume").disabled = !["FAILED", "CANCELLED"].includes(d.state) || !d.checkpoints.length;
   document.getElementById("delete").disabled = !d.terminal;
+  // only the actions this user may take on this job are offered (the server refuses the others anyway)
+  const may = new Set(d.actions || []);
+  for (const [id, action] of [["cancel", "cancel"], ["cancel-checkpoint", "cancel"], ["resume", "resume"],
+                              ["delete", "delete"]]) {
+    document.getElementById(id).hidden = !may.has(action);
+  }
 
   document.querySelector("#attempts tbody").replaceChildren(...d.attempt_list.map(a => G.el("tr", {},
     G.el("td", {text: a.attempt}), G.el("td", {text: a.hosts.join(", ")}), G.el("td", {class: "num", text: a.ranks}),

@@ -23,6 +23,7 @@ function renderJobs() {
       G.el("td", {class: "num", text: `${j.step} / ${j.total_steps || "?"}`}),
       G.el("td", {class: "num", text: G.pct(best ? best.val_accuracy : null)}),
       G.el("td", {class: "num", text: j.workers}),
+      G.el("td", {text: j.owner}),
       G.el("td", {class: "num", text: G.age(j.created)}));
   });
   document.querySelector("#jobs tbody").replaceChildren(...rows);
@@ -34,7 +35,11 @@ function connect() {
   if (source) source.close();
   const state = filter.value;
   source = new EventSource("/api/jobs/stream" + (state ? "?state=" + state : ""));
-  source.addEventListener("jobs", e => { listing = JSON.parse(e.data); renderSlots(); renderJobs(); });
+  source.addEventListener("jobs", e => {
+    listing = JSON.parse(e.data);
+    if (listing.user) document.getElementById("user").textContent = `${listing.user.name} (${listing.user.role})`;
+    renderSlots(); renderJobs();
+  });
   source.onopen = () => G.live(true);
   source.onerror = () => G.live(false);
 }
