@@ -2,7 +2,7 @@
 
 `store.Store` is the one object the rest of the coordinator holds; it is made of the record kinds beside it
 (`attempts`, `metrics`, `checkpoints`, `drains`) over one `connection`. `schema` creates and migrates the
-tables, `records` holds one frozen dataclass per row.
+tables, `versions` keeps the store's format version, `records` holds one frozen dataclass per row.
 
 May import: the shared vocabulary at coordinator/ top (errors, states, reports, hosts). Nothing above it.
 """
