@@ -112,10 +112,10 @@ def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint; every member is read in full, so zip CRCs catch corruption.
 
-    Memory is bounded before anything is read: the metadata at MAX_META_BYTES, each array by the model its spec
-    describes (a layer's W is fan_in × fan_out, nothing is larger than the model's parameters), and all of them
-    together by MAX_INFLATION times the file's size (np.savez stores members uncompressed; a deflated member
-    that inflates far beyond that is a compression bomb, not a checkpoint). A checkpoint of an older format is
+    Memory is bounded before anything is read: the metadata at MAX_META_BYTES, each array by the model its
+    spec describes (a layer's W is fan_in × fan_out; no other array has more values than the model has
+    parameters), and all of them together by MAX_INFLATION times the file's size (np.savez stores members
+    uncompressed; a deflated member that inflates far beyond that is a compression bomb, not a checkpoint). A checkpoint of an older format is
     migrated as it is read (`migrate_meta`); the file itself is never changed."""
     from worker import npzfile  # imports numpy: see the note on numpy at the top
     path = Path(path)
@@ -196,12 +196,11 @@ def _check_members(found: dict, meta: dict[str, Any], path: Path, on_disk: int) 
             if member.shape != expected[name]:
                 raise CheckpointError(f"{path}: {name} has shape {member.shape}, the spec's model {tuple(layers)} "
                                       f"needs {expected[name]}")
-        elif name.startswith("optim."):
-            if member.size > params:
-                raise CheckpointError(f"{path}: {name} holds {member.size} values, more than the model's {params} "
-                                      "parameters")
-        else:
-            continue  # the metadata (read already), or a member this format does not have: not read
+        elif name == "meta":
+            continue  # read already
+        elif member.size > max(params, 1 << 16):  # optimizer state (one value a parameter) and anything else
+            raise CheckpointError(f"{path}: {name} holds {member.size} values, more than the model's {params} "
+                                  "parameters")
         wanted.append(member)
     total = sum(m.info.file_size for m in wanted)
     if total > MAX_INFLATION * on_disk + (1 << 20):
