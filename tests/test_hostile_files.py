@@ -7,7 +7,8 @@ never what it claims to hold.
 
     a gzipped IDX labels file of 3 MB that inflates to 3.1 GB: refused from its header (another count than the
         images), or after the count its header gives (the rest is never inflated)
-    an IDX header whose size overflows int64 (2^31 × 2^31 × 4 wraps to 0): truncated, not allocated
+    an IDX header whose size overflows int64 (2^31 × 2^31 × 4 wraps to 0): truncated, not allocated; a gzipped
+        one claiming more than the disk holds: refused before decompressing
     a CSV file with one 400 MB line (the header, or a row): refused after reading a bounded part of it
     an .npz claiming 4 TiB, as data and as a checkpoint (evaluate, predict, export)
     a 2 MB checkpoint whose weights inflate to 2 GiB: refused as a compression bomb before inflating
@@ -205,7 +206,7 @@ def test_a_gzipped_idx_labels_bomb_is_refused_from_its_header_in_bounded_memory(
     assert base_eval.returncode == 0 and base_train.returncode == 0, (base_eval.stderr, base_train.stderr)
     for name, count, expected in (
             ("other-count", 3_100_000_000, "has 200 images but {labels} has 3100000000 labels"),
-            ("same-count", 200, "{labels}: 65536 bytes more than its header")):
+            ("same-count", 200, "{labels}: at least 65536 bytes more than its header (200 labels) says")):
         d = tmp_path / name
         d.mkdir()
         (d / "train-images-idx3-ubyte").write_bytes((good["idx"] / "train-images-idx3-ubyte").read_bytes())
@@ -229,6 +230,18 @@ def test_an_idx_header_whose_size_overflows_int64_is_truncated_not_allocated(goo
     assert_one_line_exit_2(run, f"{d / 'train-images-idx3-ubyte'}: truncated: the header promises "
                                 f"{1 << 64} bytes of data")
     assert_bounded(run, base, 16, "evaluate, an IDX header of 2^64 bytes")
+
+
+def test_a_gzipped_idx_images_header_larger_than_the_disk_is_refused_before_decompressing(good, tmp_path):
+    d = tmp_path / "huge"
+    d.mkdir()
+    dims = [(1 << 32) - 1] * 3
+    (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + np.array(dims, ">u4").tobytes()))
+    (d / "train-labels-idx1-ubyte").write_bytes(idx1_header(0))
+    run = evaluate(good["ckpt16"], d, tmp_path)
+    assert_one_line_exit_2(run, f"{d / 'train-images-idx3-ubyte.gz'}: its header promises {dims[0] ** 3} bytes of "
+                                "images, more than the")
+    assert sorted(p.name for p in d.iterdir()) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte"]  # no cache
 
 
 # ---------------------------------------------------------------- CSV

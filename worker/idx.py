@@ -132,12 +132,15 @@ def _read_labels(file: Path, images: Path, expected: int) -> np.ndarray:
                     break
                 labels[done:done + len(chunk)] = np.frombuffer(chunk, np.uint8)
                 done += len(chunk)
-            extra = len(f.read(1 << 16))
+            extra = len(f.read(1 << 16))  # enough to tell, never the rest of a stream that may not end
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise _gzip_error(file, exc) from None
     except OSError as exc:
         raise DataError(f"data.source: cannot read {file}: {exc.strerror or exc}") from None
-    _check_size(file, (n,), done + extra)
+    if extra:
+        raise DataError(f"data.source: {file}: {'at least ' if extra == 1 << 16 else ''}{extra} bytes more than its "
+                        f"header ({n} labels) says: not an IDX file as published")
+    _check_size(file, (n,), done)
     return labels
 
 
