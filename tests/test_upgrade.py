@@ -76,6 +76,10 @@ def test_a_data_directory_of_the_2026_11_28_release_runs_its_jobs_to_the_end(sta
     assert jobs["cancelled"].state == JobState.CANCELLED
     assert [p.step for p in client.metrics("done-adam")] == [20, 40, 60]
     assert client.get("done-momentum").best.val_accuracy is not None
+    # the same spec resubmitted under the same id is still the same job (the store holds it with every default)
+    from worker.spec import parse_stored_spec
+    same = parse_stored_spec(json.loads(jobs["done-adam"].spec_json))[0].to_dict()
+    assert client.submit(same, job_id="done-adam").state == JobState.SUCCEEDED
     status = run_cli("--address", srv.address, "--data-dir", str(data), "status", "done-adam")
     assert status.returncode == 0 and "finished at step 60" in status.stdout, status.stderr
 

@@ -169,8 +169,10 @@ def migrate_meta(meta: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} was written by a newer gradmesh; this one reads "
                               f"formats 1..{FORMAT_VERSION}: upgrade gradmesh to read it")
+    if "spec" not in meta:  # not written by a training run (a test's, a tool's): nothing to migrate
+        return {**meta, "format_version": FORMAT_VERSION}, []
     try:
-        spec, dropped = parse_stored_spec(meta.get("spec"))
+        spec, dropped = parse_stored_spec(meta["spec"])
     except SpecError as err:
         raise CheckpointError(f"{path}: the spec in its metadata is not valid: {err}") from None
     notes = []
@@ -184,11 +186,12 @@ def _check_members(found: dict, meta: dict[str, Any], path: Path, on_disk: int) 
     """The members to read, once each is known to fit the model of the spec in `meta`, and all of them the
     file's size (CheckpointError otherwise)."""
     from worker import npzfile
-    layers = meta["spec"]["model"]["layers"]
+    layers = meta["spec"]["model"]["layers"] if "spec" in meta else []  # without a spec: only the size bound
     expected = {}
     for i, (fan_in, fan_out) in enumerate(zip(layers, layers[1:])):
         expected[f"layers.{i}.W"], expected[f"layers.{i}.b"] = (fan_in, fan_out), (fan_out,)
-    expected["normalize.mean"] = expected["normalize.std"] = (layers[0],)
+    if layers:
+        expected["normalize.mean"] = expected["normalize.std"] = (layers[0],)
     params = sum(a * b + b for a, b in zip(layers, layers[1:]))
     wanted = []
     for name, member in found.items():
@@ -198,7 +201,7 @@ def _check_members(found: dict, meta: dict[str, Any], path: Path, on_disk: int) 
                                       f"needs {expected[name]}")
         elif name == "meta":
             continue  # read already
-        elif member.size > max(params, 1 << 16):  # optimizer state (one value a parameter) and anything else
+        elif layers and member.size > max(params, 1 << 16):  # optimizer state (a value a parameter), the rest
             raise CheckpointError(f"{path}: {name} holds {member.size} values, more than the model's {params} "
                                   "parameters")
         wanted.append(member)
