@@ -13,6 +13,7 @@ does not make new submissions lenient.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import sqlite3
 import subprocess
@@ -105,6 +106,9 @@ def test_a_data_directory_of_the_2026_11_28_release_runs_its_jobs_to_the_end(sta
     assert proc.returncode == 0, proc.stderr
     probabilities = np.load(tmp_path / "p.npy")
     assert probabilities.shape == (1797, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    if importlib.util.find_spec("onnx") is not None:  # the onnx extra
+        proc = run_cli("export", str(old), "-o", str(tmp_path / "old.onnx"))
+        assert proc.returncode == 0 and "note:" in proc.stderr and (tmp_path / "old.onnx").stat().st_size > 0, proc.stderr
 
     # the job that was running is restarted from its checkpoint at step 200 and finishes
     deadline = 200 * unit + 120
