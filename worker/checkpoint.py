@@ -115,8 +115,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     Memory is bounded before anything is read: the metadata at MAX_META_BYTES, each array by the model its
     spec describes (a layer's W is fan_in × fan_out; no other array has more values than the model has
     parameters), and all of them together by MAX_INFLATION times the file's size (np.savez stores members
-    uncompressed; a deflated member that inflates far beyond that is a compression bomb, not a checkpoint). A checkpoint of an older format is
-    migrated as it is read (`migrate_meta`); the file itself is never changed."""
+    uncompressed; a deflated member that inflates far beyond that is a compression bomb, not a checkpoint).
+    A checkpoint of an older format is migrated as it is read (`migrate_meta`); the file is never changed."""
     from worker import npzfile  # imports numpy: see the note on numpy at the top
     path = Path(path)
     try:
