@@ -37,7 +37,7 @@ def test_plain_numpy_reads_every_array_and_the_json_meta(tmp_path):
                                      "normalize.mean", "normalize.std", "optim.m", "optim.t", "optim.v"]
         np.testing.assert_array_equal(npz["layers.1.W"], model.layers[1].W)
         meta = json.loads(str(npz["meta"]))
-    assert meta["step"] == 3 and meta["format_version"] == 1 and meta["spec"]["model"]["activation"] == "tanh"
+    assert meta["step"] == 3 and meta["format_version"] == 2 and meta["spec"]["model"]["activation"] == "tanh"
     ckpt = load_checkpoint(path)
     np.testing.assert_array_equal(ckpt.flat_params(), model.params)
     assert int(ckpt.optimizer_arrays()["optim.t"]) == 3

@@ -33,7 +33,7 @@ from pathlib import Path
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.wire import JOB_TOKEN_ENV, TLS_CA_ENV
 from worker.hooks import NO_VALIDATION, ConsoleHooks, Hooks
-from worker.spec import SpecError, parse_spec_text
+from worker.spec import SpecError, load_raw, parse_spec_text, parse_stored_spec
 
 # The rest of worker/ is imported inside the functions that use it, on purpose: numpy (through train, failure,
 # threads and checkpoint's readers) must load only after the BLAS kernel is chosen (worker/blas.py), and
@@ -82,6 +82,17 @@ def _tls_ca() -> Path | None:
     return Path(os.environ[TLS_CA_ENV]) if os.environ.get(TLS_CA_ENV) else None
 
 
+def _stored_spec_text(text: str) -> str:
+    """The canonical JSON of a spec the coordinator stored: it was accepted when submitted, so settings its
+    options do not use (an older release stored every key with its default) are dropped with a note, not refused
+    as they are in a new submission."""
+    spec, dropped = parse_stored_spec(load_raw(text, json_format=True))
+    if dropped:
+        _say(f"note: the stored spec sets {', '.join(dropped)}, which this job's options do not use "
+             "(written by an older release): ignored")
+    return spec.to_json()
+
+
 def _fetch_spec_on_root(opts, comm):
     """Rank 0 gets the spec text (and the coordinator hooks and resume path); every rank gets the text.
 
@@ -105,6 +116,7 @@ def _fetch_spec_on_root(opts, comm):
                 hooks = CoordinatorHooks(opts.coordinator, opts.job, token, opts.attempt,
                                          opts.out, tls_ca=_tls_ca())
                 text, resume_path = hooks.fetch()
+                text = _stored_spec_text(text)
             else:
                 try:
                     text = opts.spec.read_text()

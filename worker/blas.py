@@ -271,6 +271,8 @@ def recorded_kernels(checkpoint: str | Path | None) -> dict[str, str]:
         return {}
     try:
         with zipfile.ZipFile(checkpoint) as z, z.open("meta.npy") as f:
+            if z.getinfo("meta.npy").file_size > 16 << 20:  # worker.checkpoint.MAX_META_BYTES: not a checkpoint
+                return {}
             raw = f.read()
         if raw[:6] != b"\x93NUMPY":
             return {}

@@ -9,7 +9,9 @@ parser), into float32 features and labels in `.npy` files beside it, keyed by a 
 as int64 (class labels for cross_entropy), otherwise as float32 (mse targets).
 
 A defect is a DataError naming the file and the row: a cell that is not a number, a row with too few or
-too many cells, a missing label column, a file without data rows.
+too many cells, a missing label column, a file without data rows, a line that is not CSV, or a line too long
+to be a row of numbers (over `row_limit`: 64 characters a column and some room; the header over 16 MiB),
+which is refused after reading that much of it, so memory stays bounded by the header's width.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from worker import datacache
 from worker.data_paths import DataError, checked_path
 
 _CHUNK_LINES = 16384
+MAX_HEADER_CHARS = 16 << 20  # the header row: a million columns with 16-character names
 FORMAT = 1  # bump when the conversion changes: the cache key includes it
 
 
@@ -31,20 +34,44 @@ def is_csv(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
 
 
-def _cells(line: str) -> list[str]:
-    return next(csv.reader([line]), [])
+def _cells(line: str, file: Path | None = None, line_no: int = 0) -> list[str]:
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL, a bad quote
+        raise DataError(f"data.source: {file}: line {line_no} is not CSV ({exc})") from None
 
 
-def _header(file: Path, first: str) -> list[str]:
-    names = [name.strip() for name in _cells(first)]
+def _line(f, file: Path, line_no: int, limit: int, what: str) -> str:
+    """The next line of `f`, read in at most `limit` characters ("" at the end of the file): a longer line is
+    refused before it is held whole, so one huge line cannot take the memory a file of rows would."""
+    line = f.readline(limit + 1)
+    if len(line) > limit and line[-1] not in "\r\n":
+        raise DataError(f"data.source: {file}: line {line_no} is longer than {limit} characters, {what}: not a CSV "
+                        "file of numbers")
+    return line
+
+
+def _header(file: Path, f) -> list[str]:
+    first = _line(f, file, 1, MAX_HEADER_CHARS, "the most a header row may have")
+    names = [name.strip() for name in _cells(first, file, 1)]
     if not names or names == [""]:
         raise DataError(f"data.source: {file}: no header row (the first line must name the columns)")
     return names
 
 
-def _data_lines(f):
-    """(line number, text) of every non-blank line after the header."""
-    for number, line in enumerate(f, start=2):
+def row_limit(columns: int) -> int:
+    """The longest data line accepted for a header of `columns` names: 64 characters a cell, and room to spare
+    (a float32 printed in full takes at most 16; a float64, 24)."""
+    return 4096 + 64 * columns
+
+
+def _data_lines(f, file: Path, columns: int):
+    """(line number, text) of every non-blank line after the header, each at most row_limit(columns) long."""
+    limit = row_limit(columns)
+    number = 1
+    what = f"the most a row of {columns} numbers may have (64 characters a cell, and 4096 to spare)"
+    while line := _line(f, file, number + 1, limit, what):
+        number += 1
         if line.strip():
             yield number, line
 
@@ -53,7 +80,7 @@ def _explain(file: Path, chunk: list[tuple[int, str]], first_row: int, names: li
     """The first defect in a chunk numpy refused, found slowly, cell by cell, to name its row and column."""
     for offset, (line_no, line) in enumerate(chunk):
         row = first_row + offset
-        cells = _cells(line)
+        cells = _cells(line, file, line_no)
         if len(cells) != len(names):
             return DataError(f"data.source: {file}: row {row} (line {line_no}) has {len(cells)} cells, "
                              f"the header has {len(names)}")
@@ -69,8 +96,8 @@ def _explain(file: Path, chunk: list[tuple[int, str]], first_row: int, names: li
 def _convert(opened: Path, file: Path, label_column: str | None, out: dict[str, Path]) -> None:
     """Parse `opened` (the checked path of `file`, the name messages use) into the `.npy` files of `out`."""
     with open(opened, newline="", encoding="utf-8", errors="replace") as f:
-        names = _header(file, f.readline())
-        rows = sum(1 for _ in _data_lines(f))
+        names = _header(file, f)
+        rows = sum(1 for _ in _data_lines(f, file, len(names)))
     if rows == 0:
         raise DataError(f"data.source: {file}: a header but no data rows")
     label = names.index(label_column) if label_column is not None else None
@@ -79,8 +106,8 @@ def _convert(opened: Path, file: Path, label_column: str | None, out: dict[str, 
     y = np.empty(rows, np.float64) if label is not None else None
     done = 0
     with open(opened, newline="", encoding="utf-8", errors="replace") as f:
-        f.readline()
-        lines = _data_lines(f)
+        _header(file, f)
+        lines = _data_lines(f, file, len(names))
         while chunk := list(islice(lines, _CHUNK_LINES)):
             try:
                 table = np.loadtxt(io.StringIO("".join(text for _, text in chunk)), delimiter=",", quotechar='"',
@@ -107,7 +134,7 @@ def load(path: Path, label_column: str, require_labels: bool = True):
     opened = checked_path(path)
     try:
         with open(opened, newline="", encoding="utf-8", errors="replace") as f:
-            names = _header(path, f.readline())
+            names = _header(path, f)
         if label_column not in names and require_labels:
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise DataError(f"data.label_column: {path} has no column {label_column!r} (its header: {shown})")

@@ -25,12 +25,14 @@ this catches what lies inside a dataset directory (an `x.npy` symlink to a file 
 from __future__ import annotations
 
 import importlib.util
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from worker import csvsource, idx
+from worker import csvsource, idx, npzfile
 from worker.data_paths import DataError, checked_path  # callers import DataError from here too
 from worker.spec import DataSpec
 
@@ -144,11 +146,7 @@ def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
                     raise DataError(f"data.source: cannot read {file}: {exc}") from None
         where = f"directory {path} (memory-mapped)"
     elif path.is_file():
-        try:
-            with np.load(checked_path(path), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"data.source: cannot read {path} as .npz: {exc}") from None
+        arrays = _load_npz(path)
         where = f"file {path}"
     else:
         raise DataError(f"data.source: {spec.source!r} is neither a built-in source (digits, synthetic) "
@@ -159,6 +157,42 @@ def _load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"data.source: {where} must have both x_val and y_val, or neither")
     return arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), where, None
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """x, y, x_val, y_val of an .npz source, loaded whole (numpy cannot map inside a zip), after their headers
+    show they agree with the file and fit in the memory available (worker/npzfile.py): a header claiming
+    terabytes is one line, not a MemoryError."""
+    opened = checked_path(path)
+    try:
+        with zipfile.ZipFile(opened) as zf:
+            found = npzfile.members(zf, ("x", "y", "x_val", "y_val"))
+            need = sum(m.nbytes for m in found.values())
+            available = _memory_available()
+            if available is not None and need > available:
+                raise DataError(f"data.source: {path}: its arrays need {npzfile.human_bytes(need)} "
+                                f"({', '.join(f'{m.name} {m.shape}' for m in found.values())}), more than the "
+                                f"{npzfile.human_bytes(available)} of memory available; an .npz source is loaded "
+                                "whole: save large arrays as a directory of .npy files, which are memory-mapped")
+            return {name: npzfile.read(zf, member) for name, member in found.items()}
+    except DataError:
+        raise
+    except npzfile.NpzError as exc:
+        raise DataError(f"data.source: {path}: {exc}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"data.source: cannot read {path} as .npz: {exc}") from None
+
+
+def _memory_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _check_arrays(x, y, name: str, inputs: int, outputs: int, loss: str, labels_name: str = "") -> None:

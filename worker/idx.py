@@ -18,7 +18,9 @@ stream that ends early, images and labels of different lengths.
 from __future__ import annotations
 
 import gzip
+import math
 import re
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +99,7 @@ def _is_gzip(file: Path) -> bool:
 
 
 def _check_size(file: Path, dims: tuple[int, ...], have: int, what: str = "") -> None:
-    need = int(np.prod(dims, dtype=np.int64))
+    need = math.prod(dims)  # Python integers: three uint32 dimensions can overflow int64
     if have < need:
         raise DataError(f"data.source: {file}: truncated{what}: the header promises {need} bytes of data "
                         f"({' × '.join(map(str, dims))}), there are {have}")
@@ -112,21 +114,34 @@ def _gzip_error(file: Path, exc: Exception) -> DataError:
     return DataError(f"data.source: {file}: corrupt gzip data ({exc})")
 
 
-def _read_labels(file: Path) -> np.ndarray:
+def _read_labels(file: Path, images: Path, expected: int) -> np.ndarray:
+    """The labels of an idx1 file that must hold `expected` of them (one per image of `images`): the header is read and
+    checked first, so a file claiming another count is refused before its data is read or inflated, and
+    memory holds at most `expected` bytes (a gzip stream inflating far beyond that is never inflated)."""
     opened = checked_path(file)
     try:
-        if _is_gzip(opened):
-            with gzip.open(opened, "rb") as f:
-                data = f.read()
-        else:
-            data = opened.read_bytes()
+        with (gzip.open(opened, "rb") if _is_gzip(opened) else open(opened, "rb")) as f:
+            (n,) = _header(f.read(8), file, 1)
+            if n != expected:
+                raise DataError(f"data.source: {images} has {expected} images but {file} has {n} labels")
+            labels = np.empty(n, np.uint8)  # kept as bytes: 1 byte per example, not 8
+            done = 0
+            while done < n:
+                chunk = f.read(min(_COPY_CHUNK, n - done))
+                if not chunk:
+                    break
+                labels[done:done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                done += len(chunk)
+            extra = len(f.read(1 << 16))  # enough to tell, never the rest of a stream that may not end
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise _gzip_error(file, exc) from None
     except OSError as exc:
         raise DataError(f"data.source: cannot read {file}: {exc.strerror or exc}") from None
-    dims = _header(data[:12], file, 1)
-    _check_size(file, dims, len(data) - 8)
-    return np.frombuffer(data, np.uint8, offset=8)  # kept as bytes: 1 byte per example, not 8
+    if extra:
+        raise DataError(f"data.source: {file}: {'at least ' if extra == 1 << 16 else ''}{extra} bytes more than its "
+                        f"header ({n} labels) says: not an IDX file as published")
+    _check_size(file, (n,), done)
+    return labels
 
 
 def _decompress_images(file: Path, out: Path) -> None:
@@ -135,6 +150,7 @@ def _decompress_images(file: Path, out: Path) -> None:
         with gzip.open(file, "rb") as f:
             head = f.read(16)
             n, rows, cols = _header(head, file, 3)
+            _check_room(file, n * rows * cols, out.parent)
             target = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(n, rows * cols))
             flat = target.reshape(-1)
             done = 0
@@ -150,6 +166,15 @@ def _decompress_images(file: Path, out: Path) -> None:
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise _gzip_error(file, exc) from None
     _check_size(file, (n, rows, cols), done + extra, " (after decompression)")
+
+
+def _check_room(file: Path, need: int, directory: Path) -> None:
+    """Refuse to inflate a gzipped images file into more than the disk beside its cache has free: a small
+    file whose header claims terabytes must not fill the disk before the stream turns out to be short."""
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise DataError(f"data.source: {file}: its header promises {need} bytes of images, more than the "
+                        f"{free} bytes free in {directory} to decompress them into")
 
 
 def _open_images(file: Path) -> np.ndarray:
@@ -175,10 +200,8 @@ def images(file: Path) -> ScaledImages:
 
 
 def load_pair(images: Path, labels: Path) -> tuple[ScaledImages, np.ndarray]:
-    x, y = _open_images(images), _read_labels(labels)
-    if len(x) != len(y):
-        raise DataError(f"data.source: {images} has {len(x)} images but {labels} has {len(y)} labels")
-    return ScaledImages(x), y
+    x = _open_images(images)
+    return ScaledImages(x), _read_labels(labels, images, len(x))
 
 
 def load(path: Path, labels: str = ""):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.checkpoint import load_checkpoint
+from worker.checkpoint import Checkpoint, load_checkpoint
 
 OPSET = 17
 _GELU_C = float(np.sqrt(2.0 / np.pi))
@@ -84,11 +84,12 @@ def _activation(nodes, const, activation: str, z: str, out: str, helper) -> str:
     return out
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path) -> Path:
-    """Write `checkpoint` as an ONNX model to `output` (raises ImportError without the onnx package)."""
+def export_onnx(checkpoint, output: str | Path) -> Path:
+    """Write `checkpoint` (a path, or a loaded worker.checkpoint.Checkpoint) as an ONNX model to `output` (raises
+    ImportError without the onnx package)."""
     import onnx
 
-    model = build_model(load_checkpoint(checkpoint))
+    model = build_model(checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint))
     output = Path(output)
     onnx.save(model, str(output))
     return output

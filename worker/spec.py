@@ -13,12 +13,14 @@ This module is the spec's public face: import from here. It defines nothing; it 
   worker/spec_shape.py     the shape: every key with its default (the dataclasses), the choices and limits,
                            SpecError, and the settings an option does not use (`unused_settings`)
   worker/spec_parsing.py   reading and checking: text → plain structure → JobSpec (`load_spec`, `parse_spec`,
-                           `parse_spec_text`, `load_raw`, `drop_unused`, `with_overrides`)
+                           `parse_spec_text`, `load_raw`, `drop_unused`, `parse_stored_spec`,
+                           `with_overrides`)
 spec_parsing imports spec_shape, spec_shape imports neither, and nothing below imports this module.
 """
 from __future__ import annotations
 
-from worker.spec_parsing import drop_unused, load_raw, load_spec, parse_spec, parse_spec_text, with_overrides
+from worker.spec_parsing import (drop_unused, load_raw, load_spec, parse_spec, parse_spec_text, parse_stored_spec,
+                                 with_overrides)
 from worker.spec_shape import (ACTIVATIONS, BUILTIN_SOURCES, INT64_MAX, INT64_MIN, LOSSES, MAX_BACKOFF_S,
                                MAX_HANG_TIMEOUT_S, MAX_LAYER_SIZE, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS,
                                SCHEDULES, CheckpointSpec, DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec,
@@ -32,5 +34,5 @@ __all__ = [
     "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "BUILTIN_SOURCES",
     "MAX_LAYER_SIZE", "MAX_RESTARTS", "MAX_BACKOFF_S", "MAX_HANG_TIMEOUT_S", "INT64_MIN", "INT64_MAX",
     # reading and checking (worker/spec_parsing.py)
-    "load_spec", "parse_spec_text", "load_raw", "parse_spec", "drop_unused", "with_overrides",
+    "load_spec", "parse_spec_text", "load_raw", "parse_spec", "drop_unused", "parse_stored_spec", "with_overrides",
 ]

@@ -82,14 +82,29 @@ def parse_spec(raw: Any) -> JobSpec:
 def drop_unused(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` without the settings its options do not use: for specs stored before such settings were
     refused (their canonical JSON listed every key). Raises SpecError when `raw` is otherwise invalid."""
+    return _without_unused(raw)[0]
+
+
+def parse_stored_spec(raw: Any) -> tuple[JobSpec, list[str]]:
+    """A spec that was accepted once and stored (by a coordinator, in a checkpoint's metadata), read leniently:
+    the settings its options do not use are dropped, not refused, and named in the second value ("optim.momentum",
+    ...) so the reader can say so. Releases up to 2026-11-28 stored every key with its default. Everything else
+    is checked as `parse_spec` checks it; only new submissions are refused for unused settings."""
+    cleaned, dropped = _without_unused(raw)
+    return parse_spec(cleaned), dropped
+
+
+def _without_unused(raw: Any) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(raw, dict):
         raise SpecError("spec", "must be a table of keys")
     spec = _build(JobSpec, raw, "")
     cleaned = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    dropped = []
     for section, key, _reason in unused_settings(spec):
-        if isinstance(cleaned.get(section), dict):
-            cleaned[section].pop(key, None)
-    return cleaned
+        if isinstance(cleaned.get(section), dict) and key in cleaned[section]:
+            del cleaned[section][key]
+            dropped.append(f"{section}.{key}")
+    return cleaned, dropped
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

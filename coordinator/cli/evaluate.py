@@ -12,6 +12,7 @@ checkpoint is one line and exit 2, as it is for a training worker.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,20 +53,26 @@ def checkpoint_file(args) -> Iterator[Path]:
 
 
 def _load(args, path: Path):
-    """(model, normalizer, the job's spec, the data spec for --data)."""
-    from worker.checkpoint import CheckpointError, load_checkpoint, load_model
+    """(model, normalizer, the job's spec, the data spec for --data, the checkpoint's step). A checkpoint of an
+    older format is read as it was written (worker.checkpoint.migrate_meta); what that changed is noted on stderr."""
+    from worker.checkpoint import CheckpointError, load_checkpoint, model_of
     from worker.spec import SpecError, parse_spec
 
     try:
-        model, normalizer = load_model(path)
-        spec = parse_spec(load_checkpoint(path).meta["spec"])
-    except (CheckpointError, SpecError, KeyError) as exc:
+        ckpt = load_checkpoint(path)
+        model, normalizer = model_of(ckpt)
+        spec = parse_spec(ckpt.meta["spec"])
+        step = ckpt.step
+    except (CheckpointError, SpecError, KeyError, TypeError, ValueError) as exc:
         raise CliError(f"{args.checkpoint}: {exc}", EXIT_USAGE) from None
+    for note in ckpt.notes:
+        print(f"gradmesh: note: {args.checkpoint}: {note}", file=sys.stderr)
+    del ckpt  # the model holds the weights; the optimizer state is not needed
     changes = {"source": args.data, "labels": args.labels or ""}
     if args.label_column:
         changes["label_column"] = args.label_column  # otherwise the job's own (default "label")
     data = dataclasses.replace(spec.data, **changes)
-    return model, normalizer, spec, data
+    return model, normalizer, spec, data, step
 
 
 def _examples(spec, data, split: str, need_labels: bool):
@@ -83,9 +90,7 @@ def cmd_evaluate(args) -> int:
     from worker.inference import evaluate
 
     with checkpoint_file(args) as path:
-        model, normalizer, spec, data = _load(args, path)
-        from worker.checkpoint import load_checkpoint
-        step = load_checkpoint(path).step
+        model, normalizer, spec, data, step = _load(args, path)
     x, y, where = _examples(spec, data, args.split, need_labels=True)
     try:
         result = evaluate(model, normalizer, x, y, where)
@@ -113,7 +118,7 @@ def cmd_predict(args) -> int:
     from worker.inference import predict
 
     with checkpoint_file(args) as path:
-        model, normalizer, spec, data = _load(args, path)
+        model, normalizer, spec, data, _ = _load(args, path)
     x, _, where = _examples(spec, data, "all", need_labels=False)
     out = predict(model, normalizer, x)
     output = Path(args.output)

@@ -3,6 +3,8 @@ ONNX graph (worker.onnx_export). The `onnx` package is an optional extra: pip in
 gradmesh clone."""
 from __future__ import annotations
 
+import sys
+
 from coordinator.cli.commands import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
 from coordinator.cli.evaluate import checkpoint_file
 from coordinator.cli.render import print_json
@@ -14,14 +16,17 @@ def cmd_export(args) -> int:
     except ImportError:
         raise CliError("export needs the onnx package: pip install -e '.[onnx]' in the gradmesh clone "
                        "(or pip install onnx)", EXIT_ERROR) from None
-    from worker.checkpoint import CheckpointError
+    from worker.checkpoint import CheckpointError, load_checkpoint
     from worker.onnx_export import export_onnx
 
     with checkpoint_file(args) as path:
         try:
-            written = export_onnx(path, args.output)
+            ckpt = load_checkpoint(path)
         except CheckpointError as exc:
             raise CliError(f"{args.checkpoint}: {exc}", EXIT_USAGE) from None
+        for note in ckpt.notes:
+            print(f"gradmesh: note: {args.checkpoint}: {note}", file=sys.stderr)
+        written = export_onnx(ckpt, args.output)
     if args.json:
         print_json({"output": str(written), "bytes": written.stat().st_size})
     else:

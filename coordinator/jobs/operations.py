@@ -42,7 +42,7 @@ from coordinator.jobs.submission import SubmissionChecks, new_job_id
 from coordinator.team.accounts import Accounts
 from coordinator.access.tokens import hash_token, new_token
 from coordinator.wire import KIND_JOB, METRICS_PAGE
-from worker.spec import JobSpec, SpecError, drop_unused
+from worker.spec import JobSpec, SpecError, drop_unused, parse_stored_spec
 
 __all__ = ["Jobs", "DeletedJob", "LIST_PAGE_MAX", "JobView", "eta_seconds", "find_job"]
 
@@ -125,7 +125,7 @@ class Jobs:
             if self.store.get_job(new_id) is None:
                 self.checks.check_queue()
             stored, created = self.store.create_job(row)
-        if not created and stored.spec_json != spec_json:
+        if not created and stored.spec_json != spec_json and _canonical(stored.spec_json) != spec_json:
             raise AlreadyExists(f"job_id: job {new_id} already exists with a different spec; choose another id "
                                 "or resubmit the identical spec", kind=KIND_JOB)
         if not created and stored.owner != caller.name and not caller.is_admin:  # a resubmission is its owner's
@@ -366,3 +366,12 @@ class Jobs:
 
     def view(self, job: JobRow) -> JobView:
         return job_view(self.store, job)
+
+
+def _canonical(stored_json: str) -> str:
+    """A stored spec as today's submission would store it: an older release stored every key with its default,
+    so the same spec resubmitted under the same id is still the same job after an upgrade."""
+    try:
+        return parse_stored_spec(json.loads(stored_json))[0].to_json()
+    except (SpecError, ValueError):
+        return stored_json

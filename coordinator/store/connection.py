@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 from coordinator.errors import ResourceExhausted
 from coordinator.store.schema import SCHEMA, migrate
+from coordinator.store.versions import upgrade
 
 log = logging.getLogger("gradmesh.store")
 KIND_DISK = "disk"  # as coordinator.files.checkpoints.KIND_DISK: the disk is full, retry later
@@ -46,6 +47,7 @@ class StoreConnection:
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             self._conn.executescript(SCHEMA)
             migrate(self._conn)
+            upgrade(self._conn, self.path.parent)  # the format version, and a data directory that moved
 
     def close(self) -> None:
         with self._lock:

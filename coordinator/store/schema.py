@@ -1,7 +1,8 @@
 """The coordinator's SQLite schema, and the in-place migration of databases written by older versions.
 
 `Store` applies `SCHEMA` (idempotent) and then `migrate` every time it opens a database, so a coordinator
-upgraded in place keeps its jobs, attempts, metrics and checkpoint records.
+upgraded in place keeps its jobs, attempts, metrics and checkpoint records; then `versions.upgrade` sets the
+store's format version (PRAGMA user_version) and follows a data directory that moved.
 """
 from __future__ import annotations
 
