@@ -57,6 +57,7 @@ from coordinator.supervision.slurm import SlurmExecutor, check_slurm
 from coordinator.api.servicer import JobServicer, WorkerServicer, method_handlers
 from coordinator.store.store import Store
 from coordinator.access.tokens import hash_token
+from coordinator.telemetry.wiring import Monitoring, MonitoringOptions, start_monitoring
 from coordinator import wire
 from coordinator.wire import SERVER_OPTIONS
 
@@ -143,6 +144,7 @@ class RunningServer:
     health: health.HealthServicer
     admission: Admission
     dashboard: "RunningDashboard | None" = None  # the web dashboard, when started with http_port
+    monitoring: "Monitoring | None" = None  # /metrics, webhooks, MLflow (coordinator.telemetry)
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, grace: float = 5.0, stop_jobs: bool = True) -> None:
@@ -159,6 +161,8 @@ class RunningServer:
         self.grpc_server.stop(grace).wait()
         self.admission.close()
         self.core.close(stop_jobs=stop_jobs)
+        if self.monitoring is not None:
+            self.monitoring.stop()
         self.store.close()
 
     def job_token(self, job_id: str) -> str:
@@ -183,7 +187,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  call_limits: CallLimits | None = None, http_port: int | None = None,
                  executor: str = "local", slurm: SlurmOptions | None = None,
                  mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
-                 delete_ended_after_s: float | None = None) -> RunningServer:
+                 delete_ended_after_s: float | None = None,
+                 monitoring: MonitoringOptions | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
@@ -217,12 +222,13 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                        executor_factory=factory, mpi_args=mpi_args, host_policy=host_policy or HostPolicy(),
                        delete_ended_after_s=delete_ended_after_s)
 
+    watch = start_monitoring(core, monitoring or MonitoringOptions(), admin_token=client_token, data_dir=data_dir)
     admission = Admission(call_limits or CallLimits())
     interceptor = AuthInterceptor(client_token, lambda token: store.job_of_token(hash_token(token)) is not None,
                                   admission)
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
-    server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
+    server = grpc.server(threads, interceptors=[watch.telemetry.interceptor(), interceptor], options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams, core.hosts)),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
@@ -241,10 +247,12 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
             bound = server.add_insecure_port(bind)
     except RuntimeError as err:
         admission.close()
+        watch.stop()
         store.close()
         raise OSError(f"cannot listen on {bind}: {err}") from None
     if not bound:
         admission.close()
+        watch.stop()
         store.close()
         raise OSError(f"cannot listen on {bind}")
     shown_host = f"[{host}]" if ":" in host else host
@@ -254,9 +262,10 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     if http_port is not None:  # the dashboard: same interface, TLS when gRPC has it (None = no dashboard)
         try:
             dashboard = start_dashboard(core, client_token, host=host or "0.0.0.0", port=http_port,
-                                        tls_cert=tls_cert, tls_key=tls_key)
+                                        tls_cert=tls_cert, tls_key=tls_key, monitoring=watch)
         except OSError:
             server.stop(None)
+            watch.stop()
             store.close()
             raise
     server.start()
@@ -264,4 +273,4 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
     return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
                          store=store, grpc_server=server, health=health_servicer, admission=admission,
-                         dashboard=dashboard)
+                         dashboard=dashboard, monitoring=watch)

@@ -21,6 +21,7 @@ from coordinator.dashboard.http import LIST_LIMIT, ROUTES, STATIC, Handler
 from coordinator.dashboard.session import Sessions
 from coordinator.jobs.operations import LIST_PAGE_MAX
 from coordinator.states import JobState
+from coordinator.telemetry.wiring import Monitoring
 
 log = logging.getLogger("gradmesh.dashboard")
 
@@ -28,8 +29,9 @@ log = logging.getLogger("gradmesh.dashboard")
 class Dashboard:
     """What the routes share: the core, the sessions, the static files (read once, they are small)."""
 
-    def __init__(self, core: Coordinator, token: str, scheme: str):
+    def __init__(self, core: Coordinator, token: str, scheme: str, monitoring: Monitoring | None = None):
         self.core = core
+        self.monitoring = monitoring  # GET /metrics (coordinator.dashboard.metrics); None: not served
         self.sessions = Sessions(token)
         self.scheme = scheme
         self.routes = ROUTES
@@ -91,7 +93,8 @@ class RunningDashboard:
 
 
 def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", port: int = 0,
-                    tls_cert: Path | None = None, tls_key: Path | None = None) -> RunningDashboard:
+                    tls_cert: Path | None = None, tls_key: Path | None = None,
+                    monitoring: Monitoring | None = None) -> RunningDashboard:
     """Serve the dashboard of `core` on host:port (0 = any free port), over TLS when given a certificate."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_cls = type("DashboardServer", (DashboardServer,), {"address_family": family})
@@ -106,6 +109,6 @@ def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", p
         # the handshake happens in the connection's own thread (at its first read), not in the accept loop
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
         scheme = "https"
-    httpd.app = Dashboard(core, token, scheme)
+    httpd.app = Dashboard(core, token, scheme, monitoring)
     shown = f"[{host}]" if ":" in host else host
     return RunningDashboard(httpd, f"{scheme}://{shown}:{httpd.server_address[1]}/")

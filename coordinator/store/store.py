@@ -36,13 +36,14 @@ from coordinator.states import TERMINAL, IllegalTransition, JobState, check_tran
 from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
+from coordinator.store.feed import Feed
 from coordinator.store.metrics import MetricRecords
 
 log = logging.getLogger("gradmesh.store")
 _ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, Feed):
     """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
 
     # ------------------------------------------------------------ jobs
