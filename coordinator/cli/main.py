@@ -160,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_ids", nargs="+", metavar="ID")
 
     p = command("metrics", cmd_metrics, "a job's metric history")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_ids", nargs="+", metavar="ID", help="a job (several, or a sweep's id, with --tensorboard)")
     p.add_argument("--from-step", type=int, default=0, help="only points at or after this step")
     p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")
+    p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files, one run per job, into DIR")
 
     p = command("plot", cmd_plot, "draw jobs' curves (loss, validation, lr, samples/s vs step) on shared axes "
                                   "into an image (needs matplotlib: pip install 'gradmesh[plot]')", json_flag=False)
