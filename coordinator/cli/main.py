@@ -38,6 +38,7 @@ from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
+from coordinator.cli.monitoring import add_monitoring_flags
 from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.access.limits import Limits
 from coordinator.files.expiry import parse_duration
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(slurm) how often to ask Slurm's controller about the jobs (default 1)")
     Limits.add_arguments(p)  # what one job or user may use (coordinator.access.limits)
     add_limit_flags(p)       # calls in flight and idle calls (coordinator.access.admission)
+    add_monitoring_flags(p)  # /metrics, webhooks, MLflow (coordinator.telemetry)
 
     p = command("hosts", cmd_hosts, "show the coordinator's hosts and their health; drain or undrain one")
     p.add_argument("action", nargs="?", choices=["drain", "undrain"],
