@@ -53,7 +53,7 @@ from worker.checkpoint_fetch import CheckpointFetch
 from worker.checkpoint_uploads import CheckpointUploads, PendingUpload
 from worker.coordinator_link import (DISOWNED, KIND_DISK, RETRYABLE, CoordinatorRefused, failure_request,
                                      metric_float, open_channel, refusal_kind, say)
-from worker.hooks import Hooks, StopRequest
+from worker.hooks import ConsoleHooks, Hooks, StopRequest
 
 FINISH_EVENTS = {"succeeded": pb.WORKER_EVENT_FINISHED, "stopped": pb.WORKER_EVENT_STOPPED}  # "nan": a failure
 FETCH_TIMEOUT_S = 30.0            # FetchJob: a coordinator that is restarting gets this long to come back
@@ -78,6 +78,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         self._stepped = False   # has this attempt produced its first metric point yet (it is sent at once)
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
+        self._console = ConsoleHooks()  # rank 0's progress lines, printed into the attempt log
         self._channel = open_channel(address, tls_ca)
         self._stub = rpc.WorkerServiceStub(self._channel)
         self._metadata = ((JOB_TOKEN_HEADER, token),)
@@ -123,6 +124,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
     # (on_checkpoint is CheckpointUploads': it only queues the file)
 
     def on_start(self, *, step, total_steps, epoch, info):
+        self._console.on_start(step=step, total_steps=total_steps, epoch=epoch, info=info)
         ranks = f"{info.get('ranks', '?')} rank(s)"
         with self._lock:
             self._progress = (step, total_steps, epoch)
@@ -131,6 +133,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         self._wake.set()
 
     def on_metrics(self, point):
+        self._console.on_metrics(point)  # the attempt log shows training as it goes (the dashboard follows it)
         msg = pb.MetricPoint(step=int(point["step"]), epoch=int(point.get("epoch", 0)),
                              train_loss=metric_float(point, "train_loss"), val_loss=metric_float(point, "val_loss"),
                              val_accuracy=metric_float(point, "val_accuracy"),
@@ -151,6 +154,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
             self._wake.set()  # next heartbeat: submit -> first step. Later ones ride the heartbeat.
 
     def on_step(self, step):
+        self._console.on_step(step)
         with self._lock:
             done, total, epoch = self._progress
             if step > done:  # the heartbeat carries it: the coordinator's hang watchdog sees steps between evals

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import html
+import math
 import logging
 import socket
 import ssl
@@ -65,7 +66,13 @@ class Dashboard:
 
     def detail(self, job_id: str, view=None) -> dict[str, Any]:
         jobs = self.core.jobs
-        return views.job_detail(view or jobs.get(job_id), jobs.attempts(job_id), jobs.list_checkpoints(job_id))
+        checkpoints = jobs.list_checkpoints(job_id)
+        evaluated = set()  # the checkpoints' steps with a validation point of their own
+        for c in checkpoints:
+            at = self.core.store.metrics(job_id, from_step=c.step, limit=1)
+            if at and at[0].step == c.step and not math.isnan(at[0].val_loss):
+                evaluated.add(c.step)
+        return views.job_detail(view or jobs.get(job_id), jobs.attempts(job_id), checkpoints, evaluated)
 
 
 class DashboardServer(ThreadingHTTPServer):
