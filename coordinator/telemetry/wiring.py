@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from coordinator.telemetry.collector import Telemetry
+from coordinator.telemetry.mlflow_runs import MlflowLogger
 from coordinator.telemetry.webhooks import Notifier, check_url
 
 log = logging.getLogger("gradmesh.telemetry")
@@ -99,5 +100,11 @@ def start_monitoring(core: Any, options: MonitoringOptions, *, admin_token: str,
         monitoring.notifier = Notifier(options.notify_urls, notify_secret(data_dir, options.notify_secret),
                                        on_outcome=lambda outcome: telemetry.notifications.labels(outcome).inc())
         telemetry.tail.listen(monitoring.notifier.on_event)
+    # always on: a job's spec may name its own tracking server ([tracking] mlflow_uri) without --mlflow-uri
+    monitoring.mlflow = MlflowLogger(core.store, core.checkpoints, default_uri=options.mlflow_uri,
+                                     experiment=options.mlflow_experiment)
+    telemetry.tail.listen(monitoring.mlflow.on_event)
+    telemetry.tail.every_poll(monitoring.mlflow.wake)
+    monitoring.mlflow.start()
     telemetry.start()
     return monitoring
