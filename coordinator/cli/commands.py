@@ -194,9 +194,6 @@ def cmd_resume(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    if getattr(args, "tensorboard", None):
-        from coordinator.cli.metrics_export import export_tensorboard
-        return export_tensorboard(args)
     if len(args.job_ids) != 1:
         raise CliError("metrics: one job at a time (several, or a sweep, with --tensorboard DIR)", EXIT_USAGE)
     args.job_id = args.job_ids[0]

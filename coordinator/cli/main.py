@@ -31,13 +31,14 @@ from typing import Callable, Sequence
 
 from coordinator.cli.commands import (
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
-    cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
+    cmd_logs, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
 from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
+from coordinator.cli.metrics_export import cmd_metrics_or_export
 from coordinator.cli.monitoring import add_monitoring_flags
 from coordinator.cli.serve import add_limit_flags, cmd_serve
 from coordinator.access.limits import Limits
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("delete", cmd_delete, "remove ended jobs with their metrics, logs and checkpoints (frees their disk)")
     p.add_argument("job_ids", nargs="+", metavar="ID")
 
-    p = command("metrics", cmd_metrics, "a job's metric history")
+    p = command("metrics", cmd_metrics_or_export, "a job's metric history (or jobs' as TensorBoard runs)")
     p.add_argument("job_ids", nargs="+", metavar="ID", help="a job (several, or a sweep's id, with --tensorboard)")
     p.add_argument("--from-step", type=int, default=0, help="only points at or after this step")
     p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")

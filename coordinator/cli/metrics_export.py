@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.cli.commands import EXIT_OK, CliError, make_client
+from coordinator.cli.commands import EXIT_OK, CliError, cmd_metrics, make_client
 from coordinator.errors import NotFound
 from coordinator.telemetry.tensorboard import write_run
 
@@ -31,6 +31,11 @@ def resolve_jobs(client, ids: list[str]) -> list[str]:
             raise CliError(f"metrics: {name} is neither a job nor a sweep with trials")
         jobs += trials
     return list(dict.fromkeys(jobs))
+
+
+def cmd_metrics_or_export(args) -> int:
+    """`gradmesh metrics`: the table, --json or --csv of one job (coordinator.cli.commands), or --tensorboard."""
+    return export_tensorboard(args) if getattr(args, "tensorboard", None) else cmd_metrics(args)
 
 
 def export_tensorboard(args) -> int:
