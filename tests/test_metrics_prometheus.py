@@ -5,6 +5,7 @@ and data directory) and checked by `promtool check metrics`; the bearer token; t
                                              scrapes with the token (up 1) and not without it (up 0), and its
                                              HTTP API gives back the job's step series with its labels, the
                                              slots in use, then the cancel counted as an attempt ended
+                                             and every query of docs/grafana-dashboard.json parses there
     test_promtool_accepts_the_exposition     after a job, a refused call and a checkpoint download
     test_the_token_and_the_codes             401 without / with a wrong token; 200 with the metrics token or the
                                              admin token; NOT_FOUND and UNAUTHENTICATED calls timed with their code
@@ -14,6 +15,7 @@ They skip, with the reason, where prometheus or promtool is missing (.ci/run ins
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -134,6 +136,18 @@ def test_prometheus_scrapes_a_running_job(start_coordinator, tmp_path):
         assert prom.value("gradmesh_attempts_started_total") == 1.0
         assert prom.value('sum(gradmesh_rpc_duration_seconds_count{method="ReportProgress",code="OK"})') >= 1
 
+        # the Grafana dashboard in docs/: every query parses in this Prometheus and names only series we export
+        exported = set()
+        for line in get(srv.dashboard.url + "metrics", TOKEN)[1].splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                exported |= {name} | ({name + s for s in ("_bucket", "_count", "_sum")} if kind == "histogram" else set())
+        for expr in grafana_queries():
+            prom.query(expr.replace("$sweep", ".*"))  # asserts status 200
+            for name in re.findall(r"gradmesh_[a-z_]+", expr):
+                assert name in exported, (name, expr)
+        assert prom.query('gradmesh_job_train_loss{sweep=~"lr-sweep"}')  # the dashboard's sweep filter
+
         srv.core.jobs.cancel(job_id, checkpoint=False)
         wait_for(lambda: srv.core.jobs.get(job_id).job.state.is_terminal(), 60, "the cancel")
         wait_for(lambda: prom.value('gradmesh_attempts_ended_total{cause="cancelled"}') == 1.0, 30,
@@ -144,6 +158,11 @@ def test_prometheus_scrapes_a_running_job(start_coordinator, tmp_path):
                      "the ended job's series to go")
     finally:
         prom.stop()
+
+
+def grafana_queries() -> list[str]:
+    board = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    return [t["expr"] for panel in board["panels"] for t in panel["targets"]]
 
 
 def test_promtool_accepts_the_exposition(start_coordinator, tmp_path):

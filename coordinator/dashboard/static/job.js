@@ -74,7 +74,10 @@ function chartTables(c) {  // [[x, y...], ...] per job, joined on x by uPlot
   }
   return tables.length === 1 ? tables[0] : uPlot.join(tables);
 }
-function fmt(c) { return (u, v) => v === null || v === undefined ? "–" : Number(v).toPrecision(c.pct ? 3 : 4) + (c.pct ? "%" : ""); }
+function fmt(c) {  // legend values: 4 significant digits, whole numbers from 10,000 up (208,500 not 2.085e+5)
+  return (u, v) => v === null || v === undefined ? "–" : (Math.abs(v) >= 1e4 ? Math.round(v).toLocaleString()
+    : Number(v).toPrecision(c.pct ? 3 : 4)) + (c.pct ? "%" : "");
+}
 
 function lastIndex(u) {  // the newest x with a value: what the legend shows when the cursor is elsewhere
   const xs = u.data[0];
