@@ -290,8 +290,8 @@ def test_400_px_wide_and_a_favicon(browser, start_coordinator):
     fail(srv, make_job(srv, "broken"))
     for path in ("/", "/jobs/narrow", "/jobs/broken"):
         page = open_page(browser, srv, path, width=400)
-        page.wait_for_load_state("networkidle") if path == "/" else page.wait_for_selector("#summary")
-        page.wait_for_timeout(500)
+        page.wait_for_selector('#jobs tbody tr[data-job="narrow"]' if path == "/" else "#facts div")
+        page.wait_for_timeout(500)  # the charts' second layout (after the snapshot)
         assert page.evaluate(OVERFLOWING) == [], path
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 400, path
         loaded = page.evaluate("""() => new Promise(done => { const img = new Image();
