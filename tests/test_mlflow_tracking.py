@@ -5,7 +5,8 @@ real digits job as a run, read back with MLflow's own client; the server is stop
         the run's params are the spec's, its metric history is the store's (every step, every value), its state
         tag follows the job, its best checkpoint is an artifact with the recorded sha256, its status FINISHED;
         the tracking server is stopped while the job trains: the job keeps training, and once the server is back
-        the run catches up with every point
+        the run catches up with every point; a job whose spec names the server and an experiment is logged
+        there by a coordinator without --mlflow-uri
     test_a_bad_tracking_uri_is_refused      --mlflow-uri and [tracking] mlflow_uri must be http(s) URLs
 
 Skips, with the reason, where the mlflow package (installed by .ci/run: `pip install -e '.[mlflow]'`) is missing.
@@ -140,6 +141,17 @@ def test_a_job_is_a_run_and_survives_the_server_going_away(mlflow_server, start_
     local = client.download_artifacts(run.info.run_id, f"checkpoints/{job_id}-step-{best.step}.npz",
                                       str(tmp_path / "download"))
     assert hashlib.sha256(Path(local).read_bytes()).hexdigest() == best.sha256
+
+    # a coordinator without --mlflow-uri logs a job whose spec names the server and its own experiment
+    plain = start_coordinator(slots=1)
+    own = digits_toml("own", steps=40, workers=1) + \
+        f'[tracking]\nmlflow_uri = "{mlflow_server.url}"\nmlflow_experiment = "per-job"\n'
+    plain.core.jobs.submit(own, job_id="own")
+    wait_for(lambda: plain.core.jobs.get("own").job.state.is_terminal() and not plain.monitoring.mlflow.pending(), 120,
+             "the per-job run to be complete")
+    [mine] = client.search_runs([client.get_experiment_by_name("per-job").experiment_id])
+    assert mine.info.run_name == "own" and mine.info.status == "FINISHED"
+    assert len(client.get_metric_history(mine.info.run_id, "val_loss")) == 4
 
 
 def test_a_bad_tracking_uri_is_refused(start_coordinator, tmp_path):

@@ -68,20 +68,21 @@ NO_VALIDATION = "no validation set"
 
 
 def format_point(point: dict[str, float], total_steps: int, has_validation: bool = True) -> str:
-    parts = [f"step {int(point['step'])}/{total_steps}", f"epoch {int(point['epoch'])}",
-             f"loss {point['train_loss']:.4f}"]
+    parts = [f"step {int(point['step'])}/{total_steps}", f"epoch {int(point.get('epoch', 0))}",
+             f"loss {point.get('train_loss', math.nan):.4f}"]
     if not has_validation:
         parts.append(NO_VALIDATION)
     if not math.isnan(point.get("val_loss", math.nan)):
         parts.append(f"val_loss {point['val_loss']:.4f}")
     if not math.isnan(point.get("val_accuracy", math.nan)):
         parts.append(f"val_acc {100 * point['val_accuracy']:.2f}%")
-    parts.append(f"{point['samples_per_second']:,.0f} samples/s")
-    parts.append(f"lr {point['lr']:.3g}")
+    parts.append(f"{point.get('samples_per_second', 0.0):,.0f} samples/s")
+    parts.append(f"lr {point.get('lr', math.nan):.3g}")
     return " | ".join(parts)
 
 
-PROGRESS_EVERY_S = 10.0  # between evaluations, a "step S/T" line at most this often (a log that shows it trains)
+PROGRESS_EVERY_S = 10.0  # between evaluations, a "gradmesh: at step S/T" line at most this often (the log shows
+                         # that it trains; eval lines alone start with "step ")
 PROGRESS_ENV = "GRADMESH_PROGRESS_EVERY_S"  # overrides it (seconds; tests make it short)
 
 
@@ -127,7 +128,7 @@ class ConsoleHooks(Hooks):
         now = time.monotonic()
         if now - self._said_at >= self.progress_every_s:
             rate = (step - self._said_step) / (now - self._said_at)
-            self._say(f"step {step}/{self.total_steps} | {rate:,.1f} steps/s")
+            self._say(f"gradmesh: at step {step}/{self.total_steps}, {rate:,.1f} steps/s")
             self._said_at, self._said_step = now, step
 
     def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
