@@ -115,6 +115,14 @@ def test_a_restart_and_the_end_signed_and_retried(start_coordinator, receivers, 
     assert {h[DELIVERY_HEADER] for h, _, _ in flaky.received} == by_id
     assert dead.attempts >= 1 and not dead.received
 
+    # the same story in /metrics' counters
+    counted = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+               for line in srv.monitoring.telemetry.exposition().decode().splitlines() if not line.startswith("#")}
+    assert counted["gradmesh_attempts_started_total"] == 2 and counted["gradmesh_restarts_total"] == 1
+    assert counted['gradmesh_attempts_ended_total{cause="succeeded"}'] == 1
+    assert sum(v for k, v in counted.items() if k.startswith("gradmesh_attempts_ended_total")) == 2
+    assert counted['gradmesh_notifications_total{outcome="delivered"}'] >= 4  # good and flaky, two each
+
     started = time.monotonic()
     for _ in range(2000):  # queuing never waits for a receiver, even one that never answers
         srv.monitoring.notifier.notify("job.test", {"n": 1})
