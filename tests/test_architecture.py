@@ -25,7 +25,7 @@ RANKS = {
     "fleet": 3, "files": 3, "team": 3,
     "supervision": 4,
     "scheduler": 5, "jobs": 5,
-    "core": 6,
+    "core": 6, "telemetry": 6,
     "dashboard": 7,
     "api": 8,
     "cli": 9,

@@ -4,7 +4,7 @@
                                            curve gains points while it trains, a checkpoint downloads with its
                                            sha256, a cross-site POST is refused, cancel with checkpoint from the
                                            page ends it CANCELLED with a checkpoint; pages without the cookie: 401
-    test_load_time_and_report_latency      200 jobs in the store: the list loads in under 1 s; a metric report
+    test_load_time_and_report_latency      200 jobs in the store: the list (its first page) loads in under 1 s; a metric report
                                            (ReportProgress over gRPC) reaches an open job page in under 1 s
 
 Both print their figures (`-s` shows them). They skip, with the reason, where Playwright or Chromium is
@@ -123,7 +123,7 @@ def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
     print(f"\n[dashboard] the job page's curves went from {first} to {gained} points while the job trained")
     assert page.locator("#chart-loss canvas").count() == 1
 
-    row = page.wait_for_selector("#checkpoints tbody tr")  # newest first (retention keeps it the longest)
+    row = page.wait_for_selector("#checkpoints tbody tr[data-step]")  # newest first (retention keeps it the longest)
     step = int(row.get_attribute("data-step"))
     shown = row.query_selector(".sha").get_attribute("title")
     recorded = {c.step: c.sha256 for c in srv.store.checkpoints(job_id)}
@@ -232,7 +232,8 @@ def test_load_time_and_report_latency(browser, start_coordinator):
     for _ in range(3):
         started = time.monotonic()
         page.goto(base + "/")
-        page.wait_for_function("() => document.querySelectorAll('#jobs tbody tr').length === 200")
+        page.wait_for_function("() => document.getElementById('count').textContent.startsWith('200 job(s)') && "
+                               "document.querySelectorAll('#jobs tbody tr[data-job]').length === 25")  # a page
         loads.append(time.monotonic() - started)
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard-jobs.png"))

@@ -246,7 +246,9 @@ def _main(opts, prepared=None) -> int:
     except Divergence as exc:
         # every rank sees the same reduced loss, so all stop here together; rank 0 speaks for them
         if comm.rank == 0:
-            _say(f"{exc}; the last good checkpoint is kept")
+            from worker.checkpoint import list_checkpoints
+            kept = list_checkpoints(out) or resume is not None  # a resumed run keeps the one it started from
+            _say(f"{exc}; " + ("the last good checkpoint is kept" if kept else "no checkpoint was written before it"))
             hooks.report_failure(failure_from_exception(exc, comm, step=progress.step))
             hooks.close()
         return EXIT_NAN

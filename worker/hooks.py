@@ -16,7 +16,9 @@ and `close` (rank 0, after training); both are no-ops here, so it never needs to
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -75,24 +77,42 @@ def format_point(point: dict[str, float], total_steps: int, has_validation: bool
         parts.append(f"val_loss {point['val_loss']:.4f}")
     if not math.isnan(point.get("val_accuracy", math.nan)):
         parts.append(f"val_acc {100 * point['val_accuracy']:.2f}%")
-    parts.append(f"{point['samples_per_second']:,.0f} samples/s")
-    parts.append(f"lr {point['lr']:.3g}")
+    parts.append(f"{point.get('samples_per_second', 0.0):,.0f} samples/s")
+    parts.append(f"lr {point.get('lr', math.nan):.3g}")
     return " | ".join(parts)
 
 
-class ConsoleHooks(Hooks):
-    """Standalone output: one line per evaluation, one per checkpoint, flushed so `tail -f` and mpirun show them."""
+PROGRESS_EVERY_S = 10.0  # between evaluations, a "gradmesh: at step S/T" line at most this often (the log shows
+                         # that it trains; eval lines alone start with "step ")
+PROGRESS_ENV = "GRADMESH_PROGRESS_EVERY_S"  # overrides it (seconds; tests make it short)
 
-    def __init__(self, stream: TextIO | None = None):
+
+def progress_every_s_default() -> float:
+    try:
+        return max(0.0, float(os.environ.get(PROGRESS_ENV, PROGRESS_EVERY_S)))
+    except ValueError:
+        return PROGRESS_EVERY_S
+
+
+class ConsoleHooks(Hooks):
+    """Standalone output: one line per evaluation, one per checkpoint, flushed so `tail -f` and mpirun show them;
+    between evaluations farther apart than PROGRESS_EVERY_S, a short progress line. Rank 0 under a coordinator
+    prints the same lines into its attempt log (worker.report.CoordinatorHooks), which the dashboard follows."""
+
+    def __init__(self, stream: TextIO | None = None, progress_every_s: float | None = None):
         self.stream = stream or sys.stdout
         self.total_steps = 0
         self.has_validation = True
+        self.progress_every_s = progress_every_s_default() if progress_every_s is None else progress_every_s
+        self._said_at = time.monotonic()
+        self._said_step = 0
 
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
     def on_start(self, *, step, total_steps, epoch, info):
         self.total_steps = total_steps
+        self._said_at, self._said_step = time.monotonic(), step
         self.has_validation = info.get("val_examples", 1) > 0
         resumed = f", resumed at step {step}" if step else ""
         examples = (f"{info.get('train_examples', 0):,} train / {info.get('val_examples', 0):,} val examples"
@@ -103,6 +123,14 @@ class ConsoleHooks(Hooks):
 
     def on_metrics(self, point):
         self._say(format_point(point, self.total_steps, self.has_validation))
+        self._said_at, self._said_step = time.monotonic(), int(point["step"])
+
+    def on_step(self, step):
+        now = time.monotonic()
+        if now - self._said_at >= self.progress_every_s:
+            rate = (step - self._said_step) / (now - self._said_at)
+            self._say(f"gradmesh: at step {step}/{self.total_steps}, {rate:,.1f} steps/s")
+            self._said_at, self._said_step = now, step
 
     def on_checkpoint(self, path, *, step, epoch, is_final, metrics):
         self._say(f"checkpoint {'(final) ' if is_final else ''}{path}")

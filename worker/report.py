@@ -78,6 +78,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         self._stepped = False   # has this attempt produced its first metric point yet (it is sent at once)
         self.rpc_timeout_s = rpc_timeout_s
         self.max_upload_tries = max_upload_tries
+        self._console = ConsoleHooks()  # rank 0's progress lines, printed into the attempt log
         self._channel = open_channel(address, tls_ca)
         self._stub = rpc.WorkerServiceStub(self._channel)
         self._metadata = ((JOB_TOKEN_HEADER, token),)
@@ -155,6 +156,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
             self._wake.set()  # next heartbeat: submit -> first step. Later ones ride the heartbeat.
 
     def on_step(self, step):
+        self._console.on_step(step)
         with self._lock:
             done, total, epoch = self._progress
             if step > done:  # the heartbeat carries it: the coordinator's hang watchdog sees steps between evals

@@ -24,12 +24,13 @@ from worker.spec_parsing import (drop_unused, load_raw, load_spec, parse_spec, p
 from worker.spec_shape import (ACTIVATIONS, BUILTIN_SOURCES, INT64_MAX, INT64_MIN, LOSSES, MAX_BACKOFF_S,
                                MAX_HANG_TIMEOUT_S, MAX_LAYER_SIZE, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS,
                                SCHEDULES, CheckpointSpec, DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec,
-                               SpecError, SyntheticSpec, TrainSpec, is_csv_source, is_idx_file_source, short_repr,
-                               unused_settings)
+                               SpecError, SyntheticSpec, TrackingSpec, TrainSpec, is_csv_source, is_idx_file_source,
+                               short_repr, unused_settings)
 
 __all__ = [
     # the shape (worker/spec_shape.py)
     "JobSpec", "ModelSpec", "DataSpec", "SyntheticSpec", "TrainSpec", "OptimSpec", "CheckpointSpec", "FaultSpec",
+    "TrackingSpec",
     "SpecError", "unused_settings", "is_csv_source", "is_idx_file_source", "short_repr",
     "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "BUILTIN_SOURCES",
     "MAX_LAYER_SIZE", "MAX_RESTARTS", "MAX_BACKOFF_S", "MAX_HANG_TIMEOUT_S", "INT64_MIN", "INT64_MAX",

@@ -238,6 +238,12 @@ def _check_section(obj: Any, prefix: str) -> None:
 
 
 def _check_cross_fields(spec: JobSpec) -> None:
+    uri = spec.tracking.mlflow_uri
+    _require(not uri or (re.match(r"https?://[^/\s]+", uri) is not None and len(uri) <= 2000), "tracking.mlflow_uri",
+             "must be the tracking server's http:// or https:// URL")
+    uri = spec.tracking.mlflow_uri
+    _require(not uri or (re.match(r"https?://[^/\s]+", uri) is not None and len(uri) <= 2000), "tracking.mlflow_uri",
+             "must be the tracking server's http:// or https:// URL")
     _require(spec.fault.min_workers <= spec.workers, "fault.min_workers",
              f"must be at most workers ({spec.workers}): it is the fewest ranks an elastic job runs on")
     if spec.model.loss == "cross_entropy":

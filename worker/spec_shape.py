@@ -118,6 +118,13 @@ class FaultSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    mlflow_uri: str = ""          # log this job as a run on this MLflow tracking server (http(s)://HOST:PORT);
+                                  # "" = the coordinator's --mlflow-uri, if any
+    mlflow_experiment: str = ""   # the experiment's name ("" = the coordinator's, "gradmesh" by default)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str = "job"
     workers: int = 1              # MPI ranks when the coordinator launches it (standalone: mpirun -n)
@@ -128,6 +135,7 @@ class JobSpec:
     optim: OptimSpec = field(default_factory=OptimSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     fault: FaultSpec = field(default_factory=FaultSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting the job uses, as plain values (settings its options do not use are left out)."""
@@ -138,6 +146,8 @@ class JobSpec:
             del raw["fault"]["min_workers"]
         if self.train.micro_batches == MICRO_BATCHES_DEFAULT:   # likewise
             del raw["train"]["micro_batches"]
+        if self.tracking == TrackingSpec():  # likewise no [tracking] section unless it says something
+            del raw["tracking"]
         return raw
 
     def to_json(self) -> str:

@@ -62,8 +62,10 @@ from coordinator.api.data_lock import DataDirLock
 from coordinator.api.servicer import WorkerServicer, method_handlers
 from coordinator.api.team_rpcs import TeamServicer
 from coordinator.team.policy import TeamPolicy
+from coordinator.access.roles import Role
 from coordinator.store.store import Store
 from coordinator.access.tokens import hash_token
+from coordinator.telemetry.wiring import Monitoring, MonitoringOptions, start_monitoring
 from coordinator import wire
 from coordinator.wire import SERVER_OPTIONS
 
@@ -167,6 +169,7 @@ class RunningServer:
     admission: Admission
     dashboard: "RunningDashboard | None" = None  # the web dashboard, when started with http_port
     lock: DataDirLock | None = None                 # this server's hold on its data directory
+    monitoring: "Monitoring | None" = None  # /metrics, webhooks, MLflow (coordinator.telemetry)
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, grace: float = 5.0, stop_jobs: bool = True) -> None:
@@ -183,6 +186,8 @@ class RunningServer:
         self.grpc_server.stop(grace).wait()
         self.admission.close()
         self.core.close(stop_jobs=stop_jobs)
+        if self.monitoring is not None:
+            self.monitoring.stop()
         self.store.close()
         if self.lock is not None:
             self.lock.release()
@@ -210,7 +215,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                  executor: str = "local", slurm: SlurmOptions | None = None,
                  mpi_args: Sequence[str] = (), host_policy: HostPolicy | None = None,
                  delete_ended_after_s: float | None = None, http_limits: HttpLimits | None = None,
-                 team: TeamPolicy | None = None) -> RunningServer:
+                 team: TeamPolicy | None = None, monitoring: MonitoringOptions | None = None) -> RunningServer:
     data_dir = Path(data_dir).resolve()
     prepare_data_dir(data_dir)
     lock = DataDirLock.acquire(data_dir)  # DataDirInUse (OSError): another coordinator owns it
@@ -219,7 +224,7 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
                      token=token, tls_cert=tls_cert, tls_key=tls_key, advertise_address=advertise_address,
                      limits=limits, call_limits=call_limits, http_port=http_port, executor=executor, slurm=slurm,
                      mpi_args=mpi_args, host_policy=host_policy, delete_ended_after_s=delete_ended_after_s,
-                     http_limits=http_limits, team=team)
+                     http_limits=http_limits, team=team, monitoring=monitoring)
     except BaseException:
         lock.release()
         raise
@@ -232,7 +237,8 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
            tls_cert: Path | None, tls_key: Path | None, advertise_address: str | None, limits: Limits | None,
            call_limits: CallLimits | None, http_port: int | None, executor: str, slurm: SlurmOptions | None,
            mpi_args: Sequence[str], host_policy: HostPolicy | None, delete_ended_after_s: float | None,
-           http_limits: HttpLimits | None, team: TeamPolicy | None) -> RunningServer:
+           http_limits: HttpLimits | None, team: TeamPolicy | None,
+           monitoring: MonitoringOptions | None) -> RunningServer:
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both tls_cert and tls_key")
     if slots is not None and hosts:
@@ -266,12 +272,16 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
                        token_file=None if token else data_dir / wire.TOKEN_FILE)
     core.accounts.bootstrap(client_token)   # the client token is the first administrator's
 
+    watch = start_monitoring(core, monitoring or MonitoringOptions(), admin_token=client_token, data_dir=data_dir)
+    # any administrator's live token may scrape /metrics, not only the first one's
+    watch.is_admin = lambda token: (core.accounts.refusal(token) is None
+                                    and getattr(core.accounts.user_of(token), "role", "") == Role.ADMIN.value)
     admission = Admission(call_limits or CallLimits())
     interceptor = AuthInterceptor(core.accounts.refusal, lambda token: store.job_of_token(hash_token(token)) is not None,
                                   admission)
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
-    server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
+    server = grpc.server(threads, interceptors=[watch.telemetry.interceptor(), interceptor], options=SERVER_OPTIONS)
     jobs = TeamServicer(core.jobs, core.streams, core.hosts, core.accounts, slots_by_user=core.scheduler.slots_by_user,
                         share=core.team.share)
     server.add_generic_rpc_handlers((method_handlers("JobService", jobs),
@@ -298,10 +308,12 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
             bound = server.add_insecure_port(bind)
     except RuntimeError as err:
         admission.close()
+        watch.stop()
         store.close()
         raise OSError(f"cannot listen on {bind}: {err}") from None
     if not bound:
         admission.close()
+        watch.stop()
         store.close()
         raise OSError(f"cannot listen on {bind}")
     shown_host = f"[{host}]" if ":" in host else host
@@ -313,9 +325,10 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
             # the HTTP side idles out as the gRPC side does, unless told otherwise
             limits_http = http_limits or HttpLimits(idle_timeout_s=admission.limits.idle_timeout_s)
             dashboard = start_dashboard(core, client_token, host=host or "0.0.0.0", port=http_port,
-                                        tls_cert=tls_cert, tls_key=tls_key, limits=limits_http)
+                                        tls_cert=tls_cert, tls_key=tls_key, limits=limits_http, monitoring=watch)
         except OSError:
             server.stop(None)
+            watch.stop()
             store.close()
             raise
     server.start()
@@ -323,4 +336,4 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
     log.info("gradmesh coordinator on %s (data %s, %d slot(s))", address, data_dir, pool.total)
     return RunningServer(address=address, port=bound, token=client_token, data_dir=data_dir, core=core,
                          store=store, grpc_server=server, health=health_servicer, admission=admission,
-                         dashboard=dashboard, lock=lock)
+                         dashboard=dashboard, lock=lock, monitoring=watch)

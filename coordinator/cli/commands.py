@@ -208,6 +208,9 @@ def cmd_resume(args) -> int:
 
 
 def cmd_metrics(args) -> int:
+    if len(args.job_ids) != 1:
+        raise CliError("metrics: one job at a time (several, or a sweep, with --tensorboard DIR)", EXIT_USAGE)
+    args.job_id = args.job_ids[0]
     with make_client(args) as client:
         points = client.metrics(args.job_id, from_step=args.from_step)
     if args.json:

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 from coordinator.cli.commands import (
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, integer, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
-    cmd_logs, cmd_metrics, cmd_resume, cmd_status, cmd_submit, cmd_watch,
+    cmd_logs, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
 from coordinator.cli.render import clean
@@ -42,6 +42,8 @@ from coordinator.cli import evaluate as evaluate_cli
 from coordinator.cli.export import cmd_export
 from coordinator.cli.hosts import cmd_hosts
 from coordinator.cli.plot import cmd_plot
+from coordinator.cli.metrics_export import cmd_metrics_or_export
+from coordinator.cli.monitoring import add_monitoring_flags
 from coordinator.cli.serve import add_limit_flags, add_team_flags, cmd_serve
 from coordinator.cli import users as users_cli
 from coordinator.access.limits import Limits
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     Limits.add_arguments(p)  # what one job or user may use (coordinator.access.limits)
     add_limit_flags(p)       # calls in flight and idle calls (coordinator.access.admission)
     add_team_flags(p)        # fair share, reservations, preemption, private jobs (coordinator.team.policy)
+    add_monitoring_flags(p)  # /metrics, webhooks, MLflow (coordinator.telemetry)
 
     p = command("hosts", cmd_hosts, "show the coordinator's hosts and their health; drain or undrain one")
     p.add_argument("action", nargs="?", choices=["drain", "undrain"],
@@ -187,10 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("delete", cmd_delete, "remove ended jobs with their metrics, logs and checkpoints (frees their disk)")
     p.add_argument("job_ids", nargs="+", metavar="ID")
 
-    p = command("metrics", cmd_metrics, "a job's metric history")
-    p.add_argument("job_id", metavar="ID")
+    p = command("metrics", cmd_metrics_or_export, "a job's metric history (or jobs' as TensorBoard runs)")
+    p.add_argument("job_ids", nargs="+", metavar="ID", help="a job (several, or a sweep's id, with --tensorboard)")
     p.add_argument("--from-step", type=integer, default=0, help="only points at or after this step")
     p.add_argument("--csv", action="store_true", help="CSV (a header, then one row per point) for spreadsheets/pandas")
+    p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files, one run per job, into DIR")
 
     p = command("plot", cmd_plot, "draw jobs' curves (loss, validation, lr, samples/s vs step) on shared axes "
                                   "into an image (needs matplotlib: pip install -e '.[plot]' in the clone)", json_flag=False)

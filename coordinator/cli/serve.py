@@ -16,6 +16,7 @@ from pathlib import Path
 
 from coordinator.access.admission import CallLimits
 from coordinator.cli.commands import DEFAULT_DATA_DIR, EXIT_OK, EXIT_USAGE, CliError, integer
+from coordinator.cli.monitoring import monitoring_options
 from coordinator.client import TOKEN_FILE
 from coordinator.fleet.health import HostPolicy
 from coordinator.hosts import HostListError, parse_hostfile, parse_hosts
@@ -168,7 +169,8 @@ def cmd_serve(args) -> int:
                            call_limits=call_limits, http_port=_http_port(args), executor=args.executor,
                            slurm=_slurm_options(args),
                            mpi_args=list(getattr(args, "mpirun_args", None) or []), host_policy=_host_policy(args),
-                           delete_ended_after_s=getattr(args, "delete_ended_after", None), team=team)
+                           delete_ended_after_s=getattr(args, "delete_ended_after", None), team=team,
+                           monitoring=monitoring_options(args))
     except ValueError as err:
         raise CliError(f"serve: {err}", EXIT_USAGE) from None
     except OSError as err:
@@ -181,6 +183,8 @@ def cmd_serve(args) -> int:
     print(f"data directory {srv.data_dir}; data roots {', '.join(map(str, data_roots))}", flush=True)
     if srv.dashboard is not None:
         print(f"web dashboard on {srv.dashboard.url}  (log in with a user's token)", flush=True)
+        print(f"Prometheus metrics on {srv.dashboard.url}metrics  (Authorization: Bearer <--metrics-token or "
+              "an administrator's token>)", flush=True)
     if srv.core.retention is not None:
         print(f"ended jobs are deleted {srv.core.retention.keep_s / 3600:g} h after they end, with their files "
               "(--delete-ended-after)", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import html
+import math
 import logging
 import socket
 import ssl
@@ -31,6 +32,7 @@ from coordinator.dashboard.session import Sessions
 from coordinator.jobs.operations import LIST_PAGE_MAX
 from coordinator.states import JobState
 from coordinator.store.records import UserRow
+from coordinator.telemetry.wiring import Monitoring
 
 log = logging.getLogger("gradmesh.dashboard")
 _COUNT_LOCK = threading.Lock()
@@ -41,8 +43,10 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: clo
 class Dashboard:
     """What the routes share: the core, the sessions, the static files (read once, they are small)."""
 
-    def __init__(self, core: Coordinator, token: str, scheme: str, limits: HttpLimits = HttpLimits()):
+    def __init__(self, core: Coordinator, token: str, scheme: str, limits: HttpLimits = HttpLimits(),
+                 monitoring: Monitoring | None = None):
         self.core = core
+        self.monitoring = monitoring  # GET /metrics (coordinator.dashboard.metrics); None: not served
         self.sessions = Sessions(token, core.store)
         self.scheme = scheme
         self.limits = limits
@@ -113,8 +117,13 @@ class Dashboard:
         view = view or jobs.get(job_id, caller)
         actions = [a.value for a in OWNER_ACTIONS if caller is None or
                    may(caller, a, view.job, private_jobs=jobs.private_jobs)]
-        return {**views.job_detail(view, jobs.attempts(job_id, caller), jobs.list_checkpoints(job_id, caller)),
-                "actions": actions}
+        checkpoints = jobs.list_checkpoints(job_id, caller)
+        evaluated = set()  # the checkpoints' steps with a validation point of their own
+        for c in checkpoints:
+            at = self.core.store.metrics(job_id, from_step=c.step, limit=1)
+            if at and at[0].step == c.step and not math.isnan(at[0].val_loss):
+                evaluated.add(c.step)
+        return {**views.job_detail(view, jobs.attempts(job_id, caller), checkpoints, evaluated), "actions": actions}
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -184,7 +193,7 @@ class RunningDashboard:
 
 def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", port: int = 0,
                     tls_cert: Path | None = None, tls_key: Path | None = None,
-                    limits: HttpLimits = HttpLimits()) -> RunningDashboard:
+                    limits: HttpLimits = HttpLimits(), monitoring: Monitoring | None = None) -> RunningDashboard:
     """Serve the dashboard of `core` on host:port (0 = any free port), over TLS when given a certificate."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_cls = type("DashboardServer", (DashboardServer,), {"address_family": family,
@@ -203,6 +212,6 @@ def start_dashboard(core: Coordinator, token: str, *, host: str = "127.0.0.1", p
         # the handshake happens in the connection's own thread (at its first read), not in the accept loop
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
         scheme = "https"
-    httpd.app = Dashboard(core, token, scheme, limits)
+    httpd.app = Dashboard(core, token, scheme, limits, monitoring)
     shown = f"[{host}]" if ":" in host else host
     return RunningDashboard(httpd, f"{scheme}://{shown}:{httpd.server_address[1]}/")

@@ -36,6 +36,7 @@ from coordinator.states import TERMINAL, IllegalTransition, JobState, check_tran
 from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
+from coordinator.store.feed import Feed
 from coordinator.store.metrics import MetricRecords
 from coordinator.store.sessions import SessionRevocations
 from coordinator.store.users import UserRecords
@@ -68,9 +69,10 @@ def _float(value: object) -> float:
     return float(value)
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations, UserRecords):
-    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session and user records of the
-    base classes."""
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations, UserRecords,
+            Feed):
+    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session and user records and the
+    transition feed of the base classes."""
 
     # ------------------------------------------------------------ jobs
 

@@ -65,7 +65,8 @@ def upgrade(conn: sqlite3.Connection, data_dir: Path) -> None:
         conn.execute("INSERT INTO store_info (key, value) VALUES ('data_dir', ?) "
                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (here,))
         if version < STORE_VERSION:
-            log.info("store %s: format %d upgraded to %d", data_dir, version, STORE_VERSION)
+            if before is not None:  # a store with records of an older release (a new one is only stamped)
+                log.info("store %s: format %d upgraded to %d", data_dir, version, STORE_VERSION)
             conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

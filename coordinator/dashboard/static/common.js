@@ -28,15 +28,19 @@ const G = {
     while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
     return (i ? n.toFixed(1) : n) + " " + u[i];
   },
-  duration(s) {
-    if (s === null || s === undefined || s < 0) return "–";
-    if (s < 60) return Math.round(s) + " s";
-    if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
-    if (s < 86400) return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
-    return Math.floor(s / 86400) + " d " + Math.round((s % 86400) / 3600) + " h";
+  duration(s) {  // round once, then split: 119.6 s is "2 min 0 s", never "1 min 60 s"
+    if (s === null || s === undefined || s < 0 || !isFinite(s)) return "–";
+    s = Math.round(s);
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    const m = Math.round(s / 60);
+    if (m < 1440) return Math.floor(m / 60) + " h " + (m % 60) + " min";
+    const h = Math.round(s / 3600);
+    return Math.floor(h / 24) + " d " + (h % 24) + " h";
   },
   age(t) { return t ? G.duration(Date.now() / 1000 - t) : "–"; },
   time(t) { return t ? new Date(t * 1000).toLocaleString() : "–"; },
+  emptyRow(columns) { return G.el("tr", {class: "empty-row"}, G.el("td", {colspan: columns, text: "no data yet"})); },
   state(name) { return G.el("span", {class: "state " + name, text: name}); },
   progress(job, big) {
     const frac = job.total_steps ? Math.min(1, job.step / job.total_steps) : (job.state === "SUCCEEDED" ? 1 : 0);
