@@ -117,3 +117,30 @@ def test_blame_silent_hosts_killed_ranks_and_unreachable_hosts_only():
     assert placement.blamed_hosts([("a", 4)], None, ssh) == []  # not a host of this attempt
     error = WorkerFailure(FailureCause.RANK_ERROR, "boom", rank=3, host="b", exception_type="ValueError")
     assert placement.blamed_hosts(ALLOC, error, tail) == []  # the job's own error, not the host's
+
+
+def test_a_rank_killed_on_another_host_is_blamed_from_hydras_exit_code_alone():
+    """Across hosts, hydra's report of a SIGKILLed rank has no EXIT STRING line: only the host and the signal
+    as the exit code (the proxy there saw it die of signal 9)."""
+    tail = ("=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 4242 RUNNING AT b\n"
+            "=   EXIT CODE: 9\n=   CLEANING UP REMAINING PROCESSES\n")
+    assert placement.blamed_hosts(ALLOC, None, tail) == [("b", "a rank on b was killed (hydra: EXIT CODE 9, SIGKILL)")]
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("CODE: 9", "CODE: 137"))[0][0] == "b"
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("CODE: 9", "CODE: 1")) == []   # MPI_Abort, an error
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("AT b", "AT elsewhere")) == []
+    error = WorkerFailure(FailureCause.RANK_ERROR, "boom", rank=3, host="b", exception_type="ValueError")
+    assert placement.blamed_hosts(ALLOC, error, tail) == []  # a rank said why: its own error
+
+
+def test_a_host_unreachable_at_launch_is_quarantined_at_once():
+    ssh = "ssh: connect to host b port 22: No route to host\n[mpiexec@x] control_cb: bad launch"
+    assert placement.unreachable_at_launch(ALLOC, ssh) == [("b", "ssh: connect to host b port 22: No route to host")]
+    assert placement.unreachable_at_launch([("a", 4)], ssh) == []
+    clock = Clock()
+    h = HostHealth([("a", 2), ("b", 2)], failures=3, window_s=60, cooldown_s=30, clock=clock)
+    assert h.quarantine("b", "unreachable at launch")  # one failure, below the threshold of 3: quarantined anyway
+    [_, b] = h.status()
+    assert b.state is HostState.QUARANTINED and b.failures == 1 and b.returns_at == clock.now + 30
+    assert not h.quarantine("nowhere", "ignored")
+    clock.now += 30
+    assert h.state("b") is HostState.HEALTHY

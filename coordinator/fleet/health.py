@@ -4,6 +4,7 @@
     health.failed("b", "rank 2 (pid 41) on b ended: Killed (signal 9)")   # b: suspect
     health.failed("b", "...")                                             # 2 in the window: quarantined
     health.usable("b")        # False until the cool-down is over (then healthy again, its count cleared)
+    health.quarantine("c", "unreachable at launch: ssh: ...")            # at once, whatever the count
     health.drain("a"); health.undrain("a")   # an operator's hold: no NEW ranks there; running ones stay
     health.status()           # [HostStatus(host, slots, state, failures, last_failure, ...)] for `gradmesh hosts`
 
@@ -96,6 +97,19 @@ class HostHealth:
             if len(times) >= self.threshold and host not in self._until:
                 self._until[host] = now + self.cooldown_s
             return host in self._until
+
+    def quarantine(self, host: str, why: str) -> bool:
+        """Count a failure against `host` and quarantine it at once (the launcher could not reach it: no rank
+        can run there now, and trying again costs an attempt). False for an unknown host."""
+        now = self._clock()
+        with self._lock:
+            if host not in self.slots:
+                return False
+            self._expire(host, now)
+            self._failures[host] = [t for t in self._failures[host] if now - t <= self.window_s] + [now]
+            self._last[host] = (now, why)
+            self._until.setdefault(host, now + self.cooldown_s)
+            return True
 
     def drain(self, host: str) -> None:
         with self._lock:
