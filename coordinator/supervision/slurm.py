@@ -5,27 +5,34 @@ The command is built by a pure function, so tests assert it without a Slurm:
 
     argv, script = build_sbatch(sbatch="sbatch", python="/venv/bin/python", workers=2,
                                 coordinator="10.0.0.5:50051", job_id="digits-1", attempt=1,
-                                workdir=Path("/d/runs/digits-1/attempt-1"), log_path=Path("/d/logs/digits-1/attempt-1.log"),
                                 script_path=Path("/d/logs/digits-1/attempt-1.sbatch"))
-    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1", "--ntasks=2", "--output=/d/logs/...log",
-       "--open-mode=append", "--chdir=/d/runs/digits-1/attempt-1", "--no-requeue", "--export=ALL",
-       "/d/logs/digits-1/attempt-1.sbatch"]
-    script: `exec srun --mpi=pmi2 --kill-on-bad-exit=1 /venv/bin/python -m worker --coordinator ... --out ...`
+    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1", "--ntasks=2", "--output=/tmp/%x-%j.out",
+       "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL", "/d/logs/digits-1/attempt-1.sbatch"]
+    script: scratch=$(mktemp -d ...) … exec python -m worker.slurm_step … -- srun --mpi=pmi2 … python -m worker …
 
-sbatch runs with the ranks' allowlisted environment (coordinator.supervision.launcher.build_worker_env, the attempt's
-token included) and exports it to the job; `exec` makes srun the batch step itself. `--no-requeue`: a
-failed attempt is gradmesh's to restart (from the newest checkpoint that reached the coordinator).
+No shared filesystem: nothing of the attempt touches the coordinator's disk on the compute side. sbatch
+reads the script here and hands its text to Slurm; the batch step works in node-local places (`--chdir=/tmp`,
+`--output` in /tmp, a fresh scratch directory under $TMPDIR as the ranks' --out); the ranks fetch the spec
+and checkpoint and send reports and checkpoints over gRPC, and worker/slurm_step.py sends everything the
+step prints (the ranks' output and srun's) to the coordinator, which appends it to the attempt's log (so
+`gradmesh logs` and the dashboard show it), then removes the scratch directory. The node-local --output
+file keeps a copy for when the coordinator could not be reached.
+
+sbatch runs with the ranks' allowlisted environment (coordinator.supervision.launcher.build_worker_env, the
+attempt's token included) and exports it to the job. `--no-requeue`: a failed attempt is gradmesh's to
+restart (from the newest checkpoint that reached the coordinator).
 
 Watching: one `scontrol show job --oneliner` (every job the controller still holds) per `poll_s`, shared by
 every attempt. PENDING with Slurm's reason is what the job's message shows while it waits; a job in an
 ended state becomes an Exit naming Slurm's state and reason (`slurm_exit`). Without an accounting
 database an ended job stays visible only MinJobAge seconds (300 by default): an attempt whose job is gone
-ends as "unknown to Slurm" (its outcome then rests on what its ranks reported).
+ends as "unknown to Slurm" (its outcome then rests on what its ranks reported). While the controller does
+not answer, every job is taken to run on (coordinator.supervision.slurm_outage says so and retries).
 
 Stopping: `scancel --signal=TERM` reaches srun's tasks (not `--full`: srun itself would take the SIGTERM as
-"abort the step" and kill the ranks), so they stop at a step boundary with a checkpoint and exit 4; after
-the grace period a plain `scancel` (SIGTERM, Slurm's KillWait, SIGKILL). A job still PENDING is simply
-cancelled.
+"abort the step" and kill the ranks), so they stop at a step boundary with a checkpoint and exit 4, and the
+batch step then cancels its own Slurm job, so Slurm shows a stop on request as CANCELLED; after the grace
+period a plain `scancel` (SIGTERM, Slurm's KillWait, SIGKILL). A job still PENDING is simply cancelled.
 """
 from __future__ import annotations
 
@@ -63,27 +70,37 @@ def job_name(job_id: str, attempt: int) -> str:
     return f"gradmesh-{job_id}-a{attempt}"
 
 
+NODE_OUTPUT = "/tmp/%x-%j.out"   # sbatch's --output on the compute node: a copy of what reaches the attempt log
+
+
 def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, job_id: str, attempt: int,
-                 workdir: Path, log_path: Path, script_path: Path, partition: str = "", account: str = "",
+                 script_path: Path, partition: str = "", account: str = "",
                  sbatch_args: Sequence[str] = ()) -> tuple[list[str], str]:
     """The exact sbatch command of one attempt, and its batch script."""
     argv = [sbatch, "--parsable", f"--job-name={job_name(job_id, attempt)}", f"--ntasks={workers}",
-            f"--output={log_path}", "--open-mode=append", f"--chdir={workdir}", "--no-requeue", "--export=ALL"]
+            f"--output={NODE_OUTPUT}", "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL"]
     if partition:
         argv.append(f"--partition={partition}")
     if account:
         argv.append(f"--account={account}")
     argv += list(sbatch_args)
     argv.append(str(script_path))
-    worker = [python, "-m", "worker", "--coordinator", coordinator, "--job", job_id, "--attempt", str(attempt),
-              "--out", str(workdir)]
+    link = ["--coordinator", coordinator, "--job", job_id, "--attempt", str(attempt)]
+    step = [python, "-m", "worker.slurm_step", *link, "--scratch"]
+    ranks = ["srun", "--mpi=pmi2", "--kill-on-bad-exit=1", python, "-m", "worker", *link, "--out"]
+    quoted = lambda args: " ".join(shlex.quote(a) for a in args)  # noqa: E731
+    template = shlex.quote(f"{job_name(job_id, attempt)}.XXXXXX")
     script = "\n".join([
         "#!/bin/sh",
         f"# gradmesh job {job_id}, attempt {attempt}, submitted by the coordinator at {coordinator}.",
         "# The environment is the coordinator's allowlist for ranks (sbatch --export=ALL of it), with the",
-        "# attempt's token. srun starts one rank per task, wired up through PMI-2; exec makes srun the batch",
-        "# step, and `scancel --signal=TERM` reaches its tasks: they stop at a step boundary with a checkpoint.",
-        "exec srun --mpi=pmi2 --kill-on-bad-exit=1 " + " ".join(shlex.quote(a) for a in worker),
+        "# attempt's token. Nothing here needs the coordinator's disk: the ranks work in a node-local scratch",
+        "# directory, and worker.slurm_step sends everything srun prints to the coordinator's log of the attempt.",
+        "# srun starts one rank per task, wired up through PMI-2; `scancel --signal=TERM` reaches its tasks:",
+        "# they stop at a step boundary with a checkpoint.",
+        f'scratch=$(mktemp -d "${{TMPDIR:-/tmp}}/"{template}) || exit 1',
+        'cd "$scratch" || exit 1',
+        f'exec {quoted(step)} "$scratch" -- {quoted(ranks)} "$scratch"',
         "",
     ])
     return argv, script
@@ -287,14 +304,12 @@ class SlurmExecutor:
 
     def launch(self, request: Launch) -> SlurmJob:
         attempt = request.attempt
-        log_path, workdir = Path(attempt.log_path), Path(attempt.workdir)
+        log_path = Path(attempt.log_path)
         script_path = log_path.with_suffix(".sbatch")
         argv, script = build_sbatch(sbatch=shutil.which("sbatch") or "sbatch", python=self.python,
                                     workers=request.job.workers, coordinator=request.coordinator,
-                                    job_id=request.job.id, attempt=attempt.attempt, workdir=workdir,
-                                    log_path=log_path, script_path=script_path, partition=self.partition,
-                                    account=self.account, sbatch_args=self.sbatch_args)
-        workdir.mkdir(parents=True, exist_ok=True)
+                                    job_id=request.job.id, attempt=attempt.attempt, script_path=script_path,
+                                    partition=self.partition, account=self.account, sbatch_args=self.sbatch_args)
         log_command(log_path, request, argv)
         script_path.write_text(script)
         submitted_at = time.monotonic()

@@ -1,0 +1,166 @@
+"""The batch step of an attempt under Slurm (`gradmesh serve --executor slurm`): runs srun, and sends what it
+prints (every rank's output and srun's own) to the coordinator, which appends it to the attempt's log, so
+`gradmesh logs` and the dashboard show it although this node need not see the coordinator's disk.
+
+    python -m worker.slurm_step --coordinator HOST:PORT --job ID --attempt K --scratch DIR -- srun ... python -m worker ...
+
+(coordinator.supervision.slurm writes this line into the batch script; not meant to be typed.) The token is
+the attempt's, from GRADMESH_JOB_TOKEN, as for the ranks. What it reads it also writes to its own stdout, the
+node-local file of sbatch's --output, so nothing is lost while the coordinator is away: the calls are retried
+with a backoff (each carries its offset in the output, so a retry appends nothing twice) and up to
+BUFFER_BYTES wait for it; the oldest are dropped beyond that, and the log says how many bytes are missing.
+
+When srun ends, what is left is sent (for at most FLUSH_S), DIR (the ranks' node-local scratch, their
+--out) is removed, and this process exits with srun's code. Exit code 4 (the ranks stopped on request, with a
+checkpoint: a cancel, or an outside `scancel --signal=TERM`) is ended with `scancel` of this Slurm job, so
+Slurm's own view (squeue, sacct) says CANCELLED, not FAILED.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.rpc import gradmesh_pb2_grpc as rpc
+from coordinator.wire import JOB_TOKEN_ENV, JOB_TOKEN_HEADER, TLS_CA_ENV
+
+CHUNK_BYTES = 256 << 10     # one AppendLog at most (the coordinator's limit)
+BUFFER_BYTES = 16 << 20     # output held for a coordinator that does not answer
+FLUSH_S = 30.0              # after srun ended: how long the rest may take to reach the coordinator
+STOPPED_ON_REQUEST = 4      # the worker's exit code for "stopped on request, after a checkpoint"
+GIVE_UP = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+           grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+class LogShipper:
+    """Output bytes in, AppendLog calls out, from a thread of its own; `close()` sends the rest."""
+
+    def __init__(self, address: str, job_id: str, attempt: int, token: str, tls_ca: Path | None = None):
+        from worker.coordinator_link import open_channel
+        self._channel = open_channel(address, tls_ca)
+        self._stub = rpc.WorkerServiceStub(self._channel)
+        self._metadata = ((JOB_TOKEN_HEADER, token),)
+        self.job_id, self.attempt = job_id, attempt
+        self._buffer = bytearray()
+        self._start = 0            # the offset in the output of _buffer[0]
+        self._cond = threading.Condition()
+        self._closing = False
+        self.refused = ""          # why the coordinator will take no more (then lines only stay local)
+        self._thread = threading.Thread(target=self._run, name="gradmesh-log", daemon=True)
+        self._thread.start()
+
+    def add(self, data: bytes) -> None:
+        with self._cond:
+            if self.refused:
+                return
+            self._buffer += data
+            if len(self._buffer) > BUFFER_BYTES:  # the coordinator is away too long: drop the oldest
+                dropped = len(self._buffer) - BUFFER_BYTES
+                del self._buffer[:dropped]
+                self._start += dropped
+            self._cond.notify()
+
+    def close(self, timeout_s: float = FLUSH_S) -> bool:
+        """Send what is left, for at most `timeout_s`; True when everything reached the coordinator."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+        with self._cond:
+            done = not self._buffer and not self.refused
+            self._closing = True
+            self.refused = self.refused or ("" if done else "closed")
+            self._cond.notify()
+        self._channel.close()
+        return done
+
+    def _run(self) -> None:
+        delay = 0.5
+        while True:
+            with self._cond:
+                while not self._buffer and not self._closing:
+                    self._cond.wait()
+                if self.refused or (self._closing and not self._buffer):
+                    return
+                offset, data = self._start, bytes(self._buffer[:CHUNK_BYTES])
+            try:
+                held = self._stub.AppendLog(pb.AppendLogRequest(job_id=self.job_id, attempt=self.attempt,
+                                                                offset=offset, data=data),
+                                            timeout=10, metadata=self._metadata).offset
+            except grpc.RpcError as err:
+                if err.code() in GIVE_UP:
+                    with self._cond:
+                        self.refused = f"{err.code().name}: {err.details()}"
+                    print(f"gradmesh: the coordinator takes no more of this attempt's output ({self.refused}); "
+                          "it stays in this node's file only", file=sys.stderr, flush=True)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            with self._cond:
+                sent = max(0, min(held, self._start + len(self._buffer)) - self._start)
+                del self._buffer[:sent]
+                self._start += sent
+            if not self._closing:
+                time.sleep(0.2)  # lines come in bursts: send them together
+
+
+def self_cancel() -> None:
+    """`scancel` this Slurm job, so that Slurm calls the stop on request CANCELLED."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if job.isdigit() and shutil.which("scancel"):
+        try:
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.slurm_step", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    parser.add_argument("--scratch", type=Path, default=None, help="the ranks' node-local directory: removed at the end")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- srun ...")
+    opts = parser.parse_args(argv)
+    command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
+    if not command:
+        parser.error("give the command to run after --")
+    tls_ca = Path(os.environ[TLS_CA_ENV]) if os.environ.get(TLS_CA_ENV) else None
+    shipper = LogShipper(opts.coordinator, opts.job, opts.attempt, os.environ.get(JOB_TOKEN_ENV, ""), tls_ca)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # scancel (without --signal) and the time limit signal this batch step too: srun takes a SIGTERM as "end
+    # the step", which is what was asked; the output that follows is still read and sent
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda number, _frame: child.send_signal(number))
+    out = sys.stdout.buffer
+    while True:
+        data = os.read(child.stdout.fileno(), 65536)
+        if not data:
+            break
+        out.write(data)
+        out.flush()
+        shipper.add(data)
+    code = child.wait()
+    if not shipper.close():
+        print(f"gradmesh: part of this attempt's output did not reach the coordinator ({shipper.refused}); "
+              "this file holds all of it", flush=True)
+    if opts.scratch is not None:
+        shutil.rmtree(opts.scratch, ignore_errors=True)
+    if code == STOPPED_ON_REQUEST:
+        self_cancel()
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
