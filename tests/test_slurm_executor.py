@@ -1,7 +1,9 @@
 """`gradmesh serve --executor slurm` against a real single-node Slurm (tests/slurm_cluster.py, 2 CPUs).
 
 The coordinator runs inside the cluster's network namespace (ranks that slurmd starts inherit it and dial
-127.0.0.1 there); the CLI calls run there too. The tests read job states straight from the coordinator's
+127.0.0.1 there); the CLI calls run there too. Its data directory is under `slurm.hidden`, which the compute
+side cannot see (slurmd runs in a mount namespace with a tmpfs over it): no shared filesystem, so spec,
+checkpoints, reports and the ranks' output all travel over gRPC. The tests read job states straight from the coordinator's
 SQLite file (a reader beside the coordinator, cheap to poll) and check what a person sees with the CLI.
 
 Each attempt is a Slurm batch job named gradmesh-<job>-a<attempt>. What is shown: it runs through sbatch and
@@ -110,7 +112,7 @@ class Serve:
 
 @pytest.fixture(scope="module")
 def serve(slurm, tmp_path_factory):
-    server = Serve(slurm, tmp_path_factory.mktemp("slurm-serve") / "data")
+    server = Serve(slurm, slurm.hidden / "serve")
     yield server
     server.stop()
 
@@ -173,7 +175,9 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     slurm_id = serve.slurm_job(job)
     assert f"{slurm_id}|gradmesh-sb-ok-a1|RUNNING" in squeue(slurm)
     script = (serve.data_dir / "logs" / job / "attempt-1.sbatch").read_text()
-    assert "exec srun --mpi=pmi2" in script and f"--job {job}" in script
+    assert "-m worker.slurm_step" in script and "srun --mpi=pmi2" in script and f"--job {job}" in script
+    hidden = slurm.run(["srun", "-n", "1", "ls", "-A", str(serve.data_dir)], check=False)
+    assert hidden.returncode != 0 and "No such file" in hidden.stderr, hidden  # the ranks' side cannot see it
     done = serve.wait_state(job, "SUCCEEDED")
     assert done["attempts"] == 1 and done["restarts"] == 0
     assert serve.query("SELECT COUNT(*) AS n FROM metrics WHERE job_id = ?", job)[0]["n"] >= 240 // 5
@@ -184,6 +188,10 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     assert history == ["QUEUED", "RUNNING", "SUCCEEDED"]
     status = serve.cli("status", job).stdout   # the attempt names its Slurm job, for scontrol/sacct
     assert re.search(rf"#1 .* succeeded .* Slurm job {slurm_id}\b", status), status
+    # what the ranks printed on the compute side reached the coordinator: `gradmesh logs` shows it
+    logs = serve.cli("logs", job).stdout
+    assert f"submitted as Slurm job {slurm_id}" in logs and "2 rank(s)" in logs, logs[-3000:]
+    assert not list(Path("/tmp").glob(f"gradmesh-{job}-a1.*")), "the ranks' scratch directory was left behind"
 
 
 def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, tmp_path):
@@ -212,6 +220,10 @@ def test_cancel_with_checkpoint_writes_one_and_leaves_nothing_in_squeue(serve, s
     assert "last checkpoint at step" in row["message"], row["message"]
     assert serve.query("SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?", job)[0]["n"] >= 1
     assert slurm_id not in [line.split("|")[0] for line in squeue(slurm).splitlines()]
+    # Slurm's own view of the cancel says cancelled (the ranks exit 4, stopped on request: not a failure)
+    shown = wait_for(lambda: (t := slurm.run(["scontrol", "show", "job", slurm_id, "--oneliner"]).stdout)
+                     and "JobState=CANCELLED" in t and t, timeout=30, what="Slurm to show the job CANCELLED")
+    assert "JobState=FAILED" not in shown
 
 
 def test_scancel_from_outside_restarts_to_the_uninterrupted_parameters(serve, slurm, tmp_path):
@@ -240,7 +252,7 @@ def test_scancel_from_outside_restarts_to_the_uninterrupted_parameters(serve, sl
 
 
 def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
-    server = Serve(slurm, tmp_path / "data")
+    server = Serve(slurm, slurm.hidden / "adopt")
     try:
         job = server.submit(tmp_path, "sb-adopt", steps=600, eval_every=20)
         server.wait_state(job, "RUNNING")
@@ -248,7 +260,7 @@ def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
         wait_for(lambda: server.job(job)["step"] >= 20, timeout=60, what="some steps")
         server.kill9()
         assert f"{slurm_id}|gradmesh-sb-adopt-a1|RUNNING" in squeue(slurm)
-        server = Serve(slurm, tmp_path / "data", port=server.port)
+        server = Serve(slurm, slurm.hidden / "adopt", port=server.port)
         row = server.wait_state(job, "SUCCEEDED", timeout=120)
         assert row["attempts"] == 1 and row["restarts"] == 0, dict(row)
         assert f"re-adopting {job} attempt 1 (Slurm job {slurm_id})" in server.log.read_text()
@@ -261,9 +273,10 @@ def registered_run(serve, slurm, tmp_path: Path, name: str, steps: int) -> tuple
     spec = tmp_path / f"{name}.toml"
     spec.write_text(digits_toml(name, steps=steps, eval_every=10))
     out = tmp_path / "out"
+    token = (serve.data_dir / "token").read_text().strip()  # the compute side cannot read the data directory
     proc = slurm.popen(["srun", "--mpi=pmi2", "-n", "2", sys.executable, "-m", "worker", "--spec", str(spec),
-                        "--coordinator", serve.address, "--register", "--data-dir", str(serve.data_dir),
-                        "--out", str(out)], env=cli_env(**WORKER_THREADS), cwd=tmp_path,
+                        "--coordinator", serve.address, "--register", "--out", str(out)],
+                       env=cli_env(GRADMESH_TOKEN=token, **WORKER_THREADS), cwd=tmp_path,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job = wait_for(lambda: next((r["id"] for r in serve.query("SELECT id FROM jobs WHERE name = ? AND executor = ?",
                                                               name, "external")), None),
