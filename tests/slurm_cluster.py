@@ -199,6 +199,31 @@ class SlurmCluster:
             time.sleep(0.1)
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=10)
 
+    # ------------------------------------------------------------ a controller outage
+
+    def stop_controller(self) -> None:
+        """Stop slurmctld (as an outage would: the nodes and running steps stay); `start_controller` brings it
+        back with its saved state (the jobs it knew)."""
+        ctld = self._controller()
+        os.killpg(ctld.pid, signal.SIGTERM)
+        try:
+            ctld.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ctld.pid, signal.SIGKILL)
+            ctld.wait(timeout=10)
+
+    def start_controller(self, timeout_s: float = 60.0) -> None:
+        if self._controller().poll() is None:
+            return
+        index = self._daemons.index(self._controller())
+        self._daemon(["slurmctld", "-D", "-i"])  # without -c: it recovers the jobs from its state directory
+        self._daemons.insert(index, self._daemons.pop())
+        self._wait(lambda: self.run(["scontrol", "ping"], check=False, timeout=30).returncode == 0, timeout_s,
+                   "slurmctld to answer again")
+
+    def _controller(self) -> subprocess.Popen:
+        return next(d for d in self._daemons if "slurmctld" in d.args)
+
     def __enter__(self) -> "SlurmCluster":
         return self
 

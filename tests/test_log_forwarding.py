@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -89,3 +90,29 @@ def test_the_batch_step_says_so_when_the_coordinator_refuses_its_output(idle, tm
     out = done.stdout.decode()
     assert out.startswith("hello\n") and "did not reach the coordinator (UNAUTHENTICATED" in out, out
     assert "hello" not in log_of(idle, job)
+
+
+def test_the_batch_step_ends_a_step_whose_task_died_when_srun_does_not(idle, tmp_path):
+    """srun's --kill-on-bad-exit needs Slurm's controller; while it is away the step would wait for the ranks'
+    hang watchdog. A stand-in srun that reports a dead task and then waits until it gets two SIGINTs (srun's
+    "sending Ctrl-C to StepId", which reaches the tasks without the controller)."""
+    job, token = running_job(idle)
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\n"
+                    "n=0; trap 'n=$((n+1)); [ $n -ge 2 ] && { echo \"srun: Force Terminated\"; exit 137; }' INT\n"
+                    "echo 'srun: error: vm: task 1: Killed'\n"
+                    "i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; exit 0\n")
+    srun.chmod(0o755)
+    started = time.monotonic()
+    done = slurm_step(idle, job, token, [str(srun)], tmp_path / "s")
+    took = time.monotonic() - started
+    assert done.returncode == 137, done.stdout.decode()
+    assert "ending it from here with srun's Ctrl-C" in done.stdout.decode() and took < 30, (took, done.stdout)
+    assert "srun: Force Terminated" in log_of(idle, job)
+
+
+def test_ranks_that_stop_on_request_are_not_taken_for_dead_tasks(idle, tmp_path):
+    job, token = running_job(idle)
+    program = "print('srun: error: vm: tasks 0-1: Exited with exit code 4', flush=True); import time; time.sleep(7)"
+    done = slurm_step(idle, job, token, [sys.executable, "-c", program], tmp_path / "s")
+    assert done.returncode == 0 and "ending it from here" not in done.stdout.decode(), done.stdout

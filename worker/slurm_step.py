@@ -10,6 +10,12 @@ node-local file of sbatch's --output, so nothing is lost while the coordinator i
 with a backoff (each carries its offset in the output, so a retry appends nothing twice) and up to
 BUFFER_BYTES wait for it; the oldest are dropped beyond that, and the log says how many bytes are missing.
 
+A rank that dies ends the step through srun's --kill-on-bad-exit, which asks Slurm's controller: while
+slurmctld is away, the other ranks would wait in their next collective for the hang watchdog. So when srun
+says a task died ("srun: error: NODE: task 1: Killed") and is still running KILL_AFTER_S later, this process
+sends srun two SIGINTs (srun's "sending Ctrl-C to StepId"), which reach every task through the nodes' slurmd
+without the controller; the ranks die of SIGINT under Slurm (worker/__main__.py).
+
 When srun ends, what is left is sent (for at most FLUSH_S), DIR (the ranks' node-local scratch, their
 --out) is removed, and this process exits with srun's code. Exit code 4 (the ranks stopped on request, with a
 checkpoint: a cancel, or an outside `scancel --signal=TERM`) is ended with `scancel` of this Slurm job, so
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +44,8 @@ CHUNK_BYTES = 256 << 10     # one AppendLog at most (the coordinator's limit)
 BUFFER_BYTES = 16 << 20     # output held for a coordinator that does not answer
 FLUSH_S = 30.0              # after srun ended: how long the rest may take to reach the coordinator
 STOPPED_ON_REQUEST = 4      # the worker's exit code for "stopped on request, after a checkpoint"
+KILL_AFTER_S = 5.0          # a task died and srun still runs: end the step from here
+TASK_DIED = re.compile(rb"^srun: error: \S+: tasks? [0-9,-]+: (?!Exited with exit code 4$)(.+)$", re.M)
 GIVE_UP = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -115,6 +124,38 @@ class LogShipper:
                 time.sleep(0.2)  # lines come in bursts: send them together
 
 
+class StepGuard:
+    """Ends srun's step when a task died and srun did not end it (see the module's docstring)."""
+
+    def __init__(self, child: subprocess.Popen):
+        self.child = child
+        self._tail = b""
+        self._timer: threading.Timer | None = None
+
+    def saw(self, data: bytes) -> None:
+        text = self._tail + data
+        cut = text.rfind(b"\n") + 1
+        self._tail = text[cut:][-4096:]
+        if self._timer is None and TASK_DIED.search(text[:cut]):
+            self._timer = threading.Timer(KILL_AFTER_S, self._end_step)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _end_step(self) -> None:
+        if self.child.poll() is not None:
+            return
+        print(f"gradmesh: a task died and srun has not ended the step {KILL_AFTER_S:g} s later (is Slurm's "
+              "controller away?): ending it from here with srun's Ctrl-C", flush=True)
+        for _ in range(2):  # two within a second: srun sends the step's tasks SIGINT through their slurmd
+            if self.child.poll() is None:
+                self.child.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def self_cancel() -> None:
     """`scancel` this Slurm job, so that Slurm calls the stop on request CANCELLED."""
     job = os.environ.get("SLURM_JOB_ID", "")
@@ -144,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda number, _frame: child.send_signal(number))
     out = sys.stdout.buffer
+    guard = StepGuard(child)
     while True:
         data = os.read(child.stdout.fileno(), 65536)
         if not data:
@@ -151,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         out.write(data)
         out.flush()
         shipper.add(data)
+        guard.saw(data)
     code = child.wait()
+    guard.close()
     if not shipper.close():
         print(f"gradmesh: part of this attempt's output did not reach the coordinator ({shipper.refused}); "
               "this file holds all of it", flush=True)
