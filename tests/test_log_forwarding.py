@@ -116,3 +116,4 @@ def test_ranks_that_stop_on_request_are_not_taken_for_dead_tasks(idle, tmp_path)
     program = "print('srun: error: vm: tasks 0-1: Exited with exit code 4', flush=True); import time; time.sleep(7)"
     done = slurm_step(idle, job, token, [sys.executable, "-c", program], tmp_path / "s")
     assert done.returncode == 0 and "ending it from here" not in done.stdout.decode(), done.stdout
+

@@ -16,7 +16,8 @@ says a task died ("srun: error: NODE: task 1: Killed") and is still running KILL
 sends srun two SIGINTs (srun's "sending Ctrl-C to StepId"), which reach every task through the nodes' slurmd
 without the controller; the ranks die of SIGINT under Slurm (worker/__main__.py).
 
-When srun ends, what is left is sent (for at most FLUSH_S), DIR (the ranks' node-local scratch, their
+When srun ends, what is left is sent with srun's exit code (for at most FLUSH_S: the coordinator may end the
+attempt on that word while Slurm's controller, which records a job's end, is away), DIR (the ranks' node-local scratch, their
 --out) is removed, and this process exits with srun's code. Exit code 4 (the ranks stopped on request, with a
 checkpoint: a cancel, or an outside `scancel --signal=TERM`) is ended with `scancel` of this Slurm job, so
 Slurm's own view (squeue, sacct) says CANCELLED, not FAILED.
@@ -63,6 +64,8 @@ class LogShipper:
         self._start = 0            # the offset in the output of _buffer[0]
         self._cond = threading.Condition()
         self._closing = False
+        self._exit_code: int | None = None   # srun's, told in the last call
+        self.told = False                    # the last call (all output, and the end) was taken
         self.refused = ""          # why the coordinator will take no more (then lines only stay local)
         self._thread = threading.Thread(target=self._run, name="gradmesh-log", daemon=True)
         self._thread.start()
@@ -78,14 +81,16 @@ class LogShipper:
                 self._start += dropped
             self._cond.notify()
 
-    def close(self, timeout_s: float = FLUSH_S) -> bool:
-        """Send what is left, for at most `timeout_s`; True when everything reached the coordinator."""
+    def close(self, exit_code: int, timeout_s: float = FLUSH_S) -> bool:
+        """Send what is left and srun's exit code, for at most `timeout_s`; True when all of it reached the
+        coordinator."""
         with self._cond:
             self._closing = True
+            self._exit_code = exit_code
             self._cond.notify()
         self._thread.join(timeout_s)
         with self._cond:
-            done = not self._buffer and not self.refused
+            done = self.told and not self.refused
             self._closing = True
             self.refused = self.refused or ("" if done else "closed")
             self._cond.notify()
@@ -98,12 +103,15 @@ class LogShipper:
             with self._cond:
                 while not self._buffer and not self._closing:
                     self._cond.wait()
-                if self.refused or (self._closing and not self._buffer):
+                if self.refused:
                     return
                 offset, data = self._start, bytes(self._buffer[:CHUNK_BYTES])
+                last = self._closing and len(data) == len(self._buffer)
+                code = self._exit_code if last else None
             try:
                 held = self._stub.AppendLog(pb.AppendLogRequest(job_id=self.job_id, attempt=self.attempt,
-                                                                offset=offset, data=data),
+                                                                offset=offset, data=data, ended=code is not None,
+                                                                exit_code=code or 0),
                                             timeout=10, metadata=self._metadata).offset
             except grpc.RpcError as err:
                 if err.code() in GIVE_UP:
@@ -120,6 +128,9 @@ class LogShipper:
                 sent = max(0, min(held, self._start + len(self._buffer)) - self._start)
                 del self._buffer[:sent]
                 self._start += sent
+                if code is not None and not self._buffer:
+                    self.told = True
+                    return
             if not self._closing:
                 time.sleep(0.2)  # lines come in bursts: send them together
 
@@ -127,8 +138,9 @@ class LogShipper:
 class StepGuard:
     """Ends srun's step when a task died and srun did not end it (see the module's docstring)."""
 
-    def __init__(self, child: subprocess.Popen):
+    def __init__(self, child: subprocess.Popen, say):
         self.child = child
+        self._say = say  # a line for the node's file and the coordinator's log
         self._tail = b""
         self._timer: threading.Timer | None = None
 
@@ -144,8 +156,8 @@ class StepGuard:
     def _end_step(self) -> None:
         if self.child.poll() is not None:
             return
-        print(f"gradmesh: a task died and srun has not ended the step {KILL_AFTER_S:g} s later (is Slurm's "
-              "controller away?): ending it from here with srun's Ctrl-C", flush=True)
+        self._say(f"gradmesh: a task died and srun has not ended the step {KILL_AFTER_S:g} s later (is Slurm's "
+                  "controller away?): ending it from here with srun's Ctrl-C")
         for _ in range(2):  # two within a second: srun sends the step's tasks SIGINT through their slurmd
             if self.child.poll() is None:
                 self.child.send_signal(signal.SIGINT)
@@ -185,18 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda number, _frame: child.send_signal(number))
     out = sys.stdout.buffer
-    guard = StepGuard(child)
+    lock = threading.Lock()
+
+    def emit(data: bytes) -> None:
+        with lock:
+            out.write(data)
+            out.flush()
+            shipper.add(data)
+
+    guard = StepGuard(child, lambda line: emit(line.encode() + b"\n"))
     while True:
         data = os.read(child.stdout.fileno(), 65536)
         if not data:
             break
-        out.write(data)
-        out.flush()
-        shipper.add(data)
+        emit(data)
         guard.saw(data)
     code = child.wait()
     guard.close()
-    if not shipper.close():
+    if not shipper.close(code):
         print(f"gradmesh: part of this attempt's output did not reach the coordinator ({shipper.refused}); "
               "this file holds all of it", flush=True)
     if opts.scratch is not None:

@@ -242,7 +242,8 @@ class WorkerServicer:
 
     @rpc
     def AppendLog(self, request, context):
-        held = self.workers.append_log(request.job_id, _token(context), request.attempt, request.offset, request.data)
+        held = self.workers.append_log(request.job_id, _token(context), request.attempt, request.offset, request.data,
+                                       request.exit_code if request.ended else None)
         return pb.AppendLogResponse(offset=held)
 
     def UploadCheckpoint(self, request_iterator, context):

@@ -198,9 +198,11 @@ class WorkerApi:
         return row, self.checkpoints.open(row)
 
 
-    def append_log(self, job_id: str, token: str, attempt: int, offset: int, data: bytes) -> int:
+    def append_log(self, job_id: str, token: str, attempt: int, offset: int, data: bytes,
+                   ended_with: int | None = None) -> int:
         """Append `data` (bytes `offset`.. of the attempt's forwarded output) to the attempt's log; returns how
-        much of that output the coordinator holds. What it already holds is not written again."""
+        much of that output the coordinator holds. What it already holds is not written again. `ended_with`:
+        the batch step's last call, srun's exit code (the supervisor may settle the attempt on it)."""
         validate.job_id(job_id)
         job = self.store.get_job(job_id)
         if job is not None and job.state in (JobState.QUEUED, JobState.RESTARTING):
@@ -220,7 +222,7 @@ class WorkerApi:
         with self._log_lock:
             held = self._log_held.get(key, offset)  # a coordinator restarted meanwhile takes the sender's word
             end = offset + len(data)
-            if end <= held:
+            if end <= held and ended_with is None:
                 return held
             data = data[max(0, held - offset):]
             note = (f"gradmesh: [{offset - held} bytes of the ranks' output did not reach the coordinator]\n"
@@ -237,9 +239,12 @@ class WorkerApi:
             except OSError as err:  # a full disk: the sender keeps it and tries again
                 raise ResourceExhausted(f"disk: the log of job {job_id} could not be written ({err.strerror})",
                                         kind="disk") from None
+            end = max(end, held)
             self._log_held[key] = end
             if len(self._log_held) > 4096:  # attempts long over: forget the oldest
                 self._log_held.pop(next(iter(self._log_held)))
+        if ended_with is not None:
+            self.supervisor.step_ended(job_id, job.attempts, ended_with)
         return end
 
 

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from coordinator.supervision.executors import Launch, log_command
+from coordinator.supervision.executors import ExecutorUnavailable, Launch, log_command
+from coordinator.supervision.slurm_outage import Outage, is_controller_down
 from coordinator.supervision.launcher import Exit
 from coordinator.store.records import AttemptRow, JobRow
 from coordinator.store.store import Store
@@ -57,6 +58,7 @@ log = logging.getLogger("gradmesh.slurm")
 TOOLS = ("sbatch", "squeue", "scontrol", "scancel")
 LAUNCHER = "the Slurm job"   # how failure messages name what ran the ranks
 UNSUBMITTED = "?"            # the attempt's slurm_job between its record and sbatch's answer
+STEP_ENDED_GRACE_S = 15.0    # the batch step said its ranks ended; Slurm, answering, has not: trust the step
 
 # Slurm job states in which nothing of the job runs any more (squeue(1) "JOB STATE CODES").
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -193,9 +195,13 @@ def check_slurm(env: Mapping[str, str] | None = None, timeout_s: float = 15.0) -
 class SlurmQueue:
     """What Slurm's controller says of every job, read at most once per `poll_s` and shared by all handles."""
 
-    def __init__(self, poll_s: float = 1.0, run: Callable[[Sequence[str]], str] | None = None):
+    def __init__(self, poll_s: float = 1.0, run: Callable[[Sequence[str]], str] | None = None,
+                 outage: Outage | None = None):
         self.poll_s = poll_s
-        self._run = run or _scontrol
+        self.outage = outage or Outage()  # shared with sbatch and scancel: the controller's reachability
+        # while the controller is away each read fails only after Slurm's own retries (~9 s): a shorter cap
+        # then, so that its return is seen soon
+        self._run = run or (lambda argv: _scontrol(argv, timeout=5.0 if self.outage.down else 30.0))
         self._lock = threading.Lock()
         self._jobs: dict[str, SlurmJobInfo] = {}
         self._read_at = -float("inf")
@@ -210,10 +216,14 @@ class SlurmQueue:
                 try:
                     self._jobs = parse_scontrol(self._run(["scontrol", "show", "job", "--oneliner"]))
                     self._ok = True
+                    if self.outage.recovered():
+                        log.warning("Slurm's controller answers again")
                 except (OSError, subprocess.SubprocessError) as err:
                     if self._ok:
                         log.warning("scontrol failed (%s); keeping the last answer", err)
                     self._ok = False
+                    if is_controller_down(str(err)) or isinstance(err, subprocess.TimeoutExpired):
+                        self.outage.failed(f"scontrol: {err}")
                 self._read_at = time.monotonic()
             return self._ok, self._jobs.get(slurm_id)
 
@@ -225,8 +235,8 @@ class SlurmQueue:
         return max(named, key=lambda j: int(j.id), default=None)
 
 
-def _scontrol(argv: Sequence[str]) -> str:
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+def _scontrol(argv: Sequence[str], timeout: float = 30.0) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 and "No jobs in the system" not in done.stdout + done.stderr:
         raise subprocess.SubprocessError(done.stderr.strip() or f"{argv[0]} exited {done.returncode}")
     return done.stdout
@@ -240,6 +250,7 @@ class SlurmJob:
         self.queue = queue
         self.submitted_at = submitted_at  # monotonic; reads older than this do not know the job yet
         self._exit: Exit | None = None
+        self._step_ended: tuple[int, float] | None = None  # (srun's exit code, when the batch step said so)
         self._lock = threading.Lock()
 
     def where(self) -> str:
@@ -248,17 +259,37 @@ class SlurmJob:
     def _info(self) -> tuple[bool, SlurmJobInfo | None]:
         return self.queue.info(self.slurm_id, newer_than=self.submitted_at)
 
+    def step_ended(self, exit_code: int) -> None:
+        """The batch step said its ranks exited with `exit_code` (its last AppendLog)."""
+        with self._lock:
+            self._step_ended = (exit_code, time.monotonic())
+
     def poll(self) -> Exit | None:
         with self._lock:
             if self._exit is None:
                 ok, info = self._info()
-                if ok:  # while the controller does not answer, the job is taken to run on
+                if ok:  # while the controller does not answer, the job is taken to run on...
                     self._exit = slurm_exit(self.slurm_id, info)
+                if self._exit is None and self._step_ended is not None:
+                    # ...unless its batch step said its ranks are over: Slurm's word is awaited while the
+                    # controller answers (briefly), not while it is away
+                    code, said_at = self._step_ended
+                    if not ok or time.monotonic() - said_at > STEP_ENDED_GRACE_S:
+                        away = "; Slurm's controller unreachable" if not ok else ""
+                        self._exit = Exit(code, LAUNCHER,
+                                          f"the batch step of Slurm job {self.slurm_id} reported the end of its "
+                                          f"ranks{away}")
             return self._exit
 
     def waiting(self) -> str | None:
         ok, info = self._info()
+        if not ok and self.queue.outage.down:
+            return f"{self.queue.outage.text()}; Slurm job {self.slurm_id} submitted"
         return waiting_text(self.slurm_id, info) if ok else None
+
+    def trouble(self) -> str | None:
+        """What the job message adds while the attempt runs: the controller's outage, if any."""
+        return self.queue.outage.text() or None
 
     def alive(self) -> bool:
         return self.poll() is None
@@ -301,6 +332,12 @@ class SlurmExecutor:
         self.account = account
         self.sbatch_args = tuple(sbatch_args)
         self.queue = SlurmQueue(poll_s)
+        self.outage = self.queue.outage
+
+    def unavailable(self) -> tuple[str, float] | None:
+        """(why, seconds to wait) while the controller is away and the next try is not due; None: try now."""
+        wait = self.outage.retry_in()
+        return (self.outage.text(), wait) if self.outage.down and wait > 0 else None
 
     def launch(self, request: Launch) -> SlurmJob:
         attempt = request.attempt
@@ -316,9 +353,16 @@ class SlurmExecutor:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(request.env))
         except subprocess.TimeoutExpired:
-            raise OSError("sbatch did not answer within 60 s") from None
+            self.outage.failed("sbatch did not answer within 60 s")
+            raise ExecutorUnavailable(self.outage.text(), self.outage.retry_in()) from None
+        said = done.stderr.strip() or done.stdout.strip()
+        if done.returncode != 0 and is_controller_down(said):
+            self.outage.failed(said)
+            raise ExecutorUnavailable(self.outage.text(), self.outage.retry_in())
         if done.returncode != 0:
-            raise OSError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}")
+            raise OSError(f"sbatch refused the job: {said}")
+        if self.outage.recovered():
+            log.warning("Slurm's controller answers again (sbatch)")
         slurm_id = done.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
         with open(log_path, "a") as f:
             f.write(f"gradmesh: submitted as Slurm job {slurm_id}\n")
