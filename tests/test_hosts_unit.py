@@ -144,3 +144,20 @@ def test_a_host_unreachable_at_launch_is_quarantined_at_once():
     assert not h.quarantine("nowhere", "ignored")
     clock.now += 30
     assert h.state("b") is HostState.HEALTHY
+
+
+def test_a_host_quarantined_again_right_after_its_cooldown_waits_twice_as_long():
+    """A host still cut off fails again as soon as its quarantine ends: it is tried at a falling rate, and a
+    window without a quarantine starts it afresh."""
+    clock = Clock()
+    h = HostHealth([("a", 2), ("b", 2)], failures=1, window_s=100, cooldown_s=10, clock=clock)
+    ends = []
+    for _ in range(4):
+        assert h.quarantine("b", "unreachable at launch")
+        ends.append(h.status()[1].returns_at - clock.now)
+        clock.now = h.status()[1].returns_at  # the cool-down is over; the next launch fails again at once
+        assert h.state("b") is HostState.HEALTHY
+    assert ends == [10, 20, 40, 80]
+    clock.now += 101  # a whole window without a quarantine
+    assert h.failed("b", "killed")
+    assert h.status()[1].returns_at - clock.now == 10
