@@ -12,6 +12,8 @@ a cable is pulled. Skipped with the reason where namespaces cannot be made.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 from coordinator.client import Client, JobState
 from helpers import scaled, seconds_for, step_rate
 from mpi_programs.launch import run_mpi
-from netns_hosts import netns_cluster, visible_devices
+from netns_hosts import ip, netns_cluster, visible_devices
 
 LAYERS = [64, 128, 128, 10]
 GRADIENT_BYTES = 4 * sum(i * o + o for i, o in zip(LAYERS[:-1], LAYERS[1:]))
@@ -262,3 +264,36 @@ def test_a_host_unreachable_at_launch_is_quarantined_and_a_non_elastic_job_waits
     # it never ran on b: the attempt does not count against the job
     assert done.restarts == 0 and first.outcome == "unreachable", (done.restarts, first)
     assert f"{b} unreachable at launch, quarantined" in first.message and "no restart spent" in first.message
+
+
+def worker_pids(namespace: str) -> list[int]:
+    """The ranks (python -m worker) running in a host's namespace."""
+    pids = []
+    for pid in map(int, ip("netns", "pids", namespace, check=False).stdout.split()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-m" in argv and b"worker" in argv and not any(b"hydra" in a for a in argv):
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.timeout(600)
+def test_a_rank_killed_on_another_host_is_blamed_on_that_host(cluster, coordinator):
+    """Across hosts, hydra reports a SIGKILLed rank with its host and `EXIT CODE: 9` only (no EXIT STRING)."""
+    srv, client = coordinator()  # default --host-failures 2: one failure makes the host suspect
+    a, b = cluster.hosts
+    job = client.submit(spec("victim", steps=200000, eval_every=100))
+    wait_for("the job to train", lambda: client.get(job.id).step >= 100, scaled(90))
+    victims = wait_for("b's ranks", lambda: worker_pids(cluster.namespaces[b]), scaled(10))
+    os.kill(victims[0], signal.SIGKILL)
+    first = wait_for("the first attempt to end", lambda: (t := nth_attempt(client, job.id, 1)) and t.outcome and t,
+                     scaled(60))
+    status = host_state(client, b)
+    assert status.failures == 1 and f"a rank on {b} was killed" in status.last_failure, (status, first)
+    assert host_state(client, a).failures == 0, host_state(client, a)
+    assert f"on {b} ended: exit code 9 (signal SIGKILL?)" in first.message, first
+    print(f"\n{b}: {status.last_failure}\nattempt 1: {first.message.splitlines()[0]}")
+    client.cancel(job.id)
+    wait_for("the job to end", lambda: client.get(job.id).is_terminal(), scaled(60))
