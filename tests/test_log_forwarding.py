@@ -42,6 +42,13 @@ def test_appended_output_lands_in_the_attempt_log_once_and_in_order(idle):
         err = expect_error(grpc.StatusCode.FAILED_PRECONDITION, lambda: worker.AppendLog(
             pb.AppendLogRequest(job_id=job, attempt=7, offset=48, data=b"late\n")))
         assert dict(err.trailing_metadata()).get("gradmesh-kind") == "attempt"
+        for field, request in (("offset", pb.AppendLogRequest(job_id=job, attempt=1, offset=-1, data=b"x")),
+                               ("offset", pb.AppendLogRequest(job_id=job, attempt=1, offset=2**63 - 1, data=b"x")),
+                               ("attempt", pb.AppendLogRequest(job_id=job, attempt=-2, data=b"x")),
+                               ("job_id", pb.AppendLogRequest(job_id="../etc", data=b"x"))):
+            err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, worker.AppendLog, request)
+            trailers = dict(err.trailing_metadata())
+            assert trailers.get("gradmesh-field") == field and trailers.get("gradmesh-kind") == "field", trailers
         bad = worker_stub(ch, "not-the-token")
         expect_error(grpc.StatusCode.UNAUTHENTICATED, lambda: bad.AppendLog(
             pb.AppendLogRequest(job_id=job, attempt=1, offset=48, data=b"forged\n")))

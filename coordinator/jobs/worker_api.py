@@ -212,6 +212,8 @@ class WorkerApi:
                                   kind=KIND_TOKEN)
         validate.non_negative(attempt, "attempt")
         validate.non_negative(offset, "offset")
+        if offset > MAX_STEP:  # offset + data must fit the answer's int64
+            raise InvalidArgument("offset", f"must be at most 2**53, got {offset}")
         if len(data) > APPEND_MAX_BYTES:
             raise InvalidArgument("data", f"{len(data)} bytes in one call; at most {APPEND_MAX_BYTES}")
         row = self.store.attempt(job_id, job.attempts)
