@@ -5,6 +5,14 @@
     cert, key = self_signed_cert(tmp_path)          # for TLS tests (needs openssl)
     run_cli("--address", addr, "status", "J")       # the real CLI in a subprocess (cli_env: its environment)
     numpy_accuracy(Path("best.npz"))                # a checkpoint's held-out accuracy, plain numpy
+    scaled(1.0)                                     # a deadline of 1 s on a quiet machine, as long as it is here now
+    seconds_for(steps=5000, rate=rate)              # a wait for steps at a job's measured steps/s, with slack
+
+Timeouts under load: this machine's cores are shared (other jobs, other engineers' test runs), so a fixed
+deadline that holds when it is quiet fails when it is busy. `contention()` measures, not guesses, how much
+slower than its own CPU time a piece of single-threaded work runs right now (3.0 when the cores are shared
+three ways); `scaled(s)` stretches a quiet-machine deadline by it, and `step_rate`/`seconds_for` size a wait
+from the steps per second a job is actually making.
 """
 from __future__ import annotations
 
@@ -33,6 +41,47 @@ def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "the
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+_CONTENTION: list[float] = []   # [measured at, factor]: measured again after CONTENTION_TTL_S
+
+
+CONTENTION_TTL_S = 5.0
+
+
+def contention(sample_s: float = 0.2, max_wall_s: float = 3.0) -> float:
+    """Wall time over this thread's CPU time for a short busy loop: >= 1.0, how many times slower than a quiet
+    machine single-threaded work runs here now. Cached for CONTENTION_TTL_S."""
+    if _CONTENTION and time.monotonic() - _CONTENTION[0] < CONTENTION_TTL_S:
+        return _CONTENTION[1]
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    x = 0
+    while time.thread_time() - cpu0 < sample_s and time.perf_counter() - wall0 < max_wall_s:
+        for _ in range(20000):
+            x += 1
+    cpu = max(time.thread_time() - cpu0, 1e-3)
+    factor = max(1.0, (time.perf_counter() - wall0) / cpu)
+    _CONTENTION[:] = [time.monotonic(), factor]
+    return factor
+
+
+def scaled(seconds: float, floor: float = 1.0) -> float:
+    """A deadline that is `seconds` on a quiet machine, stretched by the contention measured now (never less
+    than `floor` times it)."""
+    return seconds * max(floor, contention())
+
+
+def step_rate(read_step: Callable[[], int], min_steps: int = 50, timeout: float = 300.0) -> float:
+    """Steps per second a running job makes now: `read_step()` watched until it advanced `min_steps`."""
+    start, t0 = read_step(), time.monotonic()
+    wait_for(lambda: read_step() >= start + min_steps, timeout=timeout, what=f"{min_steps} steps", interval=0.05)
+    return (read_step() - start) / max(time.monotonic() - t0, 1e-3)
+
+
+def seconds_for(steps: float, rate: float, factor: float = 3.0, slack_s: float = 30.0) -> float:
+    """A wait for `steps` more steps at `rate` steps/s: `factor` times the time they take at that rate (the
+    load may grow meanwhile), plus `slack_s` for start-up and ends, itself scaled by the contention."""
+    return factor * steps / max(rate, 1e-6) + scaled(slack_s)
 
 
 def small_digits_spec(steps: int = 60, workers: int = 2, **train: Any) -> dict:

@@ -2,30 +2,43 @@
 
     with netns_cluster(tmp_path, hosts=2) as c:     # pytest.skip(reason) where namespaces are refused
         c.hosts          # ("10.77.<k>.1", "10.77.<k>.2"): one namespace each, device gm0
-        c.head           # "10.77.<k>.254": this (root) namespace's address on the same switch
+        c.head           # "10.77.<k>.254": the coordinator's address, in the switch's namespace
         c.script         # the ssh stand-in for hydra: `mpirun -launcher ssh -launcher-exec SCRIPT`
         c.mpirun_args    # [-launcher ssh -launcher-exec SCRIPT -localhost HEAD, -genv for TCP over gm0]
+        srv = c.serve(tmp_path / "coord", "--host-failures", "1")   # `gradmesh serve` at HEAD (HeadCoordinator)
+        srv.address, srv.token, srv.data_dir    # 127.0.0.1:PORT here, forwarded to HEAD:PORT in the switch
         c.cut(host); c.restore(host)   # the host's link down / up (its ranks stay, cut off from everyone)
         c.link_bytes(host)             # (rx, tx) bytes of the host's gm0
 
 Topology: a bridge in a namespace of its own (the switch: no firewall rules of the machine apply to it),
-one veth from each host namespace to it, and one from this namespace, so a coordinator here binds
-`head` and the ranks in every host dial it there; hydra's proxies call mpirun back at `head`
-(-localhost). The namespaces share the kernel, /dev/shm and the hostname, so UCX_TLS=tcp,
-UCX_NET_DEVICES=gm0 and MPIR_CVAR_NOLOCAL=1 force MPI onto TCP over the veths, as between real hosts.
-The launcher answers like ssh when the host's link is down ("ssh: connect to host H port 22: No route to
-host", exit 255). Everything is deleted in a finally (namespaces, and so every veth and the bridge).
+holding HEAD on the bridge itself, and one veth from each host namespace to it. Both ends of every link are
+inside the tests' namespaces, so this (root) namespace sees no device of theirs: MPI jobs of the machine
+(UCX picks every device it sees) never meet them. The coordinator runs in the switch's namespace, as
+`gradmesh serve --host HEAD` through nsenter, so its mpirun is there too (hydra's proxies call it back at
+HEAD: -localhost); the test talks to it through a forwarder: a thread of the test process that entered the
+switch's namespace (setns acts on the calling thread alone) relays 127.0.0.1:PORT here to HEAD:PORT there.
+The namespaces share the kernel, /dev/shm and the hostname, so UCX_TLS=tcp, UCX_NET_DEVICES=gm0 and
+MPIR_CVAR_NOLOCAL=1 force MPI onto TCP over the veths, as between real hosts. The launcher answers like ssh
+when the host's link is down ("ssh: connect to host H port 22: No route to host", exit 255). Everything is
+deleted in a finally (namespaces, and so every veth and the bridge).
 
 Needs root and iproute2; `ip netns add` refused → pytest.skip with the reason.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import selectors
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import textwrap
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -52,6 +65,17 @@ def kill_namespace_processes(ns: str) -> None:
 def link_bytes(ns: str, device: str = DEVICE) -> tuple[int, int]:
     stats = json.loads(ip("-j", "-s", "-n", ns, "link", "show", "dev", device).stdout)[0]["stats64"]
     return stats["rx"]["bytes"], stats["tx"]["bytes"]
+
+
+def wait_links_up(namespaces, device: str = DEVICE, timeout_s: float = 10.0) -> None:
+    """Until every namespace's device is operationally up: the kernel says so a moment after `link set up`
+    of both ends (linkwatch), and the ssh stand-in refuses a host whose device is not up yet."""
+    deadline = time.monotonic() + timeout_s
+    for ns in namespaces:
+        while ip("netns", "exec", ns, "cat", f"/sys/class/net/{device}/operstate", check=False).stdout.strip() != "up":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{device} in {ns} is not up after {timeout_s} s")
+            time.sleep(0.05)
 
 
 def write_launcher(path: Path, namespaces: dict[str, str], device: str = DEVICE) -> Path:
@@ -92,6 +116,12 @@ class Cluster:
     head: str
     script: Path
     mpirun_args: list[str] = field(default_factory=list)
+    switch: str = ""     # the namespace of the bridge and of HEAD
+    prefix: str = ""     # of every namespace and device name it made
+
+    def serve(self, data_dir: Path, *args: str, data_root: Path | None = None) -> "HeadCoordinator":
+        """`gradmesh serve` at HEAD with this cluster's hosts (2 slots each) and mpirun arguments."""
+        return HeadCoordinator(self, data_dir, args, data_root or data_dir.parent)
 
     def cut(self, host: str) -> None:
         ip("-n", self.namespaces[host], "link", "set", DEVICE, "down")
@@ -112,38 +142,163 @@ def netns_cluster(tmp_path: Path, hosts: int = 2, subnet: int | None = None) -> 
     addrs = tuple(f"10.77.{subnet}.{i + 1}" for i in range(hosts))
     head = f"10.77.{subnet}.254"
     created: list[str] = []
-    head_dev = f"{prefix}h"
     try:
         require_netns(switch)
         created.append(switch)
         ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        ip("-n", switch, "addr", "add", f"{head}/24", "dev", "br0")
         ip("-n", switch, "link", "set", "br0", "up")
+        ip("-n", switch, "link", "set", "lo", "up")
         for i, (ns, addr) in enumerate(zip(names, addrs)):
             ip("netns", "add", ns)
             created.append(ns)
-            ip("link", "add", f"{prefix}x{i}", "type", "veth", "peer", "name", f"{prefix}y{i}")
-            ip("link", "set", f"{prefix}x{i}", "netns", ns)
-            ip("-n", ns, "link", "set", f"{prefix}x{i}", "name", DEVICE)
+            # made inside the host's namespace, its peer moved straight to the switch: never a device here
+            ip("-n", ns, "link", "add", DEVICE, "type", "veth", "peer", "name", f"{prefix}y{i}", "netns", switch)
             ip("-n", ns, "addr", "add", f"{addr}/24", "dev", DEVICE)
             ip("-n", ns, "link", "set", DEVICE, "up")
             ip("-n", ns, "link", "set", "lo", "up")
-            ip("link", "set", f"{prefix}y{i}", "netns", switch)
             ip("-n", switch, "link", "set", f"{prefix}y{i}", "master", "br0", "up")
-        ip("link", "add", head_dev, "type", "veth", "peer", "name", f"{prefix}yh")
-        ip("link", "set", f"{prefix}yh", "netns", switch)
-        ip("-n", switch, "link", "set", f"{prefix}yh", "master", "br0", "up")
-        ip("addr", "add", f"{head}/24", "dev", head_dev)
-        ip("link", "set", head_dev, "up")
         namespaces = dict(zip(addrs, names))
+        wait_links_up(names)
         script = write_launcher(tmp_path / "netns-ssh", namespaces)
         genv = [a for k, v in FORCE_TCP.items() for a in ("-genv", k, v)]
         yield Cluster(addrs, namespaces, head, script,
-                      ["-launcher", "ssh", "-launcher-exec", str(script), "-localhost", head, *genv])
+                      ["-launcher", "ssh", "-launcher-exec", str(script), "-localhost", head, *genv], switch, prefix)
     finally:
         for ns in created:
             kill_namespace_processes(ns)
         for ns in created:
             ip("netns", "del", ns, check=False)
-        ip("link", "del", head_dev, check=False)  # gone with the switch already; in case it was not moved
         leftover = [ns for ns in ip("netns", "list", check=False).stdout.split() if ns.startswith(prefix + "-")]
         assert not leftover, f"namespaces not deleted: {leftover}"
+
+
+def visible_devices(prefix: str) -> list[str]:
+    """The devices of this (root) namespace whose names start with `prefix` (a cluster's: none may be here)."""
+    return [line.split(":")[1].strip().split("@")[0] for line in ip("-o", "link", "show").stdout.splitlines()
+            if line.split(":")[1].strip().startswith(prefix)]
+
+
+# ---------------------------------------------------------------- a coordinator at HEAD, and the way to it
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def enter_namespace(namespace: str) -> None:
+    """Move the calling THREAD into the network namespace (setns(2) acts on the calling thread alone): the
+    sockets it creates from now on are there."""
+    fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {namespace}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class Forwarder:
+    """127.0.0.1:PORT in this namespace → `target` in `namespace`, relayed by one thread that lives there."""
+
+    def __init__(self, namespace: str, target: tuple[str, int]):
+        self.namespace, self.target = namespace, target
+        self._listener = socket.create_server(("127.0.0.1", 0))  # made before the thread moves: it stays here
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._failed: list[BaseException] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"forward-{namespace}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._failed:
+            raise self._failed[0]
+
+    def _run(self) -> None:
+        try:
+            enter_namespace(self.namespace)
+        except BaseException as err:  # noqa: BLE001 - said by the constructor
+            self._failed.append(err)
+            self._ready.set()
+            return
+        self._ready.set()
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.2):
+                    sock = key.fileobj
+                    if sock is self._listener:
+                        near, _ = self._listener.accept()
+                        try:
+                            far = socket.create_connection(self.target, timeout=5)  # made here: in the namespace
+                        except OSError:
+                            near.close()
+                            continue
+                        far.settimeout(None)
+                        peers[near], peers[far] = far, near
+                        sel.register(near, selectors.EVENT_READ)
+                        sel.register(far, selectors.EVENT_READ)
+                        continue
+                    other = peers.get(sock)
+                    try:
+                        data = sock.recv(1 << 16)
+                        if data and other is not None:
+                            other.sendall(data)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        for end in (sock, other):
+                            if end is not None and end in peers:
+                                sel.unregister(end)
+                                peers.pop(end, None)
+                                end.close()
+        finally:
+            for end in list(peers):
+                end.close()
+            self._listener.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class HeadCoordinator:
+    """`gradmesh serve --host HEAD --hosts H1:2,H2:2` in the switch's namespace, reached through a Forwarder.
+
+    address / token / data_dir as a RunningServer has them; `stop()` stops it (SIGTERM: its jobs are stopped)."""
+
+    def __init__(self, cluster: Cluster, data_dir: Path, args, data_root: Path, timeout_s: float = 60.0):
+        root = Path(__file__).resolve().parent.parent
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"{data_dir.name}-serve.log"
+        argv = ["nsenter", f"--net=/run/netns/{cluster.switch}", sys.executable, "-m", "coordinator.cli", "serve",
+                "--host", cluster.head, "--port", "0", "--http-port", "0", "--data-dir", str(data_dir),
+                "--data-root", str(data_root), "--hosts", ",".join(f"{h}:2" for h in cluster.hosts),
+                *[f"--mpirun-arg={a}" for a in cluster.mpirun_args], *args]
+        env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        for key in ("GRADMESH_ADDRESS", "GRADMESH_TOKEN"):
+            env.pop(key, None)
+        self.proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
+                                     text=True, start_new_session=True)
+        line, deadline = "", time.monotonic() + timeout_s
+        while "listening on" not in line:
+            line = self.proc.stdout.readline()
+            if not line and (self.proc.poll() is not None or time.monotonic() > deadline):
+                self.proc.kill()
+                raise AssertionError(f"gradmesh serve did not start:\n{self.log.read_text()}")
+        host, port = line.split("listening on", 1)[1].strip().rsplit(":", 1)
+        self.head_address = f"{host}:{port}"
+        self.forwarder = Forwarder(cluster.switch, (host, int(port)))
+        self.address = self.forwarder.address
+        self.token = (data_dir / "token").read_text().strip()
+
+    def stop(self, grace: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace + 30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.forwarder.close()

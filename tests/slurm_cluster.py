@@ -14,6 +14,11 @@ and tests may bind only to loopback or to namespaces they made. In a fresh names
 executor tests, `gradmesh serve` and its client all run through `nsenter --net=...` into the namespace; the ranks slurmd starts
 inherit the namespace and reach a coordinator there on 127.0.0.1.
 
+No shared filesystem: slurmd (and so every batch step, srun step and rank it starts) runs in a mount
+namespace of its own, with an empty tmpfs over `cluster.hidden`. A coordinator whose data directory is under
+`hidden` is on a disk the compute side cannot see, as on a cluster where only the login node holds it;
+anything else (the venv, the checkout, the tests' other temporary files) is seen by both, as a shared home.
+
 Where it cannot be had (not root, the packages or iproute2 absent, namespaces refused), `SlurmUnavailable`
 says why and the tests skip with that reason.
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 NEEDED = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "squeue", "scancel", "sinfo", "scontrol", "ip",
-          "nsenter")
+          "nsenter", "unshare", "mount")
 
 
 class SlurmUnavailable(RuntimeError):
@@ -84,6 +89,7 @@ class SlurmCluster:
     node: str
     cpus: int
     env: dict[str, str] = field(default_factory=dict)
+    hidden: Path = Path()   # a directory the compute side (slurmd and all it starts) sees empty
     _daemons: list[subprocess.Popen] = field(default_factory=list)
 
     # ------------------------------------------------------------ lifecycle
@@ -100,7 +106,8 @@ class SlurmCluster:
         if made.returncode != 0:
             raise SlurmUnavailable(f"`ip netns add` refused here: {made.stderr.strip()}")
         root = Path(root)
-        cluster = cls(root=root, namespace=namespace, node=socket.gethostname(), cpus=os.cpu_count() or 1)
+        cluster = cls(root=root, namespace=namespace, node=socket.gethostname(), cpus=os.cpu_count() or 1,
+                      hidden=root / "login-node-only")
         try:
             cluster._bring_up(timeout_s)
         except BaseException:
@@ -115,7 +122,7 @@ class SlurmCluster:
                      ["addr", "add", "10.78.0.1/24", "dev", "gm0"], ["link", "set", "gm0", "up"],
                      ["link", "set", "gm1", "up"]):
             subprocess.run(["ip", "-n", self.namespace, *args], check=True, timeout=10, capture_output=True)
-        for sub in ("munge", "state", "spool", "log"):
+        for sub in ("munge", "state", "spool", "log", self.hidden.name):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "munge").chmod(0o700)
         key = self.root / "munge" / "munge.key"
@@ -130,8 +137,15 @@ class SlurmCluster:
                       f"--seed-file={munge}/seed"])
         self._wait(lambda: (munge / "socket").exists(), timeout_s, "munged to open its socket")
         self._daemon(["slurmctld", "-D", "-c", "-i"])
-        self._daemon(["slurmd", "-D", "-c"])
+        # slurmd in a mount namespace of its own (private: nothing propagates back), an empty tmpfs over `hidden`
+        self._daemon(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount -t tmpfs -o size=1m,mode=0755 gradmesh-hidden "$0" && exec slurmd -D -c', str(self.hidden)])
         self._wait(self._node_idle, timeout_s, "the node to be idle in sinfo")
+        marker = self.hidden / "seen-only-here"
+        marker.write_text("the login node's disk\n")
+        seen = self.run(["srun", "-n", "1", "ls", "-A", str(self.hidden)], check=False, timeout=60)
+        if seen.returncode != 0 or seen.stdout.strip():
+            raise SlurmUnavailable(f"the compute side still sees {self.hidden}: {seen.stdout} {seen.stderr}")
 
     def _daemon(self, argv: Sequence[str]) -> None:
         log = open(self.root / "log" / f"{argv[0]}.out", "ab")
@@ -142,7 +156,7 @@ class SlurmCluster:
     def _node_idle(self) -> bool:
         for daemon in self._daemons:
             if daemon.poll() is not None:
-                raise SlurmUnavailable(f"{daemon.args[-1] if daemon.args else 'a daemon'} exited with "
+                raise SlurmUnavailable(f"{' '.join(map(str, daemon.args[2:]))[:160]} exited with "
                                        f"{daemon.returncode}; see {self.root / 'log'}")
         out = self.run(["sinfo", "-h", "-o", "%T"], check=False, timeout=10)
         return out.returncode == 0 and out.stdout.strip() == "idle"
@@ -184,6 +198,31 @@ class SlurmCluster:
                     pass
             time.sleep(0.1)
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=10)
+
+    # ------------------------------------------------------------ a controller outage
+
+    def stop_controller(self) -> None:
+        """Stop slurmctld (as an outage would: the nodes and running steps stay); `start_controller` brings it
+        back with its saved state (the jobs it knew)."""
+        ctld = self._controller()
+        os.killpg(ctld.pid, signal.SIGTERM)
+        try:
+            ctld.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ctld.pid, signal.SIGKILL)
+            ctld.wait(timeout=10)
+
+    def start_controller(self, timeout_s: float = 60.0) -> None:
+        if self._controller().poll() is None:
+            return
+        index = self._daemons.index(self._controller())
+        self._daemon(["slurmctld", "-D", "-i"])  # without -c: it recovers the jobs from its state directory
+        self._daemons.insert(index, self._daemons.pop())
+        self._wait(lambda: self.run(["scontrol", "ping"], check=False, timeout=30).returncode == 0, timeout_s,
+                   "slurmctld to answer again")
+
+    def _controller(self) -> subprocess.Popen:
+        return next(d for d in self._daemons if "slurmctld" in d.args)
 
     def __enter__(self) -> "SlurmCluster":
         return self

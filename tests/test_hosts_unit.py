@@ -119,3 +119,47 @@ def test_blame_silent_hosts_killed_ranks_and_unreachable_hosts_only():
     assert placement.blamed_hosts([("a", 4)], None, ssh) == []  # not a host of this attempt
     error = WorkerFailure(FailureCause.RANK_ERROR, "boom", rank=3, host="b", exception_type="ValueError")
     assert placement.blamed_hosts(ALLOC, error, tail) == []  # the job's own error, not the host's
+
+
+def test_a_rank_killed_on_another_host_is_blamed_from_hydras_exit_code_alone():
+    """Across hosts, hydra's report of a SIGKILLed rank has no EXIT STRING line: only the host and the signal
+    as the exit code (the proxy there saw it die of signal 9)."""
+    tail = ("=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 4242 RUNNING AT b\n"
+            "=   EXIT CODE: 9\n=   CLEANING UP REMAINING PROCESSES\n")
+    assert placement.blamed_hosts(ALLOC, None, tail) == [("b", "a rank on b was killed (hydra: EXIT CODE 9, SIGKILL)")]
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("CODE: 9", "CODE: 137"))[0][0] == "b"
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("CODE: 9", "CODE: 1")) == []   # MPI_Abort, an error
+    assert placement.blamed_hosts(ALLOC, None, tail.replace("AT b", "AT elsewhere")) == []
+    error = WorkerFailure(FailureCause.RANK_ERROR, "boom", rank=3, host="b", exception_type="ValueError")
+    assert placement.blamed_hosts(ALLOC, error, tail) == []  # a rank said why: its own error
+
+
+def test_a_host_unreachable_at_launch_is_quarantined_at_once():
+    ssh = "ssh: connect to host b port 22: No route to host\n[mpiexec@x] control_cb: bad launch"
+    assert placement.unreachable_at_launch(ALLOC, ssh) == [("b", "ssh: connect to host b port 22: No route to host")]
+    assert placement.unreachable_at_launch([("a", 4)], ssh) == []
+    clock = Clock()
+    h = HostHealth([("a", 2), ("b", 2)], failures=3, window_s=60, cooldown_s=30, clock=clock)
+    assert h.quarantine("b", "unreachable at launch")  # one failure, below the threshold of 3: quarantined anyway
+    [_, b] = h.status()
+    assert b.state is HostState.QUARANTINED and b.failures == 1 and b.returns_at == clock.now + 30
+    assert not h.quarantine("nowhere", "ignored")
+    clock.now += 30
+    assert h.state("b") is HostState.HEALTHY
+
+
+def test_a_host_quarantined_again_right_after_its_cooldown_waits_twice_as_long():
+    """A host still cut off fails again as soon as its quarantine ends: it is tried at a falling rate, and a
+    window without a quarantine starts it afresh."""
+    clock = Clock()
+    h = HostHealth([("a", 2), ("b", 2)], failures=1, window_s=100, cooldown_s=10, clock=clock)
+    ends = []
+    for _ in range(4):
+        assert h.quarantine("b", "unreachable at launch")
+        ends.append(h.status()[1].returns_at - clock.now)
+        clock.now = h.status()[1].returns_at  # the cool-down is over; the next launch fails again at once
+        assert h.state("b") is HostState.HEALTHY
+    assert ends == [10, 20, 40, 80]
+    clock.now += 101  # a whole window without a quarantine
+    assert h.failed("b", "killed")
+    assert h.status()[1].returns_at - clock.now == 10

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from mpi_programs.launch import PROGRAMS, run_mpi
-from netns_hosts import DEVICE, FORCE_TCP, ip, kill_namespace_processes, link_bytes, write_launcher
+from netns_hosts import DEVICE, FORCE_TCP, ip, kill_namespace_processes, link_bytes, wait_links_up, write_launcher
 
 HOSTS = ("10.77.0.1", "10.77.0.2")
 LAYERS = [64, 128, 128, 10]
@@ -45,13 +45,16 @@ def two_hosts(tmp_path):
             if made.returncode != 0:
                 pytest.skip(f"`ip netns add` refused here: {made.stderr.strip()}")
             created.append(ns)
-        ip("link", "add", f"{prefix}va", "type", "veth", "peer", "name", f"{prefix}vb")
-        for ns, end, host in zip(namespaces, ("va", "vb"), HOSTS):
-            ip("link", "set", f"{prefix}{end}", "netns", ns)
-            ip("-n", ns, "link", "set", f"{prefix}{end}", "name", DEVICE)
+        # made inside namespace a, its peer put straight into b: never a device of this namespace, where the
+        # machine's own MPI jobs would see it (UCX picks every device it sees)
+        ip("-n", namespaces[0], "link", "add", DEVICE, "type", "veth", "peer", "name", f"{prefix}vb",
+           "netns", namespaces[1])
+        ip("-n", namespaces[1], "link", "set", f"{prefix}vb", "name", DEVICE)
+        for ns, host in zip(namespaces, HOSTS):
             ip("-n", ns, "addr", "add", f"{host}/24", "dev", DEVICE)
             ip("-n", ns, "link", "set", DEVICE, "up")
             ip("-n", ns, "link", "set", "lo", "up")
+        wait_links_up(namespaces)
         script = write_launcher(tmp_path / "netns-ssh", dict(zip(HOSTS, namespaces)))
         yield dict(zip(HOSTS, namespaces)), script
     finally:

@@ -42,3 +42,11 @@ def test_failure_message_leads_with_the_headline_then_the_tail():
     first_line = outcome.message.splitlines()[0]
     assert first_line == "mpirun failed with exit code 1: rank 1 on node7: RuntimeError: injected fault at step 20"
     assert "last lines of" in outcome.message and "Abort(1)" in outcome.message
+
+
+def test_a_rank_killed_on_another_host_is_named_from_hydras_exit_code():
+    from coordinator.supervision.outcomes import headline
+    tail = ("=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 4242 RUNNING AT gmxh3\n"
+            "=   EXIT CODE: 9\n=   CLEANING UP REMAINING PROCESSES\n")
+    assert headline(tail) == "a rank (pid 4242) on gmxh3 ended: exit code 9 (signal SIGKILL?)"
+    assert headline(tail.replace("CODE: 9", "CODE: 1")) == "a rank (pid 4242) on gmxh3 ended: exit code 1"

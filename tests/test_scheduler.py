@@ -63,9 +63,12 @@ def test_progress_watch_flags_a_job_whose_step_stops_moving():
     watch = ProgressWatch(clock=lambda: now[0], startup_s=5)
     watch.started("a", timeout_s=10)
     watch.started("b", timeout_s=10)
+    now[0] = 1.0
+    watch.progress("a", step=0, event=True)  # "started": where training begins
+    watch.progress("b", step=0, event=True)
     now[0] = 8.0
     watch.progress("a", step=5)
-    watch.progress("b", step=0, event=True)  # "started" counts as progress
+    watch.progress("b", step=1)
     now[0] = 15.0
     watch.progress("a", step=5)  # a heartbeat at the same step is not progress
     assert watch.overdue() == []
@@ -80,4 +83,34 @@ def test_progress_watch_flags_a_job_whose_step_stops_moving():
     assert watch.overdue() == []
     now[0] = 24.0
     late = watch.overdue()
-    assert [j for j, _ in late] == ["c"] and "before its first report" in late[0][1]
+    assert [j for j, _ in late] == ["c"] and "no report before its first step" in late[0][1]
+
+
+def test_the_start_up_allowance_lasts_until_the_first_real_step():
+    """Rank 0 reports the step it starts (or resumes) at right after fetching the spec; loading data and the
+    first step may take longer than a short hang_timeout_s on a loaded machine. Until a step past that first
+    report, the job is measured against the bounded start-up allowance from its launch."""
+    from coordinator.supervision.watchdog import ProgressWatch
+    now = [0.0]
+    watch = ProgressWatch(clock=lambda: now[0], startup_s=30)
+    watch.started("fresh", timeout_s=3)
+    watch.started("resumed", timeout_s=3)
+    now[0] = 1.0
+    watch.progress("fresh", step=0, event=True)       # "started" at step 0
+    watch.progress("resumed", step=400, event=True)   # "started" at the checkpoint's step 400
+    for t in range(2, 30):                            # heartbeats at the same step while data loads
+        now[0] = float(t)
+        watch.progress("fresh", step=0)
+        watch.progress("resumed", step=400)
+        assert watch.overdue() == [], t
+    now[0] = 29.5
+    watch.progress("fresh", step=1)                   # the first real step: hang_timeout_s applies from here
+    now[0] = 31.0
+    late = watch.overdue()
+    assert [j for j, _ in late] == ["resumed"], late  # 30 s allowance over, still no step past 400
+    assert "no step for 31 s at step 400 before its first step (start-up allowance 30 s)" in late[0][1]
+    now[0] = 32.4
+    assert watch.overdue() == []
+    now[0] = 32.6
+    late = watch.overdue()
+    assert [j for j, _ in late] == ["fresh"] and "no progress for 3 s at step 1 (hang_timeout_s = 3)" in late[0][1]

@@ -1,7 +1,9 @@
 """`gradmesh serve --executor slurm` against a real single-node Slurm (tests/slurm_cluster.py, 2 CPUs).
 
 The coordinator runs inside the cluster's network namespace (ranks that slurmd starts inherit it and dial
-127.0.0.1 there); the CLI calls run there too. The tests read job states straight from the coordinator's
+127.0.0.1 there); the CLI calls run there too. Its data directory is under `slurm.hidden`, which the compute
+side cannot see (slurmd runs in a mount namespace with a tmpfs over it): no shared filesystem, so spec,
+checkpoints, reports and the ranks' output all travel over gRPC. The tests read job states straight from the coordinator's
 SQLite file (a reader beside the coordinator, cheap to poll) and check what a person sees with the CLI.
 
 Each attempt is a Slurm batch job named gradmesh-<job>-a<attempt>. What is shown: it runs through sbatch and
@@ -13,104 +15,24 @@ running Slurm job by its id. The submit → first-step figure is printed beside 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import ROOT, cli_env, digits_toml, wait_for
+from helpers import cli_env, digits_toml, wait_for
 from mpi_programs.launch import run_mpi
+from slurm_serve import WORKER_THREADS, Serve
 
 pytestmark = pytest.mark.timeout(240)
-
-WORKER_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
-class Serve:
-    """A `gradmesh serve --executor slurm` inside the cluster's namespace."""
-
-    def __init__(self, slurm, data_dir: Path, port: int = 0,
-                 executor: tuple[str, ...] = ("--executor", "slurm", "--slurm-poll", "0.3")):
-        self.slurm = slurm
-        self.data_dir = data_dir
-        self.log = data_dir.parent / f"{data_dir.name}-serve.log"
-        self.proc = slurm.popen([sys.executable, "-m", "coordinator.cli", "serve", *executor,
-                                 "--data-dir", str(data_dir), "--port", str(port), "--http-port", "0"],
-                                env=cli_env(**WORKER_THREADS), cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=open(self.log, "a"), text=True)
-        line = ""
-        deadline = time.monotonic() + 30
-        while "listening on" not in line:
-            line = self.proc.stdout.readline()
-            if not line and (self.proc.poll() is not None or time.monotonic() > deadline):
-                raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
-        self.address = line.split("listening on", 1)[1].strip()
-        self.port = int(self.address.rsplit(":", 1)[1])
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        return self.slurm.run([sys.executable, "-m", "coordinator.cli", *args, "--address", self.address,
-                               "--data-dir", str(self.data_dir)], env=cli_env(), cwd=ROOT, check=check,
-                              timeout=timeout)
-
-    def submit(self, tmp_path: Path, name: str, **spec) -> str:
-        path = tmp_path / f"{name}.toml"
-        path.write_text(digits_toml(name, **spec))
-        self.cli("submit", str(path), "--id", name)
-        return name
-
-    def job(self, job_id: str) -> sqlite3.Row | None:
-        db = sqlite3.connect(f"file:{self.data_dir / 'gradmesh.db'}?mode=ro", uri=True, timeout=10)
-        db.row_factory = sqlite3.Row
-        try:
-            return db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        finally:
-            db.close()
-
-    def query(self, sql: str, *args) -> list[sqlite3.Row]:
-        db = sqlite3.connect(f"file:{self.data_dir / 'gradmesh.db'}?mode=ro", uri=True, timeout=10)
-        db.row_factory = sqlite3.Row
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
-
-    def wait_state(self, job_id: str, *states: str, timeout: float = 90) -> sqlite3.Row:
-        def reached():
-            row = self.job(job_id)
-            if row is not None and row["state"] in ("FAILED", "CANCELLED", "SUCCEEDED") and row["state"] not in states:
-                raise AssertionError(f"{job_id} ended {row['state']}: {row['message']}\n{self.log.read_text()[-3000:]}")
-            return row if row is not None and row["state"] in states else None
-        return wait_for(reached, timeout=timeout, what=f"{job_id} to be {'/'.join(states)}", interval=0.1)
-
-    def slurm_job(self, job_id: str, attempt: int = 1) -> str:
-        return wait_for(lambda: next((r["slurm_job"] for r in self.query(
-            "SELECT slurm_job FROM attempts WHERE job_id = ? AND attempt = ?", job_id, attempt)
-            if r["slurm_job"] not in ("", "?")), None), timeout=30, what=f"the Slurm job of {job_id}")
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def serve(slurm, tmp_path_factory):
-    server = Serve(slurm, tmp_path_factory.mktemp("slurm-serve") / "data")
+    server = Serve(slurm, slurm.hidden / "serve")
     yield server
     server.stop()
 
@@ -175,7 +97,9 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     # Slurm's side says whose job it is: the gradmesh owner is the Slurm job's comment
     assert "Comment=gradmesh owner=admin" in slurm.run(["scontrol", "show", "job", slurm_id]).stdout
     script = (serve.data_dir / "logs" / job / "attempt-1.sbatch").read_text()
-    assert "exec srun --mpi=pmi2" in script and f"--job {job}" in script
+    assert "-m worker.slurm_step" in script and "srun --mpi=pmi2" in script and f"--job {job}" in script
+    hidden = slurm.run(["srun", "-n", "1", "ls", "-A", str(serve.data_dir)], check=False)
+    assert hidden.returncode != 0 and "No such file" in hidden.stderr, hidden  # the ranks' side cannot see it
     done = serve.wait_state(job, "SUCCEEDED")
     assert done["attempts"] == 1 and done["restarts"] == 0
     assert serve.query("SELECT COUNT(*) AS n FROM metrics WHERE job_id = ?", job)[0]["n"] >= 240 // 5
@@ -186,6 +110,10 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     assert history == ["QUEUED", "RUNNING", "SUCCEEDED"]
     status = serve.cli("status", job).stdout   # the attempt names its Slurm job, for scontrol/sacct
     assert re.search(rf"#1 .* succeeded .* Slurm job {slurm_id}\b", status), status
+    # what the ranks printed on the compute side reached the coordinator: `gradmesh logs` shows it
+    logs = serve.cli("logs", job).stdout
+    assert f"submitted as Slurm job {slurm_id}" in logs and "2 rank(s)" in logs, logs[-3000:]
+    assert not list(Path("/tmp").glob(f"gradmesh-{job}-a1.*")), "the ranks' scratch directory was left behind"
 
 
 def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, tmp_path):
@@ -214,6 +142,10 @@ def test_cancel_with_checkpoint_writes_one_and_leaves_nothing_in_squeue(serve, s
     assert "last checkpoint at step" in row["message"], row["message"]
     assert serve.query("SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?", job)[0]["n"] >= 1
     assert slurm_id not in [line.split("|")[0] for line in squeue(slurm).splitlines()]
+    # Slurm's own view of the cancel says cancelled (the ranks exit 4, stopped on request: not a failure)
+    shown = wait_for(lambda: (t := slurm.run(["scontrol", "show", "job", slurm_id, "--oneliner"]).stdout)
+                     and "JobState=CANCELLED" in t and t, timeout=30, what="Slurm to show the job CANCELLED")
+    assert "JobState=FAILED" not in shown
 
 
 def test_scancel_from_outside_restarts_to_the_uninterrupted_parameters(serve, slurm, tmp_path):
@@ -242,7 +174,7 @@ def test_scancel_from_outside_restarts_to_the_uninterrupted_parameters(serve, sl
 
 
 def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
-    server = Serve(slurm, tmp_path / "data")
+    server = Serve(slurm, slurm.hidden / "adopt")
     try:
         job = server.submit(tmp_path, "sb-adopt", steps=600, eval_every=20)
         server.wait_state(job, "RUNNING")
@@ -250,7 +182,7 @@ def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
         wait_for(lambda: server.job(job)["step"] >= 20, timeout=60, what="some steps")
         server.kill9()
         assert f"{slurm_id}|gradmesh-sb-adopt-a1|RUNNING" in squeue(slurm)
-        server = Serve(slurm, tmp_path / "data", port=server.port)
+        server = Serve(slurm, slurm.hidden / "adopt", port=server.port)
         row = server.wait_state(job, "SUCCEEDED", timeout=120)
         assert row["attempts"] == 1 and row["restarts"] == 0, dict(row)
         assert f"re-adopting {job} attempt 1 (Slurm job {slurm_id})" in server.log.read_text()
@@ -263,9 +195,10 @@ def registered_run(serve, slurm, tmp_path: Path, name: str, steps: int) -> tuple
     spec = tmp_path / f"{name}.toml"
     spec.write_text(digits_toml(name, steps=steps, eval_every=10))
     out = tmp_path / "out"
+    token = (serve.data_dir / "token").read_text().strip()  # the compute side cannot read the data directory
     proc = slurm.popen(["srun", "--mpi=pmi2", "-n", "2", sys.executable, "-m", "worker", "--spec", str(spec),
-                        "--coordinator", serve.address, "--register", "--data-dir", str(serve.data_dir),
-                        "--out", str(out)], env=cli_env(**WORKER_THREADS), cwd=tmp_path,
+                        "--coordinator", serve.address, "--register", "--out", str(out)],
+                       env=cli_env(GRADMESH_TOKEN=token, **WORKER_THREADS), cwd=tmp_path,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job = wait_for(lambda: next((r["id"] for r in serve.query("SELECT id FROM jobs WHERE name = ? AND executor = ?",
                                                               name, "external")), None),

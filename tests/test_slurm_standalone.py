@@ -85,3 +85,29 @@ def test_the_shipped_batch_script_trains_the_same_parameters(slurm, reference, t
     assert_same(final_layers(out), want)
     log = next(tmp_path.glob("gradmesh-*.out")).read_text()
     assert "gradmesh: job" in log and "final.npz" in log, log
+
+
+def test_the_batch_script_finds_the_checkouts_venv_without_being_told(slurm, reference, tmp_path):
+    """Submitted from the checkout with no venv active, no GRADMESH_PYTHON and no venv on PATH: the script
+    finds .venv in the directory sbatch ran from (it used to run plain `python`: "No module named worker")."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip(f"no .venv in {ROOT} (the script looks for the submit directory's .venv)")
+    spec, want = reference
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": "", "GRADMESH_PYTHON": "", "PYTHONPATH": "",
+           "GRADMESH_SPEC": str(spec), "GRADMESH_OUT": str(out)}
+    slurm.run(["sbatch", "--wait", f"--output={tmp_path}/found-%j.out", "examples/slurm/train.sbatch"], env=env,
+              cwd=ROOT)
+    log = next(tmp_path.glob("found-*.out")).read_text()
+    assert f"with {ROOT}/.venv/bin/python" in log and "(1 node(s) x 2 rank(s))" in log, log
+    assert_same(final_layers(out), want)
+
+
+def test_the_batch_script_says_which_python_cannot_run_the_worker(slurm, tmp_path):
+    done = slurm.run(["sbatch", "--wait", f"--output={tmp_path}/bad-%j.out", str(ROOT / "examples" / "slurm" /
+                                                                              "train.sbatch")],
+                     env={"GRADMESH_PYTHON": "/usr/bin/python3", "PYTHONPATH": "", "VIRTUAL_ENV": ""},
+                     cwd=tmp_path, check=False)
+    assert done.returncode != 0
+    log = next(tmp_path.glob("bad-*.out")).read_text()
+    assert "gradmesh: /usr/bin/python3 cannot import gradmesh's worker and mpi4py; set GRADMESH_PYTHON" in log, log

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,28 +17,31 @@ from coordinator.supervision.slurm import (SlurmJobInfo, SlurmQueue, build_sbatc
 from coordinator.states import JobState
 from helpers import run_cli, cli_env
 
-W = Path("/d/runs/digits-1/attempt-2")
-LOG = Path("/d/logs/digits-1/attempt-2.log")
 SCRIPT = Path("/d/logs/digits-1/attempt-2.sbatch")
 
 
 def test_the_sbatch_command_and_script_are_exact():
+    """Nothing of the attempt on the coordinator's disk: node-local output, working and scratch directories."""
     argv, script = build_sbatch(sbatch="/usr/bin/sbatch", python="/venv/bin/python", workers=4,
-                                coordinator="10.0.0.5:50051", job_id="digits-1", attempt=2, workdir=W,
-                                log_path=LOG, script_path=SCRIPT)
+                                coordinator="10.0.0.5:50051", job_id="digits-1", attempt=2, script_path=SCRIPT)
     assert argv == ["/usr/bin/sbatch", "--parsable", "--job-name=gradmesh-digits-1-a2", "--ntasks=4",
-                    f"--output={LOG}", "--open-mode=append", f"--chdir={W}", "--no-requeue", "--export=ALL",
+                    "--output=/tmp/%x-%j.out", "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL",
                     str(SCRIPT)]
+    assert "/d/" not in " ".join(argv[:-1]) and "/d/" not in script
     assert script.startswith("#!/bin/sh\n")
-    last = [line for line in script.splitlines() if not line.startswith("#")][-1]
-    assert shlex.split(last) == ["exec", "srun", "--mpi=pmi2", "--kill-on-bad-exit=1", "/venv/bin/python", "-m",
-                                 "worker", "--coordinator", "10.0.0.5:50051", "--job", "digits-1", "--attempt", "2",
-                                 "--out", str(W)]
+    body = [line for line in script.splitlines() if not line.startswith("#")]
+    assert body[0] == 'scratch=$(mktemp -d "${TMPDIR:-/tmp}/"gradmesh-digits-1-a2.XXXXXX) || exit 1'
+    link = ["--coordinator", "10.0.0.5:50051", "--job", "digits-1", "--attempt", "2"]
+    assert shlex.split(body[-1]) == ["exec", "/venv/bin/python", "-m", "worker.slurm_step", *link, "--scratch",
+                                     "$scratch", "--", "srun", "--mpi=pmi2", "--kill-on-bad-exit=1", "/venv/bin/python",
+                                     "-m", "worker", *link, "--out", "$scratch"]
+    checked = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True, timeout=10)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_partition_account_and_extra_sbatch_options_come_before_the_script():
     argv, _ = build_sbatch(sbatch="sbatch", python="python", workers=2, coordinator="h:1", job_id="j", attempt=1,
-                           workdir=W, log_path=LOG, script_path=SCRIPT, partition="gpu", account="ml",
+                           script_path=SCRIPT, partition="gpu", account="ml",
                            sbatch_args=["--time=60", "--cpus-per-task=4"])
     assert argv[-5:] == ["--partition=gpu", "--account=ml", "--time=60", "--cpus-per-task=4", str(SCRIPT)]
     assert job_name("j", 1) == "gradmesh-j-a1"
@@ -45,15 +49,15 @@ def test_partition_account_and_extra_sbatch_options_come_before_the_script():
 
 def test_the_owner_goes_to_slurm_as_the_comment():
     argv, _ = build_sbatch(sbatch="sbatch", python="python", workers=2, coordinator="h:1", job_id="j", attempt=1,
-                           workdir=W, log_path=LOG, script_path=SCRIPT, account="ml", owner="ana",
+                           script_path=SCRIPT, account="ml", owner="ana",
                            sbatch_args=["--time=60"])
     assert argv[-4:] == ["--account=ml", "--comment=gradmesh owner=ana", "--time=60", str(SCRIPT)]
 
 
 def test_paths_with_spaces_are_quoted_in_the_script():
     _, script = build_sbatch(sbatch="sbatch", python="/my venv/python", workers=1, coordinator="h:1", job_id="j",
-                             attempt=1, workdir=Path("/a b/w"), log_path=LOG, script_path=SCRIPT)
-    assert "'/my venv/python'" in script and "'/a b/w'" in script
+                             attempt=1, script_path=SCRIPT)
+    assert "'/my venv/python'" in script
 
 
 SCONTROL = (

@@ -196,6 +196,12 @@ def _register_on_root(opts, comm):
 
 def main(argv=None) -> int:
     opts = parse_args(argv)
+    if os.environ.get("SLURM_STEP_ID") is not None:
+        # srun's double Ctrl-C ("sending Ctrl-C to StepId") reaches the tasks through the nodes' slurmd, without
+        # Slurm's controller: worker/slurm_step.py ends a step with it when a rank died while slurmctld is away.
+        # A rank stuck in a collective never returns to Python to raise KeyboardInterrupt: it must die of it.
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     if not opts.register:
         return _main(opts)
     # a registered run tells the coordinator how it exits: nobody else sees it end

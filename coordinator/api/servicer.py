@@ -259,6 +259,12 @@ class WorkerServicer:
         row, chunks = self.workers.fetch_checkpoint(request.job_id, _token(context), request.step)
         yield from _checkpoint_stream(row, chunks)
 
+    @rpc
+    def AppendLog(self, request, context):
+        held = self.workers.append_log(request.job_id, _token(context), request.attempt, request.offset, request.data,
+                                       request.exit_code if request.ended else None)
+        return pb.AppendLogResponse(offset=held)
+
     def UploadCheckpoint(self, request_iterator, context):
         try:
             first = next(request_iterator, None)

@@ -4,7 +4,8 @@
     placer = fleet.placer(pool)                  # under the pool's lock: where jobs would go (placement.Placer)
     fleet.tell(pending, waits)                   # why each pending job waits, in its message
     fleet.grow(pool, attempts)                   # elastic jobs below `workers` whose slots came back: resize
-    fleet.attempt_failed(job_id, allocation, failure, tail)   # the supervisor, when an attempt failed
+    fleet.attempt_failed(job_id, allocation, failure, tail)   # the supervisor, when an attempt failed:
+                                                 # → the hosts the launcher could not reach (quarantined at once)
     HostOps(fleet, usage=scheduler.usage, wake=scheduler.wake)   # ListHosts / DrainHost / UndrainHost
 
 The decisions are the pure ones of coordinator.fleet.placement (where, what a failure blames) and
@@ -99,12 +100,18 @@ class Fleet:
 
     # ------------------------------------------------------------------ supervisor side
 
-    def attempt_failed(self, job_id: str, allocation: Allocation, failure: WorkerFailure | None, tail: str) -> None:
+    def attempt_failed(self, job_id: str, allocation: Allocation, failure: WorkerFailure | None,
+                       tail: str) -> list[str]:
+        """Count the failure against the hosts it blames. A host the launcher could not reach is quarantined at
+        once (returned: the attempt never ran there, so it does not count against the job)."""
+        unreachable = [h for h, _ in placement.unreachable_at_launch(allocation, tail)]
         for host, why in placement.blamed_hosts(allocation, failure, tail):
-            quarantined = self.health.failed(host, f"{job_id}: {why}")
+            count = self.health.quarantine if host in unreachable else self.health.failed
+            quarantined = count(host, f"{job_id}: {why}")
             log.warning("host %s: failure of %s on %s counted%s: %s", host, job_id, format_hosts(allocation),
                         " (quarantined)" if quarantined else "", why)
             self.signal.changed()
+        return [h for h in unreachable if h in self.health.slots]
 
 
 KIND_HOST = "host"  # a NotFound about a host

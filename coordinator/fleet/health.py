@@ -4,8 +4,13 @@
     health.failed("b", "rank 2 (pid 41) on b ended: Killed (signal 9)")   # b: suspect
     health.failed("b", "...")                                             # 2 in the window: quarantined
     health.usable("b")        # False until the cool-down is over (then healthy again, its count cleared)
+    health.quarantine("c", "unreachable at launch: ssh: ...")            # at once, whatever the count
     health.drain("a"); health.undrain("a")   # an operator's hold: no NEW ranks there; running ones stay
     health.status()           # [HostStatus(host, slots, state, failures, last_failure, ...)] for `gradmesh hosts`
+
+A host quarantined again within the window after its last quarantine ended gets twice the cool-down of that
+one (up to MAX_COOLDOWN_S): a host still unreachable is tried at a falling rate instead of every cool-down
+(each try can cost a running elastic job a resize), and one window without a quarantine resets it.
 
 A failure counts against a host only when the attempt's end names it (coordinator.fleet.placement.blamed_hosts:
 a rank killed there, ranks there silent to the hang watchdog, the launcher unable to reach it). Suspect
@@ -49,6 +54,7 @@ class HostStatus:
 DEFAULT_FAILURES = 2
 DEFAULT_WINDOW_S = 600.0
 DEFAULT_COOLDOWN_S = 300.0
+MAX_COOLDOWN_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class HostHealth:
         self._failures: dict[str, list[float]] = {h: [] for h in self.slots}   # times, within the window
         self._last: dict[str, tuple[float, str]] = {}
         self._until: dict[str, float] = {}    # host → end of its quarantine
+        self._streak: dict[str, tuple[int, float]] = {}  # host → (quarantines in a row, when the last one ended)
         self._drained: set[str] = set()
 
     def failed(self, host: str, why: str) -> bool:
@@ -94,8 +101,29 @@ class HostHealth:
             self._failures[host] = times
             self._last[host] = (now, why)
             if len(times) >= self.threshold and host not in self._until:
-                self._until[host] = now + self.cooldown_s
+                self._quarantine(host, now)
             return host in self._until
+
+    def quarantine(self, host: str, why: str) -> bool:
+        """Count a failure against `host` and quarantine it at once (the launcher could not reach it: no rank
+        can run there now, and trying again costs an attempt). False for an unknown host."""
+        now = self._clock()
+        with self._lock:
+            if host not in self.slots:
+                return False
+            self._expire(host, now)
+            self._failures[host] = [t for t in self._failures[host] if now - t <= self.window_s] + [now]
+            self._last[host] = (now, why)
+            if host not in self._until:
+                self._quarantine(host, now)
+            return True
+
+    def _quarantine(self, host: str, now: float) -> None:
+        streak, ended = self._streak.get(host, (0, 0.0))
+        if streak and now - ended > self.window_s:
+            streak = 0  # a window without a quarantine: a fresh start
+        self._until[host] = now + min(self.cooldown_s * 2 ** streak, max(MAX_COOLDOWN_S, self.cooldown_s))
+        self._streak[host] = (streak + 1, ended)
 
     def drain(self, host: str) -> None:
         with self._lock:
@@ -147,3 +175,4 @@ class HostHealth:
         if until is not None and now >= until:
             del self._until[host]
             self._failures[host] = []
+            self._streak[host] = (self._streak.get(host, (1, 0.0))[0], until)

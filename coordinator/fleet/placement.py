@@ -12,8 +12,11 @@ hold at all waits with a message naming the missing slots.
 
 A failed attempt is blamed on a host only when its end says so: ranks that the hang watchdog found silent
 and that make up all of a host's ranks (its link cut, the machine gone), a rank killed by a signal there
-(hydra's "RUNNING AT host"), or the launcher unable to reach it ("ssh: connect to host H ..."). A rank's
-own exception is the job's problem, not the host's.
+(hydra's "PID N RUNNING AT host" with "EXIT STRING: ... (signal 9)" on the same machine, or only "EXIT CODE:
+9" when the rank ran on another host: hydra's proxy there reports the signal as the exit code), or the
+launcher unable to reach it ("ssh: connect to host H ..."). A rank's own exception is the job's problem, not
+the host's. `unreachable_at_launch` picks out the last kind: the fleet quarantines such a host at once, and
+the attempt does not count against the job (it never ran).
 """
 from __future__ import annotations
 
@@ -98,7 +101,28 @@ _SILENT = re.compile(r"silent rank\(s\): (.*)$", re.S)
 _SILENT_RANK = re.compile(r"(?:^|; )([0-9]{1,9}) \(")
 _HYDRA_AT = re.compile(r"PID \d+ RUNNING AT (\S+)")
 _HYDRA_SIGNAL = re.compile(r"EXIT STRING: (.*signal.*)$", re.I)
+_HYDRA_CODE = re.compile(r"EXIT CODE: (\d+)")
 _SSH_UNREACHABLE = re.compile(r"ssh: (?:connect to host (\S+) port \d+|Could not resolve hostname ([^:\s]+))")
+# Signals that kill a process from outside or for a fault of the machine (SIGKILL: kill -9, the OOM killer;
+# SIGBUS, SIGSEGV: bad memory), as hydra reports them in EXIT CODE (plain, or the shell's 128 + N). The
+# worker's own exit codes are 0 to 4, and an MPI_Abort is 1.
+_KILL_SIGNALS = {9: "SIGKILL", 7: "SIGBUS", 11: "SIGSEGV"}
+
+
+def _killed_code(code: int) -> str | None:
+    return _KILL_SIGNALS.get(code - 128 if code > 128 else code)
+
+
+def unreachable_at_launch(allocation: Allocation, tail: str) -> list[tuple[str, str]]:
+    """[(host, the launcher's line)] for the hosts of `allocation` the launcher could not reach."""
+    placed = {h for h, _ in allocation}
+    found = []
+    for line in tail.splitlines():
+        match = _SSH_UNREACHABLE.search(line)
+        host = match and (match.group(1) or match.group(2))
+        if host in placed and host not in {h for h, _ in found}:
+            found.append((host, line.strip()))
+    return found
 
 
 def blamed_hosts(allocation: Allocation, failure: WorkerFailure | None, tail: str) -> list[tuple[str, str]]:
@@ -117,16 +141,22 @@ def blamed_hosts(allocation: Allocation, failure: WorkerFailure | None, tail: st
                 blamed.append((host, f"rank(s) {listed} on {host} silent to rank {failure.rank}'s hang watchdog "
                                      f"(link cut or host down)"))
         return blamed
+    unreachable = unreachable_at_launch(allocation, tail)
+    if unreachable:
+        return [(host, f"unreachable at launch: {line}") for host, line in unreachable]
+    if failure is not None:
+        return []
     lines = tail.splitlines()
-    for line in lines:
-        found = _SSH_UNREACHABLE.search(line)
-        if found and (found.group(1) or found.group(2)) in placed:
-            return [(found.group(1) or found.group(2), f"unreachable at launch: {line.strip()}")]
-    if failure is None and any(_HYDRA_SIGNAL.search(line) for line in lines):
-        for line in lines:
-            found = _HYDRA_AT.search(line)
-            if found and found.group(1) in placed:
-                how = next((m.group(1).strip() for m in map(_HYDRA_SIGNAL.search, lines) if m), "")
-                return [(found.group(1), f"a rank on {found.group(1)} was killed ({how})")]
+    how = next((m.group(1).strip() for m in map(_HYDRA_SIGNAL.search, lines) if m), "")
+    for i, line in enumerate(lines):
+        found = _HYDRA_AT.search(line)
+        if not found or found.group(1) not in placed:
+            continue
+        host = found.group(1)
+        if how:
+            return [(host, f"a rank on {host} was killed ({how})")]
+        code = next((m for m in map(_HYDRA_CODE.search, lines[i + 1:i + 3]) if m), None)
+        name = _killed_code(int(code.group(1))) if code else None
+        if name:
+            return [(host, f"a rank on {host} was killed (hydra: EXIT CODE {code.group(1)}, {name})")]
     return []
-

@@ -5,6 +5,7 @@
     cancel, checkpoint = api.report_progress("digits-1", token, ProgressReport(attempt=1, step=120, ...))
     row = api.upload_checkpoint("digits-1", token, info, chunks)
     row, chunks = api.fetch_checkpoint("digits-1", token, step=100)
+    held = api.append_log("digits-1", token, attempt=1, offset=0, data=b"step 10 ...\n")   # the ranks' output
 
 Every call carries the job token of the attempt, good for that job only and only while that attempt runs:
 the store knows the token by its hash, and the job must be RUNNING with this attempt as its current one.
@@ -13,12 +14,19 @@ which jobs exist, and a job that ended takes no more writes (an upload is checke
 byte, before it is stored). Rank 0 reports progress; any rank may report its own failure (a rank that
 raises, or whose hang watchdog fires, tells why before it aborts), which is stored on the attempt and
 touches neither metrics nor progress.
+
+AppendLog carries what the ranks print to the attempt's log on the coordinator's disk, for `gradmesh logs`
+and the dashboard, when they run where that disk is not (Slurm: worker/slurm_step.py forwards the batch
+step's output). It is accepted while the attempt has not been settled (its last lines come after the ranks
+exited, before Slurm ends the job), at most APPEND_MAX_BYTES a call and LOG_MAX_BYTES an attempt log.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -43,6 +51,9 @@ MAX_STEP = 1 << 53  # steps and epochs a worker may report: beyond any real job,
                     # for `step + 1` in SQLite's int64 (a watch resumes at the next step)
 CHECKPOINT_SLACK_BYTES = 4 << 20
 KIND_POINTS = "points"  # a ResourceExhausted: the job stored all the metric points it may
+KIND_LOG = "log"        # a ResourceExhausted: the attempt's log holds LOG_MAX_BYTES
+APPEND_MAX_BYTES = 256 << 10   # one AppendLog
+LOG_MAX_BYTES = 64 << 20       # one attempt's log on the coordinator's disk, whoever writes it
 
 
 def checkpoint_limit(spec_json: str) -> int:
@@ -75,6 +86,8 @@ class WorkerApi:
         self.checkpoints = checkpoints
         self.supervisor = supervisor
         self.signal = signal
+        self._log_lock = threading.Lock()
+        self._log_held: dict[tuple[str, int], int] = {}  # (job, attempt) → bytes of the forwarded output held
 
     def authorize(self, job_id: str, token: str) -> JobRow:
         """The job, RUNNING, whose current attempt holds `token`; Unauthenticated otherwise, with the same
@@ -183,6 +196,58 @@ class WorkerApi:
         _step(step, "step")
         row = self.checkpoints.choose(job_id, step=step)
         return row, self.checkpoints.open(row)
+
+
+    def append_log(self, job_id: str, token: str, attempt: int, offset: int, data: bytes,
+                   ended_with: int | None = None) -> int:
+        """Append `data` (bytes `offset`.. of the attempt's forwarded output) to the attempt's log; returns how
+        much of that output the coordinator holds. What it already holds is not written again. `ended_with`:
+        the batch step's last call, srun's exit code (the supervisor may settle the attempt on it)."""
+        validate.job_id(job_id)
+        job = self.store.get_job(job_id)
+        if job is not None and job.state in (JobState.QUEUED, JobState.RESTARTING):
+            job = self.authorize(job_id, token)  # the batch step runs: so does the job, from now on
+        if job is None or not matches(token, job.token_hash):
+            raise Unauthenticated(f"{JOB_TOKEN_HEADER}: not the token of a running attempt of job {job_id}",
+                                  kind=KIND_TOKEN)
+        validate.non_negative(attempt, "attempt")
+        validate.non_negative(offset, "offset")
+        if offset > MAX_STEP:  # offset + data must fit the answer's int64
+            raise InvalidArgument("offset", f"must be at most 2**53, got {offset}")
+        if len(data) > APPEND_MAX_BYTES:
+            raise InvalidArgument("data", f"{len(data)} bytes in one call; at most {APPEND_MAX_BYTES}")
+        row = self.store.attempt(job_id, job.attempts)
+        if (attempt and attempt != job.attempts) or row is None or row.ended:
+            raise FailedPrecondition(f"attempt: attempt {attempt or job.attempts} of job {job_id} is over",
+                                     kind=KIND_ATTEMPT)
+        key = (job_id, job.attempts)
+        with self._log_lock:
+            held = self._log_held.get(key, offset)  # a coordinator restarted meanwhile takes the sender's word
+            end = offset + len(data)
+            if end <= held and ended_with is None:
+                return held
+            data = data[max(0, held - offset):]
+            note = (f"gradmesh: [{offset - held} bytes of the ranks' output did not reach the coordinator]\n"
+                    .encode() if offset > held else b"")
+            path = row.log_path
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            if size + len(note) + len(data) > LOG_MAX_BYTES:
+                raise ResourceExhausted(f"log: the log of job {job_id} attempt {job.attempts} holds {size} bytes, "
+                                        f"the most an attempt's log may ({LOG_MAX_BYTES})", kind=KIND_LOG)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "ab") as f:
+                    f.write(note + data)
+            except OSError as err:  # a full disk: the sender keeps it and tries again
+                raise ResourceExhausted(f"disk: the log of job {job_id} could not be written ({err.strerror})",
+                                        kind="disk") from None
+            end = max(end, held)
+            self._log_held[key] = end
+            if len(self._log_held) > 4096:  # attempts long over: forget the oldest
+                self._log_held.pop(next(iter(self._log_held)))
+        if ended_with is not None:
+            self.supervisor.step_ended(job_id, job.attempts, ended_with)
+        return end
 
 
 def _step(value: int, field: str) -> None:

@@ -1029,6 +1029,11 @@ class WorkerServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.FetchCheckpointRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.CheckpointChunk.FromString,
                 _registered_method=True)
+        self.AppendLog = channel.unary_unary(
+                '/gradmesh.v1.WorkerService/AppendLog',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.AppendLogRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.AppendLogResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -1058,6 +1063,12 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1080,6 +1091,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.FetchCheckpoint,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.FetchCheckpointRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'AppendLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendLog,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.AppendLogRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.AppendLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1190,6 +1206,33 @@ class WorkerService:
             '/gradmesh.v1.WorkerService/FetchCheckpoint',
             coordinator_dot_rpc_dot_gradmesh__pb2.FetchCheckpointRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.WorkerService/AppendLog',
+            coordinator_dot_rpc_dot_gradmesh__pb2.AppendLogRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.AppendLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,15 @@ from coordinator.access.tokens import attempt_tag
 log = logging.getLogger("gradmesh.attempts")
 
 
+class ExecutorUnavailable(OSError):
+    """The executor cannot take an attempt now, for a while (Slurm's controller is away): not a failure of
+    the job. The job stays queued; `retry_in_s` says when to try again."""
+
+    def __init__(self, message: str, retry_in_s: float):
+        super().__init__(message)
+        self.retry_in_s = retry_in_s
+
+
 class Handle(Protocol):
     """One attempt's processes, wherever they run."""
 

@@ -20,6 +20,7 @@ job has restarts left, and to FAILED otherwise.
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass
 
 from coordinator.supervision.launcher import Exit
@@ -40,6 +41,7 @@ _WATCHDOG = re.compile(r"(rank \d+ on \S+: collective .* did not complete within
 _RANK_ERROR = re.compile(r"^\[rank ([0-9]{1,9}) on ([^\]]+)\] ((?:[\w.]+(?:Error|Exception|Interrupt)|[\w.]+Exit)\b.*)$")
 _HYDRA_PID = re.compile(r"PID ([0-9]{1,10}) RUNNING AT (\S+)")
 _HYDRA_EXIT = re.compile(r"EXIT STRING: (.+)$")
+_HYDRA_CODE = re.compile(r"EXIT CODE: (\d+)")
 
 
 def headline(tail: str) -> str:
@@ -57,6 +59,12 @@ def headline(tail: str) -> str:
             return f"rank {rank} on {host}: {error}"
     pid = next((m for m in map(_HYDRA_PID.search, lines) if m), None)
     how = next((m for m in map(_HYDRA_EXIT.search, lines) if m), None)
+    code = next((m for m in map(_HYDRA_CODE.search, lines) if m), None)
+    if pid and not how and code:  # a rank on another host: its proxy reports the signal as the exit code
+        number = int(code.group(1))
+        number = number - 128 if number > 128 else number
+        killed = f" (signal {signal.Signals(number).name}?)" if number in (6, 7, 9, 11, 15) else ""
+        return f"a rank (pid {pid.group(1)}) on {pid.group(2)} ended: exit code {code.group(1)}{killed}"
     if pid:
         return f"a rank (pid {pid.group(1)}) on {pid.group(2)} ended: {how.group(1) if how else 'bad termination'}"
     return ""

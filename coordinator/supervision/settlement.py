@@ -95,11 +95,16 @@ class Settlement:
             saved = f" at step {max(c.step for c in ours)}" if ours else ""
             outcome = Outcome(JobState.FAILED, True, f"{why}; attempt {run.attempt} stopped with a checkpoint"
                                                      f"{saved}", word)
+        unreachable: list[str] = []
+        if outcome.state is JobState.FAILED and not resized and killed is None and fleet is not None:
+            unreachable = fleet.attempt_failed(job.id, run.allocation, attempt.failure, log_tail(log_path, lines=40))
+        if unreachable and outcome.retryable:  # it never ran there: relaunch without the host, no restart spent
+            outcome = Outcome(JobState.FAILED, True, f"{', '.join(unreachable)} unreachable at launch, quarantined; "
+                                                     f"relaunching without it, no restart spent ({outcome.message})",
+                              "unreachable")
         self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
                                message=outcome.message)
-        if outcome.state is JobState.FAILED and not resized and killed is None and fleet is not None:
-            fleet.attempt_failed(job.id, run.allocation, attempt.failure, log_tail(log_path, lines=40))
-        self._move_on(job, run, exit, outcome, resized=resized)
+        self._move_on(job, run, exit, outcome, resized=resized, free=bool(unreachable) and outcome.retryable)
 
     def _fail_over(self, run: Running, exit: Exit, cause: Exception) -> None:
         """The job's next state when its attempt's end could not be recorded: a retryable failure."""
@@ -115,13 +120,16 @@ class Settlement:
         except Exception:  # noqa: BLE001 - the job moved on; the attempt record is secondary
             log.exception("could not record the end of %s attempt %d", job.id, run.attempt)
 
-    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False) -> None:
+    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False,
+                 free: bool = False) -> None:
+        """`resized`: stopped on purpose to grow; `free`: the launcher could not reach a host. Either way the
+        job is relaunched at once without spending a restart."""
         fault = fault_policy(job)
         # a registered run's launcher owns its restarts
         max_restarts = 0 if job.executor == EXTERNAL else fault.get("max_restarts", 2)
         decision = decide(outcome, attempt=run.attempt, restarts=job.restarts,
                           max_restarts=max_restarts, backoff_s=fault.get("backoff_s", 1.0))
-        if resized:
+        if resized or free:
             decision = Decision(JobState.RESTARTING, outcome.message)
         if decision.state is JobState.RESTARTING:
             self._restart_after(job.id, decision.delay_s)
@@ -132,7 +140,7 @@ class Settlement:
         try:
             self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
                                   expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING],
-                                  count_restart=not resized)
+                                  count_restart=not (resized or free))
         except IllegalTransition:
             log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
                         exit.describe())

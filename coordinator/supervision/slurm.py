@@ -5,27 +5,34 @@ The command is built by a pure function, so tests assert it without a Slurm:
 
     argv, script = build_sbatch(sbatch="sbatch", python="/venv/bin/python", workers=2,
                                 coordinator="10.0.0.5:50051", job_id="digits-1", attempt=1,
-                                workdir=Path("/d/runs/digits-1/attempt-1"), log_path=Path("/d/logs/digits-1/attempt-1.log"),
                                 script_path=Path("/d/logs/digits-1/attempt-1.sbatch"))
-    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1", "--ntasks=2", "--output=/d/logs/...log",
-       "--open-mode=append", "--chdir=/d/runs/digits-1/attempt-1", "--no-requeue", "--export=ALL",
-       "/d/logs/digits-1/attempt-1.sbatch"]
-    script: `exec srun --mpi=pmi2 --kill-on-bad-exit=1 /venv/bin/python -m worker --coordinator ... --out ...`
+    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1", "--ntasks=2", "--output=/tmp/%x-%j.out",
+       "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL", "/d/logs/digits-1/attempt-1.sbatch"]
+    script: scratch=$(mktemp -d ...) … exec python -m worker.slurm_step … -- srun --mpi=pmi2 … python -m worker …
 
-sbatch runs with the ranks' allowlisted environment (coordinator.supervision.launcher.build_worker_env, the attempt's
-token included) and exports it to the job; `exec` makes srun the batch step itself. `--no-requeue`: a
-failed attempt is gradmesh's to restart (from the newest checkpoint that reached the coordinator).
+No shared filesystem: nothing of the attempt touches the coordinator's disk on the compute side. sbatch
+reads the script here and hands its text to Slurm; the batch step works in node-local places (`--chdir=/tmp`,
+`--output` in /tmp, a fresh scratch directory under $TMPDIR as the ranks' --out); the ranks fetch the spec
+and checkpoint and send reports and checkpoints over gRPC, and worker/slurm_step.py sends everything the
+step prints (the ranks' output and srun's) to the coordinator, which appends it to the attempt's log (so
+`gradmesh logs` and the dashboard show it), then removes the scratch directory. The node-local --output
+file keeps a copy for when the coordinator could not be reached.
+
+sbatch runs with the ranks' allowlisted environment (coordinator.supervision.launcher.build_worker_env, the
+attempt's token included) and exports it to the job. `--no-requeue`: a failed attempt is gradmesh's to
+restart (from the newest checkpoint that reached the coordinator).
 
 Watching: one `scontrol show job --oneliner` (every job the controller still holds) per `poll_s`, shared by
 every attempt. PENDING with Slurm's reason is what the job's message shows while it waits; a job in an
 ended state becomes an Exit naming Slurm's state and reason (`slurm_exit`). Without an accounting
 database an ended job stays visible only MinJobAge seconds (300 by default): an attempt whose job is gone
-ends as "unknown to Slurm" (its outcome then rests on what its ranks reported).
+ends as "unknown to Slurm" (its outcome then rests on what its ranks reported). While the controller does
+not answer, every job is taken to run on (coordinator.supervision.slurm_outage says so and retries).
 
 Stopping: `scancel --signal=TERM` reaches srun's tasks (not `--full`: srun itself would take the SIGTERM as
-"abort the step" and kill the ranks), so they stop at a step boundary with a checkpoint and exit 4; after
-the grace period a plain `scancel` (SIGTERM, Slurm's KillWait, SIGKILL). A job still PENDING is simply
-cancelled.
+"abort the step" and kill the ranks), so they stop at a step boundary with a checkpoint and exit 4, and the
+batch step then cancels its own Slurm job, so Slurm shows a stop on request as CANCELLED; after the grace
+period a plain `scancel` (SIGTERM, Slurm's KillWait, SIGKILL). A job still PENDING is simply cancelled.
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from coordinator.supervision.executors import Launch, log_command
+from coordinator.supervision.executors import ExecutorUnavailable, Launch, log_command
+from coordinator.supervision.slurm_outage import Outage, is_controller_down
 from coordinator.supervision.launcher import Exit
 from coordinator.store.records import AttemptRow, JobRow
 from coordinator.store.store import Store
@@ -50,6 +58,7 @@ log = logging.getLogger("gradmesh.slurm")
 TOOLS = ("sbatch", "squeue", "scontrol", "scancel")
 LAUNCHER = "the Slurm job"   # how failure messages name what ran the ranks
 UNSUBMITTED = "?"            # the attempt's slurm_job between its record and sbatch's answer
+STEP_ENDED_GRACE_S = 15.0    # the batch step said its ranks ended; Slurm, answering, has not: trust the step
 
 # Slurm job states in which nothing of the job runs any more (squeue(1) "JOB STATE CODES").
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -63,13 +72,16 @@ def job_name(job_id: str, attempt: int) -> str:
     return f"gradmesh-{job_id}-a{attempt}"
 
 
+NODE_OUTPUT = "/tmp/%x-%j.out"   # sbatch's --output on the compute node: a copy of what reaches the attempt log
+
+
 def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, job_id: str, attempt: int,
-                 workdir: Path, log_path: Path, script_path: Path, partition: str = "", account: str = "",
+                 script_path: Path, partition: str = "", account: str = "",
                  sbatch_args: Sequence[str] = (), owner: str = "") -> tuple[list[str], str]:
     """The exact sbatch command of one attempt, and its batch script. `owner`, the gradmesh user whose job it is,
     goes to Slurm as the job's comment (`squeue -o %k`, sacct's Comment), so Slurm's side shows who ran what."""
     argv = [sbatch, "--parsable", f"--job-name={job_name(job_id, attempt)}", f"--ntasks={workers}",
-            f"--output={log_path}", "--open-mode=append", f"--chdir={workdir}", "--no-requeue", "--export=ALL"]
+            f"--output={NODE_OUTPUT}", "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL"]
     if partition:
         argv.append(f"--partition={partition}")
     if account:
@@ -78,15 +90,22 @@ def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, jo
         argv.append(f"--comment=gradmesh owner={owner}")
     argv += list(sbatch_args)
     argv.append(str(script_path))
-    worker = [python, "-m", "worker", "--coordinator", coordinator, "--job", job_id, "--attempt", str(attempt),
-              "--out", str(workdir)]
+    link = ["--coordinator", coordinator, "--job", job_id, "--attempt", str(attempt)]
+    step = [python, "-m", "worker.slurm_step", *link, "--scratch"]
+    ranks = ["srun", "--mpi=pmi2", "--kill-on-bad-exit=1", python, "-m", "worker", *link, "--out"]
+    quoted = lambda args: " ".join(shlex.quote(a) for a in args)  # noqa: E731
+    template = shlex.quote(f"{job_name(job_id, attempt)}.XXXXXX")
     script = "\n".join([
         "#!/bin/sh",
         f"# gradmesh job {job_id}, attempt {attempt}, submitted by the coordinator at {coordinator}.",
         "# The environment is the coordinator's allowlist for ranks (sbatch --export=ALL of it), with the",
-        "# attempt's token. srun starts one rank per task, wired up through PMI-2; exec makes srun the batch",
-        "# step, and `scancel --signal=TERM` reaches its tasks: they stop at a step boundary with a checkpoint.",
-        "exec srun --mpi=pmi2 --kill-on-bad-exit=1 " + " ".join(shlex.quote(a) for a in worker),
+        "# attempt's token. Nothing here needs the coordinator's disk: the ranks work in a node-local scratch",
+        "# directory, and worker.slurm_step sends everything srun prints to the coordinator's log of the attempt.",
+        "# srun starts one rank per task, wired up through PMI-2; `scancel --signal=TERM` reaches its tasks:",
+        "# they stop at a step boundary with a checkpoint.",
+        f'scratch=$(mktemp -d "${{TMPDIR:-/tmp}}/"{template}) || exit 1',
+        'cd "$scratch" || exit 1',
+        f'exec {quoted(step)} "$scratch" -- {quoted(ranks)} "$scratch"',
         "",
     ])
     return argv, script
@@ -179,9 +198,13 @@ def check_slurm(env: Mapping[str, str] | None = None, timeout_s: float = 15.0) -
 class SlurmQueue:
     """What Slurm's controller says of every job, read at most once per `poll_s` and shared by all handles."""
 
-    def __init__(self, poll_s: float = 1.0, run: Callable[[Sequence[str]], str] | None = None):
+    def __init__(self, poll_s: float = 1.0, run: Callable[[Sequence[str]], str] | None = None,
+                 outage: Outage | None = None):
         self.poll_s = poll_s
-        self._run = run or _scontrol
+        self.outage = outage or Outage()  # shared with sbatch and scancel: the controller's reachability
+        # while the controller is away each read fails only after Slurm's own retries (~9 s): a shorter cap
+        # then, so that its return is seen soon
+        self._run = run or (lambda argv: _scontrol(argv, timeout=5.0 if self.outage.down else 30.0))
         self._lock = threading.Lock()
         self._jobs: dict[str, SlurmJobInfo] = {}
         self._read_at = -float("inf")
@@ -196,10 +219,14 @@ class SlurmQueue:
                 try:
                     self._jobs = parse_scontrol(self._run(["scontrol", "show", "job", "--oneliner"]))
                     self._ok = True
+                    if self.outage.recovered():
+                        log.warning("Slurm's controller answers again")
                 except (OSError, subprocess.SubprocessError) as err:
                     if self._ok:
                         log.warning("scontrol failed (%s); keeping the last answer", err)
                     self._ok = False
+                    if is_controller_down(str(err)) or isinstance(err, subprocess.TimeoutExpired):
+                        self.outage.failed(f"scontrol: {err}")
                 self._read_at = time.monotonic()
             return self._ok, self._jobs.get(slurm_id)
 
@@ -211,8 +238,8 @@ class SlurmQueue:
         return max(named, key=lambda j: int(j.id), default=None)
 
 
-def _scontrol(argv: Sequence[str]) -> str:
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+def _scontrol(argv: Sequence[str], timeout: float = 30.0) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 and "No jobs in the system" not in done.stdout + done.stderr:
         raise subprocess.SubprocessError(done.stderr.strip() or f"{argv[0]} exited {done.returncode}")
     return done.stdout
@@ -226,6 +253,7 @@ class SlurmJob:
         self.queue = queue
         self.submitted_at = submitted_at  # monotonic; reads older than this do not know the job yet
         self._exit: Exit | None = None
+        self._step_ended: tuple[int, float] | None = None  # (srun's exit code, when the batch step said so)
         self._lock = threading.Lock()
 
     def where(self) -> str:
@@ -234,17 +262,37 @@ class SlurmJob:
     def _info(self) -> tuple[bool, SlurmJobInfo | None]:
         return self.queue.info(self.slurm_id, newer_than=self.submitted_at)
 
+    def step_ended(self, exit_code: int) -> None:
+        """The batch step said its ranks exited with `exit_code` (its last AppendLog)."""
+        with self._lock:
+            self._step_ended = (exit_code, time.monotonic())
+
     def poll(self) -> Exit | None:
         with self._lock:
             if self._exit is None:
                 ok, info = self._info()
-                if ok:  # while the controller does not answer, the job is taken to run on
+                if ok:  # while the controller does not answer, the job is taken to run on...
                     self._exit = slurm_exit(self.slurm_id, info)
+                if self._exit is None and self._step_ended is not None:
+                    # ...unless its batch step said its ranks are over: Slurm's word is awaited while the
+                    # controller answers (briefly), not while it is away
+                    code, said_at = self._step_ended
+                    if not ok or time.monotonic() - said_at > STEP_ENDED_GRACE_S:
+                        away = "; Slurm's controller unreachable" if not ok else ""
+                        self._exit = Exit(code, LAUNCHER,
+                                          f"the batch step of Slurm job {self.slurm_id} reported the end of its "
+                                          f"ranks{away}")
             return self._exit
 
     def waiting(self) -> str | None:
         ok, info = self._info()
+        if not ok and self.queue.outage.down:
+            return f"{self.queue.outage.text()}; Slurm job {self.slurm_id} submitted"
         return waiting_text(self.slurm_id, info) if ok else None
+
+    def trouble(self) -> str | None:
+        """What the job message adds while the attempt runs: the controller's outage, if any."""
+        return self.queue.outage.text() or None
 
     def alive(self) -> bool:
         return self.poll() is None
@@ -288,27 +336,38 @@ class SlurmExecutor:
         self.accounts = dict(accounts or {})   # gradmesh user -> the Slurm account their jobs are charged to
         self.sbatch_args = tuple(sbatch_args)
         self.queue = SlurmQueue(poll_s)
+        self.outage = self.queue.outage
+
+    def unavailable(self) -> tuple[str, float] | None:
+        """(why, seconds to wait) while the controller is away and the next try is not due; None: try now."""
+        wait = self.outage.retry_in()
+        return (self.outage.text(), wait) if self.outage.down and wait > 0 else None
 
     def launch(self, request: Launch) -> SlurmJob:
         attempt = request.attempt
-        log_path, workdir = Path(attempt.log_path), Path(attempt.workdir)
+        log_path = Path(attempt.log_path)
         script_path = log_path.with_suffix(".sbatch")
         argv, script = build_sbatch(sbatch=shutil.which("sbatch") or "sbatch", python=self.python,
                                     workers=request.job.workers, coordinator=request.coordinator,
-                                    job_id=request.job.id, attempt=attempt.attempt, workdir=workdir,
-                                    log_path=log_path, script_path=script_path, partition=self.partition,
-                                    account=self.accounts.get(request.job.owner, self.account),
+                                    job_id=request.job.id, attempt=attempt.attempt, script_path=script_path,
+                                    partition=self.partition, account=self.accounts.get(request.job.owner, self.account),
                                     sbatch_args=self.sbatch_args, owner=request.job.owner)
-        workdir.mkdir(parents=True, exist_ok=True)
         log_command(log_path, request, argv)
         script_path.write_text(script)
         submitted_at = time.monotonic()
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(request.env))
         except subprocess.TimeoutExpired:
-            raise OSError("sbatch did not answer within 60 s") from None
+            self.outage.failed("sbatch did not answer within 60 s")
+            raise ExecutorUnavailable(self.outage.text(), self.outage.retry_in()) from None
+        said = done.stderr.strip() or done.stdout.strip()
+        if done.returncode != 0 and is_controller_down(said):
+            self.outage.failed(said)
+            raise ExecutorUnavailable(self.outage.text(), self.outage.retry_in())
         if done.returncode != 0:
-            raise OSError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}")
+            raise OSError(f"sbatch refused the job: {said}")
+        if self.outage.recovered():
+            log.warning("Slurm's controller answers again (sbatch)")
         slurm_id = done.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
         with open(log_path, "a") as f:
             f.write(f"gradmesh: submitted as Slurm job {slurm_id}\n")

@@ -33,7 +33,7 @@ from typing import Sequence
 
 from coordinator.supervision import recovery
 from coordinator.events import ChangeSignal
-from coordinator.supervision.executors import Executor, Launch, LocalExecutor
+from coordinator.supervision.executors import Executor, ExecutorUnavailable, Launch, LocalExecutor
 from coordinator.supervision.external_runs import ExternalRuns
 from coordinator.hosts import Allocation, format_hosts
 from coordinator.supervision.launcher import Exit, build_worker_env
@@ -89,6 +89,10 @@ class Supervisor:
         An executor with a queue of its own (Slurm) leaves the job QUEUED/RESTARTING until its ranks call."""
         if job.executor == EXTERNAL:
             return False  # its user launches it
+        blocked = getattr(self.executor, "unavailable", lambda: None)()
+        if blocked is not None:  # e.g. Slurm's controller is away: the job waits, no attempt, no restart spent
+            self._wait_for_executor(job, *blocked)
+            return False
         token = new_token()
         token_hash = hash_token(token)
         hosts = format_hosts(allocation)
@@ -108,6 +112,11 @@ class Supervisor:
             env = build_worker_env(os.environ, job_token=token, attempt_tag=attempt_tag(token_hash), tls_ca=self.tls_ca,
                                    data_roots=self.data_roots)
             process = self.executor.launch(Launch(job, attempt, allocation, env, self.address))
+        except ExecutorUnavailable as err:
+            self.store.end_attempt(job.id, attempt.attempt, exit_code=None, outcome="not-submitted",
+                                   message=f"not submitted: {err}")
+            self._wait_for_executor(job, str(err), err.retry_in_s)
+            return False
         except OSError as err:
             message = f"could not start {'sbatch' if queued else 'mpirun'}: {err}"
             self.store.end_attempt(job.id, attempt.attempt, exit_code=None, outcome="launch-failed", message=message)
@@ -183,11 +192,21 @@ class Supervisor:
         self.external.fail_silent()
         self.shm.tick()
 
+    def _wait_for_executor(self, job: JobRow, why: str, retry_in_s: float) -> None:
+        self._restart_after(job.id, retry_in_s)
+        if self.store.note(job.id, f"{why}; submitting again in {retry_in_s:.0f} s",
+                           (JobState.QUEUED, JobState.RESTARTING)):
+            self.signal.changed()
+
     def _show_waiting(self) -> None:
-        """The job message of attempts waiting in Slurm's queue follows Slurm (its pending reason)."""
+        """The job message of attempts waiting in Slurm's queue follows Slurm (its pending reason); a running
+        one's says what troubles its executor (Slurm's controller away), and is put back when that is over."""
         with self._lock:
-            waiting = [run for run in self._runs.values() if run.waiting]
-        for run in waiting:
+            runs = list(self._runs.values())
+        for run in runs:
+            if not run.waiting:
+                self._show_trouble(run)
+                continue
             text = run.process.waiting()
             if text and text != run.note:
                 run.note = text
@@ -197,6 +216,19 @@ class Supervisor:
                     run.note = ""
                     continue
                 self.signal.changed()
+
+    def _show_trouble(self, run: Running) -> None:
+        trouble = getattr(run.process, "trouble", lambda: None)()
+        if trouble == (run.note or None):
+            return
+        job = self.store.get_job(run.job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return
+        restart = f" (restart {job.restarts})" if job.restarts else ""
+        base = f"running as {run.process.where()}{restart}"
+        if self.store.note(run.job_id, f"{base}; {trouble}" if trouble else base, (JobState.RUNNING,)):
+            run.note = trouble or ""
+            self.signal.changed()
 
     # ================================================================ runs launched by their users
 
@@ -264,6 +296,15 @@ class Supervisor:
         """Whether the job's ranks are to stop with a checkpoint although no cancel was asked (resize, preemption)."""
         with self._lock:
             return job_id in self._resizing
+
+    def step_ended(self, job_id: str, attempt: int, exit_code: int) -> None:
+        """The batch step of the job's attempt says its ranks exited (Slurm: worker/slurm_step.py): the handle
+        may end the attempt on that word while Slurm cannot confirm it (its controller away)."""
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is not None and run.attempt == attempt and hasattr(run.process, "step_ended"):
+            run.process.step_ended(exit_code)
+            self.signal.changed()
 
     def forget_restart(self, job_id: str) -> None:
         with self._lock:
