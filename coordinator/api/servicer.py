@@ -224,7 +224,8 @@ class WorkerServicer:
     @rpc
     def FetchJob(self, request, context):
         spec_json, attempt, resume = self.workers.fetch_job(request.job_id, _token(context), request.attempt)
-        reply = pb.FetchJobResponse(spec_json=spec_json, attempt=attempt)
+        reply = pb.FetchJobResponse(spec_json=spec_json, attempt=attempt,
+                                    pause_at_step=self.workers.pause_at(request.job_id))
         if resume is not None:
             reply.resume_from.CopyFrom(convert.checkpoint_to_pb(resume))
         return reply

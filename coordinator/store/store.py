@@ -37,12 +37,14 @@ from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.metrics import MetricRecords
+from coordinator.store.pauses import PauseRecords
+from coordinator.store.sweeps import SweepRecords
 
 log = logging.getLogger("gradmesh.store")
 _ENDED = sorted(s.name for s in TERMINAL)   # the terminal states' names, as the jobs table stores them
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds):
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, PauseRecords, SweepRecords):
     """The jobs and their transitions, with the attempt, metric and checkpoint records of the base classes."""
 
     # ------------------------------------------------------------ jobs
