@@ -25,6 +25,7 @@ RANKS = {
     "fleet": 3, "files": 3,
     "supervision": 4,
     "scheduler": 5, "jobs": 5,
+    "sweeps": 5.5,   # drives trials through jobs' operations; core wires it
     "core": 6,
     "dashboard": 7,
     "api": 8,

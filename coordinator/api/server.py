@@ -223,7 +223,8 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", port: int = 0, slot
     # More threads than the classes' caps together: an admitted call never queues for a thread.
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
     server = grpc.server(threads, interceptors=[interceptor], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((method_handlers("JobService", JobServicer(core.jobs, core.streams, core.hosts)),
+    job_servicer = JobServicer(core.jobs, core.streams, core.hosts, core.sweeps)
+    server.add_generic_rpc_handlers((method_handlers("JobService", job_servicer),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from coordinator.api import convert
+from coordinator.api.sweeps import SweepMethods
 from coordinator.errors import GradmeshError, InvalidArgument
 from coordinator.jobs.operations import Jobs
 from coordinator.rpc import gradmesh_pb2 as pb
@@ -120,11 +121,12 @@ def _token(context: grpc.ServicerContext) -> str:
     return ""
 
 
-class JobServicer:
-    def __init__(self, jobs: Jobs, streams: Streams, hosts=None):
+class JobServicer(SweepMethods):
+    def __init__(self, jobs: Jobs, streams: Streams, hosts=None, sweeps=None):
         self.jobs = jobs
         self.streams = streams
         self.hosts = hosts  # coordinator.fleet.fleet.HostOps
+        self.sweeps = sweeps  # coordinator.sweeps.service.Sweeps (api/sweeps.py has its methods)
 
     @rpc
     def ListHosts(self, request, context):
@@ -205,6 +207,10 @@ class JobServicer:
         row, chunks = self.jobs.open_checkpoint(request.job_id, step=request.step if which == "step" else None,
                                                 best=which == "best" and request.best)
         yield from _checkpoint_stream(row, chunks)
+
+
+for _name in ("SubmitSweep", "GetSweep", "ListSweeps", "CancelSweep", "ForkJob"):  # errors → status codes
+    setattr(JobServicer, _name, rpc(getattr(SweepMethods, _name)))
 
 
 def _checkpoint_stream(row, chunks: Iterator[bytes]) -> Iterator[pb.CheckpointChunk]:

@@ -20,8 +20,10 @@ timing, with the number of workers, with a slow host. Here they cannot: the sequ
 follow from the values alone. A trial that reached a rung and was not promoted is "waiting" until one of:
     - it is promoted (a later prefix puts it in the top floor(m / η));
     - the rung's sequence is complete (every trial that will ever reach the rung has its value there): stopped;
-    - it ranks below floor(N / η) already, N being the most trials the rung can ever hold: stopped, since a
-      trial's rank among a growing prefix can only fall.
+    - it ranks below max(1, floor(N / η)) already, N being the most trials the rung can ever hold: stopped,
+      since a trial's rank among a growing prefix can only fall.
+When a rung's sequence is complete and promoted nobody (fewer than η trials reached it), its best is promoted,
+so every sweep runs at least one trial to the end and its winner has a final checkpoint.
 The price against ASHA: a trial that is ahead of the trials before it waits for them (paused, its slot given to
 another trial), and every trial pauses at every rung it reaches (a checkpoint, and a relaunch if promoted).
 """
@@ -93,13 +95,16 @@ def decide(*, trials: int, rungs: int, reduction_factor: int, minimize: bool,
                     chosen.add(t)
                     promoted.append(t)
         ranked = sorted(seq[:known], key=lambda t: (key(results[(t, k)], minimize), t))
+        if done_here and not promoted and ranked and not math.isnan(results[(ranked[0], k)]):
+            promoted.append(ranked[0])   # fewer than η trials reached the rung: its best still goes on
+            chosen.add(ranked[0])
         rank = {t: i + 1 for i, t in enumerate(ranked)}
         for i, t in enumerate(seq):
             if t in chosen:
                 continue  # its status is set at a higher rung
             if (t, k) not in results:
                 status[t] = Status(RUN, k)
-            elif math.isnan(results[(t, k)]) or done_here or (i < known and rank[t] > bound // eta):
+            elif math.isnan(results[(t, k)]) or done_here or (i < known and rank[t] > max(1, bound // eta)):
                 status[t] = Status(STOPPED, k)
             else:
                 status[t] = Status(WAITING, k)
