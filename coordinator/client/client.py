@@ -19,6 +19,7 @@ from coordinator import wire
 from coordinator.wire import resolve_token
 from coordinator.client.downloads import receive_checkpoint
 from coordinator.client.errors import InvalidSpec, translate_error
+from coordinator.client.sweeps import SweepCalls
 from coordinator.client.types import (
     CheckpointInfo, DeletedJob, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, WatchEvent, parse_state,
@@ -50,7 +51,7 @@ def _looks_like_path(text: str) -> bool:
     return os.path.exists(os.path.expanduser(text)) or text.endswith((".toml", ".json"))
 
 
-class Client:
+class Client(SweepCalls):
     """A connection to one coordinator. Thread-safe; close it (or use `with`) when done.
 
     `retries`: let gRPC repeat the idempotent reads (GetJob, ListJobs, GetMetrics, ListCheckpoints) on
