@@ -61,16 +61,15 @@ def fork_spec(jobs: Jobs, job_id: str, from_step: int, settings: Mapping[str, An
                        kind=KIND_CHECKPOINT)
     try:
         before = drop_unused(json.loads(parent.spec_json))
-        raw = apply_settings(before, settings)
-        old = parse_spec(before)
-        spec = parse_spec(raw)
+        old = parse_spec(before).to_dict()
+        for key, why in KEEP.items():  # first: a changed optimizer would otherwise be refused for its unused keys
+            section, name = key.split(".")
+            if key in settings and json.dumps(settings[key]) != json.dumps(old[section][name]):
+                raise InvalidArgument(key, f"a fork keeps it ({why}: the checkpoint at step {from_step} would not "
+                                           "fit); submit a new job instead")
+        spec = parse_spec(apply_settings(before, settings))
     except SpecError as err:
         raise InvalidArgument(err.field, err.reason) from None
-    for key, why in KEEP.items():
-        section, name = key.split(".")
-        if getattr(getattr(spec, section), name) != getattr(getattr(old, section), name):
-            raise InvalidArgument(key, f"a fork keeps it ({why}: the checkpoint at step {from_step} would not fit); "
-                                       "submit a new job instead")
     if spec.train.steps and spec.train.steps <= from_step:
         raise InvalidArgument("train.steps", f"must be beyond the fork's step {from_step}, got {spec.train.steps}")
     spec = jobs.checks.runnable_spec(spec.to_dict(), workers)

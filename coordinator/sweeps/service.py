@@ -156,12 +156,12 @@ class Sweeps:
             params = spec.params(t)
             try:
                 if spec.fork is not None:
-                    fork.fork_spec(self.jobs, spec.fork.job, spec.fork.step, params)
+                    trial, _ = fork.fork_spec(self.jobs, spec.fork.job, spec.fork.step, params)
                 else:
                     raw = trial_spec(base, params)
                     _, checked = self.jobs.checks.request(json.dumps(raw), "", trial_labels("s", t), 0)
                     trial = self.jobs.checks.runnable_spec(checked, 0)
-                    _check_metric(spec.metric, trial)
+                _check_metric(spec.metric, trial)
             except SpecError as err:
                 raise InvalidArgument(err.field, f"trial {t} ({_shown(params)}): {err.reason}") from None
             except InvalidArgument as err:
