@@ -30,7 +30,7 @@ from coordinator.store.records import JobRow
 from coordinator.store.store import Store
 from coordinator.store.sweeps import ResultRow, SweepRow, TrialRow
 from coordinator.sweeps import decisions
-from coordinator.sweeps.spec import trial_spec
+from coordinator.sweeps.spec import flat, trial_spec
 from coordinator.sweeps.views import Parsed, plan_of, results_of
 
 log = logging.getLogger("gradmesh.sweeps")
@@ -156,7 +156,8 @@ def _start(ctx: Context, row: SweepRow, parsed: Parsed, t: int, record: TrialRow
     try:
         raw = trial_spec(parsed.base, params)
         if spec.fork is not None:
-            forked, source = fork.fork_spec(ctx.jobs, spec.fork.job, spec.fork.step, params)
+            forked, source = fork.fork_spec(ctx.jobs, spec.fork.job, spec.fork.step,
+                                                   {**flat(parsed.base), **params})
             fork.create_fork(ctx.jobs, spec.fork.job, forked, source, new_id=job_id, labels=trial_labels(row.id, t))
         else:
             ctx.jobs.submit(json.dumps(raw), job_id=job_id, labels=trial_labels(row.id, t))

@@ -27,7 +27,7 @@ from coordinator.states import JobState
 from coordinator.store.store import Store
 from coordinator.store.sweeps import SweepRow
 from coordinator.sweeps.driver import Context, drive, trial_labels
-from coordinator.sweeps.spec import parse_sweep, trial_spec
+from coordinator.sweeps.spec import flat, parse_sweep, trial_spec
 from coordinator.sweeps.views import Parsed, SweepView, sweep_view
 from coordinator.wire import KIND_SWEEP
 from worker.spec import SpecError
@@ -156,7 +156,7 @@ class Sweeps:
             params = spec.params(t)
             try:
                 if spec.fork is not None:
-                    trial, _ = fork.fork_spec(self.jobs, spec.fork.job, spec.fork.step, params)
+                    trial, _ = fork.fork_spec(self.jobs, spec.fork.job, spec.fork.step, {**flat(base), **params})
                 else:
                     raw = trial_spec(base, params)
                     _, checked = self.jobs.checks.request(json.dumps(raw), "", trial_labels("s", t), 0)

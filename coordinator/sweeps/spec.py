@@ -13,7 +13,8 @@
     [sweep.asha]
     min_steps = 100              # the first rung; then min_steps * reduction_factor^k, up to train.steps
     reduction_factor = 3
-    [sweep.fork]                 # optional: every trial starts from this job's checkpoint at this step
+    [sweep.fork]                 # optional: every trial starts from this job's checkpoint at this step (its
+                                 # spec is the job's, with this file's settings and the trial's parameters)
     job = "digits-1a2b3c4d"
     step = 200
 
@@ -193,6 +194,18 @@ def trial_spec(base: dict, params: dict[str, Any]) -> dict:
     return raw
 
 
+def flat(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """A spec dict as dotted keys ({"optim": {"lr": 0.1}} → {"optim.lr": 0.1}): a fork sweep's file applied to
+    its parent's spec as settings."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def spec_key_exists(key: str) -> bool:
     """Whether `key` ("optim.lr") names a setting of the job spec."""
     cls: Any = JobSpec
@@ -278,4 +291,5 @@ def _int(table: dict, key: str, default: int, low: int, high: int = 1 << 62, whe
     return value
 
 
-__all__ = ["SweepSpec", "Param", "Fork", "parse_sweep", "trial_spec", "spec_key_exists", "METRICS", "MAX_TRIALS"]
+__all__ = ["SweepSpec", "Param", "Fork", "parse_sweep", "trial_spec", "flat", "spec_key_exists", "METRICS",
+           "MAX_TRIALS"]
