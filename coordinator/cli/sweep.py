@@ -128,7 +128,8 @@ def describe_sweep(s: SweepInfo) -> str:
     rows = [("TRIAL", "STATUS", "RUNG", *(f"@{r}" for r in s.rungs), "JOB", "STATE", "PARAMETERS")]
     for t in s.trials:
         at = {rung: v for rung, _, v in t.values}
-        rows.append((str(t.trial), t.status, str(t.rung), *(fmt_num(at[k]) if k in at else "" for k in range(len(s.rungs))),
+        values = (fmt_num(at[k]) if k in at else "" for k in range(len(s.rungs)))
+        rows.append((str(t.trial), t.status, str(t.rung), *values,
                      t.job_id, t.job_state.name if t.job_state else "-",
                      ", ".join(f"{k}={json.dumps(v)}" for k, v in t.params.items())))
     return "\n".join(lines) + "\n" + table(rows)

@@ -93,8 +93,9 @@ class SweepRecords(StoreConnection):
     def add_trial(self, trial: TrialRow) -> None:
         with self._tx(f"trial {trial.trial} of sweep {trial.sweep_id}") as db:
             db.execute("INSERT OR IGNORE INTO sweep_trials (sweep_id, trial, job_id, params_json, created) "
-                       "VALUES (?, ?, ?, ?, ?)", (trial.sweep_id, trial.trial, trial.job_id,
-                                                  json.dumps(trial.params, sort_keys=True), trial.created or time.time()))
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (trial.sweep_id, trial.trial, trial.job_id, json.dumps(trial.params, sort_keys=True),
+                        trial.created or time.time()))
 
     def trials(self, sweep_id: str) -> list[TrialRow]:
         rows = self._query("SELECT * FROM sweep_trials WHERE sweep_id = ? ORDER BY trial", (sweep_id,))
