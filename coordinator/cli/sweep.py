@@ -1,5 +1,6 @@
 """`gradmesh sweep submit|status|watch|cancel|list` and `gradmesh fork`: sweeps and forks through the client.
 
+    gradmesh sweep plan sweep.toml                # here, no coordinator: the rungs and every trial's parameters
     gradmesh sweep submit sweep.toml              # prints the sweep id (every trial's spec checked first)
     gradmesh sweep status ID [--json]             # each trial: parameters, rung, value at each rung, state, job
     gradmesh sweep watch ID                       # a line per change until it ends; exit 0 when SUCCEEDED
@@ -21,6 +22,8 @@ from coordinator.cli import commands
 from coordinator.cli.commands import EXIT_OK, CliError, make_client
 from coordinator.cli.render import fmt_num, fmt_time, print_json, table
 from coordinator.client import Client, NotFound, SweepInfo, Unimplemented
+from coordinator.sweeps.spec import parse_sweep, trial_spec
+from worker.spec import SpecError, parse_spec
 
 POLL_SECONDS = 1.0
 
@@ -28,8 +31,9 @@ POLL_SECONDS = 1.0
 def add_commands(command) -> None:
     """Register `sweep` and `fork` with main's `command(name, func, help)` helper."""
     p = command("sweep", cmd_sweep, "run a sweep (grid, random or asha) of a job spec; see docs/sweeps.md")
-    p.add_argument("action", choices=["submit", "status", "watch", "cancel", "list"])
-    p.add_argument("target", nargs="?", metavar="FILE|ID", help="submit: the sweep file; the others: the sweep id")
+    p.add_argument("action", choices=["plan", "submit", "status", "watch", "cancel", "list"])
+    p.add_argument("target", nargs="?", metavar="FILE|ID", help="plan, submit: the sweep file; the others: the "
+                                                                "sweep id")
     p.add_argument("--id", help="(submit) choose the sweep id")
     p = command("fork", cmd_fork, "start a new job from JOB's checkpoint at a step, with changed settings")
     p.add_argument("job_id", metavar="JOB")
@@ -65,8 +69,11 @@ def cmd_fork(args) -> int:
 
 def cmd_sweep(args) -> int:
     if args.action != "list" and not args.target:
-        raise CliError(f"gradmesh sweep {args.action}: give the {'file' if args.action == 'submit' else 'sweep id'}",
+        raise CliError(f"gradmesh sweep {args.action}: give the "
+                       f"{'file' if args.action in ('plan', 'submit') else 'sweep id'}",
                        exit_code=2)
+    if args.action == "plan":
+        return plan(Path(args.target), as_json=args.json)
     with make_client(args) as client:
         if args.action == "submit":
             sweep = client.submit_sweep(Path(args.target), sweep_id=args.id)
@@ -91,6 +98,37 @@ def cmd_sweep(args) -> int:
             sweep = watch_sweep(client, args.target, as_json=args.json)
             if sweep.state.name != "SUCCEEDED":
                 raise CliError(f"sweep {sweep.id} {sweep.state.name}: {sweep.message}")
+    return EXIT_OK
+
+
+def plan(path: Path, *, as_json: bool = False) -> int:
+    """The sweep file read here: its rungs and each trial's parameters and job spec checked (as far as this
+    machine can: the coordinator also checks dataset paths and its own limits at submission)."""
+    try:
+        spec, base = parse_sweep(path.read_text())
+        steps = base.get("train", {}).get("steps", 0) if isinstance(base.get("train"), dict) else 0
+        trials = []
+        for t in range(spec.trials):
+            params = spec.params(t)
+            try:
+                parse_spec(trial_spec(base, params)) if spec.fork is None else None
+            except SpecError as err:
+                raise SpecError(err.field, f"trial {t} ({params}): {err.reason}") from None
+            trials.append(params)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except SpecError as err:
+        raise CliError(f"invalid sweep file: {err}") from None
+    rungs = list(spec.rungs(steps)) if steps else []
+    if as_json:
+        print_json({"method": spec.method, "metric": spec.metric, "goal": spec.goal, "rungs": rungs,
+                    "trials": trials})
+        return EXIT_OK
+    print(f"{spec.method}: {spec.trials} trials, {spec.goal} {spec.metric}" +
+          (f", rungs at steps {', '.join(map(str, rungs))}" if spec.method == "asha" else ""))
+    rows = [("TRIAL", *(p.key for p in spec.parameters))]
+    rows += [(str(t), *(json.dumps(v) for v in params.values())) for t, params in enumerate(trials)]
+    print(table(rows))
     return EXIT_OK
 
 
