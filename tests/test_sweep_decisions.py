@@ -7,12 +7,14 @@ promotions, the stopped trials and the winner must not change.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 
 import pytest
 
 from coordinator.sweeps.decisions import DONE, RUN, STOPPED, WAITING, decide
+from helpers import run_cli
 from coordinator.sweeps.spec import parse_sweep, trial_spec
 from worker.spec import SpecError, parse_spec
 
@@ -183,3 +185,18 @@ def test_grid_and_random_run_everything_to_the_end():
     assert plan.finished and plan.best == 2
     assert decide(trials=2, rungs=1, reduction_factor=3, minimize=True,
                   results={(0, 0): math.nan, (1, 0): math.nan}).best is None
+
+
+def test_gradmesh_sweep_plan_shows_rungs_and_trials_without_a_coordinator(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(BASE + '[sweep]\nmethod = "asha"\nmax_trials = 4\n[sweep.parameters]\n'
+                    '"optim.lr" = { low = 1e-3, high = 1e-1, log = true }\n[sweep.asha]\nmin_steps = 100\n')
+    proc = run_cli("sweep", "plan", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    spec, _ = parse_sweep(path.read_text())
+    assert shown["rungs"] == [100, 300, 900] and shown["trials"] == [spec.params(t) for t in range(4)]
+    path.write_text(path.read_text().replace('"optim.lr" = { low = 1e-3, high = 1e-1, log = true }',
+                                             '"model.layers" = { values = [[64, 7]] }'))
+    proc = run_cli("sweep", "plan", str(path))
+    assert proc.returncode == 1 and "model.layers" in proc.stderr and "trial 0" in proc.stderr

@@ -35,6 +35,7 @@ from worker.spec import SpecError
 log = logging.getLogger("gradmesh.sweeps")
 MAX_SWEEP_ID = 56      # room for "-t<trial>" in a job id
 LIST_PAGE_MAX = 100
+MIN_ROUND_GAP_S = 0.1  # between two rounds of the driver
 
 
 class Sweeps:
@@ -117,6 +118,7 @@ class Sweeps:
                 self.step()
             except Exception:
                 log.exception("the sweeps' round failed")
+            self._stop.wait(MIN_ROUND_GAP_S)  # progress reports change the signal all the time: not a round each
             seen = self.signal.wait(seen, self.tick_s)
             if self.signal.closed:
                 self._stop.wait(self.tick_s)
