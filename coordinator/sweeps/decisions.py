@@ -29,6 +29,7 @@ another trial), and every trial pauses at every rung it reaches (a checkpoint, a
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -87,10 +88,12 @@ def decide(*, trials: int, rungs: int, reduction_factor: int, minimize: bool,
             break
         promoted: list[int] = []
         chosen: set[int] = set()
+        finite: list[tuple[float, int]] = []   # the measured values of the prefix read so far, best first
         for m in range(1, known + 1):
-            ranked = sorted((t for t in seq[:m] if not math.isnan(results[(t, k)])),
-                            key=lambda t: (key(results[(t, k)], minimize), t))
-            for t in ranked[:m // eta]:
+            t = seq[m - 1]
+            if not math.isnan(results[(t, k)]):
+                bisect.insort(finite, (key(results[(t, k)], minimize), t))
+            for _, t in finite[:m // eta]:
                 if t not in chosen:
                     chosen.add(t)
                     promoted.append(t)
