@@ -152,7 +152,9 @@ def run_optuna(problem: dict, n_jobs: int) -> dict:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=problem["min_steps"],
                                                                       max_resource=top, reduction_factor=3))
-    study.optimize(objective, n_trials=problem["trials"], n_jobs=n_jobs, catch=(FloatingPointError,))
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):  # one BLAS thread per trial, as gradmesh's ranks get on 2 slots of 2 cores
+        study.optimize(objective, n_trials=problem["trials"], n_jobs=n_jobs, catch=(FloatingPointError,))
     complete = [t.value for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
     return {"method": f"optuna (n_jobs={n_jobs})", "state": "done", "trials": len(study.trials), "steps": steps[0],
             "wall_s": time.monotonic() - clock.start, "best_accuracy": max(complete) if complete else None,
