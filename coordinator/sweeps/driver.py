@@ -68,7 +68,7 @@ def drive(ctx: Context, row: SweepRow, parsed: Parsed) -> None:
         plan = plan_of(parsed, results)
     active = 0
     releases: list[tuple[int, int]] = []   # (rung, trial)
-    starts: list[int] = []
+    starts: list[tuple[int, int]] = []     # (trial, rung)
     for t, status in enumerate(plan.status):
         job = jobs.get(t)
         if status.state == decisions.STOPPED:
@@ -77,9 +77,8 @@ def drive(ctx: Context, row: SweepRow, parsed: Parsed) -> None:
             continue
         if status.state != decisions.RUN:
             continue
-        if job is None:
-            if t in trials or status.rung == 0:
-                starts.append(t)
+        if job is None:  # not started, a creation cut short, or its job deleted: (re)created, from step 0
+            starts.append((t, status.rung))
         elif _held(store, job):
             releases.append((status.rung, t))
         elif job.state in ACTIVE:
@@ -90,10 +89,10 @@ def drive(ctx: Context, row: SweepRow, parsed: Parsed) -> None:
             break
         _release(ctx, row, parsed, jobs[t], rung)
         room -= 1
-    for t in starts:
+    for t, rung in starts:
         if room <= 0:
             break
-        if _start(ctx, row, parsed, t, trials.get(t)):
+        if _start(ctx, row, parsed, t, trials.get(t), rung):
             room -= 1
         else:
             break  # the queue is full: try again next round
@@ -145,14 +144,14 @@ def _value(store: Store, parsed: Parsed, job: JobRow, step: int) -> float:
     return math.nan
 
 
-def _start(ctx: Context, row: SweepRow, parsed: Parsed, t: int, record: TrialRow | None) -> bool:
-    """Create trial `t`'s job (record and pause first); False when the queue is full."""
+def _start(ctx: Context, row: SweepRow, parsed: Parsed, t: int, record: TrialRow | None, rung: int = 0) -> bool:
+    """Create trial `t`'s job (record and pause first), to run to `rung`; False when the queue is full."""
     spec = parsed.spec
     job_id = record.job_id if record else trial_job_id(row.id, t, spec.trials)
     params = spec.params(t)
     if record is None:
         ctx.store.add_trial(TrialRow(row.id, t, job_id, params))
-    ctx.store.set_pause(job_id, pause_for(parsed, 0))
+    ctx.store.set_pause(job_id, pause_for(parsed, rung))
     try:
         raw = trial_spec(parsed.base, params)
         if spec.fork is not None:
