@@ -37,7 +37,9 @@ from coordinator.store.attempts import AttemptRecords
 from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.metrics import MetricRecords
+from coordinator.store.pauses import PauseRecords
 from coordinator.store.sessions import SessionRevocations
+from coordinator.store.sweeps import SweepRecords
 from coordinator.store.users import UserRecords
 
 log = logging.getLogger("gradmesh.store")
@@ -68,9 +70,10 @@ def _float(value: object) -> float:
     return float(value)
 
 
-class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations, UserRecords):
-    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session and user records of the
-    base classes."""
+class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations, UserRecords,
+            PauseRecords, SweepRecords):
+    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session, user, pause and sweep
+    records of the base classes."""
 
     # ------------------------------------------------------------ jobs
 

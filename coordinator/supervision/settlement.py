@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -95,11 +96,24 @@ class Settlement:
             saved = f" at step {max(c.step for c in ours)}" if ours else ""
             outcome = Outcome(JobState.FAILED, True, f"{why}; attempt {run.attempt} stopped with a checkpoint"
                                                      f"{saved}", word)
+        paused = self._paused_at(job, outcome, ours)
+        if paused:  # it stopped where it was told to pause (coordinator.store.pauses): it waits there, held
+            outcome = Outcome(JobState.FAILED, True, f"paused at step {paused} with a checkpoint; waiting to be "
+                                                     "released", "paused")
         self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
                                message=outcome.message)
         if outcome.state is JobState.FAILED and not resized and killed is None and fleet is not None:
             fleet.attempt_failed(job.id, run.allocation, attempt.failure, log_tail(log_path, lines=40))
-        self._move_on(job, run, exit, outcome, resized=resized)
+        self._move_on(job, run, exit, outcome, resized=resized, paused=paused)
+
+    def _paused_at(self, job: JobRow, outcome: Outcome, ours: list) -> int:
+        """The step at which the attempt paused as its job was told to (0: it did not): it stopped on its own
+        (no cancel) and its newest checkpoint is at the pause's step."""
+        if outcome.outcome != "stopped" or job.cancel_requested or not ours:
+            return 0
+        pause = self.store.pause_of(job.id)
+        newest = max(c.step for c in ours)
+        return newest if pause is not None and pause.at_step and pause.at_step == newest else 0
 
     def _fail_over(self, run: Running, exit: Exit, cause: Exception) -> None:
         """The job's next state when its attempt's end could not be recorded: a retryable failure."""
@@ -115,7 +129,8 @@ class Settlement:
         except Exception:  # noqa: BLE001 - the job moved on; the attempt record is secondary
             log.exception("could not record the end of %s attempt %d", job.id, run.attempt)
 
-    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False) -> None:
+    def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False,
+                 paused: int = 0) -> None:
         fault = fault_policy(job)
         # a registered run's launcher owns its restarts
         max_restarts = 0 if job.executor == EXTERNAL else fault.get("max_restarts", 2)
@@ -123,8 +138,12 @@ class Settlement:
                           max_restarts=max_restarts, backoff_s=fault.get("backoff_s", 1.0))
         if resized:
             decision = Decision(JobState.RESTARTING, outcome.message)
+        if paused:  # held until released (the hold in memory first: a release may follow the record at once)
+            decision = Decision(JobState.RESTARTING, outcome.message, math.inf)
         if decision.state is JobState.RESTARTING:
             self._restart_after(job.id, decision.delay_s)
+            if paused:
+                self.store.hold(job.id)
             if run.waiting:  # ended in Slurm's queue, before any rank ran: the job stays QUEUED (RESTARTING)
                 self.store.set_message(job.id, decision.message, restarted=True)
                 self.signal.changed()
@@ -132,7 +151,7 @@ class Settlement:
         try:
             self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
                                   expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING],
-                                  count_restart=not resized)
+                                  count_restart=not (resized or paused))
         except IllegalTransition:
             log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
                         exit.describe())
