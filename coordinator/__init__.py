@@ -11,6 +11,7 @@ The folders are the architecture, lowest first; each imports only from the rows 
                              users, their tokens and the audit trail, and fair share of the slots
     supervision/             attempts: launch, watch, settle, re-adopt; local mpirun and Slurm executors
     scheduler  jobs/         slots and the queue; what clients and ranks do to jobs (free of gRPC)
+    sweeps/                  many trials of one spec, paused at rungs, decided in trial-number order
     core  telemetry/         the parts wired together; what Prometheus, MLflow, webhooks and TensorBoard get
     dashboard/               the web dashboard over the core
     api/                     gRPC servicers over the core, and the server's start-up

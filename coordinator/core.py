@@ -11,6 +11,7 @@
     workers     the ranks' calls (coordinator.jobs.worker_api)  checkpoints  files and records (coordinator.files.checkpoints)
     supervisor  attempts (coordinator.supervision.supervisor)           scheduler    slots and queue (coordinator.scheduler)
     fleet       host health, placement, elastic resizes   hosts        ListHosts/DrainHost (coordinator.fleet.fleet)
+    sweeps      sweeps and their driver (coordinator.sweeps.service)
 
 Files under DATA_DIR:
     gradmesh.db                       the store (coordinator.store.store)
@@ -39,6 +40,7 @@ from coordinator.jobs.worker_api import WorkerApi
 from coordinator.access.roles import Action
 from coordinator.team.accounts import Accounts
 from coordinator.team.policy import TeamPolicy
+from coordinator.sweeps.service import Sweeps
 
 
 class Coordinator:
@@ -75,6 +77,7 @@ class Coordinator:
         self.streams = Streams(store, self.signal, views=self.jobs.get)
         self.workers = WorkerApi(store, self.checkpoints, self.supervisor, self.signal, limits=limits)
         self.retention = Retention(self.jobs, store, delete_ended_after_s) if delete_ended_after_s else None
+        self.sweeps = Sweeps(store, self.jobs, self.signal, total_slots=pool.total)
 
     @property
     def address(self) -> str:
@@ -91,11 +94,13 @@ class Coordinator:
         for allocation in self.supervisor.recover():
             self.scheduler.reserve(allocation)
         self.scheduler.start()
+        self.sweeps.start()
         if self.retention is not None:
             self.retention.start()
 
     def close(self, stop_jobs: bool = False) -> None:
         """Stop streams and the scheduler. Running jobs keep running (their own sessions) unless `stop_jobs`."""
+        self.sweeps.stop()
         self.signal.close()
         if self.retention is not None:
             self.retention.stop()

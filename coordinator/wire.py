@@ -44,6 +44,7 @@ KIND_CHECKPOINT = "checkpoint"
 KIND_ATTEMPT = "attempt"
 KIND_FIELD = "field"
 KIND_TOKEN = "token"
+KIND_SWEEP = "sweep"
 
 # ---------------------------------------------------------------- sizes
 

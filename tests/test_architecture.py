@@ -25,10 +25,11 @@ RANKS = {
     "fleet": 3, "files": 3, "team": 3,
     "supervision": 4,
     "scheduler": 5, "jobs": 5,
-    "core": 6, "telemetry": 6,
-    "dashboard": 7,
-    "api": 8,
-    "cli": 9,
+    "sweeps": 6,     # drives trials through jobs' operations (as their owner: team); core wires it
+    "core": 7, "telemetry": 7,
+    "dashboard": 8,
+    "api": 9,
+    "cli": 10,
 }
 VOCABULARY = {"errors", "states", "events", "wire", "reports", "hosts"}
 # Narrower than rank alone: the SDK and the worker must run without the server's packages installed.

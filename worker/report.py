@@ -90,6 +90,8 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
         self._uploads: deque[PendingUpload] = deque()
         self._progress = (0, 0, 0)  # step, total_steps, epoch
         self._stop: StopRequest | None = None
+        self.pause_at = 0          # FetchJob's pause_at_step: stop there with a checkpoint (0: no pause)
+        self._computing = -1       # the step on_step last announced
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,6 +116,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
             raise CoordinatorRefused(f"FetchJob at {self.address}: {err.code().name}: {err.details()}",
                                      err.code()) from None
         self.attempt = reply.attempt or self.attempt
+        self.pause_at = reply.pause_at_step  # a sweep's rung: stop at exactly this step with a checkpoint
         self._clear_stale_uploads()
         resume = None
         if reply.HasField("resume_from") and reply.resume_from.sha256:
@@ -157,12 +160,17 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
 
     def on_step(self, step):
         self._console.on_step(step)
+        self._computing = step  # the step being computed: steps done before it
         with self._lock:
             done, total, epoch = self._progress
             if step > done:  # the heartbeat carries it: the coordinator's hang watchdog sees steps between evals
                 self._progress = (step, total, epoch)
 
     def poll_stop(self):
+        # A pause is taken after exactly pause_at steps (the stop applies after the step being computed), so a
+        # paused trial and an uninterrupted run share every step up to it, and its checkpoint is at pause_at.
+        if self.pause_at and self._computing + 1 == self.pause_at:
+            return StopRequest(checkpoint=True, reason=f"paused at step {self.pause_at}")
         return self._stop
 
     def on_finish(self, *, step, epoch, status, message=""):

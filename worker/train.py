@@ -291,7 +291,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
             window_loss += loss_sum
             window_count += total.count
 
-            if step % t.eval_every == 0 or step == total_steps:
+            # (a stop with a checkpoint is evaluated too, so the checkpoint carries the metrics of its own step:
+            # a sweep decides on the value at the step where a trial paused)
+            if step % t.eval_every == 0 or step == total_steps or (total.stop and total.checkpoint):
                 val_loss, val_accuracy = evaluate()
                 elapsed = time.perf_counter() - window_start
                 metrics = {"step": step, "epoch": sampler.epoch_of(step), "train_loss": window_loss / window_count,

@@ -14,8 +14,10 @@ tests/test_roles.py checks every role against every operation.
     viewer   all (own*)         no       no                         no            no                      no (own rows)
     (* with `gradmesh serve --private-jobs`: only their own jobs; administrators still read all)
 
-Resuming is a fork: it makes a new job from this one's checkpoint, so it is guarded like a cancel. Everyone
-may rotate their own token and read their own audit rows.
+Resuming is a fork: it makes a new job from this one's checkpoint, so it is guarded like a cancel (and so is
+ForkJob, and a sweep whose trials fork a job). A sweep is owned like a job (`check(..., noun="sweep")`): its
+owner submitted it, and its trials are that owner's jobs. Everyone may rotate their own token and read their
+own audit rows.
 """
 from __future__ import annotations
 
@@ -95,15 +97,17 @@ def may(user: Caller, action: Action, job: Owned | None = None, *, private_jobs:
     return False   # drain, users, the whole audit: administrators only
 
 
-def check(user: Caller, action: Action, job: Owned | None = None, *, private_jobs: bool = False) -> None:
-    """Return when `may` says yes; raise PermissionDenied (its message names the owner) when it says no."""
+def check(user: Caller, action: Action, job: Owned | None = None, *, private_jobs: bool = False,
+          noun: str = KIND_JOB) -> None:
+    """Return when `may` says yes; raise PermissionDenied (its message names the owner) when it says no.
+    `noun`: what `job` is ("job", or "sweep": the message and the gradmesh-kind trailer say so)."""
     if may(user, action, job, private_jobs=private_jobs):
         return
     who = f"{user.name} ({user.role.value})"
     if job is not None and action in JOB_ACTIONS:
         verb = "read" if action is Action.READ else action.value
         tail = "" if user.role is Role.VIEWER and action is not Action.READ else "; only its owner or an administrator may"
-        raise PermissionDenied(f"{who} may not {verb} job {job.id}: it belongs to {job.owner}{tail}", kind=KIND_JOB)
+        raise PermissionDenied(f"{who} may not {verb} {noun} {job.id}: it belongs to {job.owner}{tail}", kind=noun)
     what = {Action.SUBMIT: "submit jobs (viewers only read)", Action.DRAIN: "drain or undrain hosts",
             Action.USERS: "manage users or other users' tokens", Action.AUDIT: "read other users' audit rows"}
     raise PermissionDenied(f"{who} may not {what.get(action, action.value)}; ask an administrator",

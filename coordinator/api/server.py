@@ -283,7 +283,7 @@ def _start(data_dir: Path, lock: DataDirLock, *, host: str, port: int, slots: in
     threads = futures.ThreadPoolExecutor(max_workers=admission.pool_size(), thread_name_prefix="gradmesh-rpc")
     server = grpc.server(threads, interceptors=[watch.telemetry.interceptor(), interceptor], options=SERVER_OPTIONS)
     jobs = TeamServicer(core.jobs, core.streams, core.hosts, core.accounts, slots_by_user=core.scheduler.slots_by_user,
-                        share=core.team.share)
+                        share=core.team.share, sweeps=core.sweeps)
     server.add_generic_rpc_handlers((method_handlers("JobService", jobs),
                                      method_handlers("WorkerService", WorkerServicer(core.workers))))
     health_servicer = health.HealthServicer()

@@ -29,6 +29,7 @@ import grpc
 
 from coordinator.api import convert
 from coordinator.access.roles import SYSTEM, Caller
+from coordinator.api.sweeps import SweepMethods
 from coordinator.errors import GradmeshError, InvalidArgument
 from coordinator.jobs.operations import Jobs
 from coordinator.rpc import gradmesh_pb2 as pb
@@ -122,16 +123,18 @@ def _token(context: grpc.ServicerContext, header: str = JOB_TOKEN_HEADER) -> str
     return ""
 
 
-class JobServicer:
+class JobServicer(SweepMethods):
     """Every method acts for its caller, the user whose bearer token the call carries (`caller(context)`): the
     core asks coordinator.access.roles whether that user may. The users, tokens and audit RPCs are added by
-    coordinator.api.team_rpcs.TeamServicer, the class the server serves."""
+    coordinator.api.team_rpcs.TeamServicer, the class the server serves; the sweep and fork RPCs come from
+    coordinator.api.sweeps.SweepMethods."""
 
-    def __init__(self, jobs: Jobs, streams: Streams, hosts=None, accounts: Accounts | None = None):
+    def __init__(self, jobs: Jobs, streams: Streams, hosts=None, accounts: Accounts | None = None, sweeps=None):
         self.jobs = jobs
         self.streams = streams
         self.hosts = hosts  # coordinator.fleet.fleet.HostOps
         self.accounts = accounts  # who a bearer token is (None: every caller acts as the coordinator's own)
+        self.sweeps = sweeps  # coordinator.sweeps.service.Sweeps (api/sweeps.py has its methods)
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
         """The user making the call, with its address (the interceptor already refused unknown tokens)."""
@@ -226,6 +229,10 @@ class JobServicer:
         yield from _checkpoint_stream(row, chunks)
 
 
+for _name in ("SubmitSweep", "GetSweep", "ListSweeps", "CancelSweep", "ForkJob"):  # errors → status codes
+    setattr(JobServicer, _name, rpc(getattr(SweepMethods, _name)))
+
+
 def _checkpoint_stream(row, chunks: Iterator[bytes]) -> Iterator[pb.CheckpointChunk]:
     info = convert.checkpoint_to_pb(row)
     first = True
@@ -243,7 +250,8 @@ class WorkerServicer:
     @rpc
     def FetchJob(self, request, context):
         spec_json, attempt, resume = self.workers.fetch_job(request.job_id, _token(context), request.attempt)
-        reply = pb.FetchJobResponse(spec_json=spec_json, attempt=attempt)
+        reply = pb.FetchJobResponse(spec_json=spec_json, attempt=attempt,
+                                    pause_at_step=self.workers.pause_at(request.job_id))
         if resume is not None:
             reply.resume_from.CopyFrom(convert.checkpoint_to_pb(resume))
         return reply

@@ -1,7 +1,7 @@
 """The JobService's RPCs for a team: who am I, users, tokens and the audit trail, over coordinator.team.accounts.
 
     servicer = TeamServicer(core.jobs, core.streams, core.hosts, core.accounts,
-                            slots_by_user=core.scheduler.slots_by_user, share=core.team.share)
+                            slots_by_user=core.scheduler.slots_by_user, share=core.team.share, sweeps=core.sweeps)
 
 The same thin adapters as coordinator.api.servicer (whose `rpc` maps the core's typed errors to status codes):
 each unpacks, calls the core for the caller of the call, and packs the answer. A token travels back only in
@@ -36,8 +36,9 @@ def audit_to_pb(a: AuditRow) -> pb.AuditEntry:
 
 class TeamServicer(JobServicer):
     def __init__(self, jobs, streams, hosts=None, accounts=None, *,
-                 slots_by_user: Callable[[], dict[str, int]] = dict, share: Callable[[str], float] = lambda u: 1.0):
-        super().__init__(jobs, streams, hosts, accounts)
+                 slots_by_user: Callable[[], dict[str, int]] = dict, share: Callable[[str], float] = lambda u: 1.0,
+                 sweeps=None):
+        super().__init__(jobs, streams, hosts, accounts, sweeps)
         self.slots_by_user = slots_by_user
         self.share = share
 

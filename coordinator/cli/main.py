@@ -13,6 +13,8 @@
     gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
     gradmesh delete ID [ID ...]                     # an ended job and all its files, to free the disk
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
+    gradmesh sweep submit sweep.toml | sweep status|watch|cancel ID   # many trials, early stopping that replays
+    gradmesh fork ID --from-step K --set optim.lr=0.01   # a new job from ID's checkpoint at step K
     gradmesh plot ID [ID ...] -o curves.png         # curves of several jobs on shared axes (extra: plot)
     gradmesh metrics ID --csv > history.csv         # the history for spreadsheets and pandas
     gradmesh evaluate best.npz --data mnist/ --split val    # loss, accuracy, confusion matrix (or a job ID --best)
@@ -33,7 +35,7 @@ import sys
 from typing import Callable, Sequence
 
 from coordinator.cli.commands import (
-    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, integer, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_download, cmd_list,
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, integer, cmd_cancel, cmd_checkpoints, cmd_delete, cmd_list,
     cmd_logs, cmd_resume, cmd_status, cmd_submit, cmd_watch,
 )
 from coordinator.cli.demo import run_demo
@@ -45,6 +47,7 @@ from coordinator.cli.plot import cmd_plot
 from coordinator.cli.metrics_export import cmd_metrics_or_export
 from coordinator.cli.monitoring import add_monitoring_flags
 from coordinator.cli.serve import add_limit_flags, add_team_flags, cmd_serve
+from coordinator.cli import sweep as sweep_cli
 from coordinator.cli import users as users_cli
 from coordinator.access.limits import Limits
 from coordinator.files.expiry import parse_duration
@@ -204,13 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("checkpoints", cmd_checkpoints, "a job's stored checkpoints")
     p.add_argument("job_id", metavar="ID")
 
-    p = command("download", cmd_download, "download a checkpoint and verify its sha256")
-    p.add_argument("job_id", metavar="ID")
+    p = command("download", sweep_cli.cmd_download, "download a checkpoint and verify its sha256")
+    p.add_argument("job_id", metavar="ID", help="a job id, or with --best a sweep id (its best trial's)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--step", type=integer, help="the checkpoint at this step")
     which.add_argument("--best", action="store_true", help="the one with the lowest validation loss")
     which.add_argument("--latest", action="store_true", help="the newest (default)")
     p.add_argument("-o", "--output", required=True, help="file to write")
+
+    sweep_cli.add_commands(command)  # sweep submit|status|watch|cancel|list, fork (coordinator.cli.sweep)
 
     p = command("evaluate", evaluate_cli.cmd_evaluate, "loss, accuracy and confusion matrix of a checkpoint on a "
                                                        "data source, computed here")

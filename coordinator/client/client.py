@@ -19,6 +19,7 @@ from coordinator import wire
 from coordinator.wire import resolve_token
 from coordinator.client.downloads import receive_checkpoint
 from coordinator.client.errors import InvalidSpec, translate_error
+from coordinator.client.sweeps import SweepCalls
 from coordinator.client.types import (
     AuditEntry, UserInfo, role_to_pb,
     CheckpointInfo, DeletedJob, HostInfo, Download, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
@@ -62,7 +63,7 @@ def _check_address(address: str) -> None:
                                          "(the port `gradmesh serve` prints as 'listening on')")
 
 
-class Client:
+class Client(SweepCalls):
     """A connection to one coordinator. Thread-safe; close it (or use `with`) when done.
 
     `retries`: let gRPC repeat the idempotent reads (GetJob, ListJobs, GetMetrics, ListCheckpoints) on

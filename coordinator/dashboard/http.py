@@ -24,6 +24,7 @@ one) on `request_io.RequestIO` (reading bodies, writing JSON, errors and redirec
     POST /api/jobs/<id>/resume       {"workers": int}       the same Jobs.resume as ResumeJob
     POST /api/jobs/<id>/delete       {}                      the same Jobs.delete as DeleteJob
     GET  /metrics                    Prometheus' text format, with a bearer token (coordinator.dashboard.metrics)
+    GET  /sweeps/<id>, /api/sweeps/<id>    a sweep's page and its JSON (coordinator.dashboard.sweeps)
 
 Auth: the login page takes a user's token once; the answer sets `gradmesh_session` (HttpOnly,
 SameSite=Strict, Secure over TLS) = nonce.HMAC(token, nonce), the nonce carrying the session's expiry, the
@@ -54,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
-from coordinator.dashboard import metrics, views
+from coordinator.dashboard import metrics, sweeps, views
 from coordinator.dashboard.event_streams import EventStreams
 from coordinator.dashboard.request_io import SECURITY_HEADERS, PageGone, Refused, safe_next
 from coordinator.dashboard.session import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX_AGE
@@ -300,4 +301,6 @@ ROUTES = [
     Route("POST", "/api/jobs" + JOB + "/resume", Handler.resume),
     Route("POST", "/api/jobs" + JOB + "/delete", Handler.delete),
     Route("GET", "/metrics", metrics.serve, public=True),  # its own bearer token (coordinator.dashboard.metrics)
+    Route("GET", "/sweeps" + JOB, sweeps.page),              # a sweep's page (coordinator.dashboard.sweeps)
+    Route("GET", "/api/sweeps" + JOB, sweeps.api),
 ]

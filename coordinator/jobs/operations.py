@@ -101,7 +101,7 @@ class Jobs:
         self.allow(caller, Action.READ, job)
         return job
 
-    def _within_cap(self, owner: str, workers: int) -> None:
+    def within_cap(self, owner: str, workers: int) -> None:
         """A job its owner's --max-slots could never let start is refused now rather than queued for ever."""
         cap = self.accounts.max_slots().get(owner, 0)
         if cap and workers > cap:
@@ -115,7 +115,7 @@ class Jobs:
         caller = self.allow(caller, Action.SUBMIT)
         labels, raw = self.checks.request(spec_text, job_id, labels, workers)
         spec = self.checks.runnable_spec(raw, workers)
-        self._within_cap(caller.name, spec.workers)
+        self.within_cap(caller.name, spec.workers)
         spec_json = spec.to_json()
         new_id = job_id or new_job_id(spec.name)
         row = JobRow(id=new_id, name=spec.name, spec_json=spec_json, state=JobState.QUEUED, workers=spec.workers,
@@ -284,7 +284,7 @@ class Jobs:
         except SpecError as err:
             raise InvalidArgument(err.field, err.reason) from None
         spec = self.checks.runnable_spec(raw, workers)
-        self._within_cap(job.owner, spec.workers)
+        self.within_cap(job.owner, spec.workers)
         self.checks.check_queue()
         base = job_id[:58]
         with self._lineage:  # not while the source is being deleted: its checkpoint is linked, not copied

@@ -113,6 +113,11 @@ class WorkerApi:
                                      f"is {job.attempts})", kind=KIND_ATTEMPT)
         return job.spec_json, job.attempts, self.checkpoints.newest_intact(job_id)
 
+    def pause_at(self, job_id: str) -> int:
+        """The step the job's ranks are to pause at (coordinator.store.pauses), 0 for none; asked after fetch_job."""
+        pause = self.store.pause_of(job_id)
+        return pause.at_step if pause is not None and not pause.held else 0
+
     def report_progress(self, job_id: str, token: str, report: ProgressReport) -> tuple[bool, bool]:
         """Store points (duplicates ignored), progress and events; answer (cancel_requested, checkpoint_requested)."""
         job = self.authorize(job_id, token)

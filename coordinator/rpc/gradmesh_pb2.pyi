@@ -486,14 +486,16 @@ class FetchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class FetchJobResponse(_message.Message):
-    __slots__ = ("spec_json", "attempt", "resume_from")
+    __slots__ = ("spec_json", "attempt", "resume_from", "pause_at_step")
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_AT_STEP_FIELD_NUMBER: _ClassVar[int]
     spec_json: str
     attempt: int
     resume_from: CheckpointInfo
-    def __init__(self, spec_json: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_from: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
+    pause_at_step: int
+    def __init__(self, spec_json: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_from: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., pause_at_step: _Optional[int] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
     __slots__ = ("job_id", "attempt", "points", "step", "total_steps", "epoch", "event", "message", "worker_event", "failure", "rank", "exiting", "exit_code")
@@ -698,3 +700,155 @@ class AppendLogResponse(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     offset: int
     def __init__(self, offset: _Optional[int] = ...) -> None: ...
+
+class SubmitSweepRequest(_message.Message):
+    __slots__ = ("text", "sweep_id")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    sweep_id: str
+    def __init__(self, text: _Optional[str] = ..., sweep_id: _Optional[str] = ...) -> None: ...
+
+class SubmitSweepResponse(_message.Message):
+    __slots__ = ("sweep", "created")
+    SWEEP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    sweep: Sweep
+    created: bool
+    def __init__(self, sweep: _Optional[_Union[Sweep, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetSweepRequest(_message.Message):
+    __slots__ = ("sweep_id",)
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    def __init__(self, sweep_id: _Optional[str] = ...) -> None: ...
+
+class ListSweepsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "owner")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    owner: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ListSweepsResponse(_message.Message):
+    __slots__ = ("sweeps", "next_page_token")
+    SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    sweeps: _containers.RepeatedCompositeFieldContainer[Sweep]
+    next_page_token: str
+    def __init__(self, sweeps: _Optional[_Iterable[_Union[Sweep, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelSweepRequest(_message.Message):
+    __slots__ = ("sweep_id",)
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    def __init__(self, sweep_id: _Optional[str] = ...) -> None: ...
+
+class RungValue(_message.Message):
+    __slots__ = ("rung", "step", "value")
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    rung: int
+    step: int
+    value: float
+    def __init__(self, rung: _Optional[int] = ..., step: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+
+class SweepTrial(_message.Message):
+    __slots__ = ("trial", "job_id", "params", "status", "rung", "values", "job_state", "step")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    JOB_STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    trial: int
+    job_id: str
+    params: _containers.ScalarMap[str, str]
+    status: str
+    rung: int
+    values: _containers.RepeatedCompositeFieldContainer[RungValue]
+    job_state: JobState
+    step: int
+    def __init__(self, trial: _Optional[int] = ..., job_id: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[str] = ..., rung: _Optional[int] = ..., values: _Optional[_Iterable[_Union[RungValue, _Mapping]]] = ..., job_state: _Optional[_Union[JobState, str]] = ..., step: _Optional[int] = ...) -> None: ...
+
+class Promotions(_message.Message):
+    __slots__ = ("trials",)
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, trials: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Sweep(_message.Message):
+    __slots__ = ("id", "name", "state", "message", "method", "metric", "goal", "trials_total", "max_concurrent", "rungs", "trials", "promotions", "best_trial", "best_job_id", "best_value", "created_unix", "ended_unix", "text", "owner")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    RUNGS_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    BEST_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    BEST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BEST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    state: JobState
+    message: str
+    method: str
+    metric: str
+    goal: str
+    trials_total: int
+    max_concurrent: int
+    rungs: _containers.RepeatedScalarFieldContainer[int]
+    trials: _containers.RepeatedCompositeFieldContainer[SweepTrial]
+    promotions: _containers.RepeatedCompositeFieldContainer[Promotions]
+    best_trial: int
+    best_job_id: str
+    best_value: float
+    created_unix: float
+    ended_unix: float
+    text: str
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., method: _Optional[str] = ..., metric: _Optional[str] = ..., goal: _Optional[str] = ..., trials_total: _Optional[int] = ..., max_concurrent: _Optional[int] = ..., rungs: _Optional[_Iterable[int]] = ..., trials: _Optional[_Iterable[_Union[SweepTrial, _Mapping]]] = ..., promotions: _Optional[_Iterable[_Union[Promotions, _Mapping]]] = ..., best_trial: _Optional[int] = ..., best_job_id: _Optional[str] = ..., best_value: _Optional[float] = ..., created_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., text: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ForkJobRequest(_message.Message):
+    __slots__ = ("job_id", "from_step", "settings", "new_job_id", "workers")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    NEW_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    from_step: int
+    settings: _containers.ScalarMap[str, str]
+    new_job_id: str
+    workers: int
+    def __init__(self, job_id: _Optional[str] = ..., from_step: _Optional[int] = ..., settings: _Optional[_Mapping[str, str]] = ..., new_job_id: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...

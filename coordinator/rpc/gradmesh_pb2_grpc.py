@@ -144,6 +144,31 @@ class JobServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.SubmitSweep = channel.unary_unary(
+                '/gradmesh.v1.JobService/SubmitSweep',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.SubmitSweepRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.SubmitSweepResponse.FromString,
+                _registered_method=True)
+        self.GetSweep = channel.unary_unary(
+                '/gradmesh.v1.JobService/GetSweep',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.GetSweepRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.ListSweeps = channel.unary_unary(
+                '/gradmesh.v1.JobService/ListSweeps',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListSweepsRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListSweepsResponse.FromString,
+                _registered_method=True)
+        self.CancelSweep = channel.unary_unary(
+                '/gradmesh.v1.JobService/CancelSweep',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.CancelSweepRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.ForkJob = channel.unary_unary(
+                '/gradmesh.v1.JobService/ForkJob',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ForkJobRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -281,6 +306,38 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSweep(self, request, context):
+        """Sweeps (messages at the end of this file): many trials of one spec, stopped early by decisions that replay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSweep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSweeps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSweep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkJob(self, request, context):
+        """A new job from JOB's checkpoint at step K with changed settings that keep the parameters' shapes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -393,6 +450,31 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'SubmitSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSweep,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.SubmitSweepRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.SubmitSweepResponse.SerializeToString,
+            ),
+            'GetSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSweep,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.GetSweepRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.SerializeToString,
+            ),
+            'ListSweeps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSweeps,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListSweepsRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ListSweepsResponse.SerializeToString,
+            ),
+            'CancelSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSweep,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.CancelSweepRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.SerializeToString,
+            ),
+            'ForkJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkJob,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.ForkJobRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -989,6 +1071,141 @@ class JobService:
             '/gradmesh.v1.JobService/ListAudit',
             coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/SubmitSweep',
+            coordinator_dot_rpc_dot_gradmesh__pb2.SubmitSweepRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.SubmitSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/GetSweep',
+            coordinator_dot_rpc_dot_gradmesh__pb2.GetSweepRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSweeps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/ListSweeps',
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListSweepsRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.ListSweepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/CancelSweep',
+            coordinator_dot_rpc_dot_gradmesh__pb2.CancelSweepRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/ForkJob',
+            coordinator_dot_rpc_dot_gradmesh__pb2.ForkJobRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

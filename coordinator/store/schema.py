@@ -108,6 +108,50 @@ CREATE TABLE IF NOT EXISTS revoked_sessions (
 );
 """
 
+# A job told to pause at a step (a sweep's trial at its rung): its ranks stop there with a checkpoint, and the
+# job then waits, RESTARTING and held, until released with the next step to pause at (0 = run to the end).
+# No foreign key: a sweep writes the pause before it creates the trial's job, so the first attempt sees it.
+PAUSES = """
+CREATE TABLE IF NOT EXISTS pauses (
+    job_id TEXT PRIMARY KEY,
+    at_step INTEGER NOT NULL,                   -- 0 = no pause: run to train.steps
+    held INTEGER NOT NULL DEFAULT 0             -- 1 = paused at at_step, waiting to be released
+);
+"""
+
+# Sweeps (coordinator.sweeps): the sweep file as submitted, its trials (ordinary jobs), and the metric value of
+# each trial at each rung, the only inputs of its decisions besides the file.
+SWEEPS = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,                         -- the sweep file as submitted
+    state TEXT NOT NULL,                        -- a JobState name: RUNNING, SUCCEEDED, FAILED, CANCELLED
+    message TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    ended REAL NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT 'admin'         -- the user who submitted it (its trials are that user's jobs)
+);
+CREATE TABLE IF NOT EXISTS sweep_trials (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+    trial INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (sweep_id, trial)
+);
+CREATE TABLE IF NOT EXISTS sweep_results (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+    trial INTEGER NOT NULL,
+    rung INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL,                                 -- NULL: no value (the trial failed or was cancelled)
+    time REAL NOT NULL,
+    PRIMARY KEY (sweep_id, trial, rung)
+);
+"""
+
 
 # Why an attempt failed, as the first rank that reported a failure said it (reports.WorkerFailure).
 # Added after the first release: older databases get them by ALTER TABLE when opened.
@@ -148,7 +192,9 @@ ATTEMPT_MPI_COLUMNS = {
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Add the columns newer than the database (SQLite adds a column in place, rows keep their values)."""
+    """Add the tables and columns newer than the database (SQLite adds a column in place, rows keep their values)."""
+    conn.executescript(PAUSES)
+    conn.executescript(SWEEPS)
     for table, columns in (("attempts", {**ATTEMPT_FAILURE_COLUMNS, **ATTEMPT_LAUNCH_COLUMNS, **ATTEMPT_SLURM_COLUMNS,
                                          **ATTEMPT_MPI_COLUMNS}),
                            ("jobs", JOB_EXECUTOR_COLUMNS)):
@@ -215,4 +261,13 @@ def _job_owner(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner, seq)")
 
 
-TEAM_STEPS = (_users, _audit, _job_owner)
+def _sweep_owner(conn: sqlite3.Connection) -> None:
+    """Who a sweep belongs to (SWEEPS creates the column; a sweeps table made before owners gets it here)."""
+    conn.executescript(SWEEPS)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(sweeps)")}
+    if "owner" not in have:
+        conn.execute(f"ALTER TABLE sweeps ADD COLUMN owner {JOB_OWNER_COLUMNS['owner']}")
+    conn.execute("CREATE INDEX IF NOT EXISTS sweeps_by_owner ON sweeps(owner, seq)")
+
+
+TEAM_STEPS = (_users, _audit, _job_owner, _sweep_owner)

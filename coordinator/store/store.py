@@ -38,7 +38,9 @@ from coordinator.store.checkpoints import CheckpointRecords
 from coordinator.store.drains import HostHolds
 from coordinator.store.feed import Feed
 from coordinator.store.metrics import MetricRecords
+from coordinator.store.pauses import PauseRecords
 from coordinator.store.sessions import SessionRevocations
+from coordinator.store.sweeps import SweepRecords
 from coordinator.store.users import UserRecords
 
 log = logging.getLogger("gradmesh.store")
@@ -70,9 +72,9 @@ def _float(value: object) -> float:
 
 
 class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, SessionRevocations, UserRecords,
-            Feed):
-    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session and user records and the
-    transition feed of the base classes."""
+            Feed, PauseRecords, SweepRecords):
+    """The jobs and their transitions, with the attempt, metric, checkpoint, host, session, user, pause and sweep
+    records and the transition feed of the base classes."""
 
     # ------------------------------------------------------------ jobs
 

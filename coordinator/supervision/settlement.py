@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -95,8 +96,12 @@ class Settlement:
             saved = f" at step {max(c.step for c in ours)}" if ours else ""
             outcome = Outcome(JobState.FAILED, True, f"{why}; attempt {run.attempt} stopped with a checkpoint"
                                                      f"{saved}", word)
+        paused = self._paused_at(job, outcome, ours)
+        if paused:  # it stopped where it was told to pause (coordinator.store.pauses): it waits there, held
+            outcome = Outcome(JobState.FAILED, True, f"paused at step {paused} with a checkpoint; waiting to be "
+                                                     "released", "paused")
         unreachable: list[str] = []
-        if outcome.state is JobState.FAILED and not resized and killed is None and fleet is not None:
+        if outcome.state is JobState.FAILED and not resized and not paused and killed is None and fleet is not None:
             unreachable = fleet.attempt_failed(job.id, run.allocation, attempt.failure, log_tail(log_path, lines=40))
         if unreachable and outcome.retryable:  # it never ran there: relaunch without the host, no restart spent
             outcome = Outcome(JobState.FAILED, True, f"{', '.join(unreachable)} unreachable at launch, quarantined; "
@@ -104,7 +109,17 @@ class Settlement:
                               "unreachable")
         self.store.end_attempt(job.id, run.attempt, exit_code=exit.code, outcome=outcome.outcome,
                                message=outcome.message)
-        self._move_on(job, run, exit, outcome, resized=resized, free=bool(unreachable) and outcome.retryable)
+        self._move_on(job, run, exit, outcome, resized=resized, free=bool(unreachable) and outcome.retryable,
+                      paused=paused)
+
+    def _paused_at(self, job: JobRow, outcome: Outcome, ours: list) -> int:
+        """The step at which the attempt paused as its job was told to (0: it did not): it stopped on its own
+        (no cancel) and its newest checkpoint is at the pause's step."""
+        if outcome.outcome != "stopped" or job.cancel_requested or not ours:
+            return 0
+        pause = self.store.pause_of(job.id)
+        newest = max(c.step for c in ours)
+        return newest if pause is not None and pause.at_step and pause.at_step == newest else 0
 
     def _fail_over(self, run: Running, exit: Exit, cause: Exception) -> None:
         """The job's next state when its attempt's end could not be recorded: a retryable failure."""
@@ -121,9 +136,9 @@ class Settlement:
             log.exception("could not record the end of %s attempt %d", job.id, run.attempt)
 
     def _move_on(self, job: JobRow, run: Running, exit: Exit, outcome: Outcome, resized: bool = False,
-                 free: bool = False) -> None:
+                 free: bool = False, paused: int = 0) -> None:
         """`resized`: stopped on purpose to grow; `free`: the launcher could not reach a host. Either way the
-        job is relaunched at once without spending a restart."""
+        job is relaunched at once without spending a restart. `paused`: held at that step until released."""
         fault = fault_policy(job)
         # a registered run's launcher owns its restarts
         max_restarts = 0 if job.executor == EXTERNAL else fault.get("max_restarts", 2)
@@ -131,8 +146,12 @@ class Settlement:
                           max_restarts=max_restarts, backoff_s=fault.get("backoff_s", 1.0))
         if resized or free:
             decision = Decision(JobState.RESTARTING, outcome.message)
+        if paused:  # held until released (the hold in memory first: a release may follow the record at once)
+            decision = Decision(JobState.RESTARTING, outcome.message, math.inf)
         if decision.state is JobState.RESTARTING:
             self._restart_after(job.id, decision.delay_s)
+            if paused:
+                self.store.hold(job.id)
             if run.waiting:  # ended in Slurm's queue, before any rank ran: the job stays QUEUED (RESTARTING)
                 self.store.set_message(job.id, decision.message, restarted=True)
                 self.signal.changed()
@@ -140,7 +159,7 @@ class Settlement:
         try:
             self.store.transition(job.id, decision.state, decision.message, attempt=run.attempt,
                                   expect=[JobState.RUNNING, JobState.QUEUED, JobState.RESTARTING],
-                                  count_restart=not (resized or free))
+                                  count_restart=not (resized or free or paused))
         except IllegalTransition:
             log.warning("job %s attempt %d ended (%s) but the job is no longer RUNNING", job.id, run.attempt,
                         exit.describe())

@@ -255,6 +255,8 @@ class Supervisor:
             adopted.append(run.allocation)
         with self._lock:
             live = {(r.job_id, r.attempt) for r in self._runs.values()}
+            for job_id in self.store.held_jobs():  # paused jobs wait to be released (coordinator.store.pauses)
+                self._restart_at[job_id] = math.inf
         recovery.sweep_pending_uploads(self.data_dir / "runs", live)
         self.signal.changed()
         return adopted
@@ -307,6 +309,7 @@ class Supervisor:
             self.signal.changed()
 
     def forget_restart(self, job_id: str) -> None:
+        """No wait before the job's next launch (a cancel, or a paused job released)."""
         with self._lock:
             self._restart_at.pop(job_id, None)
 

@@ -237,8 +237,9 @@ function renderDetail(d) {
     ["duration", d.started && end ? G.duration(end - d.started) : "–"],
   ];
   if (Object.keys(d.labels).length) facts.push(["labels", Object.entries(d.labels).map(([k, v]) => k + "=" + v).join(" ")]);
+  if (d.labels.sweep) facts.push(["sweep", G.el("a", {href: "/sweeps/" + encodeURIComponent(d.labels.sweep), text: d.labels.sweep})]);
   document.getElementById("facts").replaceChildren(...facts.map(([k, v]) =>
-    G.el("div", {"data-fact": k}, G.el("span", {text: k}), String(v))));
+    G.el("div", {"data-fact": k}, G.el("span", {text: k}), v instanceof Node ? v : String(v))));
   const cancellable = !d.terminal && !d.cancel_requested;
   document.getElementById("cancel").disabled = !cancellable;
   document.getElementById("cancel-checkpoint").disabled = !cancellable || d.state !== "RUNNING";

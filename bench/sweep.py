@@ -1,0 +1,207 @@
+"""bench/sweep.py: a search three ways, side by side in one run, on the same trainer and the same space:
+
+    grid     gradmesh's sweep with method = "grid": every configuration trained to the end
+    asha     gradmesh's sweep with method = "asha": trials paused at rungs, promoted in trial-number order
+    optuna   Optuna's TPE sampler with its Hyperband pruner, calling worker.train.train in-process (n_jobs threads)
+
+    python bench/sweep.py              # both problems; several minutes on 2 cores (take figures on a quiet machine)
+    python bench/sweep.py --quick      # a much smaller second problem (54 steps, 12 trials): checks that it works
+    python bench/sweep.py --json out.json
+
+Problems: `digits` (a 5 x 3 x 2 space; a full trial trains in ~0.1 s, so process start-up dominates gradmesh's
+trials: reported as it is) and `synthetic` (784-1024-1024-10 on Gaussian clusters; a full trial trains for
+>= 10 s on one core). gradmesh runs each trial as a job on a real `gradmesh serve` with 2 slots (max_concurrent
+2, one rank each); Optuna runs 2 threads. Each method reports: training steps (all trials together), wall time,
+the best validation accuracy of a trial that ran to the end, and the time at which any measured accuracy first
+came within 0.5 % (absolute) of the grid's best. Targets on the second problem: asha within 0.5 % of the grid's
+best with at most 1/3 of its steps, and its time to that accuracy no worse than Optuna's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from coordinator.client import Client  # noqa: E402
+from coordinator.sweeps.spec import parse_sweep, trial_spec  # noqa: E402
+from serve_process import ServeProcess  # noqa: E402
+
+WITHIN = 0.005
+
+
+def problems(quick: bool) -> dict[str, dict]:
+    digits = {"base": {"name": "digits-sweep", "workers": 1, "model": {"layers": [64, 32, 10]},
+                       "data": {"source": "digits"},
+                       "train": {"steps": 270, "batch_size": 32, "eval_every": 1000, "threads_per_rank": 1},
+                       "optim": {"name": "momentum", "lr": 0.01},
+                       "checkpoint": {"every_steps": 0, "keep_last": 1}, "fault": {"max_restarts": 0}},
+              "space": {"optim.lr": [0.3, 0.1, 0.03, 0.01, 0.003],
+                        "model.layers": [[64, 32, 10], [64, 64, 10], [64, 128, 10]],
+                        "model.activation": ["relu", "tanh"]},
+              "min_steps": 10, "trials": 30}
+    steps, samples = (54, 2000) if quick else (540, 20000)
+    synthetic = {"base": {"name": "synthetic-sweep", "workers": 1, "model": {"layers": [784, 1024, 1024, 10]},
+                          "data": {"source": "synthetic", "synthetic": {"samples": samples, "features": 784,
+                                                                        "classes": 10, "seed": 1}},
+                          "train": {"steps": steps, "batch_size": 64, "eval_every": 1000, "threads_per_rank": 1},
+                          "optim": {"name": "momentum", "lr": 0.01},
+                          "checkpoint": {"every_steps": 0, "keep_last": 1}, "fault": {"max_restarts": 0}},
+                 "space": {"optim.lr": [0.1, 0.03, 0.01, 0.003, 0.001, 0.0003],
+                           "optim.momentum": [0.0, 0.9], **({} if quick else {"model.activation": ["relu", "tanh"]})},
+                 "min_steps": steps // 27 if not quick else 6, "trials": 12 if quick else 24}
+    return {"digits": digits, "synthetic": synthetic}
+
+
+def sweep_toml(problem: dict, method: str) -> str:
+    """The sweep file: the base spec as JSON (a sweep file may be JSON) with its [sweep] table."""
+    table: dict = {"method": method, "metric": "val_accuracy", "goal": "maximize", "max_concurrent": 2,
+                   "seed": 0, "parameters": {k: {"values": v} for k, v in problem["space"].items()}}
+    if method == "asha":
+        table["max_trials"] = problem["trials"]
+        table["asha"] = {"min_steps": problem["min_steps"], "reduction_factor": 3}
+    return json.dumps({**problem["base"], "sweep": table})
+
+
+class Clock:
+    """When any measured accuracy first came within WITHIN of `target` (set once the grid has run)."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.seen: list[tuple[float, float]] = []   # (seconds since start, accuracy)
+        self.lock = threading.Lock()
+
+    def saw(self, accuracy: float | None) -> None:
+        if accuracy is not None and not math.isnan(accuracy):
+            with self.lock:
+                self.seen.append((time.monotonic() - self.start, accuracy))
+
+    def time_to(self, target: float) -> float | None:
+        return next((t for t, a in sorted(self.seen) if a >= target - WITHIN), None)
+
+
+def run_gradmesh(client: Client, problem: dict, method: str, name: str) -> dict:
+    clock = Clock()
+    sweep = client.submit_sweep(sweep_toml(problem, method), sweep_id=name)
+    seen: set = set()
+    while True:
+        sweep = client.sweep(sweep.id)
+        for t in sweep.trials:
+            for rung, step, value in t.values:
+                if (t.trial, rung) not in seen:
+                    seen.add((t.trial, rung))
+                    clock.saw(value)
+        if sweep.is_terminal():
+            break
+        time.sleep(0.2)
+    wall = time.monotonic() - clock.start
+    steps = sum(client.get(t.job_id).step for t in sweep.trials if t.job_id)
+    finals = [t.values[-1][2] for t in sweep.trials if t.values and t.values[-1][1] == sweep.rungs[-1]
+              and t.values[-1][2] is not None]
+    return {"method": method, "state": sweep.state.name, "trials": len(sweep.trials), "steps": steps,
+            "wall_s": wall, "best_accuracy": max(finals) if finals else None, "clock": clock,
+            "promotions": [list(p) for p in sweep.promotions], "best_trial": sweep.best_trial}
+
+
+def run_optuna(problem: dict, n_jobs: int) -> dict:
+    import optuna
+
+    from worker.comm import SerialComm
+    from worker.hooks import Hooks, StopRequest
+    from worker.spec import parse_spec
+    from worker.train import train
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base, space, top = problem["base"], problem["space"], problem["base"]["train"]["steps"]
+    clock, steps, lock = Clock(), [0], threading.Lock()
+    out_root = Path(tempfile.mkdtemp(prefix="optuna-"))
+
+    class Report(Hooks):
+        def __init__(self, trial):
+            self.trial, self.pruned = trial, False
+
+        def on_metrics(self, point):
+            clock.saw(point.get("val_accuracy"))
+            self.trial.report(point["val_accuracy"], int(point["step"]))
+            self.pruned = self.trial.should_prune()
+
+        def poll_stop(self):
+            return StopRequest(checkpoint=False, reason="pruned") if self.pruned else None
+
+    def objective(trial):
+        params = {k: trial.suggest_categorical(k, [json.dumps(v) for v in values]) for k, values in space.items()}
+        raw = trial_spec(base, {k: json.loads(v) for k, v in params.items()})
+        raw["train"]["eval_every"] = problem["min_steps"]   # Hyperband's rungs see a value every min_steps
+        hooks = Report(trial)
+        result = train(parse_spec(raw), SerialComm(), hooks=hooks, out_dir=out_root / str(trial.number))
+        with lock:
+            steps[0] += result.step
+        if hooks.pruned:
+            raise optuna.TrialPruned()
+        return result.metrics["val_accuracy"]
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
+                                pruner=optuna.pruners.HyperbandPruner(min_resource=problem["min_steps"],
+                                                                      max_resource=top, reduction_factor=3))
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):  # one BLAS thread per trial, as gradmesh's ranks get on 2 slots of 2 cores
+        study.optimize(objective, n_trials=problem["trials"], n_jobs=n_jobs, catch=(FloatingPointError,))
+    complete = [t.value for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    return {"method": f"optuna (n_jobs={n_jobs})", "state": "done", "trials": len(study.trials), "steps": steps[0],
+            "wall_s": time.monotonic() - clock.start, "best_accuracy": max(complete) if complete else None,
+            "clock": clock}
+
+
+def report(name: str, rows: list[dict]) -> None:
+    grid = next(r for r in rows if r["method"] == "grid")
+    target = grid["best_accuracy"]
+    print(f"\n{name}: best grid accuracy {target:.4f}; target {target - WITHIN:.4f}")
+    print(f"{'method':<18} {'trials':>6} {'steps':>8} {'% grid':>7} {'wall s':>8} {'best acc':>9} {'to target s':>12}")
+    for r in rows:
+        r["time_to_target_s"] = r.pop("clock").time_to(target)
+        r["steps_vs_grid"] = r["steps"] / grid["steps"]
+        best = f"{r['best_accuracy']:.4f}" if r["best_accuracy"] is not None else "-"
+        reach = f"{r['time_to_target_s']:.1f}" if r["time_to_target_s"] is not None else "never"
+        print(f"{r['method']:<18} {r['trials']:>6} {r['steps']:>8} {100 * r['steps_vs_grid']:>6.0f}% "
+              f"{r['wall_s']:>8.1f} {best:>9} {reach:>12}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller second problem, to check the bench works")
+    parser.add_argument("--only", choices=["digits", "synthetic"], help="one problem")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        server = ServeProcess(Path(tmp) / "coordinator", "--max-queued-jobs", "500", slots=2)
+        try:
+            with Client(server.address, token=server.token, timeout=60) as client:
+                for name, problem in problems(args.quick).items():
+                    if args.only and name != args.only:
+                        continue
+                    parse_sweep(sweep_toml(problem, "asha"))  # the file is valid before anything runs
+                    rows = [run_gradmesh(client, problem, "grid", f"{name}-grid"),
+                            run_gradmesh(client, problem, "asha", f"{name}-asha"),
+                            run_optuna(problem, n_jobs=2)]
+                    report(name, rows)
+                    results[name] = rows
+        finally:
+            server.stop()
+    print(f"\nmachine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0 if all(r["state"] in ("SUCCEEDED", "done") for rows in results.values() for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
