@@ -218,10 +218,13 @@ def _sparse_idx(directory, n: int, pixels: int = 784) -> int:
 
 
 def _is_rank(pid: int) -> bool:
-    """An MPI rank (hydra gives it PMI_RANK), not mpirun or its proxy."""
+    """An MPI rank (hydra gives it PMI_RANK), not mpirun or its proxy, nor a BLAS kernel probe a rank started
+    (worker/blas.py runs one per new GEMM size; it inherits the rank's environment)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return any(v.startswith(b"PMI_RANK=") for v in f.read().split(b"\0"))
+            rank = any(v.startswith(b"PMI_RANK=") for v in f.read().split(b"\0"))
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return rank and b"--probe" not in f.read().split(b"\0")
     except OSError:
         return False
 

@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -47,24 +48,34 @@ class Run:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
+# The command runs under a small wrapper that waits for it: a child's ru_maxrss starts from the RSS of the
+# process that forked it (Linux keeps the old memory's high-water mark across exec), and pytest's own process
+# grows to hundreds of MiB over the suite; the wrapper's stays a few MiB, the same for every run compared.
+WRAPPER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(argv: list[str], tmp_path: Path, timeout: float) -> Run:
     """Run `argv` (a python module's argv) and read its peak memory from the kernel when it ends."""
-    out, err = (tmp_path / f"run-{time.monotonic_ns()}.{s}" for s in ("out", "err"))
+    out, err, peak = (tmp_path / f"run-{time.monotonic_ns()}.{s}" for s in ("out", "err", "peak"))
     started = time.monotonic()
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, *argv], stdout=o, stderr=e, env=cli_env(), cwd=ROOT)
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - started > timeout:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            proc.returncode = -9
-            raise AssertionError(f"{argv} took more than {timeout:.0f} s")
-        time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024, time.monotonic() - started)
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(peak), sys.executable, *argv], stdout=o,
+                                stderr=e, env=cli_env(), cwd=ROOT, start_new_session=True)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"{argv} took more than {timeout:.0f} s") from None
+    return Run(proc.returncode, out.read_text(), err.read_text(), int(peak.read_text()) * 1024,
+               time.monotonic() - started)
 
 
 def assert_one_line_exit_2(run: Run, expected: str) -> None:
