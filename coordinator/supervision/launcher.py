@@ -34,7 +34,8 @@ from coordinator.hosts import format_hosts
 from coordinator.supervision.processes import ATTEMPT_TAG_ENV
 from coordinator.wire import DATA_ROOTS_ENV, JOB_TOKEN_ENV, TLS_CA_ENV
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds the `worker` package the ranks import
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # holds the `worker` package the ranks import
+SINK_DRAIN_S = 5.0  # how long a reaped attempt waits for its log writer to write the last lines
 
 
 def find_mpirun() -> str:
@@ -172,6 +173,7 @@ class WorkerProcess:
         self.tag = tag
         self.identity = identity  # mpirun's start time and boot, recorded at launch (None: not recorded)
         self._popen = popen
+        self._sink: subprocess.Popen | None = None  # the log writer of an attempt started here (log_sink)
         self._exit: Exit | None = None
         self._lock = threading.Lock()
 
@@ -179,11 +181,27 @@ class WorkerProcess:
     def start(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> "WorkerProcess":
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=dict(env), cwd=str(cwd), start_new_session=True, close_fds=True)
+        # mpirun writes into a pipe that log_sink empties into the log: a full disk then costs log lines, not the job
+        read_end, write_end = os.pipe()
+        try:
+            sink = subprocess.Popen([sys.executable, "-m", "coordinator.supervision.log_sink", str(log_path)],
+                                    stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, close_fds=True)
+            try:
+                popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=write_end,
+                                         stderr=subprocess.STDOUT, env=dict(env), cwd=str(cwd),
+                                         start_new_session=True, close_fds=True)
+            except BaseException:
+                sink.kill()
+                raise
+        finally:
+            os.close(read_end)
+            os.close(write_end)
         # start_new_session makes the child a session and group leader: its pgid is its pid.
-        return cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""), identity=processes.identity(popen.pid))
+        process = cls(popen.pid, popen.pid, popen, tag=env.get(ATTEMPT_TAG_ENV, ""),
+                      identity=processes.identity(popen.pid))
+        process._sink = sink
+        return process
 
     @classmethod
     def adopt(cls, pid: int, pgid: int, tag: str = "", identity: processes.Identity | None = None) -> "WorkerProcess":
@@ -238,7 +256,19 @@ class WorkerProcess:
         except ChildProcessError:  # reaped outside this object: its pgid may be reused, spare the group
             self._kill_tagged()
         self._exit = Exit(self._popen.wait())
+        self._drain_log()
         return self._exit
+
+    def _drain_log(self) -> None:
+        """Wait for the log writer to write what the ended attempt printed (its input ends once every writer has
+        been killed above), so whoever reads the log tail next reads it all."""
+        if self._sink is None:
+            return
+        try:
+            self._sink.wait(timeout=SINK_DRAIN_S)
+        except subprocess.TimeoutExpired:  # something untagged still holds the pipe: stop waiting for it
+            self._sink.kill()
+            self._sink.wait()
 
     def _signal_group(self, sig: int) -> None:
         """`sig` to mpirun's group when it is provably ours; else to every tagged process instead."""
