@@ -124,7 +124,9 @@ def test_two_hosts_of_two_ranks_give_the_bits_of_one_process(tmp_path):
         for name, spec in specs.items():
             out = tmp_path / f"hosts-{name}"
             before = [cluster.link_bytes(h) for h in cluster.hosts]
+            # mpirun runs in the switch's namespace, where HEAD (its -localhost) is: this namespace sees no test device
             result = run_mpi(None, ["python", "-m", "worker", "--spec", str(spec), "--out", str(out), "--no-resume"],
+                             prefix=["ip", "netns", "exec", cluster.switch],
                              mpirun_args=[*cluster.mpirun_args, "-hosts", ",".join(f"{h}:2" for h in cluster.hosts),
                                           "-n", "4"],
                              timeout=90 + 15 * took, settle_s=6.0)
