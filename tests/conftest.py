@@ -24,6 +24,9 @@ if str(ROOT) not in sys.path:
 # ensures it); make the venv's mpirun the one found first.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
+# the `browser` fixture of the dashboard's browser tests (Debian's Chromium through Playwright)
+pytest_plugins = ("chromium",)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left_behind():

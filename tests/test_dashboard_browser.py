@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import shutil
 import statistics
 import threading
 import time
@@ -28,30 +26,11 @@ import pytest
 from coordinator.store.records import JobRow, MetricRow
 from coordinator.states import JobState
 from coordinator.access.tokens import hash_token
+from chromium import SCREENSHOTS
 from helpers import digits_toml, idle_server, running_job, wait_for, worker_stub
 
 pytestmark = pytest.mark.timeout(90)
 
-CHROMIUM = os.environ.get("GRADMESH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-SCREENSHOTS = os.environ.get("GRADMESH_SCREENSHOTS")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (it is in the test extra)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it as root)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def log_in(browser, srv, path: str = "/"):

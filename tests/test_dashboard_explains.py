@@ -20,9 +20,7 @@ the screenshots of docs/ into DIR.
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -33,30 +31,11 @@ from coordinator.jobs.worker_api import ProgressReport
 from coordinator.reports import FailureCause, WorkerFailure
 from coordinator.states import JobState
 from coordinator.store.records import JobRow, MetricRow
+from chromium import SCREENSHOTS
 from helpers import SMALL_SPEC, digits_toml, idle_server, upload_checkpoint, wait_for, worker_stub
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = os.environ.get("GRADMESH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-SCREENSHOTS = os.environ.get("GRADMESH_SCREENSHOTS")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (it is in the test extra)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it as root)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def open_page(browser, srv, path: str, width: int = 1400):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
 
 import pytest
 
@@ -15,7 +13,6 @@ from coordinator.client import Client, JobState
 from helpers import digits_toml, wait_for
 
 pytestmark = pytest.mark.timeout(300)
-CHROMIUM = os.environ.get("GRADMESH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def request(port: int, path: str, cookie: str = "", method: str = "GET", body: str | None = None,
@@ -69,38 +66,27 @@ def test_the_sweep_api_answers_trials_values_and_curves(swept):
     assert response.status == 200 and b"sweep.js" in body
 
 
-def test_the_sweep_page_in_a_browser(swept):
+def test_the_sweep_page_in_a_browser(swept, browser):
     srv, sweep = swept
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (it is in the test extra)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it as root)")
     base = srv.dashboard.url.rstrip("/")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_context().new_page()
-            page.set_default_timeout(20_000)
-            page.goto(base + "/sweeps/dash")
-            page.fill("#token", srv.token)
-            page.click("button[type=submit]")
-            page.wait_for_url(base + "/sweeps/dash")
-            page.wait_for_selector("#trials tbody tr")
-            rows = page.locator("#trials tbody tr")
-            assert rows.count() == 3
-            values = [float(v) for v in page.locator("#trials tbody tr td:nth-child(5)").all_inner_texts()]
-            assert values == sorted(values, reverse=True)          # best (highest accuracy) first
-            assert rows.first.get_attribute("data-trial") == str(sweep.best_trial)
-            assert "best" in (rows.first.get_attribute("class") or "")
-            page.click("#trials thead th:nth-child(5)")             # the same column again: worst first
-            values = [float(v) for v in page.locator("#trials tbody tr td:nth-child(5)").all_inner_texts()]
-            assert values == sorted(values)
-            assert page.locator("#chart canvas").count() >= 1
-            assert page.locator(".u-legend .u-series").count() == 4  # step + one per trial
-            page.click(f"#trials a[href='/jobs/{sweep.best_job_id}']")
-            page.wait_for_url(base + f"/jobs/{sweep.best_job_id}")
-            page.wait_for_selector("#facts a[href='/sweeps/dash']")
-        finally:
-            browser.close()
+    page = browser.new_context().new_page()
+    page.set_default_timeout(20_000)
+    page.goto(base + "/sweeps/dash")
+    page.fill("#token", srv.token)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/sweeps/dash")
+    page.wait_for_selector("#trials tbody tr")
+    rows = page.locator("#trials tbody tr")
+    assert rows.count() == 3
+    values = [float(v) for v in page.locator("#trials tbody tr td:nth-child(5)").all_inner_texts()]
+    assert values == sorted(values, reverse=True)          # best (highest accuracy) first
+    assert rows.first.get_attribute("data-trial") == str(sweep.best_trial)
+    assert "best" in (rows.first.get_attribute("class") or "")
+    page.click("#trials thead th:nth-child(5)")             # the same column again: worst first
+    values = [float(v) for v in page.locator("#trials tbody tr td:nth-child(5)").all_inner_texts()]
+    assert values == sorted(values)
+    assert page.locator("#chart canvas").count() >= 1
+    assert page.locator(".u-legend .u-series").count() == 4  # step + one per trial
+    page.click(f"#trials a[href='/jobs/{sweep.best_job_id}']")
+    page.wait_for_url(base + f"/jobs/{sweep.best_job_id}")
+    page.wait_for_selector("#facts a[href='/sweeps/dash']")
