@@ -74,7 +74,10 @@ class Accounts:
 
     def refusal(self, token: str) -> str | None:
         """Why `token` may not call (for the server's interceptor); None when it may."""
-        row = self.user_of(token) if token else None
+        return self._refusal(token, self.user_of(token) if token else None)
+
+    @staticmethod
+    def _refusal(token: str, row: UserRow | None) -> str | None:
         if row is None:
             return ("authorization: " + ("missing" if not token else "wrong") + " bearer token (send metadata "
                     "'authorization: Bearer <token>'; your token is the one `gradmesh users add` printed, or the "
@@ -86,10 +89,10 @@ class Accounts:
 
     def caller(self, token: str, address: str = "") -> Caller:
         """The caller holding `token`; Unauthenticated (kind "token") when it is no live token of a user."""
-        why = self.refusal(token)
+        row = self.user_of(token) if token else None  # one hash and lookup for the check and the caller
+        why = self._refusal(token, row)
         if why is not None:
             raise Unauthenticated(why, kind="token")
-        row = self.user_of(token)
         return Caller(row.name, Role(row.role), address)
 
     def max_slots(self) -> dict[str, int]:
