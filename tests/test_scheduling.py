@@ -58,7 +58,9 @@ def test_the_first_free_slot_goes_to_the_user_below_their_share_and_caps_hold(st
         running = lambda c, ids: [j for j in ids if c.get(j).state is JobState.RUNNING]  # noqa: E731
         first_two = wait_for(lambda: len(running(ana, mine)) == 2 and running(ana, mine), 60,
                              what="ana's first two jobs to run")
-        queued = ana.get(mine[2])
+        # the round that starts ana's second job may end before the one that says why her third waits
+        queued = wait_for(lambda: "max slots" in (j := ana.get(mine[2])).message and j, 10 * ROUND_S + 5,
+                          what="ana's third job to say it waits for her max slots")
         assert queued.state is JobState.QUEUED and "max slots" in queued.message, queued.message
         theirs = [bob.submit(one_slot(10**7)).id for _ in range(2)]
         time.sleep(2 * ROUND_S)   # rounds go by with every slot busy: nothing starts
