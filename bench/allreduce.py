@@ -112,6 +112,8 @@ def main() -> int:
         sync.Allreduce(local, worst, op=MPI.MAX)
         summary[name] = float(np.median(worst))
     if plain.rank == 0:
+        from machine import machine_line
+        print(machine_line())
         base = summary["bare MPI Allreduce"]
         print(f"gradient sync, {plain.size} ranks on {plain.hostname}, MLP {'-'.join(map(str, SIZES))}: "
               f"{params:,} params + {SCALARS} scalars = {fused.nbytes / 1e6:.2f} MB float32, "

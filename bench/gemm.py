@@ -56,6 +56,8 @@ def main() -> int:
         b = b.T if layout == "NT" else b
         return a, b
 
+    from machine import machine_line
+    print(machine_line())
     print(f"GEMMs of one step, MLP {'-'.join(map(str, args.layers))}, batch {args.batch}, 1 thread, median of "
           f"{args.rounds} rounds; numpy {np.__version__} ({blas.describe_running(choice) or 'not OpenBLAS'}), "
           f"torch {torch.__version__}")

@@ -80,7 +80,9 @@ def main() -> None:
     layers = [int(x) for x in opts.layers.split(",")]
     cuts = [opts.steps // 3, 2 * opts.steps // 3, opts.steps]
     started = time.time()
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; digits, layers {layers}, batch 64, "
+    from machine import machine_line
+    print(machine_line())
+    print(f"digits, layers {layers}, batch 64, "
           f"{opts.steps} steps, resized {' → '.join(map(str, sizes))} at steps {cuts[0]} and {cuts[1]}")
     for name in opts.optims.split(","):
         optim = OPTIMS[name]

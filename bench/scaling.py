@@ -128,6 +128,8 @@ def run_worker(args) -> int:
     # 1-core configuration still finds a free one): both are printed, each with its ratios.
     rates = {"median": {n: CONFIGS[n][2] / np.percentile(t, 50) for n, t in times.items()},
              "p10": {n: CONFIGS[n][2] / np.percentile(t, 10) for n, t in times.items()}}
+    from machine import machine_line
+    print(machine_line())
     print(f"training step of MLP {'-'.join(map(str, SIZES))}, one 2-rank launch, {args.rounds} interleaved "
           f"rounds x {args.steps} steps per configuration ({os.cpu_count()} cores; 1-min load average "
           f"{args.load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")

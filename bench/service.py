@@ -219,6 +219,8 @@ def print_table(f: dict) -> None:
     for name, seconds in f.get("startup", {}).items():
         rows.append((f"  {name}, s (median)", f"{seconds:.2f}", "", None, "where the time goes, outside the coordinator"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(3)]
+    from machine import machine_line
+    print(machine_line())
     print(f"gradmesh service benchmark — coordinator {f['address']}, {f['cpus']} CPUs shared by server, clients "
           f"and workers; load average {f['load_before']:.1f} before, {f['load_after']:.1f} after")
     for name, value, target, ok, peer in rows:

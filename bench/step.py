@@ -169,6 +169,8 @@ def main() -> int:
         torch = None
         print("PyTorch is not installed (pip install -e '.[bench]'): only the GEMM ratio is measured")
     rounds = 5 if opts.quick else 15
+    from machine import machine_line
+    print(machine_line())
     print(f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", {rounds} rounds, median; "
           f"1-min load average {os.getloadavg()[0]:.2f}")
     print(f"gradmesh: {blas.describe_running(KERNEL_CHOICE) or 'BLAS is not OpenBLAS: no kernel choice'}")

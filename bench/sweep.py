@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import threading
@@ -197,7 +196,8 @@ def main() -> int:
                     results[name] = rows
         finally:
             server.stop()
-    print(f"\nmachine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+    from machine import machine_line
+    print("\n" + machine_line())
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0 if all(r["state"] in ("SUCCEEDED", "done") for rows in results.values() for r in rows) else 1
