@@ -7,7 +7,7 @@
     parameters of the same configuration run alone;
   - trials are ordinary jobs (labels sweep/trial; a pause spends no restart; every transition legal);
   - a sweep with one invalid trial is refused whole, INVALID_ARGUMENT naming the key and the trial;
-  - the CLI: sweep submit/status/watch, download SWEEP --best.
+  - the CLI: sweep submit/status/watch/delete, download SWEEP --best.
 
 Timeouts scale with a measured end-to-end job on this machine (`pace`): seven engineers share two cores.
 """
@@ -268,3 +268,7 @@ def test_the_cli_submits_watches_shows_and_downloads_the_best(served, reference,
     assert_same_arrays(tmp_path / "cli-best.npz", best1)
     proc = run_cli("sweep", "status", "no-such-sweep", env=env)
     assert proc.returncode == 1 and "sweep no-such-sweep not found" in proc.stderr
+    proc = run_cli("sweep", "delete", sweep_id, env=env)
+    assert proc.returncode == 0 and f"{sweep_id}: deleted (2 trial job(s)" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_cli("sweep", "status", sweep_id, env=env)
+    assert proc.returncode == 1 and f"sweep {sweep_id} not found" in proc.stderr

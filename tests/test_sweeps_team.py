@@ -9,13 +9,15 @@ What is proved:
   - a sweep whose trials would exceed the owner's --max-slots is refused at submission;
   - with --private-jobs a member lists and reads only their own sweeps;
   - a fork is guarded like a resume (only the parent's owner or an administrator) and belongs to the forker;
-  - the audit trail has sweep.submit, sweep.cancel (ok and denied) and fork.
+  - an ended sweep is deleted by its owner with every trial job (not while it runs: FAILED_PRECONDITION; not by
+    another member: PERMISSION_DENIED);
+  - the audit trail has sweep.submit, sweep.cancel, sweep.delete (ok and denied) and fork.
 """
 from __future__ import annotations
 
 import pytest
 
-from coordinator.client import Client, InvalidArgument, JobState, PermissionDenied
+from coordinator.client import Client, FailedPrecondition, InvalidArgument, JobState, NotFound, PermissionDenied
 from coordinator.team.policy import TeamPolicy
 from helpers import digits_toml, wait_for
 
@@ -70,15 +72,38 @@ def test_a_sweep_and_its_trials_are_its_submitters_and_roles_apply(team):
         bob.submit_sweep(digits_toml("wide", steps=20, workers=2) + GRID)
     assert "at most 1 slot" in capped.value.message
 
+    with pytest.raises(FailedPrecondition) as running:   # a running sweep's trials would be cut from under it
+        ana.delete_sweep("anas")
+    assert "RUNNING" in running.value.message and "cancel it first" in running.value.message
+
     cancelled = ana.cancel_sweep("anas")
     assert cancelled.state is JobState.CANCELLED
     wait_for(lambda: ana.get(first.job_id).is_terminal(), 60, what="the running trial to be cancelled")
     assert ana.get(first.job_id).state is JobState.CANCELLED
 
+    # once ended it is deleted by its owner, not by another member, with every trial job and their files
+    trial_ids = [t.job_id for t in ana.sweep("anas").trials if t.job_id]
+    wait_for(lambda: all(ana.get(j).is_terminal() for j in trial_ids), 60, what="every trial to end")
+    with pytest.raises(PermissionDenied) as refused:
+        bob.delete_sweep("anas")
+    assert refused.value.kind == "sweep" and "belongs to ana" in refused.value.message
+    on_disk = [srv.data_dir / kind / j for kind in ("checkpoints", "logs", "runs") for j in trial_ids]
+    assert any(p.exists() for p in on_disk)
+    gone = ana.delete_sweep("anas")
+    assert (gone.sweep_id, gone.trials) == ("anas", len(trial_ids)) and gone.files > 0
+    with pytest.raises(NotFound):
+        ana.sweep("anas")
+    for job_id in trial_ids:
+        with pytest.raises(NotFound):
+            ana.get(job_id)
+    assert not any(p.exists() for p in on_disk)
+    assert "anas" not in [s.id for s in admin.sweeps()]
+
     rows = [(a.user, a.action, a.target, a.outcome) for a in admin.audit()]
     for row in [("ana", "sweep.submit", "anas", "ok"), ("ana", "submit", first.job_id, "ok"),
                 ("bob", "sweep.cancel", "anas", "denied"), ("vic", "sweep.submit", "vics", "denied"),
-                ("bob", "resume", first.job_id, "denied"), ("ana", "sweep.cancel", "anas", "ok")]:
+                ("bob", "resume", first.job_id, "denied"), ("ana", "sweep.cancel", "anas", "ok"),
+                ("bob", "sweep.delete", "anas", "denied"), ("ana", "sweep.delete", "anas", "ok")]:
         assert row in rows, row
     trial_submit = next(a for a in admin.audit() if a.action == "submit" and a.target == first.job_id)
     assert trial_submit.address == "sweep anas"

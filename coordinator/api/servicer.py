@@ -229,7 +229,7 @@ class JobServicer(SweepMethods):
         yield from _checkpoint_stream(row, chunks)
 
 
-for _name in ("SubmitSweep", "GetSweep", "ListSweeps", "CancelSweep", "ForkJob"):  # errors → status codes
+for _name in ("SubmitSweep", "GetSweep", "ListSweeps", "CancelSweep", "DeleteSweep", "ForkJob"):  # errors → status codes
     setattr(JobServicer, _name, rpc(getattr(SweepMethods, _name)))
 
 

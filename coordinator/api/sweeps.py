@@ -1,4 +1,5 @@
-"""The JobService's sweep and fork methods (SubmitSweep, GetSweep, ListSweeps, CancelSweep, ForkJob): thin
+"""The JobService's sweep and fork methods (SubmitSweep, GetSweep, ListSweeps, CancelSweep,
+DeleteSweep, ForkJob): thin
 adapters over coordinator.sweeps.service and coordinator.jobs.fork, mixed into `servicer.JobServicer`, with the
 conversion of a sweep's view to its gradmesh.v1 message. Each acts for the call's user (`self.caller(context)`):
 the core asks coordinator.access.roles whether that user may, as for jobs."""
@@ -47,6 +48,11 @@ class SweepMethods:
 
     def CancelSweep(self, request, context):
         return sweep_to_pb(self.sweeps.cancel(request.sweep_id, caller=self.caller(context)))
+
+    def DeleteSweep(self, request, context):
+        gone = self.sweeps.delete(request.sweep_id, caller=self.caller(context))
+        return pb.DeleteSweepResponse(sweep_id=gone.sweep_id, trials=gone.trials, files=gone.files,
+                                      bytes_freed=gone.bytes_freed)
 
     def ForkJob(self, request, context):
         settings = fork.settings_from_json(dict(request.settings))

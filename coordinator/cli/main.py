@@ -13,7 +13,7 @@
     gradmesh resume ID [--workers N]                # a new job from ID's newest checkpoint; prints its id
     gradmesh delete ID [ID ...]                     # an ended job and all its files, to free the disk
     gradmesh download ID --best -o best.npz        # or --step S / --latest; verifies the sha256
-    gradmesh sweep submit sweep.toml | sweep status|watch|cancel ID   # many trials, early stopping that replays
+    gradmesh sweep submit sweep.toml | sweep status|watch|cancel|delete ID   # many trials, early stopping that replays
     gradmesh fork ID --from-step K --set optim.lr=0.01   # a new job from ID's checkpoint at step K
     gradmesh plot ID [ID ...] -o curves.png         # curves of several jobs on shared axes (extra: plot)
     gradmesh metrics ID --csv > history.csv         # the history for spreadsheets and pandas
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--latest", action="store_true", help="the newest (default)")
     p.add_argument("-o", "--output", required=True, help="file to write")
 
-    sweep_cli.add_commands(command)  # sweep submit|status|watch|cancel|list, fork (coordinator.cli.sweep)
+    sweep_cli.add_commands(command)  # sweep submit|status|watch|cancel|delete|list, fork (coordinator.cli.sweep)
 
     p = command("evaluate", evaluate_cli.cmd_evaluate, "loss, accuracy and confusion matrix of a checkpoint on a "
                                                        "data source, computed here")

@@ -1,10 +1,11 @@
-"""`gradmesh sweep submit|status|watch|cancel|list` and `gradmesh fork`: sweeps and forks through the client.
+"""`gradmesh sweep submit|status|watch|cancel|delete|list` and `gradmesh fork`: sweeps and forks through the client.
 
     gradmesh sweep plan sweep.toml                # here, no coordinator: the rungs and every trial's parameters
     gradmesh sweep submit sweep.toml              # prints the sweep id (every trial's spec checked first)
     gradmesh sweep status ID [--json]             # each trial: parameters, rung, value at each rung, state, job
     gradmesh sweep watch ID                       # a line per change until it ends; exit 0 when SUCCEEDED
     gradmesh sweep cancel ID
+    gradmesh sweep delete ID                      # an ended sweep: every trial job and its files, then the sweep
     gradmesh download ID --best -o best.npz       # a sweep id: its best trial's best checkpoint
     gradmesh fork JOB --from-step 200 --set optim.lr=0.01 [--set ...]   # prints the new job's id
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from coordinator.cli import commands
 from coordinator.cli.commands import EXIT_OK, CliError, integer, make_client
-from coordinator.cli.render import clean, fmt_num, fmt_time, print_json, table
+from coordinator.cli.render import clean, fmt_bytes, fmt_num, fmt_time, print_json, table
 from coordinator.client import Client, NotFound, SweepInfo, Unimplemented
 from coordinator.sweeps.spec import parse_sweep, trial_spec
 from worker.spec import SpecError, parse_spec
@@ -31,7 +32,7 @@ POLL_SECONDS = 1.0
 def add_commands(command) -> None:
     """Register `sweep` and `fork` with main's `command(name, func, help)` helper."""
     p = command("sweep", cmd_sweep, "run a sweep (grid, random or asha) of a job spec; see docs/sweeps.md")
-    p.add_argument("action", choices=["plan", "submit", "status", "watch", "cancel", "list"])
+    p.add_argument("action", choices=["plan", "submit", "status", "watch", "cancel", "delete", "list"])
     p.add_argument("target", nargs="?", metavar="FILE|ID", help="plan, submit: the sweep file; the others: the "
                                                                 "sweep id")
     p.add_argument("--id", help="(submit) choose the sweep id")
@@ -85,6 +86,11 @@ def cmd_sweep(args) -> int:
         elif args.action == "cancel":
             sweep = client.cancel_sweep(args.target)
             print_json(sweep.to_dict()) if args.json else print(f"{sweep.id} {sweep.state.name}")
+        elif args.action == "delete":
+            gone = client.delete_sweep(args.target)
+            print_json(gone.to_dict()) if args.json else print(
+                f"{gone.sweep_id}: deleted ({gone.trials} trial job(s), {gone.files} file(s), "
+                f"{fmt_bytes(gone.bytes_freed)} freed)")
         elif args.action == "list":
             sweeps = list(client.sweeps(owner=getattr(args, "owner", None) or ""))
             if args.json:

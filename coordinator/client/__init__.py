@@ -25,7 +25,7 @@ so a client-only installation needs nothing of the server.
 """
 from coordinator.client.client import Client, read_spec_text, resolve_token
 from coordinator.client.errors import InvalidSpec, translate_error
-from coordinator.client.sweeps import SweepInfo, TrialInfo
+from coordinator.client.sweeps import DeletedSweep, SweepInfo, TrialInfo
 from coordinator.client.types import (
     AttemptInfo, AuditEntry, CheckpointInfo, DeletedJob, Download, HostInfo, JobInfo, JobSnapshot, JobState, JobStateChanged, MetricPoint, MetricReported,
     StateChange, UserInfo, WatchEvent, parse_state,
@@ -42,5 +42,5 @@ __all__ = [
     "GradmeshError", "InvalidArgument", "InvalidSpec", "NotFound", "AlreadyExists", "FailedPrecondition",
     "Unauthenticated", "PermissionDenied", "UserInfo", "AuditEntry", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "DataLoss", "ChecksumMismatch",
     "Unimplemented", "Internal", "translate_error", "resolve_token", "read_spec_text",
-    "DEFAULT_ADDRESS", "TOKEN_FILE", "KIND_JOB", "KIND_CHECKPOINT", "SweepInfo", "TrialInfo",
+    "DEFAULT_ADDRESS", "TOKEN_FILE", "KIND_JOB", "KIND_CHECKPOINT", "SweepInfo", "TrialInfo", "DeletedSweep",
 ]

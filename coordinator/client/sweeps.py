@@ -5,6 +5,7 @@
         sweep = gm.sweep(sweep.id)                         # SweepInfo: trials, values per rung, promotions, best
         gm.download_best(sweep.id, "best.npz")             # the winner's best checkpoint, sha256-verified
         gm.cancel_sweep(sweep.id)
+        gm.delete_sweep(sweep.id)                          # once ended: every trial job and its files, then the sweep
         job = gm.fork("digits-1", 200, {"optim.lr": 0.01}) # a new job from digits-1's checkpoint at step 200
 """
 from __future__ import annotations
@@ -19,6 +20,18 @@ from coordinator.client.errors import InvalidSpec
 from coordinator.client.types import Download, JobInfo, JobState, state_from_pb
 from coordinator.errors import FailedPrecondition
 from coordinator.rpc import gradmesh_pb2 as pb
+
+
+@dataclass(frozen=True)
+class DeletedSweep:
+    """What DeleteSweep removed: the trial jobs, their files, and the bytes that freed."""
+    sweep_id: str
+    trials: int
+    files: int
+    bytes_freed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,11 @@ class SweepCalls:
     def cancel_sweep(self, sweep_id: str) -> SweepInfo:
         """The sweep CANCELLED, and every trial job that has not ended cancelled."""
         return SweepInfo.from_pb(self._unary("CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id), "cancel"))
+
+    def delete_sweep(self, sweep_id: str) -> DeletedSweep:
+        """An ended sweep removed with every trial job and its files (FailedPrecondition while it runs)."""
+        d = self._unary("DeleteSweep", pb.DeleteSweepRequest(sweep_id=sweep_id), "delete")
+        return DeletedSweep(sweep_id=d.sweep_id, trials=d.trials, files=d.files, bytes_freed=d.bytes_freed)
 
     def download_best(self, sweep_id: str, path: str | Path) -> Download:
         """The best checkpoint (lowest validation loss) of the sweep's best trial so far (its winner once ended)."""

@@ -747,6 +747,24 @@ class CancelSweepRequest(_message.Message):
     sweep_id: str
     def __init__(self, sweep_id: _Optional[str] = ...) -> None: ...
 
+class DeleteSweepRequest(_message.Message):
+    __slots__ = ("sweep_id",)
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    def __init__(self, sweep_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSweepResponse(_message.Message):
+    __slots__ = ("sweep_id", "trials", "files", "bytes_freed")
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    trials: int
+    files: int
+    bytes_freed: int
+    def __init__(self, sweep_id: _Optional[str] = ..., trials: _Optional[int] = ..., files: _Optional[int] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
+
 class RungValue(_message.Message):
     __slots__ = ("rung", "step", "value")
     RUNG_FIELD_NUMBER: _ClassVar[int]

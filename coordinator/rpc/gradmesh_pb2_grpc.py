@@ -164,6 +164,11 @@ class JobServiceStub:
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.CancelSweepRequest.SerializeToString,
                 response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.FromString,
                 _registered_method=True)
+        self.DeleteSweep = channel.unary_unary(
+                '/gradmesh.v1.JobService/DeleteSweep',
+                request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteSweepRequest.SerializeToString,
+                response_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteSweepResponse.FromString,
+                _registered_method=True)
         self.ForkJob = channel.unary_unary(
                 '/gradmesh.v1.JobService/ForkJob',
                 request_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.ForkJobRequest.SerializeToString,
@@ -331,6 +336,12 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteSweep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ForkJob(self, request, context):
         """A new job from JOB's checkpoint at step K with changed settings that keep the parameters' shapes.
         """
@@ -470,6 +481,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelSweep,
                     request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.CancelSweepRequest.FromString,
                     response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.SerializeToString,
+            ),
+            'DeleteSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSweep,
+                    request_deserializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteSweepRequest.FromString,
+                    response_serializer=coordinator_dot_rpc_dot_gradmesh__pb2.DeleteSweepResponse.SerializeToString,
             ),
             'ForkJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ForkJob,
@@ -1179,6 +1195,33 @@ class JobService:
             '/gradmesh.v1.JobService/CancelSweep',
             coordinator_dot_rpc_dot_gradmesh__pb2.CancelSweepRequest.SerializeToString,
             coordinator_dot_rpc_dot_gradmesh__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradmesh.v1.JobService/DeleteSweep',
+            coordinator_dot_rpc_dot_gradmesh__pb2.DeleteSweepRequest.SerializeToString,
+            coordinator_dot_rpc_dot_gradmesh__pb2.DeleteSweepResponse.FromString,
             options,
             channel_credentials,
             insecure,

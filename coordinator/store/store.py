@@ -268,6 +268,8 @@ class Store(AttemptRecords, MetricRecords, CheckpointRecords, HostHolds, Session
             checkpoints = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE job_id = ?", (job_id,)).fetchone()[0]
             cur = conn.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({','.join('?' * len(ended))})",
                                (job_id, *ended))
+            if cur.rowcount:   # no foreign key holds a pause (it may precede its job): a new job of this id starts free
+                conn.execute("DELETE FROM pauses WHERE job_id = ?", (job_id,))
             return checkpoints if cur.rowcount else None
 
     def request_cancel(self, job_id: str, checkpoint: bool) -> None:

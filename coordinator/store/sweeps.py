@@ -92,6 +92,13 @@ class SweepRecords(StoreConnection):
                              (state.name, message, time.time(), sweep_id, JobState.RUNNING.name))
             return cur.rowcount > 0
 
+    def delete_sweep(self, sweep_id: str) -> bool:
+        """Delete an ended sweep's record (its trials' rows and values go with it); False when there is no such
+        ended sweep. Its trial jobs are deleted one by one before (coordinator.sweeps.service)."""
+        with self._tx(f"the deletion of sweep {sweep_id}") as db:
+            cur = db.execute("DELETE FROM sweeps WHERE id = ? AND state != ?", (sweep_id, JobState.RUNNING.name))
+            return cur.rowcount > 0
+
     def set_sweep_message(self, sweep_id: str, message: str) -> None:
         with self._tx(f"the message of sweep {sweep_id}") as db:
             db.execute("UPDATE sweeps SET message = ? WHERE id = ?", (message, sweep_id))

@@ -4,6 +4,7 @@
     view, created = sweeps.submit(text, caller=ana)   # every trial's spec checked first; InvalidArgument names the key
     sweeps.get(view.sweep.id, caller=bob).trials      # coordinator.sweeps.views
     sweeps.cancel(view.sweep.id, caller=ana)          # the sweep CANCELLED, every trial job that has not ended too
+    sweeps.delete(view.sweep.id, caller=ana)          # an ended sweep: every trial job deleted, then its record
     sweeps.start(); sweeps.stop()                     # the driver: a round per change, or every tick_s
 
 Trials are ordinary jobs (coordinator.jobs.operations), labelled sweep=<id> and trial=<n>; the driver
@@ -15,7 +16,7 @@ members submit sweeps and cancel their own, viewers read (with --private-jobs, o
 do everything. The driver submits every trial as that owner, with the owner's current role, so trials count
 against the owner's --max-slots and fair share like any job of theirs; a fork sweep needs the right to fork
 its parent job. Submissions and cancels, and their refusals, go to the audit trail ("sweep.submit",
-"sweep.cancel"). `caller` None is the coordinator's own (SYSTEM).
+"sweep.cancel", "sweep.delete"). `caller` None is the coordinator's own (SYSTEM).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from coordinator.access import validate
 from coordinator.access.roles import BOOTSTRAP_ADMIN, SYSTEM, Action, Caller, Role, check, may
@@ -44,6 +46,15 @@ log = logging.getLogger("gradmesh.sweeps")
 MAX_SWEEP_ID = 56      # room for "-t<trial>" in a job id
 LIST_PAGE_MAX = 100
 MIN_ROUND_GAP_S = 0.1  # between two rounds of the driver
+
+
+@dataclass(frozen=True)
+class DeletedSweep:
+    """What Sweeps.delete removed: the trial jobs, their files, and the bytes that freed."""
+    sweep_id: str
+    trials: int
+    files: int
+    bytes_freed: int
 
 
 class Sweeps:
@@ -119,6 +130,38 @@ class Sweeps:
         self.jobs.accounts.record(caller, "sweep.cancel", row.id)
         self.signal.changed()
         return self._view(self._find(sweep_id))
+
+    def delete(self, sweep_id: str, caller: Caller | None = None) -> DeletedSweep:
+        """Remove an ended sweep: each trial job as Jobs.delete removes a job (crash-safe, one at a time), then the
+        sweep's record. Interrupted (a crash, a trial whose ranks are still being stopped), it leaves the sweep
+        with fewer trial jobs, and asked again goes on from there."""
+        row = self._find(sweep_id)
+        caller = self._allow(caller, Action.DELETE, row)
+        if row.state is JobState.RUNNING:
+            raise FailedPrecondition(f"sweep_id: sweep {sweep_id} is RUNNING; only an ended sweep can be deleted: "
+                                     "cancel it first", kind=KIND_SWEEP)
+        trials = files = freed = 0
+        with self._round:
+            for trial in self.store.trials(row.id):
+                job = self.store.get_job(trial.job_id)
+                # gone already (an interrupted delete), or a job of that id that is not the owner's: not its trial
+                if job is None or job.owner != row.owner:
+                    continue
+                try:
+                    gone = self.jobs.delete(job.id, caller=caller)
+                except FailedPrecondition as err:
+                    raise FailedPrecondition(f"sweep_id: sweep {sweep_id}'s trial {trial.trial} cannot be deleted yet "
+                                             f"({err.args[0] if err.args else err})", kind=KIND_SWEEP) from None
+                except NotFound:   # deleted by another call meanwhile
+                    continue
+                trials, files, freed = trials + 1, files + gone.files, freed + gone.bytes_freed
+            if not self.store.delete_sweep(row.id):
+                raise NotFound(f"sweep {sweep_id} not found", kind=KIND_SWEEP)
+            self._parsed.pop(row.id, None)
+        self.jobs.accounts.record(caller, "sweep.delete", row.id,
+                                  detail=f"{trials} trial job(s), {files} file(s), {freed} bytes")
+        self.signal.changed()
+        return DeletedSweep(row.id, trials, files, freed)
 
     # ------------------------------------------------------------ the driver
 
