@@ -27,8 +27,10 @@ class Serve:
     dashboard = ""  # its URL
 
     def __init__(self, slurm, data_dir: Path, port: int = 0,
-                 executor: tuple[str, ...] = ("--executor", "slurm", "--slurm-poll", "0.3"), path: str = ""):
-        """`path`: directories put first on the coordinator's PATH (a fault injected around Slurm's commands)."""
+                 executor: tuple[str, ...] = ("--executor", "slurm", "--slurm-poll", "0.3"), path: str = "",
+                 dashboard: bool = False):
+        """`path`: directories put first on the coordinator's PATH (a fault injected around Slurm's commands);
+        `dashboard`: serve one too, on a free port (`self.dashboard` is its URL)."""
         self.slurm = slurm
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-serve.log"
@@ -36,7 +38,8 @@ class Serve:
         if path:
             env["PATH"] = path + os.pathsep + env["PATH"]
         self.proc = slurm.popen([sys.executable, "-m", "coordinator.cli", "serve", *executor,
-                                 "--data-dir", str(data_dir), "--port", str(port), "--http-port", "0"],
+                                 "--data-dir", str(data_dir), "--port", str(port),
+                                 *([] if dashboard else ["--http-port", "0"])],
                                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True)
         line = ""
         deadline = time.monotonic() + 30

@@ -2,7 +2,8 @@
 slurmctld the tests stop and start again (the node's slurmd and the running steps stay, as in an outage).
 
 What is shown: a job submitted while slurmctld is away stays QUEUED with no restart spent, its message (and
-`gradmesh status`) says since when the controller is unreachable, and it runs once the controller is back; a
+`gradmesh status`, and the dashboard in a real Chromium: the job's page and the jobs list) says since when the
+controller is unreachable, and it runs once the controller is back, the dashboard's words gone; a
 job whose ranks finished during the outage is settled at once, on its batch step's word (Slurm records its
 end once the controller is back); a rank
 killed during the outage does not leave its step to the hang watchdog (60 s here): the batch step ends the
@@ -20,6 +21,8 @@ import pytest
 
 from coordinator.access.tokens import attempt_tag
 from coordinator.supervision.processes import tagged
+from coordinator.wire import TOKEN_FILE
+from chromium import chromium
 from helpers import wait_for
 
 from slurm_serve import Serve
@@ -29,12 +32,36 @@ pytestmark = pytest.mark.timeout(400)
 
 @pytest.fixture
 def serve(slurm, tmp_path):
-    server = Serve(slurm, slurm.hidden / f"outage-{tmp_path.name}")
+    server = Serve(slurm, slurm.hidden / f"outage-{tmp_path.name}", dashboard=True)
     try:
         yield server
     finally:
         slurm.start_controller()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_browser(slurm, tmp_path_factory):
+    """Chromium inside the cluster's namespace, where the coordinator's dashboard listens on 127.0.0.1."""
+    with chromium(netns=slurm.namespace, scratch=tmp_path_factory.mktemp("browser")) as browser:
+        yield browser
+
+
+SEEN_MS = 20_000  # how long the dashboard may take to show a change (it polls the job every 2 s)
+
+
+def dashboard(browser, server: Serve, path: str):
+    """A page of the coordinator's dashboard at `path`, logged in with the bootstrap token."""
+    from playwright.sync_api import expect
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(SEEN_MS)
+    page = context.new_page()
+    url = server.dashboard.rstrip("/") + path
+    assert page.goto(url).status == 401  # the login form
+    page.fill("#token", (server.data_dir / TOKEN_FILE).read_text().strip())
+    page.click("button[type=submit]")
+    page.wait_for_url(url)
+    return page, expect
 
 
 def rank_pids(server: Serve, job: str) -> list[int]:
@@ -51,20 +78,36 @@ def rank_pids(server: Serve, job: str) -> list[int]:
     return pids
 
 
-def test_a_job_submitted_while_the_controller_is_away_waits_and_then_runs(serve, slurm, tmp_path):
+def test_a_job_submitted_while_the_controller_is_away_waits_and_then_runs(serve, slurm, cluster_browser, tmp_path):
     slurm.stop_controller()
     job = serve.submit(tmp_path, "out-submit", steps=40)
     row = wait_for(lambda: (r := serve.job(job)) and "Slurm controller unreachable since" in r["message"] and r,
                    timeout=120, what="the job to say the controller is unreachable")
+    away_until = time.monotonic() + 5  # sbatch is retried with a backoff meanwhile, and the job stays queued
     assert row["state"] == "QUEUED" and row["restarts"] == 0, dict(row)
     assert re.search(r"unreachable since \d\d:\d\d:\d\d \(.*Unable to contact slurm controller", row["message"]), \
         row["message"]
     shown = serve.cli("status", job).stdout
     assert "Slurm controller unreachable since" in shown, shown
-    time.sleep(5)  # sbatch is retried with a backoff meanwhile, and the job stays queued
-    assert serve.job(job)["state"] == "QUEUED"
+    since = re.search(r"unreachable since \d\d:\d\d:\d\d", row["message"]).group()
+    page, expect = dashboard(cluster_browser, serve, f"/jobs/{job}")
+    expect(page.locator("#summary")).to_contain_text(since, timeout=SEEN_MS)
+    expect(page.locator("#state")).to_have_text("QUEUED", timeout=SEEN_MS)
+    jobs, _ = dashboard(cluster_browser, serve, "/")
+    expect(jobs.locator(f'tr[data-job="{job}"] .reason')).to_contain_text(since, timeout=SEEN_MS)
+    time.sleep(max(0.0, away_until - time.monotonic()))
+    # still said while sbatch is tried again (each try takes Slurm's ~9 s to fail), not only between tries
+    assert serve.job(job)["state"] == "QUEUED" and since in serve.job(job)["message"], dict(serve.job(job))
+    assert since in page.text_content("#summary") and since in serve.cli("status", job).stdout
     slurm.start_controller()
     done = serve.wait_state(job, "SUCCEEDED", timeout=180)
+    # the open pages follow the job: the outage's words go, and it shows as done
+    expect(page.locator("#state")).to_have_text("SUCCEEDED", timeout=SEEN_MS)
+    expect(page.locator("#summary")).not_to_contain_text("unreachable", timeout=SEEN_MS)
+    expect(jobs.locator(f'tr[data-job="{job}"]')).to_contain_text("SUCCEEDED", timeout=SEEN_MS)
+    expect(jobs.locator(f'tr[data-job="{job}"]')).not_to_contain_text("unreachable", timeout=SEEN_MS)
+    page.context.close()
+    jobs.context.close()
     assert done["restarts"] == 0, dict(done)
     history = [t["state"] for t in serve.query("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", job)]
     assert history == ["QUEUED", "RUNNING", "SUCCEEDED"], history

@@ -349,6 +349,10 @@ class SlurmExecutor:
         wait = self.outage.retry_in()
         return (self.outage.text(), wait) if self.outage.down and wait > 0 else None
 
+    def trouble(self) -> str:
+        """What troubles the executor now, for the message of a job submitted meanwhile ("" when nothing)."""
+        return self.outage.text()
+
     def launch(self, request: Launch) -> SlurmJob:
         attempt = request.attempt
         log_path = Path(attempt.log_path)
