@@ -209,7 +209,7 @@ class SlurmQueue:
         self._run = run or (lambda argv: _scontrol(argv, timeout=5.0 if self.outage.down else 30.0))
         self._lock = threading.Lock()
         self._jobs: dict[str, SlurmJobInfo] = {}
-        self._read_at = -float("inf")
+        self._read_at = self._began = -float("inf")
         self._ok = False
 
     def info(self, slurm_id: str, *, newer_than: float = 0.0) -> tuple[bool, SlurmJobInfo | None]:
@@ -217,8 +217,8 @@ class SlurmQueue:
         older than poll_s or than `newer_than` (a job submitted after the last read is not in it)."""
         with self._lock:
             now = time.monotonic()
-            if now - self._read_at >= self.poll_s or self._read_at < newer_than:
-                self._read_at = now  # when the read began: a job submitted after that may be missing from it
+            if now - self._read_at >= self.poll_s or self._began < newer_than:
+                self._began = now  # a job submitted after the read began may be missing from it
                 try:
                     self._jobs = parse_scontrol(self._run(["scontrol", "show", "job", "--oneliner"]))
                     self._ok = True
@@ -230,6 +230,7 @@ class SlurmQueue:
                     self._ok = False
                     if is_controller_down(str(err)) or isinstance(err, subprocess.TimeoutExpired):
                         self.outage.failed(f"scontrol: {err}")
+                self._read_at = time.monotonic()  # the next read poll_s after this one's end, however long it took
             return self._ok, self._jobs.get(slurm_id)
 
     def lookup(self, name: str, newer_than: float) -> tuple[bool, SlurmJobInfo | None]:
@@ -353,7 +354,7 @@ class SlurmExecutor:
         """What troubles the executor now, for the message of a job submitted meanwhile ("" when nothing)."""
         return self.outage.text()
 
-    def launch(self, request: Launch) -> SlurmJob:
+    def launch(self, request: Launch) -> SlurmJob | Unconfirmed:
         attempt = request.attempt
         log_path = Path(attempt.log_path)
         script_path = log_path.with_suffix(".sbatch")
