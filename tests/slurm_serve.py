@@ -24,15 +24,23 @@ WORKER_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 class Serve:
     """A `gradmesh serve --executor slurm` inside the cluster's namespace."""
 
+    dashboard = ""  # its URL
+
     def __init__(self, slurm, data_dir: Path, port: int = 0,
-                 executor: tuple[str, ...] = ("--executor", "slurm", "--slurm-poll", "0.3")):
+                 executor: tuple[str, ...] = ("--executor", "slurm", "--slurm-poll", "0.3"), path: str = "",
+                 dashboard: bool = False):
+        """`path`: directories put first on the coordinator's PATH (a fault injected around Slurm's commands);
+        `dashboard`: serve one too, on a free port (`self.dashboard` is its URL)."""
         self.slurm = slurm
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-serve.log"
+        env = cli_env(**WORKER_THREADS)
+        if path:
+            env["PATH"] = path + os.pathsep + env["PATH"]
         self.proc = slurm.popen([sys.executable, "-m", "coordinator.cli", "serve", *executor,
-                                 "--data-dir", str(data_dir), "--port", str(port), "--http-port", "0"],
-                                env=cli_env(**WORKER_THREADS), cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=open(self.log, "a"), text=True)
+                                 "--data-dir", str(data_dir), "--port", str(port),
+                                 *([] if dashboard else ["--http-port", "0"])],
+                                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True)
         line = ""
         deadline = time.monotonic() + 30
         while "listening on" not in line:
@@ -41,6 +49,10 @@ class Serve:
                 raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
         self.address = line.split("listening on", 1)[1].strip()
         self.port = int(self.address.rsplit(":", 1)[1])
+        for _ in range(2):  # the dashboard's address (in the cluster's namespace) follows the data directory's
+            line = self.proc.stdout.readline()
+            if "web dashboard on" in line:
+                self.dashboard = line.split("web dashboard on", 1)[1].split()[0]
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.slurm.run([sys.executable, "-m", "coordinator.cli", *args, "--address", self.address,

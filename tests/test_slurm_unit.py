@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ from coordinator.reports import WorkerEvent
 from coordinator.supervision.slurm import (SlurmJobInfo, SlurmQueue, build_sbatch, job_name, parse_scontrol, slurm_exit,
                                waiting_text)
 from coordinator.states import JobState
+from coordinator.supervision.executors import ExecutorUnavailable
+from coordinator.supervision.slurm import SlurmJob
+from coordinator.supervision.slurm_outage import Outage
+from coordinator.supervision.slurm_submit import AnswerLost, Unconfirmed, sbatch
 from helpers import run_cli, cli_env
 
 SCRIPT = Path("/d/logs/digits-1/attempt-2.sbatch")
@@ -157,3 +162,59 @@ def test_slurm_options_need_the_slurm_executor(tmp_path):
     assert done.returncode == 2 and "go with --executor slurm" in done.stderr
     done = run_cli("serve", "--executor", "slurm", "--slots", "2", "--data-dir", str(tmp_path / "d"), timeout=30)
     assert done.returncode == 2 and "takes no --slots" in done.stderr
+
+
+@pytest.mark.parametrize("said, raised", [
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+     ExecutorUnavailable),
+    ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", AnswerLost),
+    ("sbatch: error: Batch job submission failed: Zero Bytes were transmitted or received", AnswerLost),
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified", OSError),
+])
+def test_sbatch_tells_a_request_never_sent_from_a_lost_answer_and_from_a_refusal(said, raised):
+    outage = Outage()
+    with pytest.raises(raised) as err:
+        sbatch(["sh", "-c", f"echo '{said}' >&2; exit 1"], os.environ, outage)
+    assert type(err.value) is raised  # AnswerLost and ExecutorUnavailable are OSErrors too
+    assert outage.down == (raised is not OSError)
+    assert sbatch(["sh", "-c", "echo '4242;gradmesh-test'"], os.environ, outage) == "4242" and not outage.down
+
+
+def lost(jobs: list[str], settle_s: float = 0.0):
+    """An Unconfirmed handle of gradmesh-j-a1 over a queue whose scontrol shows `jobs` (JobId=... lines), and
+    the calls of its resubmit and confirm."""
+    calls = {"sbatch": 0, "confirmed": []}
+
+    def resubmit():
+        calls["sbatch"] += 1
+        jobs.append("JobId=77 JobName=gradmesh-j-a1 JobState=PENDING Reason=None")
+        return "77"
+
+    def confirm(slurm_id, how, submitted_at):
+        calls["confirmed"].append(slurm_id)
+        return SlurmJob(slurm_id, queue, submitted_at)
+    queue = SlurmQueue(poll_s=0.0, run=lambda argv: "\n".join(jobs))
+    return Unconfirmed("gradmesh-j-a1", queue, "Socket timed out", resubmit=resubmit, confirm=confirm,
+                       settle_s=settle_s), calls
+
+
+def test_a_lost_answer_whose_job_slurm_holds_adopts_it_and_never_submits_again():
+    handle, calls = lost(["JobId=41 JobName=gradmesh-j-a2 JobState=RUNNING",
+                          "JobId=42 JobName=gradmesh-j-a1 JobState=RUNNING NodeList=vm"], settle_s=60)
+    assert handle.poll() is None and calls == {"sbatch": 0, "confirmed": ["42"]}
+    assert handle.where() == "Slurm job 42" and "RUNNING on vm" in handle.waiting()
+
+
+def test_a_lost_answer_without_a_job_submits_again_once_and_only_after_the_settling_time():
+    handle, calls = lost([], settle_s=0.3)
+    assert handle.poll() is None and calls["sbatch"] == 0
+    assert "looking for Slurm job gradmesh-j-a1 before submitting it again" in handle.waiting()
+    time.sleep(0.3)
+    assert handle.poll() is None and handle.poll() is None
+    assert calls == {"sbatch": 1, "confirmed": ["77"]} and "job 77 PENDING" in handle.waiting()
+
+
+def test_a_stop_before_the_job_is_found_never_submits_it():
+    handle, calls = lost([], settle_s=0.1)
+    ended = handle.stop(grace_s=1)
+    assert ended.code == -15 and "Slurm holds no job gradmesh-j-a1" in ended.detail and calls["sbatch"] == 0

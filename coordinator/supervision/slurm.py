@@ -18,9 +18,11 @@ step prints (the ranks' output and srun's) to the coordinator, which appends it 
 `gradmesh logs` and the dashboard show it), then removes the scratch directory. The node-local --output
 file keeps a copy for when the coordinator could not be reached.
 
-sbatch runs with the ranks' allowlisted environment (coordinator.supervision.launcher.build_worker_env, the
-attempt's token included) and exports it to the job. `--no-requeue`: a failed attempt is gradmesh's to
-restart (from the newest checkpoint that reached the coordinator).
+sbatch (run by coordinator.supervision.slurm_submit, which looks a job whose answer was lost up by its name
+before it submits it again, so no attempt runs twice) runs with the ranks' allowlisted environment
+(coordinator.supervision.launcher.build_worker_env, the attempt's token included) and exports it to the job.
+`--no-requeue`: a failed attempt is gradmesh's to restart (from the newest checkpoint that reached the
+coordinator).
 
 Watching: one `scontrol show job --oneliner` (every job the controller still holds) per `poll_s`, shared by
 every attempt. PENDING with Slurm's reason is what the job's message shows while it waits; a job in an
@@ -47,8 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from coordinator.supervision.executors import ExecutorUnavailable, Launch, log_command
+from coordinator.supervision.executors import Launch, log_command
 from coordinator.supervision.slurm_outage import Outage, is_controller_down
+from coordinator.supervision.slurm_submit import LAUNCHER, AnswerLost, Unconfirmed, sbatch
 from coordinator.supervision.launcher import Exit
 from coordinator.store.records import AttemptRow, JobRow
 from coordinator.store.store import Store
@@ -56,7 +59,6 @@ from coordinator.store.store import Store
 log = logging.getLogger("gradmesh.slurm")
 
 TOOLS = ("sbatch", "squeue", "scontrol", "scancel")
-LAUNCHER = "the Slurm job"   # how failure messages name what ran the ranks
 UNSUBMITTED = "?"            # the attempt's slurm_job between its record and sbatch's answer
 STEP_ENDED_GRACE_S = 15.0    # the batch step said its ranks ended; Slurm, answering, has not: trust the step
 
@@ -207,7 +209,7 @@ class SlurmQueue:
         self._run = run or (lambda argv: _scontrol(argv, timeout=5.0 if self.outage.down else 30.0))
         self._lock = threading.Lock()
         self._jobs: dict[str, SlurmJobInfo] = {}
-        self._read_at = -float("inf")
+        self._read_at = self._began = -float("inf")
         self._ok = False
 
     def info(self, slurm_id: str, *, newer_than: float = 0.0) -> tuple[bool, SlurmJobInfo | None]:
@@ -215,7 +217,8 @@ class SlurmQueue:
         older than poll_s or than `newer_than` (a job submitted after the last read is not in it)."""
         with self._lock:
             now = time.monotonic()
-            if now - self._read_at >= self.poll_s or self._read_at < newer_than:
+            if now - self._read_at >= self.poll_s or self._began < newer_than:
+                self._began = now  # a job submitted after the read began may be missing from it
                 try:
                     self._jobs = parse_scontrol(self._run(["scontrol", "show", "job", "--oneliner"]))
                     self._ok = True
@@ -227,15 +230,19 @@ class SlurmQueue:
                     self._ok = False
                     if is_controller_down(str(err)) or isinstance(err, subprocess.TimeoutExpired):
                         self.outage.failed(f"scontrol: {err}")
-                self._read_at = time.monotonic()
+                self._read_at = time.monotonic()  # the next read poll_s after this one's end, however long it took
             return self._ok, self._jobs.get(slurm_id)
+
+    def lookup(self, name: str, newer_than: float) -> tuple[bool, SlurmJobInfo | None]:
+        """(whether Slurm answered, the newest job of that name) from a read begun after `newer_than`."""
+        ok, _ = self.info("", newer_than=newer_than)
+        with self._lock:
+            named = [j for j in self._jobs.values() if j.name == name and _count(j.id)]
+        return ok, max(named, key=lambda j: int(j.id), default=None) if ok else None
 
     def find(self, name: str) -> SlurmJobInfo | None:
         """The newest job of that name (an attempt whose Slurm job id was never recorded)."""
-        self.info("", newer_than=time.monotonic())
-        with self._lock:
-            named = [j for j in self._jobs.values() if j.name == name and _count(j.id)]
-        return max(named, key=lambda j: int(j.id), default=None)
+        return self.lookup(name, newer_than=time.monotonic())[1]
 
 
 def _scontrol(argv: Sequence[str], timeout: float = 30.0) -> str:
@@ -343,7 +350,11 @@ class SlurmExecutor:
         wait = self.outage.retry_in()
         return (self.outage.text(), wait) if self.outage.down and wait > 0 else None
 
-    def launch(self, request: Launch) -> SlurmJob:
+    def trouble(self) -> str:
+        """What troubles the executor now, for the message of a job submitted meanwhile ("" when nothing)."""
+        return self.outage.text()
+
+    def launch(self, request: Launch) -> SlurmJob | Unconfirmed:
         attempt = request.attempt
         log_path = Path(attempt.log_path)
         script_path = log_path.with_suffix(".sbatch")
@@ -354,25 +365,19 @@ class SlurmExecutor:
                                     sbatch_args=self.sbatch_args, owner=request.job.owner)
         log_command(log_path, request, argv)
         script_path.write_text(script)
+
+        def confirm(slurm_id: str, how: str, submitted_at: float) -> SlurmJob:
+            _note(log_path, f"{how} {slurm_id}")
+            self.store.record_slurm_job(request.job.id, attempt.attempt, slurm_id)
+            return SlurmJob(slurm_id, self.queue, submitted_at)
         submitted_at = time.monotonic()
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(request.env))
-        except subprocess.TimeoutExpired:
-            self.outage.failed("sbatch did not answer within 60 s")
-            raise ExecutorUnavailable(self.outage.text(), self.outage.retry_in()) from None
-        said = done.stderr.strip() or done.stdout.strip()
-        if done.returncode != 0 and is_controller_down(said):
-            self.outage.failed(said)
-            raise ExecutorUnavailable(self.outage.text(), self.outage.retry_in())
-        if done.returncode != 0:
-            raise OSError(f"sbatch refused the job: {said}")
-        if self.outage.recovered():
-            log.warning("Slurm's controller answers again (sbatch)")
-        slurm_id = done.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
-        with open(log_path, "a") as f:
-            f.write(f"gradmesh: submitted as Slurm job {slurm_id}\n")
-        self.store.record_slurm_job(request.job.id, attempt.attempt, slurm_id)
-        return SlurmJob(slurm_id, self.queue, submitted_at)
+        submit = lambda: sbatch(argv, request.env, self.outage)  # noqa: E731
+        try:  # ExecutorUnavailable (not sent: the job waits) and OSError (refused) go to the supervisor
+            return confirm(submit(), "submitted as Slurm job", submitted_at)
+        except AnswerLost as lost:  # the job may be in Slurm: the same attempt, looked up before it is sent again
+            name = job_name(request.job.id, attempt.attempt)
+            _note(log_path, f"sbatch's answer was lost ({lost}); looking for Slurm job {name} before submitting again")
+            return Unconfirmed(name, self.queue, str(lost), resubmit=submit, confirm=confirm)
 
     def adopt(self, job: JobRow, attempt: AttemptRow) -> SlurmJob:
         slurm_id = attempt.slurm_job
@@ -380,6 +385,11 @@ class SlurmExecutor:
             found = self.queue.find(job_name(job.id, attempt.attempt))
             slurm_id = found.id if found is not None else "(never submitted)"
         return SlurmJob(slurm_id, self.queue)
+
+
+def _note(log_path: Path, line: str) -> None:
+    with open(log_path, "a") as f:
+        f.write(f"gradmesh: {line}\n")
 
 
 def _count(text: str) -> bool:

@@ -12,7 +12,9 @@ Under an outage (measured on Debian's Slurm 22.05: every command fails after abo
 contact slurm controller (connect failure)"):
 - a submission (sbatch) is not a launch failure: the job stays QUEUED (RESTARTING) without spending a
   restart, its message says since when the controller is away, and sbatch is tried again with this
-  backoff (doubling from 1 s up to 30 s) for as long as it takes;
+  backoff (doubling from 1 s up to 30 s) for as long as it takes; when sbatch's request may have reached
+  the controller (its answer lost), the attempt stays and its job is looked up by name before sbatch is run
+  again (coordinator.supervision.slurm_submit);
 - a running attempt is taken to run on (its ranks need no controller to train and report), and its message
   says the controller is away; an attempt that ended meanwhile is settled at the first answer after it;
 - a stop (scancel) is retried until the controller takes it.

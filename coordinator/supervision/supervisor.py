@@ -101,6 +101,9 @@ class Supervisor:
         size = f" ({ranks} of {job.workers} ranks)" if ranks != job.workers else ""
         restart = f" (restart {job.restarts})" if job.restarts else ""
         message = (f"submitting to Slurm{restart}" if queued else f"running on {hosts}{size}{restart}")
+        trouble = getattr(self.executor, "trouble", lambda: "")()
+        if trouble:  # an outage's retry: its words stay while sbatch tries again (it may take Slurm's ~9 s)
+            message = f"{trouble}; submitting to Slurm again{restart}"
         try:
             attempt, _ = self.store.begin_attempt(
                 job.id, hosts=hosts, log_dir=self.data_dir / "logs" / job.id, run_dir=self.data_dir / "runs" / job.id,
