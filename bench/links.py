@@ -1,6 +1,6 @@
 """gradmesh's step across two hosts on shaped links, against the lower bound and PyTorch DDP (gloo).
 
-    sudo .venv/bin/python bench/links.py               # unshaped, 10gbit, 1gbit; 300 timed steps per run
+    sudo .venv/bin/python bench/links.py               # unshaped, 10gbit, 1gbit; 2 rounds of 300 timed steps per run
     sudo .venv/bin/python bench/links.py --quick       # a smoke run: 1gbit only, 30 steps
     sudo .venv/bin/python bench/links.py --rates 1gbit --steps 500 --rounds 2
 
@@ -14,7 +14,8 @@ Runs per rate (a few hundred steps each; the step time is the median of windows 
   exact8 no overlap     the same with GRADMESH_OVERLAP=0: the combine after the whole backward pass
   gradmesh sums         micro_batches = 0 (per-rank sums and one Allreduce: not exact across rank counts)
   PyTorch DDP           gloo over the same veths, one rank per namespace, the same MLP, batch and SGD
-and, once, the compute alone: one process, a rank's half of the batch (and of the parts), no combine.
+  compute exact8 / sums the compute alone: one process, a rank's half of the batch (and of the parts), no
+                        combine; interleaved with the others, so each rate's bound uses compute measured beside it
 
 The lower bound of a 2-host step is max(compute, 2 (N-1)/N * 4P / W) with N = 2 hosts, 4P the gradient's
 bytes and W the measured stream rate (docs/cost-model.md). Printed: step time, samples/s, step / bound and
@@ -28,6 +29,7 @@ import argparse
 import datetime
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +49,8 @@ RUNS = {  # name: (kind, parts, extra environment)
     "exact8 no overlap": ("gradmesh", 8, {"GRADMESH_OVERLAP": "0"}),
     "gradmesh sums": ("gradmesh", 0, {}),
     "PyTorch DDP": ("torch", 0, {}),
+    "compute exact8": ("compute", 8, {}),
+    "compute sums": ("compute", 0, {}),
 }
 
 
@@ -134,6 +138,32 @@ def run(topo, env, kind: str, parts: int, steps: int, extra: dict) -> tuple[list
     return [float(t) for t in read(out, "STEPS").split()], note
 
 
+def layers_ready(sizes=SIZES) -> list[tuple[float, int]]:
+    """(when its gradient is final, as a fraction of the compute; its gradient bytes) of each layer, last
+    first, counting multiply-adds: every forward GEMM, then per layer from the last its weight gradient and
+    (but for the first layer) the delta below it."""
+    macs = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
+    total = 2 * sum(macs) + sum(macs[1:])
+    done, out = sum(macs), []
+    for i in range(len(macs) - 1, -1, -1):
+        done += macs[i]
+        out.append((done / total, 4 * (macs[i] + sizes[i + 1])))
+        done += macs[i] if i else 0
+    return out
+
+
+def model_step(compute: float, bw: float, overlap: bool, hosts: int = 2) -> float:
+    """docs/cost-model.md's step: T_compute + T_combine, less what the layer-by-layer combine hides: layer i
+    starts on the link when it is final and the layer before it has left (a combine of 2 (N-1)/N of its bytes)."""
+    share = 2 * (hosts - 1) / hosts * 8 / bw
+    if not overlap:
+        return compute + share * GRADIENT_BYTES
+    free = 0.0
+    for ready, nbytes in layers_ready():
+        free = max(free, ready * compute) + share * nbytes
+    return max(free, compute)
+
+
 def step_time(times: list[float], window: int) -> float:
     """The median over windows of `window` consecutive steps of their mean: a descheduled step or two (the
     machine is shared) moves one window, not the figure."""
@@ -147,20 +177,25 @@ def main() -> int:
     parser.add_argument("--rates", default="none,10gbit,1gbit", help="tc tbf rates, comma-separated; none = unshaped")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--window", type=int, default=25, help="steps per window (median of windows)")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of every configuration, alternating order")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration, alternating order")
     parser.add_argument("--stream-seconds", type=float, default=2.0, help="socket stream per direction")
     parser.add_argument("--only", default="", help="comma-separated run names to keep (default: all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1gbit, 30 steps, short stream")
     args = parser.parse_args()
     if args.quick:
-        args.rates, args.steps, args.window, args.stream_seconds = "1gbit", 30, 10, 0.5
+        args.rates, args.steps, args.window, args.stream_seconds, args.rounds = "1gbit", 30, 10, 0.5, 1
+    # a SIGTERM unwinds like Ctrl-C, so the finally of namespace_hosts deletes the namespaces (and their processes)
+    def stop(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM (e.g. from `timeout`) must not cut the cleanup
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, stop)
     if os.geteuid() != 0:
         raise SystemExit("bench/links.py needs root: it makes network namespaces and shapes links with tc")
     rates = [None if r == "none" else r for r in args.rates.split(",")]
     for rate in rates:
         if rate is not None:
             parse_rate(rate)
-    runs = {n: v for n, v in RUNS.items() if not args.only or n in args.only.split(",")}
+    runs = {n: v for n, v in RUNS.items() if not args.only or n in args.only.split(",") or v[0] == "compute"}
     env = base_env()
     load = os.getloadavg()
     header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, "
@@ -171,9 +206,6 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gm-links-") as tmp, \
             namespace_hosts(Path(tmp), 2, subnet=100 + os.getpid() % 100, net=78, prefix=f"gl{os.getpid() % 100000}") as topo:
-        compute = {p: step_time(run(topo, env, "compute", p, args.steps, {})[0], args.window) for p in (8, 0)}
-        print(f"  compute alone (one rank's half: 128 rows): exact step 4 parts {1e3 * compute[8]:.1f} ms, "
-              f"one GEMM per layer {1e3 * compute[0]:.1f} ms", flush=True)
         for rate in rates:
             shown = [shape(topo.namespaces[h], rate) for h in topo.hosts]
             a, b = topo.hosts
@@ -188,15 +220,18 @@ def main() -> int:
             rows.append((rate or "unshaped", bw, shown[0].splitlines()[0], {n: float(np.median(t)) for n, t in times.items()}, notes))
             print(f"  {rate or 'unshaped'}: done (stream {bw / 1e9:.2f} Gbit/s)", flush=True)
     load_after = os.getloadavg()
-    print(f"\n  link        stream Gbit/s  bound ms   run                  step ms  samples/s  x bound  x DDP sps")
+    print(f"\n  link        stream Gbit/s  bound ms   run                  step ms  samples/s  x bound  x DDP sps  model ms")
     for rate, bw, tc_line, steps, _notes in rows:
         comm = 2 * (2 - 1) / 2 * GRADIENT_BYTES * 8 / bw
         ddp = steps.get("PyTorch DDP")
+        compute = {8: steps["compute exact8"], 0: steps["compute sums"]}
         for name, t in steps.items():
-            bound = max(compute[RUNS[name][1] if RUNS[name][0] == "gradmesh" else 0], comm)
-            vs_ddp = f"{ddp / t:9.2f}" if ddp else f"{'-':>9}"
+            bound = max(compute[RUNS[name][1]], comm)
+            kind, parts, extra = RUNS[name]
+            vs_ddp = f"{ddp / t:9.2f}" if ddp and kind != "compute" else f"{'-':>9}"
+            model = f"{1e3 * model_step(compute[parts], bw, parts > 0 and not extra):8.1f}" if kind == "gradmesh" else f"{'-':>8}"
             print(f"  {rate:<11} {bw / 1e9:13.2f}  {1e3 * bound:8.1f}   {name:<20} {1e3 * t:7.1f}  {BATCH / t:9.0f}"
-                  f"  {t / bound:7.2f}  {vs_ddp}")
+                  f"  {(f'{t / bound:7.2f}' if kind != 'compute' else '      -')}  {vs_ddp}  {model}")
     print(f"\n  bound = max(compute alone, 2 (N-1)/N x {GRADIENT_BYTES / 1e6:.2f} MB / stream rate), N = 2; the "
           f"DDP row's bound uses the one-GEMM compute; load average after {load_after[0]:.2f}")
     for rate, _bw, tc_line, _steps, notes in rows:

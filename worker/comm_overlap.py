@@ -15,7 +15,8 @@ every other rank. The bytes are those of the one-piece combine: 2 (N-1)/N of the
 Why a thread: MPI moves a large message (UCX's rendezvous over TCP) only while someone calls into MPI, and
 the main thread is inside GEMMs. One thread per process does the layers' messages in order on a duplicate of
 the communicator, polling with Testall and sleeping POLL_S between polls (a spinning wait would take a core
-from the ranks' own compute: on a small host the ranks fill the cores). numpy's GEMMs release the GIL.
+from the ranks' own compute: on a small host the ranks fill the cores). numpy's GEMMs release the GIL. Once
+the backward pass is over (finish), nothing competes with it: the thread then polls without sleeping.
 GRADMESH_OVERLAP=0 keeps the one-piece combine after the backward pass (worker/comm_mpi.py).
 """
 from __future__ import annotations
@@ -47,12 +48,14 @@ class OverlapExactReducer(MpiExactReducer):
         self._nodes: list = []
         self._parts = 0
         self._buffers: dict[tuple[int, int], np.ndarray] = {}
+        self._hurry = threading.Event()    # set by finish(): the main thread computes no more, poll flat out
         threading.Thread(target=self._serve, name="gradmesh-layer-combine", daemon=True).start()
 
     def begin(self, nodes, parts: int) -> None:
         if self._started:
             raise RuntimeError("a step's layers are still in flight: finish() before the next begin()")
         self._nodes, self._parts = list(nodes), parts
+        self._hurry.clear()
 
     def start_layer(self, where: slice) -> None:
         self._jobs.put((self._started, where.start, where.stop))
@@ -61,6 +64,7 @@ class OverlapExactReducer(MpiExactReducer):
     def finish(self) -> np.ndarray:
         """Wait for every layer started since begin(), then gather the tails (after the layers: the tail's
         seconds are set once the backward pass is over)."""
+        self._hurry.set()
         failure = None
         for _ in range(self._started):
             err = self._done.get()
@@ -83,7 +87,7 @@ class OverlapExactReducer(MpiExactReducer):
 
     def _wait(self, requests) -> None:
         while requests and not self._MPI.Request.Testall(requests):
-            time.sleep(POLL_S)
+            time.sleep(0.0 if self._hurry.is_set() else POLL_S)
 
     def _layer(self, index: int, lo: int, hi: int) -> None:
         MPI, comm, me, size, nodes = self._MPI, self._layers, self.rank, self.size, self._nodes
