@@ -221,6 +221,7 @@ def main() -> int:
             print(f"  {rate or 'unshaped'}: done (stream {bw / 1e9:.2f} Gbit/s)", flush=True)
     load_after = os.getloadavg()
     print(f"\n  link        stream Gbit/s  bound ms   run                  step ms  samples/s  x bound  x DDP sps  model ms")
+    table = []
     for rate, bw, tc_line, steps, _notes in rows:
         comm = 2 * (2 - 1) / 2 * GRADIENT_BYTES * 8 / bw
         ddp = steps.get("PyTorch DDP")
@@ -232,6 +233,8 @@ def main() -> int:
             model = f"{1e3 * model_step(compute[parts], bw, parts > 0 and not extra):8.1f}" if kind == "gradmesh" else f"{'-':>8}"
             print(f"  {rate:<11} {bw / 1e9:13.2f}  {1e3 * bound:8.1f}   {name:<20} {1e3 * t:7.1f}  {BATCH / t:9.0f}"
                   f"  {(f'{t / bound:7.2f}' if kind != 'compute' else '      -')}  {vs_ddp}  {model}")
+            table.append((rate, bw / 1e9, 1e3 * bound, name, 1e3 * t, BATCH / t, "-" if kind == "compute" else
+                          f"{t / bound:.2f}", vs_ddp.strip(), model.strip()))
     print(f"\n  bound = max(compute alone, 2 (N-1)/N x {GRADIENT_BYTES / 1e6:.2f} MB / stream rate), N = 2; the "
           f"DDP row's bound uses the one-GEMM compute; load average after {load_after[0]:.2f}")
     for rate, _bw, tc_line, _steps, notes in rows:
@@ -239,6 +242,9 @@ def main() -> int:
     for name, note in rows[-1][4].items():
         if note:
             print(f"  {name}: {note}")
+    print("\n| link (stream) | run | step ms | samples/s | × bound | × DDP samples/s | model ms |\n|---|---|---|---|---|---|---|")
+    for line in table:   # the same rows, for docs/benchmarks.md
+        print("| {} ({:.2f} Gbit/s; bound {:.1f} ms) | {} | {:.1f} | {:.0f} | {} | {} | {} |".format(*line))
     return 0
 
 
