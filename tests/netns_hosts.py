@@ -22,21 +22,19 @@ MPIR_CVAR_NOLOCAL=1 force MPI onto TCP over the veths, as between real hosts. Th
 when the host's link is down ("ssh: connect to host H port 22: No route to host", exit 255). Everything is
 deleted in a finally (namespaces, and so every veth and the bridge).
 
-Needs root and iproute2; `ip netns add` refused → pytest.skip with the reason.
+The topology itself (namespaces, bridge, veths, the launcher) is bench/netns_topology.py's, shared with
+bench/links.py. Needs root and iproute2; `ip netns add` refused → pytest.skip with the reason.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,68 +43,16 @@ from typing import Iterator
 
 import pytest
 
-DEVICE = "gm0"
-FORCE_TCP = {"UCX_TLS": "tcp", "UCX_NET_DEVICES": DEVICE, "MPIR_CVAR_NOLOCAL": "1",
-             "MPIR_CVAR_CH4_NETMOD": "ucx"}
-
-
-def ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=check)
-
-
-def kill_namespace_processes(ns: str) -> None:
-    for pid in ip("netns", "pids", ns, check=False).stdout.split():
-        try:
-            os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
-
-
-def link_bytes(ns: str, device: str = DEVICE) -> tuple[int, int]:
-    stats = json.loads(ip("-j", "-s", "-n", ns, "link", "show", "dev", device).stdout)[0]["stats64"]
-    return stats["rx"]["bytes"], stats["tx"]["bytes"]
-
-
-def wait_links_up(namespaces, device: str = DEVICE, timeout_s: float = 10.0) -> None:
-    """Until every namespace's device is operationally up: the kernel says so a moment after `link set up`
-    of both ends (linkwatch), and the ssh stand-in refuses a host whose device is not up yet."""
-    deadline = time.monotonic() + timeout_s
-    for ns in namespaces:
-        while ip("netns", "exec", ns, "cat", f"/sys/class/net/{device}/operstate", check=False).stdout.strip() != "up":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{device} in {ns} is not up after {timeout_s} s")
-            time.sleep(0.05)
-
-
-def write_launcher(path: Path, namespaces: dict[str, str], device: str = DEVICE) -> Path:
-    """The ssh stand-in for hydra: "[-x] HOST command..." runs command in HOST's namespace, or fails like ssh
-    when HOST's link is down."""
-    cases = "\n".join(f"  {h}) ns={ns} ;;" for h, ns in namespaces.items())
-    path.write_text(textwrap.dedent("""\
-        #!/bin/sh
-        # ssh stand-in for hydra: "[-x] HOST command..." runs command in HOST's network namespace
-        [ "$1" = "-x" ] && shift
-        host=$1; shift
-        case "$host" in
-        {cases}
-          *) echo "ssh: Could not resolve hostname $host: Name or service not known" >&2; exit 255 ;;
-        esac
-        if [ "$(ip netns exec "$ns" cat /sys/class/net/{device}/operstate 2>/dev/null)" != "up" ]; then
-          echo "ssh: connect to host $host port 22: No route to host" >&2; exit 255
-        fi
-        exec ip netns exec "$ns" sh -c "$*"
-        """).format(cases=cases, device=device))
-    path.chmod(0o755)
-    return path
+from bench.netns_topology import (  # noqa: F401  (the tests' names for the shared topology)
+    DEVICE, FORCE_TCP, ip, kill_namespace_processes, link_bytes, namespace_hosts, refused, wait_links_up,
+    write_launcher)
 
 
 def require_netns(name: str) -> None:
     """Skip (with the reason) where network namespaces cannot be made."""
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 is not installed (apt-get install iproute2)")
-    made = ip("netns", "add", name, check=False)
-    if made.returncode != 0:
-        pytest.skip(f"`ip netns add` refused here: {made.stderr.strip()}")
+    why = refused(name)
+    if why:
+        pytest.skip(why)
 
 
 @dataclass
@@ -135,42 +81,12 @@ class Cluster:
 
 @contextlib.contextmanager
 def netns_cluster(tmp_path: Path, hosts: int = 2, subnet: int | None = None) -> Iterator[Cluster]:
-    prefix = f"gm{os.getpid() % 100000}"
     subnet = 100 + os.getpid() % 100 if subnet is None else subnet
-    switch = f"{prefix}-sw"
-    names = [f"{prefix}-{chr(ord('a') + i)}" for i in range(hosts)]
-    addrs = tuple(f"10.77.{subnet}.{i + 1}" for i in range(hosts))
-    head = f"10.77.{subnet}.254"
-    created: list[str] = []
-    try:
-        require_netns(switch)
-        created.append(switch)
-        ip("-n", switch, "link", "add", "br0", "type", "bridge")
-        ip("-n", switch, "addr", "add", f"{head}/24", "dev", "br0")
-        ip("-n", switch, "link", "set", "br0", "up")
-        ip("-n", switch, "link", "set", "lo", "up")
-        for i, (ns, addr) in enumerate(zip(names, addrs)):
-            ip("netns", "add", ns)
-            created.append(ns)
-            # made inside the host's namespace, its peer moved straight to the switch: never a device here
-            ip("-n", ns, "link", "add", DEVICE, "type", "veth", "peer", "name", f"{prefix}y{i}", "netns", switch)
-            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", DEVICE)
-            ip("-n", ns, "link", "set", DEVICE, "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", switch, "link", "set", f"{prefix}y{i}", "master", "br0", "up")
-        namespaces = dict(zip(addrs, names))
-        wait_links_up(names)
-        script = write_launcher(tmp_path / "netns-ssh", namespaces)
-        genv = [a for k, v in FORCE_TCP.items() for a in ("-genv", k, v)]
-        yield Cluster(addrs, namespaces, head, script,
-                      ["-launcher", "ssh", "-launcher-exec", str(script), "-localhost", head, *genv], switch, prefix)
-    finally:
-        for ns in created:
-            kill_namespace_processes(ns)
-        for ns in created:
-            ip("netns", "del", ns, check=False)
-        leftover = [ns for ns in ip("netns", "list", check=False).stdout.split() if ns.startswith(prefix + "-")]
-        assert not leftover, f"namespaces not deleted: {leftover}"
+    probe = f"gm{os.getpid() % 100000}-probe"
+    require_netns(probe)                 # skipped with the reason where namespaces are refused
+    ip("netns", "del", probe, check=False)
+    with namespace_hosts(tmp_path, hosts, subnet) as t:
+        yield Cluster(t.hosts, t.namespaces, t.head, t.script, t.mpirun_args, t.switch, t.prefix)
 
 
 def visible_devices(prefix: str) -> list[str]:

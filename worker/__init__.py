@@ -5,13 +5,15 @@ callers import; the others sit below the face and never import it back:
 
   spec.py            the job spec, the one contract shared with the coordinator: the face over
                      spec_parsing.py (read, check) over spec_shape.py (every key with its default)
-  mlp.py, optim.py   the math: forward, backward, the optimizers; stepsync.py, the step's one reduction;
+  mlp.py, optim.py   the math: forward, backward (mlp_bylayer.py: micro-batches layer by layer), the
+                     optimizers; stepsync.py, the step's one reduction;
                      stepexact.py, the exact step (the same bits at any rank count) over microbatch.py (the
                      parts and the tree that adds them)
   data.py            sources, split, sampler; over the formats csvsource.py and idx.py, over datacache.py
                      (converted once) and data_paths.py (DataError, the data-roots check)
   comm.py            every MPI call: the face (init_comm, the Comm protocol) over comm_mpi.py, comm_serial.py,
-                     comm_buffers.py, comm_abort.py, comm_exact.py (the exact combine over MPI), and the helpers
+                     comm_buffers.py, comm_abort.py, comm_exact.py (the exact combine over MPI; comm_overlap.py, the
+                     same per layer during backward), and the helpers
                      hangwatch.py, shmreduce.py, shmexact.py (the exact combine in shared memory), mpiwait.py
   blas.py, threads.py  the BLAS kernel (chosen before numpy loads) and thread count of a rank
   train.py           the loop, with hooks.py (what it tells the outside), checkpoint.py, failure.py (exit

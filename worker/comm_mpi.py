@@ -117,15 +117,16 @@ class MpiComm:
             reducer = HostExactReducer(self._MPI, self._node, n, slots, tail)
         else:
             from worker.comm_exact import MpiExactReducer
+            from worker.comm_overlap import OVERLAP_ENV, OverlapExactReducer
             why = "ranks on several hosts" if self.local_size < self.size else f"{SHM_REDUCE_ENV}=0"
-            reducer = MpiExactReducer(self._MPI, self._comm, n, slots, tail, why)
-        combine = reducer.combine
-
-        def guarded(nodes, parts):
-            out = []
-            self._guarded("allreduce", lambda: out.append(combine(nodes, parts)))   # the step's sum, as before
-            return out[0]
-        reducer.combine = guarded
+            # layer by layer during backward (its thread calls MPI beside the main thread's), unless turned off
+            overlap = (os.environ.get(OVERLAP_ENV, "1").strip() != "0"
+                       and self._MPI.Query_thread() >= self._MPI.THREAD_MULTIPLE)
+            reducer = (OverlapExactReducer if overlap else MpiExactReducer)(self._MPI, self._comm, n, slots, tail, why)
+        for name in ("combine", "finish"):     # the step's sum, timed by the watchdog as before
+            method = getattr(reducer, name, None)
+            if method is not None:
+                setattr(reducer, name, self._guard_method(method))
         reducer.note += f"; waiting: {self.wait_policy}"
         return reducer
 
@@ -205,6 +206,13 @@ class MpiComm:
         ticket = wd.enter(name)
         collective()
         wd.leave(ticket)
+
+    def _guard_method(self, method):
+        def guarded(*args):
+            out = []
+            self._guarded("allreduce", lambda: out.append(method(*args)))
+            return out[0]
+        return guarded
 
     def _finish_watched(self) -> None:
         """At exit: one watched barrier, so a rank that left early is reported instead of hanging Finalize.

@@ -10,7 +10,9 @@ worker/stepsync.py's step sums per rank, so its bits depend on the rank count; t
 micro-batch's gradient on its own (the same GEMM shapes wherever it runs) and adds them along one
 binary tree over micro-batch indices (worker/microbatch.py): the rank's own parts up to its cover of
 whole tree nodes, then every rank's nodes through the communicator's `exact_reducer` (host-shared memory
-on one host, worker/shmexact.py; MPI between hosts, worker/comm_exact.py). The scalars (each part's
+on one host, worker/shmexact.py; MPI between hosts, worker/comm_exact.py, or worker/comm_overlap.py, which
+starts each layer's combine during the backward pass while worker/mlp_bylayer.py computes the parts layer by
+layer, with the same additions in the same order). The scalars (each part's
 loss, the stop flags, the seconds each rank computed) travel beside the gradient, gathered rather than
 summed, so they are exact too.
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, weighted_ranges
 from worker.mlp import MLP
+from worker.mlp_bylayer import parts_by_layer
 from worker.stepsync import Reduced
 
 STOP, STOP_CHECKPOINT, SECONDS = range(3)   # each rank's tail: these, then the loss of each part
@@ -65,6 +68,8 @@ class ExactStep:
         self._busy = 0.0
         self._thread_checked: dict[int, bool] = {}
         self.pinned_note = ""
+        self._overlaps = hasattr(self.reducer, "start_layer")   # layer by layer (worker/comm_overlap.py)
+        self._part_buffers: dict = {}
 
     # ---- what train.py reads ------------------------------------------------------------------------
     @property
@@ -87,17 +92,38 @@ class ExactStep:
         started = time.perf_counter()
         plan, edges, model = self.plan, self._edges, self.model
         x = np.asarray(x)
-        losses = PartsResult()
-        for k in range(plan.b - plan.a):
-            lo, hi = edges[k], edges[k + 1]
-            self._check_threads(hi - lo, x[lo:hi], y[lo:hi])
-            views = self._views[plan.slot_of[k]]
-            losses += model.sum_loss_and_grad_parts(x[lo:hi], y[lo:hi], (0, hi - lo),
-                                                    lambda i, j: views[i], lambda i, j: None)
-            for d, s in plan.adds[k]:
-                self.slots[d] += self.slots[s]
+        if self._overlaps:
+            losses = self._backward_by_layer(x, y)
+        else:
+            losses = PartsResult()
+            for k in range(plan.b - plan.a):
+                lo, hi = edges[k], edges[k + 1]
+                self._check_threads(hi - lo, x[lo:hi], y[lo:hi])
+                views = self._views[plan.slot_of[k]]
+                losses += model.sum_loss_and_grad_parts(x[lo:hi], y[lo:hi], (0, hi - lo),
+                                                        lambda i, j: views[i], lambda i, j: None)
+                for d, s in plan.adds[k]:
+                    self.slots[d] += self.slots[s]
         self._busy = time.perf_counter() - started
         return losses
+
+    def _backward_by_layer(self, x, y) -> PartsResult:
+        """The same parts, GEMMs and additions, layer by layer across the parts (worker/mlp_bylayer.py): each
+        layer's slice of the rank's cover is final, and its combine starts, while the layers below are still
+        computed. The additions of the plan run per part as before, on the layer's slice: the same bits."""
+        plan, edges, slots, layer = self.plan, self._edges, self.slots, self._layer_slices
+        parts = range(plan.b - plan.a)
+        for k in parts:
+            self._check_threads(edges[k + 1] - edges[k], x[edges[k]:edges[k + 1]], y[edges[k]:edges[k + 1]])
+        self.reducer.begin(self._frontier, self.parts)
+
+        def after_part(i: int, k: int) -> None:
+            for d, s in plan.adds[k]:
+                slots[d][layer[i]] += slots[s][layer[i]]
+        return PartsResult(parts_by_layer(
+            self.model, self._part_buffers, [x[edges[k]:edges[k + 1]] for k in parts],
+            [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[plan.slot_of[k]][i],
+            after_part, lambda i: self.reducer.start_layer(layer[i])))
 
     def reduce(self, losses: PartsResult, *, stop: bool = False, checkpoint: bool = False) -> Reduced:
         """Combine every rank's nodes to the total (slot 0, every rank) and gather the scalars."""
@@ -107,7 +133,7 @@ class ExactStep:
         tail[STOP_CHECKPOINT] = 1.0 if checkpoint else 0.0
         tail[SECONDS] = self._busy
         tail[TAIL + self.plan.a:TAIL + self.plan.b] = losses
-        tails = self.reducer.combine(self._frontier, self.parts)
+        tails = self.reducer.finish() if self._overlaps else self.reducer.combine(self._frontier, self.parts)
         loss_sum = 0.0
         for rank, (a, b) in enumerate(self.ranges):   # part order: the same float additions on every rank
             for j in range(a, b):
