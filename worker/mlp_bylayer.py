@@ -114,7 +114,7 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
             gW, gb = grads_of(i, j)
             lo, hi = j * r, (j + 1) * r
             np.matmul(a_prev[lo:hi].T, delta[lo:hi], out=gW)
-            np.sum(delta[lo:hi], axis=0, out=gb)
+            np.add.reduce(delta[lo:hi], axis=0, out=gb)   # np.sum itself, without its Python wrapper
             after_part(i, j)
         on_layer(i)
         if i == 0:
