@@ -44,21 +44,25 @@ every_steps = 0
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
-def test_layer_by_layer_gives_each_part_the_bits_of_the_part_alone(activation, loss):
+@pytest.mark.parametrize("edges", [[0, 7, 7, 15, 30],            # unequal, part 1 empty: one part at a time
+                                   [0, 6, 12, 18, 24, 30],       # equal: the parts as one numpy stack
+                                   [0, 1, 2, 3, 4, 5, 6]],       # one row each, as at a small batch
+                         ids=["unequal", "stacked", "rows-of-one"])
+def test_layer_by_layer_gives_each_part_the_bits_of_the_part_alone(activation, loss, edges):
     model = MLP([20, 16, 12, 10], activation=activation, loss=loss, seed=1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((30, 20)).astype(np.float32)
     y = rng.integers(0, 10, 30) if loss == "cross_entropy" else rng.standard_normal((30, 10)).astype(np.float32)
-    edges = [0, 7, 7, 15, 30]                   # part 1 is empty
+    parts = len(edges) - 1
     alone, alone_losses = [], []
-    for k in range(4):
+    for k in range(parts):
         out = np.zeros(model.num_params, np.float32)
         views = model.layer_views(out)
         lo, hi = edges[k], edges[k + 1]
         alone_losses += model.sum_loss_and_grad_parts(x[lo:hi], y[lo:hi], (0, hi - lo), lambda i, j: views[i],
                                                       lambda i, j: None)
         alone.append(out)
-    got = [np.full(model.num_params, np.nan, np.float32) for _ in range(4)]
+    got = [np.full(model.num_params, np.nan, np.float32) for _ in range(parts)]
     views = [model.layer_views(g) for g in got]
     calls, layers = [], []
     cache: dict = {}
@@ -71,7 +75,7 @@ def test_layer_by_layer_gives_each_part_the_bits_of_the_part_alone(activation, l
         assert losses == alone_losses
         assert all(np.array_equal(a, g) for a, g in zip(alone, got)), (activation, loss)
     assert layers == [2, 1, 0]                  # last layer first, each once, after all its parts
-    assert calls == [(i, k) for i in (2, 1, 0) for k in range(4)]
+    assert calls == [(i, k) for i in (2, 1, 0) for k in range(parts)]
 
 
 def differing(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[str]:

@@ -11,6 +11,14 @@ sending layer i), then every part's delta for layer i-1. Each part goes through 
 element-wise operations of `MLP.sum_loss_and_grad_parts` on that part alone, on arrays of the same shapes,
 so each gradient has the same bits; only the order in which the parts' layers run changes.
 
+Parts of equal size (the usual case: a batch that the micro-batch count divides) go through numpy as one
+stack: each layer's forward product and delta product is a single `np.matmul` over a (parts, rows, n) array,
+and the activations and the loss run once over all the rows. numpy's matmul computes a stack slice by slice,
+one BLAS call per slice with that slice's shapes, so every part still gets the GEMM it gets alone (checked bit
+for bit by tests/test_exact_overlap.py); what goes is the Python and numpy overhead of calling each part's
+forward, loss and deltas one by one, which dominates when parts are a few rows (the digits demo: 4 rows).
+The weight gradients stay one GEMM per part: each is a sum over its own part's rows.
+
 The math of worker/mlp.py, reached through its private pieces (the buffers, forward, loss and activation
 derivative) on purpose: one implementation of each, so the two paths cannot drift apart. No MPI here.
 """
@@ -30,6 +38,9 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
     `cache` keeps each part's buffers between calls (keyed by part and rows): pass the same dict each step."""
     gelu = model.activation == "gelu"
     xs = [model._as_input(x) for x in xs]
+    rows = {x.shape[0] for x in xs}
+    if len(xs) > 1 and len(rows) == 1 and 0 not in rows:
+        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer)
     state = []                                   # per part: (input, buffers, current delta) or None if empty
     losses = []
     for k, (x, y) in enumerate(zip(xs, ys)):
@@ -67,4 +78,49 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                 np.matmul(delta, model.layers[i].W.T, out=d_prev)
                 model._activation_backward(d_prev, i - 1, buf)
                 part[2] = d_prev
+    return losses
+
+
+def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
+             grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+             after_part: Callable[[int, int], None], on_layer: Callable[[int], None]) -> list[float]:
+    """parts_by_layer for k non-empty parts of r rows each, as (k, r, n) stacks (see the module docstring)."""
+    k, r = len(xs), xs[0].shape[0]
+    key = ("stack", k, r)
+    held = cache.get(key)
+    if held is None:
+        held = cache[key] = (_Buffers(k * r, model.sizes, model.dtype, keep_preactivation=model.activation == "gelu"),
+                             np.empty((k, r, model.sizes[0]), model.dtype))
+    buf, x3 = held
+    for j, x in enumerate(xs):
+        x3[j] = x
+    last = len(model.layers) - 1
+    a3 = x3
+    for i, layer in enumerate(model.layers):
+        z = buf.acts[i]
+        z3 = z.reshape(k, r, -1)
+        np.matmul(a3, layer.W, out=z3)        # slice by slice: each part's own GEMM
+        z += layer.b
+        if i < last:
+            model._activate(z, i, buf)       # element-wise: the same on a part's rows alone
+        a3 = z3
+    y = np.concatenate([np.asarray(v) for v in ys])
+    losses, _ = model._loss_delta(buf.acts[last], y, buf, edges=[j * r for j in range(k + 1)])
+    delta = buf.acts[last]
+    x2 = x3.reshape(k * r, -1)
+    for i in range(last, -1, -1):
+        a_prev = x2 if i == 0 else buf.acts[i - 1]
+        for j in range(k):
+            gW, gb = grads_of(i, j)
+            lo, hi = j * r, (j + 1) * r
+            np.matmul(a_prev[lo:hi].T, delta[lo:hi], out=gW)
+            np.add.reduce(delta[lo:hi], axis=0, out=gb)   # np.sum itself, without its Python wrapper
+            after_part(i, j)
+        on_layer(i)
+        if i == 0:
+            break
+        d_prev = buf.deltas[i - 1]
+        np.matmul(delta.reshape(k, r, -1), model.layers[i].W.T, out=d_prev.reshape(k, r, -1))
+        model._activation_backward(d_prev, i - 1, buf)
+        delta = d_prev
     return losses
