@@ -300,7 +300,9 @@ def test_a_rank_killed_on_another_host_is_blamed_on_that_host(cluster, coordinat
     status = host_state(client, b)
     assert status.failures == 1 and f"a rank on {b} was killed" in status.last_failure, (status, first)
     assert host_state(client, a).failures == 0, host_state(client, a)
-    assert f"on {b} ended: exit code 9 (signal SIGKILL?)" in first.message, first
+    # hydra says it either way, depending on which of its proxies reports first: both name b and signal 9
+    assert (f"on {b} ended: exit code 9 (signal SIGKILL?)" in first.message
+            or f"on {b} ended: Killed (signal 9)" in first.message), first
     print(f"\n{b}: {status.last_failure}\nattempt 1: {first.message.splitlines()[0]}")
     client.cancel(job.id)
     wait_for("the job to end", lambda: client.get(job.id).is_terminal(), scaled(60))
