@@ -15,7 +15,7 @@ from coordinator.client import (
     JobState, JobStateChanged, MetricReported, NotFound, Unauthenticated,
 )
 from coordinator.supervision import processes
-from tests.helpers import numpy_accuracy, small_digits_spec, wait_for
+from tests.helpers import numpy_accuracy, scaled, small_digits_spec, wait_for
 
 LEGAL = {
     JobState.QUEUED: {JobState.RUNNING, JobState.CANCELLED, JobState.FAILED},
@@ -113,7 +113,7 @@ def test_list_pages_and_state_filter(client):
     for job_id in ids:
         client.cancel(job_id)
     for job_id in ids:
-        wait_for(lambda: client.get(job_id).is_terminal(), 30, what=f"{job_id} to end")
+        wait_for(lambda: client.get(job_id).is_terminal(), scaled(30), what=f"{job_id} to end")
     listed = [j.id for j in client.list(page_size=2)]
     assert listed[:5] == ids[::-1]  # newest first, across 3 pages
     cancelled = [j.id for j in client.list(states=["CANCELLED"], page_size=2)]
@@ -124,14 +124,14 @@ def test_list_pages_and_state_filter(client):
 @pytest.mark.timeout(120)
 def test_cancel_running_job_leaves_no_worker(client):
     job = client.submit(small_digits_spec(steps=100_000, workers=2))
-    wait_for(lambda: client.get(job.id).step >= 5, 60, what="the job to train a few steps")
+    wait_for(lambda: client.get(job.id).step >= 5, scaled(60), what="the job to train a few steps")
     assert processes.of_job(job.id)
     client.cancel(job.id, checkpoint=True)
     events = list(client.watch(job.id))  # ends by itself once the job has stopped
     assert client.get(job.id).state is JobState.CANCELLED
     assert any(isinstance(e, JobStateChanged) and e.change.state is JobState.CANCELLED for e in events) or \
         events[0].job.state is JobState.CANCELLED
-    wait_for(lambda: not processes.of_job(job.id), 15, what="the worker processes to exit")
+    wait_for(lambda: not processes.of_job(job.id), scaled(15), what="the worker processes to exit")
     resumed = client.resume(job.id, workers=1)
     assert resumed.id != job.id and resumed.labels["resumed_from"] == job.id
     assert resumed.workers == 1 and resumed.state in (JobState.QUEUED, JobState.RUNNING)

@@ -27,7 +27,7 @@ from coordinator.store.records import JobRow, MetricRow
 from coordinator.states import JobState
 from coordinator.access.tokens import hash_token
 from chromium import SCREENSHOTS
-from helpers import digits_toml, idle_server, running_job, wait_for, worker_stub
+from helpers import digits_toml, idle_server, running_job, scaled, wait_for, worker_stub
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -89,7 +89,8 @@ def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
 
     context, page = log_in(browser, srv)
     page.wait_for_selector(f'tr[data-job="{job_id}"]')  # the job is in the list
-    wait_for(lambda: "RUNNING" in page.text_content(f'tr[data-job="{job_id}"]'), 30, "the list to show it RUNNING")
+    wait_for(lambda: "RUNNING" in page.text_content(f'tr[data-job="{job_id}"]'), scaled(30),
+             "the list to show it RUNNING")
     page.select_option("#filter", "SUCCEEDED")
     wait_for(lambda: page.locator(f'tr[data-job="{job_id}"]').count() == 0, 10, "the filter to hide it")
     page.select_option("#filter", "RUNNING")
@@ -98,7 +99,8 @@ def test_a_real_job_from_login_to_cancel(browser, start_coordinator, tmp_path):
     page.click(f'tr[data-job="{job_id}"] a')
     page.wait_for_url(f"{base}/jobs/{job_id}")
     first = wait_for(lambda: points_on_page(page), 60, "the first points on the job page")
-    gained = wait_for(lambda: points_on_page(page) > first and points_on_page(page), 30, "the curve to gain points")
+    gained = wait_for(lambda: points_on_page(page) > first and points_on_page(page), scaled(30),
+                      "the curve to gain points")
     print(f"\n[dashboard] the job page's curves went from {first} to {gained} points while the job trained")
     assert page.locator("#chart-loss canvas").count() == 1
 

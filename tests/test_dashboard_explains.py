@@ -32,7 +32,7 @@ from coordinator.reports import FailureCause, WorkerFailure
 from coordinator.states import JobState
 from coordinator.store.records import JobRow, MetricRow
 from chromium import SCREENSHOTS
-from helpers import SMALL_SPEC, digits_toml, idle_server, upload_checkpoint, wait_for, worker_stub
+from helpers import SMALL_SPEC, digits_toml, idle_server, scaled, upload_checkpoint, wait_for, worker_stub
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -199,13 +199,14 @@ def test_the_header_moves_between_evals(browser, start_coordinator, monkeypatch)
     job_id = srv.core.jobs.submit(spec, job_id="between")[0].job.id
     page = open_page(browser, srv, f"/jobs/{job_id}")
     step = lambda: int(page.eval_on_selector("#facts [data-fact=step]", "e => e.lastChild.textContent").split(" /")[0])  # noqa: E731
-    first = wait_for(lambda: step(), 60, "a step above 0 in the header")
-    wait_for(lambda: step() > first, 20, "the header's step to move without an evaluation")
+    first = wait_for(lambda: step(), scaled(60), "a step above 0 in the header")
+    wait_for(lambda: step() > first, scaled(20), "the header's step to move without an evaluation")
     assert int(page.text_content("#points")) == 0  # no metric point yet: the step came from progress reports
     sps = lambda: page.eval_on_selector("#facts [data-fact='samples/s']", "e => e.lastChild.textContent")  # noqa: E731
-    wait_for(lambda: sps() != "–", 20, "samples/s from the step rate")
+    wait_for(lambda: sps() != "–", scaled(20), "samples/s from the step rate")
     assert page.eval_on_selector("#facts [data-fact=ETA]", "e => e.lastChild.textContent") != "–"
-    wait_for(lambda: page.text_content("#log").count(f"gradmesh: at step ") >= 2, 30, "progress lines in the log")
+    wait_for(lambda: page.text_content("#log").count(f"gradmesh: at step ") >= 2, scaled(30),
+             "progress lines in the log")
     srv.core.jobs.cancel(job_id, checkpoint=False)
     wait_for(lambda: srv.core.jobs.get(job_id).job.state.is_terminal(), 60, "the cancel")
     page.context.close()

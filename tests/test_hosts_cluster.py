@@ -11,9 +11,11 @@ a cable is pulled. Skipped with the reason where namespaces cannot be made.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 
 from coordinator.client import Client, JobState
 from helpers import scaled, seconds_for, step_rate
-from mpi_programs.launch import run_mpi
+from mpi_programs.launch import processes_with_marker, run_mpi
 from netns_hosts import ip, netns_cluster, visible_devices
 
 LAYERS = [64, 128, 128, 10]
@@ -87,7 +89,7 @@ def test_a_two_host_job_succeeds_with_gradients_over_the_link(cluster, coordinat
     before = cluster.link_bytes(b)
     steps = 40
     job = client.submit(spec("two-hosts", steps=steps, every=0))
-    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, 60)
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, scaled(60))
     after = cluster.link_bytes(b)
     assert done.state is JobState.SUCCEEDED, (done.message, Path(srv.data_dir, "logs", job.id, "attempt-1.log").read_text())
     [attempt] = done.attempt_history
@@ -120,7 +122,8 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     # loaded machine), or the grow back tries the still-cut host: 10 s on a quiet machine, stretched by the
     # contention measured now. The job must still train when the cool-down ends: the exact step on this small
     # model made 110-1,000 steps/s on 2 ranks here, quiet or loaded (a rate that falls as the contention grows,
-    # like the cool-down), so 24,000 steps; checkpoints every 1,200 steps: 20 in all, all kept (cap 30).
+    # like the cool-down), so 24,000 steps; checkpoints every 1,200 steps: 20 in all, all kept (cap 30). The
+    # uninterrupted reference runs alongside from the shrink on, so the test costs the job's time, not the sum.
     cooldown = scaled(10.0)
     srv, client = coordinator(failures=1, cooldown_s=cooldown)
     a, b = cluster.hosts
@@ -152,6 +155,18 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
           f"{eval_every} steps in) {first_new - cut_at:.1f} s (hang_timeout_s 3; contention {scaled(1.0):.1f}x); "
           f"resumed from the checkpoint at step {resumed}, attempt 1 had reached step {reached} at the cut: "
           f"{max(0, reached - resumed)} steps recomputed")
+    # the reference the job must end at (below): one process trains the whole job meanwhile, on the core the
+    # job leaves idle through the cool-down and the grow back (after them, it would add its whole run)
+    replay = Replay(job_spec, tmp_path / "uninterrupted", timeout=seconds_for(steps, rate / 4))
+    try:
+        grow_back_and_end(client, cluster, job, job_spec, replay, cooldown=cooldown, rate=rate, resumed=resumed)
+    finally:
+        replay.stop()
+
+
+def grow_back_and_end(client, cluster, job, job_spec, replay, *, cooldown: float, rate: float, resumed: int):
+    a, b = cluster.hosts
+    steps, eval_every = job_spec["train"]["steps"], job_spec["train"]["eval_every"]
 
     # the link comes back; after the cool-down b is healthy, and the job grows back to 4 ranks
     cluster.restore(b)
@@ -165,8 +180,8 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
                              f"{host_state(client, b)}") from None
     assert third.ranks == 4 and third.hosts == f"{a}:2,{b}:2", third
     assert host_state(client, b).state == "healthy"
-    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j,
-                    seconds_for(steps - client.get(job.id).step, rate))
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j,  # (rate / 2: the
+                    seconds_for(steps - client.get(job.id).step, rate / 2))                  # replay shares the cores)
     assert done.state is JobState.SUCCEEDED, done.message
     one, two, three = done.attempt_history
     assert two.outcome == "resized" and "growing from 2 to 4 ranks" in two.message, two
@@ -189,25 +204,45 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     # the exact step (worker/stepexact.py) gives the same bits at any rank count: the job that ran on 4, then 2,
     # then 4 ranks ends where one uninterrupted process ends, with Adam (which amplified the rounding of another
     # rank count to ~10% over 4,000 steps before)
-    uninterrupted(client, job, job_spec, tmp_path / "uninterrupted", rate=rate)
-
-
-def uninterrupted(client, job, job_spec, directory: Path, *, rate: float):
-    """Train the whole job in one local process, never stopped; its final parameters must be the job's, bit for bit.
-    `rate` is the job's speed on 4 ranks: one process takes up to 4 times as long."""
-    directory.mkdir()
-    spec_file = directory / "job.json"
-    spec_file.write_text(json.dumps(job_spec))
-    local = run_mpi(1, ["python", "-m", "worker", "--spec", str(spec_file), "--out", str(directory), "--no-resume"],
-                    timeout=seconds_for(job_spec["train"]["steps"], rate / 4))
-    assert local.returncode == 0, local.output
+    local = replay.result()
+    assert local.returncode == 0 and not local.leftovers, (local.output, local.leftovers)
     assert "exact step" in local.output, local.output
-    client.download(job.id, directory / "job.npz")
-    with np.load(directory / "job.npz") as got, np.load(directory / "final.npz") as want:
+    client.download(job.id, replay.directory / "job.npz")
+    with np.load(replay.directory / "job.npz") as got, np.load(replay.directory / "final.npz") as want:
         names = [k for k in want.files if k.startswith("layers.")]
         assert names
         for name in names:
             assert np.array_equal(got[name], want[name]), (name, float(np.abs(got[name] - want[name]).max()))
+
+
+class Replay:
+    """The whole job trained in one local process, never stopped, in a thread while the test goes on (`rate`-
+    derived `timeout`: one process takes up to 4 times as long as the job's 4 ranks); `stop` kills it if the test
+    ends first, so it never outlives the test."""
+
+    def __init__(self, job_spec: dict, directory: Path, *, timeout: float):
+        self.directory = directory
+        directory.mkdir()
+        spec_file = directory / "job.json"
+        spec_file.write_text(json.dumps(job_spec))
+        argv = ["python", "-m", "worker", "--spec", str(spec_file), "--out", str(directory), "--no-resume"]
+        self._marker: list[str] = []
+        self._done: list = []
+        self._thread = threading.Thread(target=lambda: self._done.append(
+            run_mpi(1, argv, timeout=timeout, during=self._marker.append)), daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        assert self._done, "the replay's mpirun raised (see the thread's traceback above)"
+        return self._done[0]
+
+    def stop(self) -> None:
+        while self._thread.is_alive():
+            for pid, _ in processes_with_marker(self._marker[0]) if self._marker else ():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._thread.join(timeout=0.5)
 
 
 def cli(srv, *args, capsys):
@@ -223,28 +258,30 @@ def test_drain_moves_no_running_job_keeps_new_ones_off_and_a_non_elastic_job_wai
     a, b = cluster.hosts
     # the exact step runs this model at ~110-200 steps/s on 2 ranks here: still running while y and z come and wait
     x = client.submit(spec("x", steps=1500, workers=2))
-    wait_for("x on a", lambda: running_attempt(client, x.id, 1), 30)
+    wait_for("x on a", lambda: running_attempt(client, x.id, 1), scaled(30))
     assert client.get(x.id).attempt_history[0].hosts == f"{a}:2"
     code, out = cli(srv, "hosts", "drain", a, capsys=capsys)
     assert code == 0 and "drained" in out, out
     y = client.submit(spec("y", steps=40, workers=2))
-    assert wait_for("y to end", lambda: (j := client.get(y.id)).is_terminal() and j, 40).state is JobState.SUCCEEDED
+    done_y = wait_for("y to end", lambda: (j := client.get(y.id)).is_terminal() and j, scaled(40))
+    assert done_y.state is JobState.SUCCEEDED
     assert [t.hosts for t in client.get(y.id).attempt_history] == [f"{b}:2"]
 
     # a non-elastic 4-rank job cannot start while a is drained: it waits, saying which slots it lacks
     z = client.submit(spec("z", steps=40, workers=4))
-    waiting = wait_for("z's waiting message", lambda: "waiting for 4" in (m := client.get(z.id).message) and m, 10)
+    waiting = wait_for("z's waiting message", lambda: "waiting for 4" in (m := client.get(z.id).message) and m,
+                       scaled(10))
     assert f"{a} (2 slot(s), drained)" in waiting, waiting
     code, out = cli(srv, "hosts", "--json", capsys=capsys)
     rows = {h["name"]: h for h in json.loads(out)}
     assert rows[a]["state"] == "drained" and rows[b]["state"] == "healthy" and rows[b]["slots"] == 2, rows
-    done_x = wait_for("x to end", lambda: (j := client.get(x.id)).is_terminal() and j, 120)
+    done_x = wait_for("x to end", lambda: (j := client.get(x.id)).is_terminal() and j, scaled(120))
     assert done_x.state is JobState.SUCCEEDED and [t.hosts for t in done_x.attempt_history] == [f"{a}:2"]
     time.sleep(0.5)
     assert client.get(z.id).state is JobState.QUEUED  # a's slots are free, but drained
     code, out = cli(srv, "hosts", "undrain", a, capsys=capsys)
     assert code == 0 and "healthy" in out
-    done_z = wait_for("z to end", lambda: (j := client.get(z.id)).is_terminal() and j, 40)
+    done_z = wait_for("z to end", lambda: (j := client.get(z.id)).is_terminal() and j, scaled(40))
     assert done_z.state is JobState.SUCCEEDED and [t.ranks for t in done_z.attempt_history] == [4]
     code, out = cli(srv, "status", z.id, capsys=capsys)
     assert f"4 rank(s) on {a}:2,{b}:2  succeeded" in out, out
@@ -258,13 +295,14 @@ def test_a_host_unreachable_at_launch_is_quarantined_and_a_non_elastic_job_waits
     a, b = cluster.hosts
     cluster.cut(b)
     job = client.submit(spec("patient", steps=40, workers=4))
-    waiting = wait_for("the job to wait for b", lambda: "waiting for 4" in (m := client.get(job.id).message) and m, 30)
+    waiting = wait_for("the job to wait for b", lambda: "waiting for 4" in (m := client.get(job.id).message) and m,
+                       scaled(30))
     first = client.get(job.id).attempt_history[0]
     assert "No route to host" in host_state(client, b).last_failure, (first, host_state(client, b))
     assert client.get(job.id).state is JobState.RESTARTING
     assert f"{b} (2 slot(s), quarantined until" in waiting and "2 free on usable hosts" in waiting, waiting
     cluster.restore(b)
-    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, cooldown + 40)
+    done = wait_for("the job to end", lambda: (j := client.get(job.id)).is_terminal() and j, cooldown + scaled(40))
     assert done.state is JobState.SUCCEEDED, done.message
     assert [t.ranks for t in done.attempt_history] == [4, 4] and done.attempt_history[1].hosts == f"{a}:2,{b}:2"
     assert host_state(client, b).state == "healthy"

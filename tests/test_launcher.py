@@ -49,6 +49,9 @@ def test_worker_env_carries_token_ca_and_import_path():
     assert env["PYTHONPATH"] == os.pathsep.join(["/proj", "/other"]) and env["PATH"] == "/bin"
     env = build_worker_env({}, job_token="t", tls_ca=Path("/ca.pem"))
     assert env["GRADMESH_TLS_CA"] == "/ca.pem" and env["PYTHONPATH"] == str(PROJECT_ROOT)
+    # the worker's own knobs reach the ranks (the dashboard test shortens the progress lines' interval)
+    env = build_worker_env({"GRADMESH_PROGRESS_EVERY_S": "0.5", "GRADMESH_MPI_WAIT": "spin"}, job_token="t")
+    assert env["GRADMESH_PROGRESS_EVERY_S"] == "0.5" and env["GRADMESH_MPI_WAIT"] == "spin"
 
 
 def test_mpirun_is_found_next_to_python():

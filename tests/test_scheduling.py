@@ -21,6 +21,9 @@ from helpers import small_digits_spec, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 ROUND_S = 1.0   # a scheduler round and an mpirun launch: well under this on a quiet machine, slack on a busy one
+# The small jobs of the reservation test: every bound there is derived from how long they take here, so they need
+# only be long enough to be seen running (a second or so, mostly the launch, on a quiet machine)
+SMALL_STEPS = 1000
 
 
 def one_slot(steps: int) -> dict:
@@ -91,16 +94,16 @@ def test_a_big_job_is_passed_by_small_ones_then_holds_a_reservation(start_coordi
     try:
         # how long a small job takes here, two at a time as below: the reservation bound is set from it, so a
         # slot frees inside the backfill window however loaded the machine is
-        warm = [admin.wait(j) for j in [admin.submit(one_slot(3000)).id for _ in range(2)]]
+        warm = [admin.wait(j) for j in [admin.submit(one_slot(SMALL_STEPS)).id for _ in range(2)]]
         small_s = max(w.attempt_history[-1].ended_unix - w.attempt_history[-1].started_unix for w in warm)
         reserve_s = max(6.0, 3 * small_s)
         srv.core.scheduler.policy = dataclasses.replace(srv.core.scheduler.policy, reserve_after_s=reserve_s)
 
-        first = [bob.submit(one_slot(3000)).id for _ in range(2)]
+        first = [bob.submit(one_slot(SMALL_STEPS)).id for _ in range(2)]
         wait_for(lambda: all(bob.get(j).state is not JobState.QUEUED for j in first), 60,
                  what="two small jobs to fill the slots")
         big = cy.submit(small_digits_spec(steps=50, workers=2)).id
-        stream = [bob.submit(one_slot(3000)).id for _ in range(int(4 * reserve_s / small_s) + 4)]
+        stream = [bob.submit(one_slot(SMALL_STEPS)).id for _ in range(int(4 * reserve_s / small_s) + 4)]
         # a slot frees at once, inside the backfill window however slow the machine is today: the big job
         # cannot use one slot, so a small one behind it must
         bob.cancel(first[0])

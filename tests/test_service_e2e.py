@@ -165,13 +165,17 @@ def test_failing_job_ends_failed_with_reason_and_log_tail(coordinator, api, monk
     assert not job_processes(job.id)
 
 
+# The job must outlive a coordinator's stop and restart (1-2 s) by a wide margin, and no more
+ADOPTED_STEPS = 4000
+
+
 def test_restarted_coordinator_re_adopts_a_running_job(start_coordinator, tmp_path):
     data_dir = tmp_path / "shared-data"
     first = start_coordinator(data_dir)
     port = first.port
     with grpc.insecure_channel(first.address) as ch:
         api = AuthedJobStub(ch, first.token, timeout=60)
-        api.SubmitJob(pb.SubmitJobRequest(spec=spec(steps=8000, eval_every=20), job_id="adopt-1"))
+        api.SubmitJob(pb.SubmitJobRequest(spec=spec(steps=ADOPTED_STEPS, eval_every=20), job_id="adopt-1"))
         wait_for(lambda: api.GetJob(pb.GetJobRequest(job_id="adopt-1")).latest.step >= 20, what="first point")
     first.stop(grace=1.0, stop_jobs=False)  # the job keeps training in its own session
     assert job_processes("adopt-1")
@@ -184,7 +188,7 @@ def test_restarted_coordinator_re_adopts_a_running_job(start_coordinator, tmp_pa
         assert final.state == pb.SUCCEEDED, final.message
         assert_legal_path(events)
         steps = [p.step for p in api.GetMetrics(pb.GetMetricsRequest(job_id="adopt-1")).points]
-        assert steps == list(range(20, 8001, 20))  # nothing lost while no coordinator listened
+        assert steps == list(range(20, ADOPTED_STEPS + 1, 20))  # nothing lost while no coordinator listened
     assert not job_processes("adopt-1")
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from coordinator.telemetry.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
 from coordinator.telemetry.wiring import MonitoringOptions
-from helpers import digits_toml, wait_for
+from helpers import digits_toml, scaled, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,14 +88,15 @@ def test_a_restart_and_the_end_signed_and_retried(start_coordinator, receivers, 
         notify_urls=(dead.url, good.url, flaky.url), notify_secret=SECRET))
     spec = digits_toml("hooked", steps=60, workers=1, max_restarts=2, backoff_s=0.1)
     job_id = srv.core.jobs.submit(spec, job_id="hooked", labels={"sweep": "s1"})[0].job.id
-    wait_for(lambda: srv.core.jobs.get(job_id).job.state.is_terminal(), 90, "the job to end")
+    wait_for(lambda: srv.core.jobs.get(job_id).job.state.is_terminal(), scaled(90), "the job to end")
     ended_at = time.monotonic()
     job = srv.core.jobs.get(job_id).job
     assert job.restarts == 1, job.message
 
-    wait_for(lambda: good.events() == ["job.restarted", "job.succeeded"], 30, "both notifications at the good URL")
+    wait_for(lambda: good.events() == ["job.restarted", "job.succeeded"], scaled(30),
+             "both notifications at the good URL")
     # the receiver that never answers held up neither the job nor this one
-    assert good.received[-1][2] - ended_at < 5.0
+    assert good.received[-1][2] - ended_at < scaled(5.0)
     for headers, body, _ in good.received:
         assert verify(SECRET.encode(), headers[SIGNATURE_HEADER], body)
         assert not verify(b"another secret", headers[SIGNATURE_HEADER], body)
@@ -109,7 +110,7 @@ def test_a_restart_and_the_end_signed_and_retried(start_coordinator, receivers, 
     assert succeeded["job"]["state"] == "SUCCEEDED" and succeeded["job"]["step"] == 60
 
     # 503, 503, then delivered: the same notification (delivery id) after two retries with backoff
-    wait_for(lambda: flaky.events() == ["job.restarted", "job.succeeded"], 30, "the retried deliveries")
+    wait_for(lambda: flaky.events() == ["job.restarted", "job.succeeded"], scaled(30), "the retried deliveries")
     assert flaky.attempts == 4
     by_id = {h[DELIVERY_HEADER] for h, _, _ in good.received}
     assert {h[DELIVERY_HEADER] for h, _, _ in flaky.received} == by_id

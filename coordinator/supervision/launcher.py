@@ -70,6 +70,7 @@ FORWARDED_ENV = frozenset({
     "GRADMESH_FAULT",  # fault injection for tests (worker/faults.py): inert unless set on purpose
     "GRADMESH_BLAS_KERNEL", "GRADMESH_BLAS_CACHE",  # the OpenBLAS kernel override and cache (worker/blas.py)
     "GRADMESH_MPI_WAIT",  # how a waiting rank polls (worker/mpiwait.py)
+    "GRADMESH_PROGRESS_EVERY_S",  # how often rank 0 says "at step S/T" between evaluations (worker/hooks.py)
 })
 FORWARDED_ENV_PREFIXES = (
     "LC_",                                              # locale
@@ -88,7 +89,7 @@ def build_worker_env(base: Mapping[str, str], *, job_token: str, attempt_tag: st
       USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, TMPDIR/TMP/TEMP, LD_LIBRARY_PATH, VIRTUAL_ENV, PYTHONHASHSEED,
       the BLAS thread variables (OMP_*, OPENBLAS_*, MKL_*, GOTO_*, BLIS_*), MPICH_*, MPIR_CVAR_*, HYDRA_*,
       UCX_*, FI_*, PMI_*, PMIX_*, SLURM_*, GRADMESH_FAULT (test fault injection), GRADMESH_BLAS_KERNEL,
-      GRADMESH_BLAS_CACHE and GRADMESH_MPI_WAIT;
+      GRADMESH_BLAS_CACHE, GRADMESH_MPI_WAIT and GRADMESH_PROGRESS_EVERY_S;
     - set here: GRADMESH_JOB_TOKEN (the attempt's token), GRADMESH_ATTEMPT_TAG (how the coordinator finds
       every process of the attempt), GRADMESH_TLS_CA (with TLS), GRADMESH_DATA_ROOTS (the roots every
       dataset file must resolve under), PYTHONUNBUFFERED=1, and a PYTHONPATH that finds this checkout's
