@@ -10,8 +10,9 @@ MPI over TCP on their veths. Each host's egress is shaped with `tc qdisc replace
 kernel has no `netem`: no delay is added, so the links are a 10 or 1 Gbit/s pipe with veth latency.
 
 Runs per rate (a few hundred steps each; the step time is the median of windows of --window steps):
-  gradmesh exact8       2 hosts x 1 rank, 784-1024-1024-10, global batch 256, the exact step (8 parts)
-  exact8 no overlap     the same with GRADMESH_OVERLAP=0: the combine after the whole backward pass
+  gradmesh exact8       2 hosts x 1 rank, 784-1024-1024-10, global batch 256, the exact step (8 parts), overlapped
+                        (GRADMESH_OVERLAP=1: each layer combined while the backward pass computes the ones below)
+  exact8 no overlap     the same as shipped by default: the combine after the whole backward pass
   gradmesh sums         micro_batches = 0 (per-rank sums and one Allreduce: not exact across rank counts)
   PyTorch DDP           gloo over the same veths, one rank per namespace, the same MLP, batch and SGD
   compute exact8 / sums the compute alone: one process, a rank's half of the batch (and of the parts), no
@@ -45,8 +46,8 @@ WORKERS = Path(__file__).resolve().parent / "links_workers.py"
 GRADIENT_BYTES = 4 * sum(i * o + o for i, o in zip(SIZES[:-1], SIZES[1:]))
 BATCH = 256
 RUNS = {  # name: (kind, parts, extra environment)
-    "gradmesh exact8": ("gradmesh", 8, {}),
-    "exact8 no overlap": ("gradmesh", 8, {"GRADMESH_OVERLAP": "0"}),
+    "gradmesh exact8": ("gradmesh", 8, {"GRADMESH_OVERLAP": "1"}),
+    "exact8 no overlap": ("gradmesh", 8, {}),
     "gradmesh sums": ("gradmesh", 0, {}),
     "PyTorch DDP": ("torch", 0, {}),
     "compute exact8": ("compute", 8, {}),

@@ -6,7 +6,7 @@ layers below are computed. Checked here: each part's gradient and loss equal, bi
 alone by MLP.sum_loss_and_grad_parts (every activation and loss, empty parts too); and whole training runs
 across two hosts made of network namespaces (tests/netns_hosts.py; root, else skipped) end with the bits of
 one plain process: 2 hosts x 1 rank, 2 hosts with 2 + 1 ranks (3 ranks: covers of several nodes, so the
-owners' additions do real tree work per layer), and with the overlap turned off (GRADMESH_OVERLAP=0).
+owners' additions do real tree work per layer), (GRADMESH_OVERLAP=1), and with the overlap off (the default).
 """
 from __future__ import annotations
 
@@ -110,10 +110,11 @@ def test_overlapped_combine_across_two_hosts_gives_the_bits_of_one_process(tmp_p
     with netns_cluster(tmp_path, hosts=2) as cluster:
         for name, spec in specs.items():
             for per_host in ((1, 1), (2, 1)):
-                output = run_on_hosts(cluster, spec, tmp_path / f"{name}-{per_host}", per_host, took)
+                output = run_on_hosts(cluster, spec, tmp_path / f"{name}-{per_host}", per_host, took,
+                                      env={"GRADMESH_OVERLAP": "1"})
                 assert overlapped in output, output
                 assert differing(references[name], layer_arrays(tmp_path / f"{name}-{per_host}" / "final.npz")) == [], \
                     (name, per_host)
-        output = run_on_hosts(cluster, specs["adam"], tmp_path / "adam-off", (1, 1), took, env={"GRADMESH_OVERLAP": "0"})
+        output = run_on_hosts(cluster, specs["adam"], tmp_path / "adam-off", (1, 1), took)   # the default: off
         assert "combined over MPI by slice owners" in output and "layer by layer" not in output, output
         assert differing(references["adam"], layer_arrays(tmp_path / "adam-off" / "final.npz")) == []

@@ -119,8 +119,9 @@ class MpiComm:
             from worker.comm_exact import MpiExactReducer
             from worker.comm_overlap import OVERLAP_ENV, OverlapExactReducer
             why = "ranks on several hosts" if self.local_size < self.size else f"{SHM_REDUCE_ENV}=0"
-            # layer by layer during backward (its thread calls MPI beside the main thread's), unless turned off
-            overlap = (os.environ.get(OVERLAP_ENV, "1").strip() != "0"
+            # layer by layer during backward (its thread calls MPI beside the main thread's), when asked: measured
+            # on a quiet machine it won 10% at 1 Gbit/s and lost 55% at 10 Gbit/s (docs/benchmarks.md)
+            overlap = (os.environ.get(OVERLAP_ENV, "0").strip() == "1"
                        and self._MPI.Query_thread() >= self._MPI.THREAD_MULTIPLE)
             reducer = (OverlapExactReducer if overlap else MpiExactReducer)(self._MPI, self._comm, n, slots, tail, why)
         for name in ("combine", "finish"):     # the step's sum, timed by the watchdog as before

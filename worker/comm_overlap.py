@@ -17,7 +17,7 @@ the main thread is inside GEMMs. One thread per process does the layers' message
 the communicator, polling with Testall and sleeping POLL_S between polls (a spinning wait would take a core
 from the ranks' own compute: on a small host the ranks fill the cores). numpy's GEMMs release the GIL. Once
 the backward pass is over (finish), nothing competes with it: the thread then polls without sleeping.
-GRADMESH_OVERLAP=0 keeps the one-piece combine after the backward pass (worker/comm_mpi.py).
+Opt-in, GRADMESH_OVERLAP=1 (worker/comm_mpi.py): without it the combine runs in one piece after the backward pass.
 """
 from __future__ import annotations
 
