@@ -10,6 +10,7 @@ and the MPICH shared-memory segments of ranks that tests killed or aborted go at
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,13 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 # the `browser` fixture of the dashboard's browser tests (Debian's Chromium through Playwright)
 pytest_plugins = ("chromium",)
+
+# A suite started in the background by a non-interactive shell (`nohup .ci/run &`) inherits SIGINT ignored, and
+# so would every process it starts, since an ignored signal stays ignored across exec: the tests that press
+# Ctrl-C on the CLI, the demo or srun would then wait on processes that cannot hear it. A handler, unlike an
+# ignore, is reset to the default by exec, so the processes the tests start hear Ctrl-C again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
