@@ -7,6 +7,7 @@
     numpy_accuracy(Path("best.npz"))                # a checkpoint's held-out accuracy, plain numpy
     scaled(1.0)                                     # a deadline of 1 s on a quiet machine, as long as it is here now
     seconds_for(steps=5000, rate=rate)              # a wait for steps at a job's measured steps/s, with slack
+    restartable_port()                              # a port to start a coordinator on, and start it again on
 
 Timeouts under load: this machine's cores are shared (other jobs, other engineers' test runs), so a fixed
 deadline that holds when it is quiet fails when it is busy. `contention()` measures, not guesses, how much
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import shutil
 import subprocess
 import sys
@@ -82,6 +85,25 @@ def seconds_for(steps: float, rate: float, factor: float = 3.0, slack_s: float =
     """A wait for `steps` more steps at `rate` steps/s: `factor` times the time they take at that rate (the
     load may grow meanwhile), plus `slack_s` for start-up and ends, itself scaled by the contention."""
     return factor * steps / max(rate, 1e-6) + scaled(slack_s)
+
+
+def restartable_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range, for a server a test kills and starts again on the same
+    port. A port 0 bind draws from the range that outgoing connections also draw from, so between the kill and
+    the restart some other socket (a worker's reconnect, mpirun's) can take the port and the restart fails."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below {low} on {host}")
 
 
 def small_digits_spec(steps: int = 60, workers: int = 2, **train: Any) -> dict:

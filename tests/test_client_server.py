@@ -15,7 +15,7 @@ from coordinator.client import (
     JobState, JobStateChanged, MetricReported, NotFound, Unauthenticated,
 )
 from coordinator.supervision import processes
-from tests.helpers import numpy_accuracy, scaled, small_digits_spec, wait_for
+from tests.helpers import numpy_accuracy, restartable_port, scaled, small_digits_spec, wait_for
 
 LEGAL = {
     JobState.QUEUED: {JobState.RUNNING, JobState.CANCELLED, JobState.FAILED},
@@ -145,7 +145,7 @@ def test_watch_survives_a_coordinator_restart(start_coordinator):
     """The coordinator is stopped mid-job (its jobs keep training in their own sessions) and a new one is
     started on the same data directory and port; the watcher reconnects by itself and, at the end, has seen
     exactly the metric history the store holds — no gap, no duplicate — and the job's success."""
-    first = start_coordinator()
+    first = start_coordinator(port=restartable_port())
     client = Client(first.address, token=first.token, reconnect_timeout=60)
     job = client.submit(small_digits_spec(steps=4000, eval_every=20))
     watched, restarted, second = [], False, None

@@ -25,7 +25,7 @@ from coordinator.access.tokens import attempt_tag
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import JobState
 from coordinator.supervision.processes import of_job as job_processes
-from helpers import assert_legal_path, digits_toml, wait_for, watch_to_end
+from helpers import assert_legal_path, digits_toml, restartable_port, wait_for, watch_to_end
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,8 @@ def coordinator_process(tmp_path):
     procs = []
     data_dir = tmp_path / "data"
 
-    def start(port=0):
+    def start(port=None):
+        port = restartable_port() if port is None else port  # the restart takes the same port
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = subprocess.Popen([sys.executable, "-c", SERVE, str(data_dir), str(port)], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, text=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import cli_env, digits_toml, wait_for
+from helpers import cli_env, digits_toml, restartable_port, wait_for
 from mpi_programs.launch import run_mpi
 from slurm_serve import WORKER_THREADS, Serve
 
@@ -174,7 +174,7 @@ def test_scancel_from_outside_restarts_to_the_uninterrupted_parameters(serve, sl
 
 
 def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
-    server = Serve(slurm, slurm.hidden / "adopt")
+    server = Serve(slurm, slurm.hidden / "adopt", port=restartable_port())
     try:
         job = server.submit(tmp_path, "sb-adopt", steps=600, eval_every=20)
         server.wait_state(job, "RUNNING")

@@ -30,7 +30,7 @@ from conftest import AuthedJobStub
 from coordinator.client import Client, JobState
 from coordinator.rpc import gradmesh_pb2 as pb
 from coordinator.states import is_legal
-from helpers import cli_env, digits_toml, expect_error, run_cli, wait_for
+from helpers import cli_env, digits_toml, expect_error, restartable_port, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(1800)
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +190,7 @@ def test_a_coordinator_killed_mid_sweep_changes_no_decision(tmp_path, served, re
     data_dir = tmp_path / "data"
     procs = []
 
-    def start(port: int = 0) -> str:
+    def start(port: int) -> str:
         proc = subprocess.Popen([sys.executable, "-c", SERVE, str(data_dir), str(port)], cwd=ROOT,
                                 env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
         procs.append(proc)
@@ -199,7 +199,8 @@ def test_a_coordinator_killed_mid_sweep_changes_no_decision(tmp_path, served, re
         return address
 
     try:
-        address = start()
+        port = restartable_port()
+        address = start(port)
         with Client(address, token="sweep-token") as client:
             client.submit_sweep(SWEEP.format(concurrent=2), sweep_id="killed")
             # mid-sweep: some values recorded, trials running or paused, the sweep far from its end
@@ -207,7 +208,7 @@ def test_a_coordinator_killed_mid_sweep_changes_no_decision(tmp_path, served, re
                      what="four values")
         procs[-1].send_signal(signal.SIGKILL)
         procs[-1].wait(timeout=30)
-        with Client(start(int(address.rsplit(":", 1)[1])), token="sweep-token") as client:
+        with Client(start(port), token="sweep-token") as client:
             again = finish(client, "killed", timeout=120 + 60 * pace)
             client.download_best("killed", tmp_path / "best.npz")
             # and the stop that follows: the coordinator ends its trials' processes
