@@ -61,6 +61,23 @@ def test_random_values_depend_only_on_seed_trial_and_key():
     assert [other.params(t) for t in range(10)] != [spec.params(t) for t in range(10)]
 
 
+def test_random_over_choices_alone_takes_every_point_once_before_any_repeats():
+    table = ('method = "asha"\nmax_trials = 30\nseed = 0\n[sweep.parameters]\n'
+             '"optim.lr" = { values = [0.1, 0.03, 0.01, 0.003, 0.001, 0.0003] }\n'
+             '"optim.momentum" = { values = [0.0, 0.9] }\n"model.activation" = { values = ["relu", "tanh"] }\n'
+             '[sweep.asha]\nmin_steps = 10\n')
+    spec, _ = sweep(table)
+    points = [tuple(spec.params(t).values()) for t in range(30)]
+    assert len(set(points[:24])) == 24                       # the whole 6 x 2 x 2 product, once each
+    assert set(points[24:]) <= set(points[:24])              # then a second lap
+    again, _ = sweep(table.replace("max_trials = 30", "max_trials = 5"))
+    assert [again.params(t) for t in range(5)] == [spec.params(t) for t in range(5)]   # the file alone decides
+    other, _ = sweep(table.replace("seed = 0", "seed = 1"))
+    assert [other.params(t) for t in range(24)] != [spec.params(t) for t in range(24)]
+    grid, _ = sweep(table.replace('method = "asha"\nmax_trials = 30\n', 'method = "grid"\n').split("[sweep.asha]")[0])
+    assert set(points[:24]) == {tuple(grid.params(t).values()) for t in range(24)}
+
+
 def test_asha_rungs_grow_by_the_reduction_factor_up_to_train_steps():
     spec, _ = sweep('method = "asha"\nmax_trials = 9\n[sweep.parameters]\n"optim.lr" = { values = [0.1] }\n'
                     '[sweep.asha]\nmin_steps = 100\nreduction_factor = 3\n')

@@ -25,12 +25,14 @@
     sweep.rungs(train_steps=900)             # (100, 300, 900)
 
 A trial's values depend only on the file: a grid enumerates the product (the last parameter varies fastest);
-random and asha draw each value from sha256(seed, trial, key), so trial 7 is the same whatever else runs.
+random and asha draw each value from sha256(seed, trial, key), so trial 7 is the same whatever else runs;
+over choices alone they take the product's points in an order sorted by sha256(seed, point), each once first.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -44,6 +46,7 @@ METRICS = ("val_loss", "val_accuracy", "loss")
 GOALS = ("minimize", "maximize")
 MAX_TRIALS = 1000        # trials in one sweep
 MAX_VALUES = 1000        # values of one parameter
+MAX_PERMUTED = 100_000   # random/asha over choices alone: points of the product taken in a seeded order
 _SWEEP_KEYS = {"method", "metric", "goal", "max_trials", "max_concurrent", "seed", "parameters", "asha", "fork"}
 
 
@@ -94,14 +97,25 @@ class SweepSpec:
         return self.goal == "minimize"
 
     def params(self, trial: int) -> dict[str, Any]:
-        """Trial `trial`'s value of every parameter, in the file's order."""
+        """Trial `trial`'s value of every parameter, in the file's order. random and asha over choices alone
+        (`values` only, a product of at most MAX_PERMUTED points) take the points in a seeded order, each once
+        before any repeats: independent draws would repeat some and miss others (24 draws from a 24-point space
+        hit 18). With a range among the parameters, each value is drawn on its own."""
         if self.method == "grid":
-            index, out = trial, {}
-            for p in reversed(self.parameters):
-                index, i = divmod(index, len(p.values))
-                out[p.key] = p.values[i]
-            return {p.key: out[p.key] for p in self.parameters}
+            return self._point(trial)
+        size = math.prod(len(p.values) for p in self.parameters)
+        if size and size <= MAX_PERMUTED:
+            lap, k = divmod(trial, size)
+            return self._point(_order(self.seed, lap, size)[k])
         return {p.key: p.pick(_quantile(self.seed, trial, p.key)) for p in self.parameters}
+
+    def _point(self, index: int) -> dict[str, Any]:
+        """Point `index` of the product of the parameters' values, the last parameter fastest."""
+        out = {}
+        for p in reversed(self.parameters):
+            index, i = divmod(index, len(p.values))
+            out[p.key] = p.values[i]
+        return {p.key: out[p.key] for p in self.parameters}
 
     def rungs(self, train_steps: int) -> tuple[int, ...]:
         """The steps at which a trial is measured: for asha from (fork step +) min_steps, times reduction_factor,
@@ -114,6 +128,13 @@ class SweepSpec:
             out.append(start + r)
             r *= self.reduction_factor
         return (*out, train_steps)
+
+
+@functools.lru_cache(maxsize=8)
+def _order(seed: int, lap: int, size: int) -> tuple[int, ...]:
+    """The points 0..size-1 in the order of their sha256 keys: a function of the seed alone (and which lap)."""
+    return tuple(sorted(range(size), key=lambda i: hashlib.sha256(f"gradmesh-sweep/{seed}/order/{lap}/{i}"
+                                                                   .encode()).digest()))
 
 
 def _quantile(seed: int, trial: int, key: str) -> float:
