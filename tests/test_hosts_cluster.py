@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from coordinator.client import Client, JobState
+from coordinator.supervision.processes import of_job as job_processes
 from helpers import scaled, seconds_for, step_rate
 from mpi_programs.launch import processes_with_marker, run_mpi
 from netns_hosts import ip, netns_cluster, visible_devices
@@ -121,8 +122,9 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     # The cool-down must outlast the relaunch onto the survivors and their first new step (7-8 s measured on a
     # loaded machine), or the grow back tries the still-cut host: 10 s on a quiet machine, stretched by the
     # contention measured now. The job must still train when the cool-down ends: the exact step on this small
-    # model made 110-1,000 steps/s on 2 ranks here, quiet or loaded (a rate that falls as the contention grows,
-    # like the cool-down), so 24,000 steps; checkpoints every 1,200 steps: 20 in all, all kept (cap 30). The
+    # model made 110-1,000 steps/s on 2 ranks here, so the survivors are throttled through the cool-down (a load
+    # that falls after it was measured once let them finish first); 24,000 steps, checkpoints every 1,200: 20 in
+    # all, all kept (cap 30). The
     # uninterrupted reference runs alongside from the shrink on, so the test costs the job's time, not the sum.
     cooldown = scaled(10.0)
     srv, client = coordinator(failures=1, cooldown_s=cooldown)
@@ -168,8 +170,12 @@ def grow_back_and_end(client, cluster, job, job_spec, replay, *, cooldown: float
     a, b = cluster.hosts
     steps, eval_every = job_spec["train"]["steps"], job_spec["train"]["eval_every"]
 
-    # the link comes back; after the cool-down b is healthy, and the job grows back to 4 ranks
+    # the link comes back; after the cool-down b is healthy, and the job grows back to 4 ranks. Meanwhile the
+    # survivors are slowed down (stopped most of the time), so the job cannot end before the cool-down does
+    # however fast 2 ranks on one host turn out to be against the 4-rank rate the test measured.
     cluster.restore(b)
+    with Throttled(job.id):
+        wait_for("the cool-down's end", lambda: host_state(client, b).state == "healthy", cooldown + scaled(40))
     # (attempt 3 may be quick enough to have ended by the time we look: any state will do here)
     try:
         third = wait_for("the grow back to 4 ranks", lambda: nth_attempt(client, job.id, 3), cooldown + scaled(40))
@@ -213,6 +219,39 @@ def grow_back_and_end(client, cluster, job, job_spec, replay, *, cooldown: float
         assert names
         for name in names:
             assert np.array_equal(got[name], want[name]), (name, float(np.abs(got[name] - want[name]).max()))
+
+
+class Throttled:
+    """While inside, the job's processes (mpirun, proxies, ranks) are stopped `stopped_s` out of every
+    `stopped_s + running_s`: the job goes on, far slower, and every pause stays well below its ranks' hang
+    timeout. All of them are continued at the end, whatever happens."""
+
+    def __init__(self, job_id: str, stopped_s: float = 0.3, running_s: float = 0.05):
+        self.job_id, self.stopped_s, self.running_s = job_id, stopped_s, running_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _signal(self, pids, sig) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            pids = job_processes(self.job_id)
+            self._signal(pids, signal.SIGSTOP)
+            self._done.wait(self.stopped_s)
+            self._signal(pids, signal.SIGCONT)
+            self._done.wait(self.running_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self._signal(job_processes(self.job_id), signal.SIGCONT)
 
 
 class Replay:

@@ -187,6 +187,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
     def report_failure(self, failure: pb.WorkerFailure) -> None:
         """Tell the coordinator at once why this attempt is failing (one call, short deadline). If that call
         fails, the report waits in the queue for `close()` to deliver it."""
+        self._let_queued_events_go_first(FAILURE_REPORT_TIMEOUT_S)
         with self._lock:
             step, total, epoch = self._progress
             points = self._points[:self._max_points]
@@ -201,6 +202,17 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
             return
         with self._lock:
             self._events.append((pb.WORKER_EVENT_FAILING, failure.message, failure))
+
+    def _let_queued_events_go_first(self, timeout: float) -> None:
+        """Wait (at most `timeout`) for the background thread to deliver the events queued before a failure,
+        so the coordinator hears STARTED before FAILING even when a NaN comes within the first heartbeat."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._thread is not None and time.monotonic() < deadline:
+            with self._lock:
+                if not self._events:
+                    return
+            time.sleep(0.005)
 
     def close(self, timeout: float = 60.0) -> bool:
         """Deliver everything buffered (uploads first), then stop the thread. True when all was delivered."""
