@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from coordinator.supervision.slurm import job_name
 from helpers import ROOT, cli_env, digits_toml, wait_for
 
 WORKER_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -93,6 +94,10 @@ class Serve:
         return wait_for(lambda: next((r["slurm_job"] for r in self.query(
             "SELECT slurm_job FROM attempts WHERE job_id = ? AND attempt = ?", job_id, attempt)
             if r["slurm_job"] not in ("", "?")), None), timeout=30, what=f"the Slurm job of {job_id}")
+
+    def slurm_name(self, job_id: str, attempt: int = 1) -> str:
+        """The Slurm job name of the job's attempt (it carries the job's submission time)."""
+        return job_name(job_id, attempt, self.job(job_id)["created"])
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

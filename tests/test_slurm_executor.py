@@ -93,7 +93,7 @@ def test_a_job_runs_through_sbatch_reports_and_succeeds(serve, slurm, tmp_path):
     job = serve.submit(tmp_path, "sb-ok", steps=240, eval_every=5)
     serve.wait_state(job, "RUNNING")
     slurm_id = serve.slurm_job(job)
-    assert f"{slurm_id}|gradmesh-sb-ok-a1|RUNNING" in squeue(slurm)
+    assert f"{slurm_id}|{serve.slurm_name(job)}|RUNNING" in squeue(slurm)
     # Slurm's side says whose job it is: the gradmesh owner is the Slurm job's comment
     assert "Comment=gradmesh owner=admin" in slurm.run(["scontrol", "show", "job", slurm_id]).stdout
     script = (serve.data_dir / "logs" / job / "attempt-1.sbatch").read_text()
@@ -122,7 +122,7 @@ def test_a_job_that_does_not_fit_waits_pending_with_slurms_reason(serve, slurm, 
     second = serve.submit(tmp_path, "sb-second", steps=40)
     wait_for(lambda: "PENDING, reason Resources" in serve.job(second)["message"], timeout=30,
              what="the second job to pend for resources")
-    assert "|gradmesh-sb-second-a1|PENDING|Resources" in squeue(slurm)
+    assert f"|{serve.slurm_name(second)}|PENDING|Resources" in squeue(slurm)
     shown = serve.cli("status", second).stdout
     assert "QUEUED" in shown and "waiting in Slurm's queue" in shown and "Resources" in shown, shown
     serve.cli("cancel", first)
@@ -181,7 +181,7 @@ def test_a_killed_coordinator_readopts_the_slurm_job_by_its_id(slurm, tmp_path):
         slurm_id = server.slurm_job(job)
         wait_for(lambda: server.job(job)["step"] >= 20, timeout=60, what="some steps")
         server.kill9()
-        assert f"{slurm_id}|gradmesh-sb-adopt-a1|RUNNING" in squeue(slurm)
+        assert f"{slurm_id}|{server.slurm_name(job)}|RUNNING" in squeue(slurm)
         server = Serve(slurm, slurm.hidden / "adopt", port=server.port)
         row = server.wait_state(job, "SUCCEEDED", timeout=120)
         assert row["attempts"] == 1 and row["restarts"] == 0, dict(row)

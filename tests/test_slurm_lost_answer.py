@@ -24,7 +24,8 @@ LOST = "sbatch: error: Batch job submission failed: Socket timed out on send/rec
 
 def lossy_sbatch(directory: Path, real: str) -> Path:
     """An sbatch that loses its answer once for each job name listed in `lose-after` (after the real sbatch
-    ran) or `lose-before` (without running it); every call's job name is appended to `calls`."""
+    ran) or `lose-before` (without running it), listed without the name's last part (the job's submission,
+    known only once it is submitted): "gradmesh-JOB-a1". Every call's whole job name is appended to `calls`."""
     directory.mkdir(parents=True, exist_ok=True)
     for listing in ("lose-after", "lose-before", "calls"):
         (directory / listing).touch()
@@ -33,11 +34,12 @@ def lossy_sbatch(directory: Path, real: str) -> Path:
 here='{directory}'
 for arg; do case "$arg" in --job-name=*) name=${{arg#--job-name=}};; esac; done
 echo "$name" >> "$here/calls"
-if grep -qxF "$name" "$here/lose-before" && mkdir "$here/lost-$name" 2>/dev/null; then
+listed=${{name%-*}}
+if grep -qxF "$listed" "$here/lose-before" && mkdir "$here/lost-$name" 2>/dev/null; then
   echo '{LOST}' >&2; exit 1
 fi
 said=$('{real}' "$@") || exit $?
-if grep -qxF "$name" "$here/lose-after" && mkdir "$here/lost-$name" 2>/dev/null; then
+if grep -qxF "$listed" "$here/lose-after" && mkdir "$here/lost-$name" 2>/dev/null; then
   echo '{LOST}' >&2; exit 1
 fi
 echo "$said"
@@ -71,7 +73,7 @@ def slurm_jobs_of(slurm, job: str) -> list[str]:
 def check_ran_once(serve, slurm, faults: Path, job: str, calls: int) -> str:
     done = serve.wait_state(job, "SUCCEEDED", timeout=120)
     assert done["attempts"] == 1 and done["restarts"] == 0, dict(done)
-    name = f"gradmesh-{job}-a1"
+    name = serve.slurm_name(job)
     assert (faults / f"lost-{name}").is_dir(), "the fault was not injected"
     assert (faults / "calls").read_text().split().count(name) == calls
     ran = slurm_jobs_of(slurm, job)
@@ -85,7 +87,8 @@ def test_a_job_slurm_took_whose_answer_was_lost_is_adopted_not_submitted_again(s
         f.write("gradmesh-lost-after-a1\n")
     job = serve.submit(tmp_path, "lost-after", steps=40)
     log = check_ran_once(serve, slurm, faults, job, calls=1)
-    assert "sbatch's answer was lost (" + LOST in log and "found by its name gradmesh-lost-after-a1" in log, log[:3000]
+    assert "sbatch's answer was lost (" + LOST in log, log[:3000]
+    assert f"found by its name {serve.slurm_name(job)}" in log, log[:3000]
 
 
 def test_a_submission_slurm_never_saw_is_sent_again_once_no_job_of_its_name_shows(serve, slurm, faults, tmp_path):
@@ -94,3 +97,22 @@ def test_a_submission_slurm_never_saw_is_sent_again_once_no_job_of_its_name_show
     job = serve.submit(tmp_path, "lost-before", steps=40)
     log = check_ran_once(serve, slurm, faults, job, calls=2)
     assert "submitted again after a lost answer as Slurm job" in log, log[:3000]
+
+
+def test_a_lost_answer_is_not_taken_for_an_earlier_job_of_the_same_id(serve, slurm, faults, tmp_path):
+    # Slurm still shows the deleted job's attempt (MinJobAge): the new job's lookup must not adopt it
+    job = serve.submit(tmp_path, "reused", steps=40)
+    serve.wait_state(job, "SUCCEEDED", timeout=120)
+    earlier, earlier_name = serve.slurm_job(job), serve.slurm_name(job)
+    serve.cli("delete", job)
+    with open(faults / "lose-before", "a") as f:
+        f.write(f"gradmesh-{job}-a1\n")
+    serve.submit(tmp_path, "reused", steps=40)
+    done = serve.wait_state(job, "SUCCEEDED", timeout=120)
+    assert done["attempts"] == 1 and done["restarts"] == 0, dict(done)
+    name = serve.slurm_name(job)
+    assert name != earlier_name and (faults / f"lost-{name}").is_dir(), "the fault was not injected"
+    assert (faults / "calls").read_text().split().count(name) == 2  # lost, then sent again: not adopted
+    assert serve.slurm_job(job) != earlier
+    assert f"{serve.slurm_job(job)}|{name}|COMPLETED" in slurm_jobs_of(slurm, job)
+    assert "submitted again after a lost answer as Slurm job" in serve.cli("logs", job).stdout

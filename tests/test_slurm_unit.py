@@ -13,8 +13,8 @@ import pytest
 
 from coordinator.supervision.outcomes import classify, decide
 from coordinator.reports import WorkerEvent
-from coordinator.supervision.slurm import (SlurmJobInfo, SlurmQueue, build_sbatch, job_name, parse_scontrol, slurm_exit,
-                               waiting_text)
+from coordinator.supervision.slurm import SlurmQueue, build_sbatch, job_name
+from coordinator.supervision.slurm_jobs import SlurmJobInfo, parse_scontrol, slurm_exit, waiting_text
 from coordinator.states import JobState
 from coordinator.supervision.executors import ExecutorUnavailable
 from coordinator.supervision.slurm import SlurmJob
@@ -28,8 +28,9 @@ SCRIPT = Path("/d/logs/digits-1/attempt-2.sbatch")
 def test_the_sbatch_command_and_script_are_exact():
     """Nothing of the attempt on the coordinator's disk: node-local output, working and scratch directories."""
     argv, script = build_sbatch(sbatch="/usr/bin/sbatch", python="/venv/bin/python", workers=4,
-                                coordinator="10.0.0.5:50051", job_id="digits-1", attempt=2, script_path=SCRIPT)
-    assert argv == ["/usr/bin/sbatch", "--parsable", "--job-name=gradmesh-digits-1-a2", "--ntasks=4",
+                                coordinator="10.0.0.5:50051", job_id="digits-1", attempt=2, created=1796601600.0,
+                                script_path=SCRIPT)
+    assert argv == ["/usr/bin/sbatch", "--parsable", f"--job-name={job_name('digits-1', 2, 1796601600.0)}", "--ntasks=4",
                     "--output=/tmp/%x-%j.out", "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL",
                     str(SCRIPT)]
     assert "/d/" not in " ".join(argv[:-1]) and "/d/" not in script
@@ -49,7 +50,14 @@ def test_partition_account_and_extra_sbatch_options_come_before_the_script():
                            script_path=SCRIPT, partition="gpu", account="ml",
                            sbatch_args=["--time=60", "--cpus-per-task=4"])
     assert argv[-5:] == ["--partition=gpu", "--account=ml", "--time=60", "--cpus-per-task=4", str(SCRIPT)]
-    assert job_name("j", 1) == "gradmesh-j-a1"
+    assert job_name("j", 1, 0.0) == "gradmesh-j-a1-8aed64"
+
+
+def test_a_job_deleted_and_submitted_again_gets_other_slurm_names():
+    # a lost sbatch answer is looked up by name: an earlier job of the same id must not answer for it
+    assert job_name("j", 1, 1796601600.0) == job_name("j", 1, 1796601600.0)
+    assert job_name("j", 1, 1796601600.0) != job_name("j", 1, 1796601600.001)
+    assert job_name("j", 1, 1796601600.0).startswith("gradmesh-j-a1-")
 
 
 def test_the_owner_goes_to_slurm_as_the_comment():

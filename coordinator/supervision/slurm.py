@@ -5,8 +5,8 @@ The command is built by a pure function, so tests assert it without a Slurm:
 
     argv, script = build_sbatch(sbatch="sbatch", python="/venv/bin/python", workers=2,
                                 coordinator="10.0.0.5:50051", job_id="digits-1", attempt=1,
-                                script_path=Path("/d/logs/digits-1/attempt-1.sbatch"))
-    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1", "--ntasks=2", "--output=/tmp/%x-%j.out",
+                                created=1796601600.0, script_path=Path("/d/logs/digits-1/attempt-1.sbatch"))
+    → ["sbatch", "--parsable", "--job-name=gradmesh-digits-1-a1-434394", "--ntasks=2", "--output=/tmp/%x-%j.out",
        "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL", "/d/logs/digits-1/attempt-1.sbatch"]
     script: scratch=$(mktemp -d ...) … exec python -m worker.slurm_step … -- srun --mpi=pmi2 … python -m worker …
 
@@ -26,7 +26,7 @@ coordinator).
 
 Watching: one `scontrol show job --oneliner` (every job the controller still holds) per `poll_s`, shared by
 every attempt. PENDING with Slurm's reason is what the job's message shows while it waits; a job in an
-ended state becomes an Exit naming Slurm's state and reason (`slurm_exit`). Without an accounting
+ended state becomes an Exit naming Slurm's state and reason (coordinator.supervision.slurm_jobs). Without an accounting
 database an ended job stays visible only MinJobAge seconds (300 by default): an attempt whose job is gone
 ends as "unknown to Slurm" (its outcome then rests on what its ranks reported). While the controller does
 not answer, every job is taken to run on (coordinator.supervision.slurm_outage says so and retries).
@@ -38,19 +38,19 @@ period a plain `scancel` (SIGTERM, Slurm's KillWait, SIGKILL). A job still PENDI
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import re
 import shlex
 import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from coordinator.supervision.executors import Launch, log_command
 from coordinator.supervision.slurm_outage import Outage, is_controller_down
+from coordinator.supervision.slurm_jobs import SlurmJobInfo, is_count, parse_scontrol, slurm_exit, waiting_text
 from coordinator.supervision.slurm_submit import LAUNCHER, AnswerLost, Unconfirmed, sbatch
 from coordinator.supervision.launcher import Exit
 from coordinator.store.records import AttemptRow, JobRow
@@ -62,27 +62,24 @@ TOOLS = ("sbatch", "squeue", "scontrol", "scancel")
 UNSUBMITTED = "?"            # the attempt's slurm_job between its record and sbatch's answer
 STEP_ENDED_GRACE_S = 15.0    # the batch step said its ranks ended; Slurm, answering, has not: trust the step
 
-# Slurm job states in which nothing of the job runs any more (squeue(1) "JOB STATE CODES").
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-                   "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
-# Ended by Slurm itself: the ranks were killed, whatever exit code the batch step shows.
-KILLED_BY_SLURM = frozenset({"TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"})
 
 
-def job_name(job_id: str, attempt: int) -> str:
-    """The Slurm job name of an attempt: `squeue` shows which gradmesh job and attempt it is."""
-    return f"gradmesh-{job_id}-a{attempt}"
+def job_name(job_id: str, attempt: int, created: float) -> str:
+    """The Slurm job name of an attempt: `squeue` shows which gradmesh job and attempt it is. The last part
+    (from the job's submission time) tells a job apart from an earlier one of the same id, deleted and submitted
+    again while Slurm still shows the first one's attempts: a lost sbatch answer is looked up by this name."""
+    return f"gradmesh-{job_id}-a{attempt}-{hashlib.sha256(repr(float(created)).encode()).hexdigest()[:6]}"
 
 
 NODE_OUTPUT = "/tmp/%x-%j.out"   # sbatch's --output on the compute node: a copy of what reaches the attempt log
 
 
 def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, job_id: str, attempt: int,
-                 script_path: Path, partition: str = "", account: str = "",
+                 created: float = 0.0, script_path: Path, partition: str = "", account: str = "",
                  sbatch_args: Sequence[str] = (), owner: str = "") -> tuple[list[str], str]:
     """The exact sbatch command of one attempt, and its batch script. `owner`, the gradmesh user whose job it is,
     goes to Slurm as the job's comment (`squeue -o %k`, sacct's Comment), so Slurm's side shows who ran what."""
-    argv = [sbatch, "--parsable", f"--job-name={job_name(job_id, attempt)}", f"--ntasks={workers}",
+    argv = [sbatch, "--parsable", f"--job-name={job_name(job_id, attempt, created)}", f"--ntasks={workers}",
             f"--output={NODE_OUTPUT}", "--open-mode=append", "--chdir=/tmp", "--no-requeue", "--export=ALL"]
     if partition:
         argv.append(f"--partition={partition}")
@@ -96,7 +93,7 @@ def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, jo
     step = [python, "-m", "worker.slurm_step", *link, "--scratch"]
     ranks = ["srun", "--mpi=pmi2", "--kill-on-bad-exit=1", python, "-m", "worker", *link, "--out"]
     quoted = lambda args: " ".join(shlex.quote(a) for a in args)  # noqa: E731
-    template = shlex.quote(f"{job_name(job_id, attempt)}.XXXXXX")
+    template = shlex.quote(f"gradmesh-{job_id}-a{attempt}.XXXXXX")
     script = "\n".join([
         "#!/bin/sh",
         f"# gradmesh job {job_id}, attempt {attempt}, submitted by the coordinator at {coordinator}.",
@@ -111,70 +108,6 @@ def build_sbatch(*, sbatch: str, python: str, workers: int, coordinator: str, jo
         "",
     ])
     return argv, script
-
-
-@dataclass(frozen=True)
-class SlurmJobInfo:
-    """One job as `scontrol show job --oneliner` shows it."""
-    id: str
-    name: str = ""
-    state: str = ""
-    reason: str = ""
-    exit_code: int = 0
-    signal: int = 0
-    nodes: str = ""
-
-
-_FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=(\S*)")
-
-
-def parse_scontrol(text: str) -> dict[str, SlurmJobInfo]:
-    """`scontrol show job --oneliner` output → job id → info (lines without a JobId are skipped)."""
-    jobs = {}
-    for line in text.splitlines():
-        fields = dict(_FIELD.findall(line))
-        if "JobId" not in fields:
-            continue
-        code, _, sig = fields.get("ExitCode", "0:0").partition(":")
-        state = fields.get("JobState", "")
-        jobs[fields["JobId"]] = SlurmJobInfo(
-            id=fields["JobId"], name=fields.get("JobName", ""), state=state.split("+")[0],
-            reason=fields.get("Reason", ""), exit_code=int(code) if _count(code) else 0,
-            signal=int(sig) if _count(sig) else 0, nodes=fields.get("NodeList", ""))
-    return jobs
-
-
-def _reason(info: SlurmJobInfo) -> str:
-    return f", reason {info.reason}" if info.reason and info.reason not in ("None", "(null)") else ""
-
-
-def slurm_exit(slurm_id: str, info: SlurmJobInfo | None) -> Exit | None:
-    """The Exit of an attempt from its Slurm job: None while Slurm still runs (or queues) it. The exit code is
-    the batch step's (srun's: the ranks' highest), a signal is negative; a job Slurm ended itself (time limit,
-    node failure, out of memory, preemption) without a code counts as killed (SIGKILL), a cancelled one
-    without a code as SIGTERM'd. `info` None: Slurm no longer knows the job (purged after MinJobAge)."""
-    if info is None:
-        return Exit(None, LAUNCHER, f"Slurm no longer knows job {slurm_id} (it ended over MinJobAge ago, or was "
-                                    "purged)")
-    if info.state not in ENDED:
-        return None
-    code = -info.signal if info.signal else info.exit_code
-    if code == 0 and info.state in KILLED_BY_SLURM:
-        code = -9
-    elif code == 0 and info.state == "CANCELLED":
-        code = -15
-    return Exit(code, LAUNCHER, f"Slurm job {slurm_id} ended {info.state}{_reason(info)}")
-
-
-def waiting_text(slurm_id: str, info: SlurmJobInfo | None) -> str | None:
-    """What a job message says while the attempt waits for its ranks: Slurm's pending reason, or that the
-    job started and its ranks are starting. None once it ended."""
-    if info is None or info.state in ENDED:
-        return None
-    if info.state == "PENDING":
-        return f"waiting in Slurm's queue: job {slurm_id} PENDING{_reason(info)}"
-    where = f" on {info.nodes}" if info.nodes and info.nodes != "(null)" else ""
-    return f"Slurm job {slurm_id} {info.state}{where}; waiting for its ranks to start"
 
 
 def missing_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
@@ -237,7 +170,7 @@ class SlurmQueue:
         """(whether Slurm answered, the newest job of that name) from a read begun after `newer_than`."""
         ok, _ = self.info("", newer_than=newer_than)
         with self._lock:
-            named = [j for j in self._jobs.values() if j.name == name and _count(j.id)]
+            named = [j for j in self._jobs.values() if j.name == name and is_count(j.id)]
         return ok, max(named, key=lambda j: int(j.id), default=None) if ok else None
 
     def find(self, name: str) -> SlurmJobInfo | None:
@@ -360,7 +293,8 @@ class SlurmExecutor:
         script_path = log_path.with_suffix(".sbatch")
         argv, script = build_sbatch(sbatch=shutil.which("sbatch") or "sbatch", python=self.python,
                                     workers=request.job.workers, coordinator=request.coordinator,
-                                    job_id=request.job.id, attempt=attempt.attempt, script_path=script_path,
+                                    job_id=request.job.id, attempt=attempt.attempt, created=request.job.created,
+                                    script_path=script_path,
                                     partition=self.partition, account=self.accounts.get(request.job.owner, self.account),
                                     sbatch_args=self.sbatch_args, owner=request.job.owner)
         log_command(log_path, request, argv)
@@ -375,14 +309,14 @@ class SlurmExecutor:
         try:  # ExecutorUnavailable (not sent: the job waits) and OSError (refused) go to the supervisor
             return confirm(submit(), "submitted as Slurm job", submitted_at)
         except AnswerLost as lost:  # the job may be in Slurm: the same attempt, looked up before it is sent again
-            name = job_name(request.job.id, attempt.attempt)
+            name = job_name(request.job.id, attempt.attempt, request.job.created)
             _note(log_path, f"sbatch's answer was lost ({lost}); looking for Slurm job {name} before submitting again")
             return Unconfirmed(name, self.queue, str(lost), resubmit=submit, confirm=confirm)
 
     def adopt(self, job: JobRow, attempt: AttemptRow) -> SlurmJob:
         slurm_id = attempt.slurm_job
         if not slurm_id or slurm_id == UNSUBMITTED:  # a coordinator stopped between the record and sbatch's answer
-            found = self.queue.find(job_name(job.id, attempt.attempt))
+            found = self.queue.find(job_name(job.id, attempt.attempt, job.created))
             slurm_id = found.id if found is not None else "(never submitted)"
         return SlurmJob(slurm_id, self.queue)
 
@@ -390,8 +324,3 @@ class SlurmExecutor:
 def _note(log_path: Path, line: str) -> None:
     with open(log_path, "a") as f:
         f.write(f"gradmesh: {line}\n")
-
-
-def _count(text: str) -> bool:
-    """Whether Slurm's text is a number int() may read: ASCII digits, not too many."""
-    return text.isascii() and text.isdigit() and len(text) < 19
