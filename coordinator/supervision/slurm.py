@@ -316,7 +316,8 @@ class SlurmExecutor:
     def adopt(self, job: JobRow, attempt: AttemptRow) -> SlurmJob:
         slurm_id = attempt.slurm_job
         if not slurm_id or slurm_id == UNSUBMITTED:  # a coordinator stopped between the record and sbatch's answer
-            found = self.queue.find(job_name(job.id, attempt.attempt, job.created))
+            found = (self.queue.find(job_name(job.id, attempt.attempt, job.created))  # (names before 2026-12-07:)
+                     or self.queue.find(f"gradmesh-{job.id}-a{attempt.attempt}"))
             slurm_id = found.id if found is not None else "(never submitted)"
         return SlurmJob(slurm_id, self.queue)
 
