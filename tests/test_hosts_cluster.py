@@ -123,13 +123,13 @@ def test_a_cut_link_quarantines_the_host_and_an_elastic_job_shrinks_then_grows_b
     # loaded machine), or the grow back tries the still-cut host: 10 s on a quiet machine, stretched by the
     # contention measured now. The job must still train when the cool-down ends: the exact step on this small
     # model made 110-1,000 steps/s on 2 ranks here, so the survivors are throttled through the cool-down (a load
-    # that falls after it was measured once let them finish first); 24,000 steps, checkpoints every 1,200: 20 in
+    # that falls after it was measured once let them finish first); 8,400 steps, checkpoints every 1,200: 7 in
     # all, all kept (cap 30). The
     # uninterrupted reference runs alongside from the shrink on, so the test costs the job's time, not the sum.
     cooldown = scaled(10.0)
     srv, client = coordinator(failures=1, cooldown_s=cooldown)
     a, b = cluster.hosts
-    steps, every, eval_every = 24000, 1200, 40
+    steps, every, eval_every = 8400, 1200, 40
     job_spec = spec("elastic", steps=steps, min_workers=2, every=every, eval_every=eval_every, optimizer="adam")
     job = client.submit(job_spec)
     wait_for("the first steps", lambda: client.get(job.id).step > 0, scaled(60))
