@@ -29,16 +29,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 from netns_topology import namespace_hosts, parse_rate, shape
 from scaling_setup import REPO, SIZES, THREAD_VARS
 
@@ -53,19 +52,6 @@ RUNS = {  # name: (kind, parts, extra environment)
     "compute exact8": ("compute", 8, {}),
     "compute sums": ("compute", 0, {}),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def base_env() -> dict[str, str]:
@@ -221,7 +207,7 @@ def main() -> int:
             rows.append((rate or "unshaped", bw, shown[0].splitlines()[0], {n: float(np.median(t)) for n, t in times.items()}, notes))
             print(f"  {rate or 'unshaped'}: done (stream {bw / 1e9:.2f} Gbit/s)", flush=True)
     load_after = os.getloadavg()
-    print(f"\n  link        stream Gbit/s  bound ms   run                  step ms  samples/s  x bound  x DDP sps  model ms")
+    print("\n  link        stream Gbit/s  bound ms   run                  step ms  samples/s  x bound  x DDP sps  model ms")
     table = []
     for rate, bw, tc_line, steps, _notes in rows:
         comm = 2 * (2 - 1) / 2 * GRADIENT_BYTES * 8 / bw

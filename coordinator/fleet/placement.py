@@ -21,7 +21,7 @@ the attempt does not count against the job (it never ran).
 from __future__ import annotations
 
 import re
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Callable, Collection, Mapping
 
 from coordinator.hosts import Allocation
 from coordinator.store.records import JobRow

@@ -34,7 +34,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
