@@ -21,8 +21,6 @@ import time
 
 from scaling_setup import SIZES, Trainer  # puts the repository on sys.path
 
-import numpy as np  # noqa: E402  (after scaling_setup, as bench/scaling.py)
-
 BATCH, LR, WARMUP = 256, 0.01, 10
 
 
@@ -73,27 +71,13 @@ def torch_ddp(args) -> int:
     """PyTorch DDP over gloo on the namespaces' devices: the same MLP, per-rank batch, data shape and SGD."""
     import torch
     import torch.distributed as dist
-    from torch import nn
+
+    from torch_ddp import ddp_step
 
     torch.set_num_threads(1)
     host, port = args.master.rsplit(":", 1)
     dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=args.rank, world_size=args.size)
-    torch.manual_seed(0)
-    layers = []
-    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(SIZES) - 2 else [])
-    model = nn.parallel.DistributedDataParallel(nn.Sequential(*layers))
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    rng = np.random.default_rng(args.rank)
-    x = torch.from_numpy(rng.standard_normal((BATCH // args.size, SIZES[0])).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, SIZES[-1], BATCH // args.size))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-
+    step = ddp_step(SIZES, rows=BATCH // args.size, lr=LR, rank=args.rank)
     times = timed(step, args.steps)
     if args.rank == 0:
         report(times, f"torch {torch.__version__}, gloo, DDP bucket_cap_mb 25 (default)")

@@ -181,27 +181,13 @@ def run_torch_worker(args) -> int:
     """--torch, PyTorch's side: DDP over gloo, one thread per rank, the same MLP, batch, data and SGD."""
     import torch
     import torch.distributed as dist
-    from torch import nn
+
+    from torch_ddp import ddp_step
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    layers = []
-    for i, (a, b) in enumerate(zip(TORCH_SIZES[:-1], TORCH_SIZES[1:])):
-        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(TORCH_SIZES) - 2 else [])
-    model = nn.parallel.DistributedDataParallel(nn.Sequential(*layers))
-    opt = torch.optim.SGD(model.parameters(), lr=TORCH_LR)
-    rng = np.random.default_rng(rank)
-    x = torch.from_numpy(rng.standard_normal((TORCH_BATCH // size, TORCH_SIZES[0])).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, TORCH_SIZES[-1], TORCH_BATCH // size))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-
+    step = ddp_step(TORCH_SIZES, rows=TORCH_BATCH // size, lr=TORCH_LR, rank=rank)
     sps = _timed_steps(step, args.torch_steps)
     if rank == 0:
         print(f"SPS {sps:.1f}", flush=True)
