@@ -180,11 +180,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bench/sweep.py's small synthetic problem")
     parser.add_argument("--method", default="asha", choices=["asha", "grid"])
+    parser.add_argument("--keep", type=Path, help="run the coordinator in this (new) directory and keep it")
     args = parser.parse_args()
     problem = problems(args.quick)["synthetic"]
     with tempfile.TemporaryDirectory(prefix="sweep-overheads-") as tmp:
-        wall = run_sweep(problem, Path(tmp) / "coordinator", args.method)
-        rows = attempts_of(Path(tmp) / "coordinator" / "gradmesh.db")
+        data_dir = args.keep or Path(tmp) / "coordinator"
+        wall = run_sweep(problem, data_dir, args.method)
+        rows = attempts_of(data_dir / "gradmesh.db")
     costs = cold_costs(problem)
     summary = breakdown(rows, wall, costs["steady step"])
     print("\nthe sweep, slot-seconds (2 slots):")
