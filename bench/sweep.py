@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import threading
@@ -161,12 +162,15 @@ def run_optuna(problem: dict, n_jobs: int) -> dict:
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=problem["min_steps"],
                                                                       max_resource=top, reduction_factor=3))
     from threadpoolctl import threadpool_limits
-    with threadpool_limits(1):  # one BLAS thread per trial, as gradmesh's ranks get on 2 slots of 2 cores
-        study.optimize(objective, n_trials=problem["trials"], n_jobs=n_jobs, catch=(FloatingPointError,))
+    try:
+        with threadpool_limits(1):  # one BLAS thread per trial, as gradmesh's ranks get on 2 slots of 2 cores
+            study.optimize(objective, n_trials=problem["trials"], n_jobs=n_jobs, catch=(FloatingPointError,))
+        wall = time.monotonic() - clock.start
+    finally:  # its trials' checkpoints: ~200 MB per run of the second problem
+        shutil.rmtree(out_root, ignore_errors=True)
     complete = [t.value for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
     return {"method": f"optuna (n_jobs={n_jobs})", "state": "done", "trials": len(study.trials), "steps": steps[0],
-            "wall_s": time.monotonic() - clock.start, "best_accuracy": max(complete) if complete else None,
-            "clock": clock}
+            "wall_s": wall, "best_accuracy": max(complete) if complete else None, "clock": clock}
 
 
 def _median(values: list[float | None]) -> float | None:
