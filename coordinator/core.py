@@ -62,6 +62,7 @@ class Coordinator:
         self.supervisor.fleet = self.fleet
         self.scheduler = Scheduler(store, pool, self.supervisor, fleet=self.fleet, policy=team,
                                    max_slots=self.accounts.max_slots)
+        self.supervisor.on_exit = self.scheduler.wake   # an ended attempt is reaped (its slots freed) at once
         self.limits = limits
         # a rank may use its host's memory divided by the host's slots (hosts of a pool are taken to be alike)
         # (under Slurm the nodes are not known here: only --memory-per-slot limits a rank)

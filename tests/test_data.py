@@ -51,6 +51,52 @@ def test_synthetic_is_seeded():
     assert set(np.unique(a.train.y)) == {0, 1, 2}
 
 
+def test_a_large_synthetic_sample_is_drawn_once_per_host_and_mapped_after(tmp_path, monkeypatch):
+    """Every attempt of a sweep's trials loads the same sample: the second load maps the first one's bits."""
+    from worker import data, datacache
+
+    monkeypatch.setenv(datacache.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(data, "SYNTHETIC_CACHE_MIN_VALUES", 1000)
+    spec = DataSpec(source="synthetic", synthetic=SyntheticSpec(samples=300, features=16, classes=4, seed=5))
+    drawn = data._draw_synthetic(300, 16, 4, 5)
+    first = load_dataset(spec, (16, 4), "cross_entropy", seed=0)
+    assert isinstance(first.train.x, np.memmap) and len(list(tmp_path.glob(".synthetic-v1*.npy"))) == 2
+    draws = []
+    monkeypatch.setattr(data, "_draw_synthetic", lambda *a: draws.append(a) or drawn)
+    second = load_dataset(spec, (16, 4), "cross_entropy", seed=0)
+    assert draws == []   # read back, not drawn again
+    for got in (first, second):
+        np.testing.assert_array_equal(np.asarray(got.train.x), drawn[0])
+        assert got.train.x.dtype == drawn[0].dtype and got.train.y.dtype == drawn[1].dtype
+        np.testing.assert_array_equal(np.asarray(got.train.y), drawn[1])
+    a, b = Normalizer.fit(first.train), Normalizer.fit(load_dataset(spec, (16, 4), "cross_entropy", seed=0).train)
+    assert a.mean.tobytes() == b.mean.tobytes() and a.std.tobytes() == b.std.tobytes()
+
+
+def test_the_generated_cache_keeps_the_newest_few(tmp_path, monkeypatch):
+    from worker import data, datacache
+
+    monkeypatch.setenv(datacache.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(data, "SYNTHETIC_CACHE_MIN_VALUES", 1)
+    for seed in range(datacache.KEEP_GENERATED + 2):
+        data._synthetic(20, 3, 2, seed)
+    assert len(list(tmp_path.glob(".synthetic-v1*.x.npy"))) == datacache.KEEP_GENERATED
+    x, _ = data._synthetic(20, 3, 2, datacache.KEEP_GENERATED + 1)   # the newest is still there
+    assert isinstance(x, np.memmap)
+
+
+def test_synthetic_without_a_writable_cache_is_drawn_in_memory(tmp_path, monkeypatch):
+    from worker import data, datacache
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv(datacache.CACHE_DIR_ENV, str(blocked / "cache"))
+    monkeypatch.setattr(data, "SYNTHETIC_CACHE_MIN_VALUES", 1)
+    x, y = data._synthetic(50, 4, 3, 1)
+    assert not isinstance(x, np.memmap)
+    np.testing.assert_array_equal(x, data._draw_synthetic(50, 4, 3, 1)[0])
+
+
 def test_npz_with_validation_arrays(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"

@@ -150,6 +150,23 @@ def test_leftovers_of_an_exited_leader_are_killed_on_reap(tmp_path):
 
 
 @pytest.mark.timeout(30)
+def test_an_exit_is_told_at_once_and_poll_still_reaps_it(tmp_path):
+    import threading
+
+    ended = threading.Event()
+    proc = WorkerProcess.start([sys.executable, "-c", "import time; time.sleep(0.5)"], _tagged_env("told"),
+                               tmp_path / "p.log", cwd=tmp_path)
+    proc.notify_exit(ended.set)
+    assert not ended.wait(0.2) and proc.poll() is None   # not before it exits
+    assert ended.wait(10)
+    assert os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None  # a zombie: not reaped
+    assert proc.poll() == Exit(0)
+    late = threading.Event()
+    proc.notify_exit(late.set)   # asked after the reap: told at once all the same
+    assert late.wait(5)
+
+
+@pytest.mark.timeout(30)
 def test_adopted_attempt_is_watched_by_liveness_of_its_tagged_processes(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
                          env=_tagged_env("adopted"))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker import csvsource, idx, npzfile
+from worker import csvsource, datacache, idx, npzfile
 from worker.data_paths import DataError, checked_path  # callers import DataError from here too
 from worker.spec import DataSpec
 
@@ -107,7 +107,29 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return digits.data, digits.target.astype(np.int64)
 
 
+SYNTHETIC_CACHE_MIN_VALUES = 1 << 20   # below ~4 MB, drawing the sample is about as fast as reading it back
+
+
 def _synthetic(samples: int, features: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample, generated once per host and memory-mapped after (worker.datacache): the same bits either way."""
+    if samples * features < SYNTHETIC_CACHE_MIN_VALUES:
+        return _draw_synthetic(samples, features, classes, seed)
+
+    def build(paths: dict[str, Path]) -> None:
+        x, y = _draw_synthetic(samples, features, classes, seed)
+        for name, array in (("x", x), ("y", y)):
+            with open(paths[name], "wb") as f:
+                np.save(f, array, allow_pickle=False)
+
+    try:
+        paths = datacache.generated("synthetic-v1", f"{samples},{features},{classes},{seed}", ("x", "y"), build)
+        return (np.load(paths["x"], mmap_mode="r", allow_pickle=False),
+                np.load(paths["y"], mmap_mode="r", allow_pickle=False))
+    except OSError:  # no writable cache directory, a full disk, or the cache pruned under us: draw it here
+        return _draw_synthetic(samples, features, classes, seed)
+
+
+def _draw_synthetic(samples: int, features: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([seed, 7919])
     # class centres about 4 noise standard deviations apart: learnable, but not trivially separable
     centers = rng.standard_normal((classes, features)).astype(np.float32) * np.float32(3.0 / np.sqrt(features))

@@ -228,6 +228,22 @@ class WorkerProcess:
         """Never: mpirun starts the ranks at once (a Slurm job may wait in Slurm's queue first)."""
         return None
 
+    def notify_exit(self, callback) -> None:
+        """Call `callback()` from a thread of its own as soon as mpirun exits (without reaping it: `poll` still
+        does that), so whoever reaps need not wait for its next round: a sweep's trial pauses at every rung,
+        and each pause's slot went idle until the scheduler's next tick. Only for an attempt started here."""
+        if self._popen is None:
+            return
+
+        def watch() -> None:
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # reaped already
+                pass
+            callback()
+
+        threading.Thread(target=watch, name=f"gradmesh-exit-{self.pid}", daemon=True).start()
+
     def alive(self) -> bool:
         """Whether any process of the attempt still runs (mpirun's group, when it is ours, or a tagged process)."""
         if self._group_is_ours() and processes.group_alive(self.pgid):

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from coordinator.supervision import recovery
 from coordinator.events import ChangeSignal
@@ -81,6 +81,7 @@ class Supervisor:
         self.shm = Janitor()  # removes the /dev/shm segments killed ranks leave (coordinator.supervision.shm_leftovers)
         self.settlement = Settlement(store, signal, restart_after=self._restart_after)
         self.external = ExternalRuns(store, self.settlement, settle=self._settle)  # runs their users launched
+        self.on_exit: Callable[[], None] | None = None  # called when an attempt's process exits (the scheduler's wake)
 
     # ================================================================ the scheduler's interface
 
@@ -128,6 +129,9 @@ class Supervisor:
         with self._lock:
             self._runs[job.id] = Running(job.id, attempt.attempt, process, allocation, token, waiting=queued)
             self._restart_at.pop(job.id, None)
+        notify = getattr(process, "notify_exit", None)   # a local mpirun tells when it ends; Slurm's are polled
+        if notify is not None and self.on_exit is not None:
+            notify(self.on_exit)
         if not queued:
             self.progress.started(job.id, hang_timeout_s(job))
         return True
