@@ -17,7 +17,10 @@ and the activations and the loss run once over all the rows. numpy's matmul comp
 one BLAS call per slice with that slice's shapes, so every part still gets the GEMM it gets alone (checked bit
 for bit by tests/test_exact_overlap.py); what goes is the Python and numpy overhead of calling each part's
 forward, loss and deltas one by one, which dominates when parts are a few rows (the digits demo: 4 rows).
-The weight gradients stay one GEMM per part: each is a sum over its own part's rows.
+The weight gradients stay one GEMM per part: each is a sum over its own part's rows. A part for which
+`adds_into(k)` is true has its gradient added, by the GEMM itself (worker/sgemm.py, beta = 1), into what
+grads_of(i, k) already holds (its left sibling, for the caller's tree): the bits of writing it and adding
+after, which the caller checks per shape before it asks, at one pass over the matrix instead of three.
 
 The math of worker/mlp.py, reached through its private pieces (the buffers, forward, loss and activation
 derivative) on purpose: one implementation of each, so the two paths cannot drift apart. No MPI here.
@@ -29,18 +32,34 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worker.mlp import MLP, _Buffers
+from worker.sgemm import add_weight_grad
+
+
+def _no_adds(k: int) -> bool:
+    return False
+
+
+def _weight_grad(a_prev: np.ndarray, delta: np.ndarray, gW: np.ndarray, gb: np.ndarray, add: bool) -> None:
+    """(gW, gb) = one part's (a_prev^T delta, column sums of delta), or, with `add`, those added into (gW, gb)."""
+    if add:
+        add_weight_grad(a_prev, delta, gW)
+        gb += np.add.reduce(delta, axis=0)
+    else:
+        np.matmul(a_prev.T, delta, out=gW)
+        np.add.reduce(delta, axis=0, out=gb)   # np.sum itself (a plain sum down the rows), without its wrapper
 
 
 def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                    grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-                   after_part: Callable[[int, int], None], on_layer: Callable[[int], None]) -> list[float]:
+                   after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
+                   adds_into: Callable[[int], bool] = _no_adds) -> list[float]:
     """Each part's summed loss, in order; the gradients go where grads_of says (see the module docstring).
     `cache` keeps each part's buffers between calls (keyed by part and rows): pass the same dict each step."""
     gelu = model.activation == "gelu"
     xs = [model._as_input(x) for x in xs]
     rows = {x.shape[0] for x in xs}
     if len(xs) > 1 and len(rows) == 1 and 0 not in rows:
-        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer)
+        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer, adds_into)
     state = []                                   # per part: (input, buffers, current delta) or None if empty
     losses = []
     for k, (x, y) in enumerate(zip(xs, ys)):
@@ -64,9 +83,7 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                 gb[...] = 0
             else:
                 x, buf, delta = part
-                a_prev = x if i == 0 else buf.acts[i - 1]
-                np.matmul(a_prev.T, delta, out=gW)
-                np.sum(delta, axis=0, out=gb)     # as sum_loss_and_grad_parts: a plain sum down the rows
+                _weight_grad(x if i == 0 else buf.acts[i - 1], delta, gW, gb, adds_into(k))
             after_part(i, k)
         on_layer(i)
         if i == 0:
@@ -83,7 +100,8 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
 
 def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
              grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-             after_part: Callable[[int, int], None], on_layer: Callable[[int], None]) -> list[float]:
+             after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
+             adds_into: Callable[[int], bool]) -> list[float]:
     """parts_by_layer for k non-empty parts of r rows each, as (k, r, n) stacks (see the module docstring)."""
     k, r = len(xs), xs[0].shape[0]
     key = ("stack", k, r)
@@ -108,13 +126,13 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
     losses, _ = model._loss_delta(buf.acts[last], y, buf, edges=[j * r for j in range(k + 1)])
     delta = buf.acts[last]
     x2 = x3.reshape(k * r, -1)
+    adding = [adds_into(j) for j in range(k)]
     for i in range(last, -1, -1):
         a_prev = x2 if i == 0 else buf.acts[i - 1]
         for j in range(k):
             gW, gb = grads_of(i, j)
             lo, hi = j * r, (j + 1) * r
-            np.matmul(a_prev[lo:hi].T, delta[lo:hi], out=gW)
-            np.add.reduce(delta[lo:hi], axis=0, out=gb)   # np.sum itself, without its Python wrapper
+            _weight_grad(a_prev[lo:hi], delta[lo:hi], gW, gb, adding[j])
             after_part(i, j)
         on_layer(i)
         if i == 0:
