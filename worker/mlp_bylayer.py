@@ -17,6 +17,8 @@ and the activations and the loss run once over all the rows. numpy's matmul comp
 one BLAS call per slice with that slice's shapes, so every part still gets the GEMM it gets alone (checked bit
 for bit by tests/test_exact_overlap.py); what goes is the Python and numpy overhead of calling each part's
 forward, loss and deltas one by one, which dominates when parts are a few rows (the digits demo: 4 rows).
+Where worker/sgemm.py's probe finds that one GEMM over all the rows gives each part's rows those same bits
+(part sizes that fill the kernel's tiles), that product runs as one 2-D GEMM instead.
 The weight gradients stay one GEMM per part: each is a sum over its own part's rows. A part for which
 `adds_into(k)` is true has its gradient added, by the GEMM itself (worker/sgemm.py, beta = 1), into what
 grads_of(i, k) already holds (its left sibling, for the caller's tree): the bits of writing it and adding
@@ -32,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worker.mlp import MLP, _Buffers
-from worker.sgemm import add_weight_grad
+from worker.sgemm import add_weight_grad, one_gemm_is_exact
 
 
 def _no_adds(k: int) -> bool:
@@ -110,6 +112,9 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
         held = cache[key] = (_Buffers(k * r, model.sizes, model.dtype, keep_preactivation=model.activation == "gelu"),
                              np.empty((k, r, model.sizes[0]), model.dtype))
     buf, x3 = held
+    whole = cache.get(("whole", k, r))     # per layer: may its forward / delta products run as one GEMM?
+    if whole is None:
+        whole = cache[("whole", k, r)] = [one_gemm_is_exact(i, o, k, r) for i, o in zip(model.sizes, model.sizes[1:])]
     for j, x in enumerate(xs):
         x3[j] = x
     last = len(model.layers) - 1
@@ -117,7 +122,10 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
     for i, layer in enumerate(model.layers):
         z = buf.acts[i]
         z3 = z.reshape(k, r, -1)
-        np.matmul(a3, layer.W, out=z3)        # slice by slice: each part's own GEMM
+        if whole[i][0]:
+            np.matmul(a3.reshape(k * r, -1), layer.W, out=z)   # probed: each part's rows have their own GEMM's bits
+        else:
+            np.matmul(a3, layer.W, out=z3)    # slice by slice: each part's own GEMM
         z += layer.b
         if i < last:
             model._activate(z, i, buf)       # element-wise: the same on a part's rows alone
@@ -138,7 +146,10 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
         if i == 0:
             break
         d_prev = buf.deltas[i - 1]
-        np.matmul(delta.reshape(k, r, -1), model.layers[i].W.T, out=d_prev.reshape(k, r, -1))
+        if whole[i][1]:
+            np.matmul(delta, model.layers[i].W.T, out=d_prev)
+        else:
+            np.matmul(delta.reshape(k, r, -1), model.layers[i].W.T, out=d_prev.reshape(k, r, -1))
         model._activation_backward(d_prev, i - 1, buf)
         delta = d_prev
     return losses

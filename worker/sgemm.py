@@ -1,9 +1,18 @@
-"""A weight gradient added into a buffer by the GEMM itself (beta = 1), through numpy's own OpenBLAS.
+"""GEMMs of the exact step that do less work than its reference ones, used only where probed to give their bits.
+
+The reference (worker/mlp_bylayer.py): every micro-batch's products are GEMMs of that part alone, and its
+weight gradient is written, then added to its sibling's along a tree. Two shortcuts, each probed on random
+data (a BLAS's rounding does not depend on values) for the job's shapes at the BLAS's current threads:
+
+    one_gemm_is_exact(fan_in, fan_out, parts, rows)   # (forward, delta): may a layer's k parts run as ONE GEMM?
 
     if fused_add_is_exact(fan_in, fan_out, rows):   # probed on random data, once per shape (a few ms)
         add_weight_grad(a, delta, out)               # out += a.T @ delta: one GEMM, no temporary, no add pass
 
-Why: the exact step (worker/stepexact.py) adds each micro-batch's weight gradient to its left sibling's
+One GEMM over all of a rank's rows: OpenBLAS rounds a row by where it falls in its GEMM's tiles (Haswell
+kernel: rows match only when a part's rows are a multiple of 24), so this holds for some part sizes only.
+
+The fused add. Why: the exact step (worker/stepexact.py) adds each micro-batch's weight gradient to its left sibling's
 along a tree. Written and then added, a right leaf costs a pass that zeroes its buffer, the GEMM's pass,
 and an add pass that reads two (fan_in, fan_out) matrices and writes one. An sgemm with beta = 1 adds the
 product into C as it stores it; when K (the part's rows) fits in one of OpenBLAS's K blocks, each element
@@ -80,3 +89,18 @@ def fused_add_is_exact(fan_in: int, fan_out: int, rows: int, seed: int = 0) -> b
     want += left
     add_weight_grad(a, delta, left)
     return bool(np.array_equal(left, want))
+
+
+def one_gemm_is_exact(fan_in: int, fan_out: int, parts: int, rows: int, seed: int = 0) -> tuple[bool, bool]:
+    """(forward, delta): does one GEMM over `parts` parts of `rows` rows give every part's rows the bits of the
+    part's own GEMM, for a @ W (forward) and for delta @ W.T (the delta product)? Costs four GEMMs of the rank's
+    rows, once per shape."""
+    if parts < 2 or rows < 1:
+        return False, False
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
+    a = rng.standard_normal((parts * rows, fan_in), dtype=np.float32)
+    delta = rng.standard_normal((parts * rows, fan_out), dtype=np.float32)
+    forward = np.array_equal(a @ w, np.matmul(a.reshape(parts, rows, fan_in), w).reshape(parts * rows, fan_out))
+    back = np.array_equal(delta @ w.T, np.matmul(delta.reshape(parts, rows, fan_out), w.T).reshape(parts * rows, fan_in))
+    return forward, back

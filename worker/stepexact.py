@@ -26,7 +26,8 @@ Speed: a rank's parts run layer by layer (worker/mlp_bylayer.py), as one numpy s
 size: one matmul call per layer for all parts' forward and delta products, each slice still its own BLAS
 GEMM, so the bits are those of the parts computed one by one (GRADMESH_EXACT_STACK=0 computes them so, for
 comparison: measured 2026-12-07 on an AMD EPYC VM, the stack cuts the exact fwd+bwd from 5.3x to 3.1x the
-plain one on 64-128-128-10 at batch 32, and from 1.76x to 1.48x on 784-1024-1024-10 at batch 256).
+plain one on 64-128-128-10 at batch 32, and from 1.76x to 1.48x on 784-1024-1024-10 at batch 256); or as one
+GEMM over all the rank's rows, for a part size where worker/sgemm.py's probe finds that gives the same bits.
 A right leaf whose left sibling is this rank's previous part (the tree's first level: 4 of 8 parts) has its
 weight gradient added into the sibling's slot by the GEMM itself (sgemm with beta = 1, worker/sgemm.py), where
 that is checked, once per part size and layer, to give the bits of the GEMM and then the add; the add pass,
@@ -219,6 +220,7 @@ class ExactStep:
                 global _pinned
                 _pinned = threadpool_limits(limits=1)
                 self._fuse_checked.clear()     # checked at the old thread count: check again at one
+                self._part_buffers.clear()     # ... as are mlp_bylayer's one-GEMM verdicts kept with them
                 self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
                                     "threads differs from 1 thread's")
         self._thread_checked[rows] = same
