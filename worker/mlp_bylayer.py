@@ -20,9 +20,10 @@ forward, loss and deltas one by one, which dominates when parts are a few rows (
 Where worker/sgemm.py's probe finds that one GEMM over all the rows gives each part's rows those same bits
 (part sizes that fill the kernel's tiles), that product runs as one 2-D GEMM instead.
 The weight gradients stay one GEMM per part: each is a sum over its own part's rows. A part for which
-`adds_into(k)` is true has its gradient added, by the GEMM itself (worker/sgemm.py, beta = 1), into what
-grads_of(i, k) already holds (its left sibling, for the caller's tree): the bits of writing it and adding
-after, which the caller checks per shape before it asks, at one pass over the matrix instead of three.
+`adds_into(k)` is true has its gradient added into what grads_of(i, k) already holds (its left sibling, for
+the caller's tree): by the GEMM itself (worker/sgemm.py, beta = 1) on layers large enough to gain from it, one
+pass over the matrix instead of three, with the bits of writing it and adding after, which the caller checks
+per shape before it asks; on smaller layers through a scratch matrix, GEMM then add.
 
 The math of worker/mlp.py, reached through its private pieces (the buffers, forward, loss and activation
 derivative) on purpose: one implementation of each, so the two paths cannot drift apart. No MPI here.
@@ -34,17 +35,26 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worker.mlp import MLP, _Buffers
-from worker.sgemm import add_weight_grad, one_gemm_is_exact
+from worker.sgemm import add_weight_grad, one_gemm_is_exact, worth_fusing
 
 
 def _no_adds(k: int) -> bool:
     return False
 
 
-def _weight_grad(a_prev: np.ndarray, delta: np.ndarray, gW: np.ndarray, gb: np.ndarray, add: bool) -> None:
-    """(gW, gb) = one part's (a_prev^T delta, column sums of delta), or, with `add`, those added into (gW, gb)."""
+def _weight_grad(a_prev: np.ndarray, delta: np.ndarray, gW: np.ndarray, gb: np.ndarray, add: bool,
+                 cache: dict) -> None:
+    """(gW, gb) = one part's (a_prev^T delta, column sums of delta), or, with `add`, those added into (gW, gb):
+    by the GEMM itself on a layer worth it, else through a scratch matrix (the reference: GEMM, then add)."""
     if add:
-        add_weight_grad(a_prev, delta, gW)
+        if worth_fusing(*gW.shape):
+            add_weight_grad(a_prev, delta, gW)
+        else:
+            scratch = cache.get(("scratch", gW.shape))
+            if scratch is None:
+                scratch = cache[("scratch", gW.shape)] = np.empty_like(gW)
+            np.matmul(a_prev.T, delta, out=scratch)
+            gW += scratch
         gb += np.add.reduce(delta, axis=0)
     else:
         np.matmul(a_prev.T, delta, out=gW)
@@ -85,7 +95,7 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                 gb[...] = 0
             else:
                 x, buf, delta = part
-                _weight_grad(x if i == 0 else buf.acts[i - 1], delta, gW, gb, adds_into(k))
+                _weight_grad(x if i == 0 else buf.acts[i - 1], delta, gW, gb, adds_into(k), cache)
             after_part(i, k)
         on_layer(i)
         if i == 0:
@@ -140,7 +150,7 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
         for j in range(k):
             gW, gb = grads_of(i, j)
             lo, hi = j * r, (j + 1) * r
-            _weight_grad(a_prev[lo:hi], delta[lo:hi], gW, gb, adding[j])
+            _weight_grad(a_prev[lo:hi], delta[lo:hi], gW, gb, adding[j], cache)
             after_part(i, j)
         on_layer(i)
         if i == 0:

@@ -31,6 +31,10 @@ import ctypes
 import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112     # CBLAS enum values
+# Below this many weights the ctypes call (~6 us more than numpy's matmul) costs more than the add pass it saves
+# (measured with thread CPU time on the AMD EPYC VM: 128x128 loses, 256x256 and above win); smaller layers take
+# numpy's GEMM into a scratch matrix and then the add, which is the reference itself.
+FUSE_MIN_WEIGHTS = 1 << 16
 _NAMES = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
           ("cblas_sgemm", False))
 _sgemm = None
@@ -74,6 +78,11 @@ def add_weight_grad(a: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
                          f"{a.dtype}, {delta.shape} {delta.dtype}, {out.shape} {out.dtype}")
     _function()(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, 1.0, a.ctypes.data, m, delta.ctypes.data, n, 1.0,
                 out.ctypes.data, n)
+
+
+def worth_fusing(fan_in: int, fan_out: int) -> bool:
+    """Is a layer this large worth the ctypes call (see FUSE_MIN_WEIGHTS)?"""
+    return fan_in * fan_out >= FUSE_MIN_WEIGHTS
 
 
 def fused_add_is_exact(fan_in: int, fan_out: int, rows: int, seed: int = 0) -> bool:

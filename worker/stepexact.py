@@ -195,10 +195,11 @@ class ExactStep:
         rows, left = edges[k + 1] - edges[k], edges[k] - edges[k - 1]
         if rows == 0 or left == 0:
             return False
-        if rows not in self._fuse_checked:
-            from worker.sgemm import fused_add_is_exact
+        if rows not in self._fuse_checked:      # the layers whose GEMM adds (the others add after: the reference)
+            from worker.sgemm import fused_add_is_exact, worth_fusing
             sizes = self.model.sizes
-            self._fuse_checked[rows] = all(fused_add_is_exact(i, o, rows) for i, o in zip(sizes[:-1], sizes[1:]))
+            self._fuse_checked[rows] = all(fused_add_is_exact(i, o, rows) for i, o in zip(sizes[:-1], sizes[1:])
+                                           if worth_fusing(i, o))
         return self._fuse_checked[rows]
 
     def _check_threads(self, rows: int, x, y) -> None:
