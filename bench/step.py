@@ -11,7 +11,8 @@ median round:
 and prints gradmesh's time over PyTorch's (below 1.0 means gradmesh is faster), gradmesh's achieved
 GFLOP/s, and that over raw numpy GEMM GFLOP/s for exactly the matrix products a step performs; and
 `exact`: the fwd+bwd of the exact step (worker/stepexact.py, one process, EXACT_PARTS micro-batches computed
-alone and added along the tree) over the plain fwd+bwd on the whole batch (target <= 1.05). At 2 threads the
+alone and added along the tree) over the plain fwd+bwd on the whole batch (target <= 1.05), and `unfused`, the
+same without the GEMM adding a right leaf into its sibling (worker/sgemm.py). At 2 threads the
 exact step keeps 2 only where a micro-batch's bits at 2 threads equal 1 thread's (else it pins 1 and says so).
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ class Gradmesh:
 
         self.exact_model = MLP(sizes, seed=0)
         self.exact = ExactStep(self.exact_model, SerialComm(), EXACT_PARTS)
+        self.unfused_model = MLP(sizes, seed=0)   # the same, each weight gradient written and then added
+        self.unfused = ExactStep(self.unfused_model, SerialComm(), EXACT_PARTS, fuse=False)
         self.index = np.arange(batch)
 
     def fwd_bwd(self):
@@ -80,6 +83,10 @@ class Gradmesh:
     def exact_fwd_bwd(self):
         rows = self.exact.rows(self.index)
         self.exact.reduce(self.exact.backward(self.x[rows], self.y[rows]))
+
+    def unfused_fwd_bwd(self):
+        rows = self.unfused.rows(self.index)
+        self.unfused.reduce(self.unfused.backward(self.x[rows], self.y[rows]))
 
     def step(self):
         _, grad = self.model.loss_and_grad(self.x, self.y)
@@ -142,10 +149,12 @@ def measure(sizes, batch, threads, rounds, torch):
     with threadpool_limits(limits=threads, user_api="blas"):
         if torch:
             torch.set_num_threads(threads)
-        for fn in (ours.fwd_bwd, ours.step, raw.run, ours.exact_fwd_bwd) + ((theirs.fwd_bwd, theirs.step) if torch else ()):
+        for fn in (ours.fwd_bwd, ours.step, raw.run, ours.exact_fwd_bwd, ours.unfused_fwd_bwd) + ((theirs.fwd_bwd, theirs.step) if torch else ()):
             fn()  # warm-up: buffers, caches, lazy init
-        result = {"ours_fb": [], "ours_step": [], "raw": [], "torch_fb": [], "torch_step": [], "exact_fb": []}
-        plan = [("ours_fb", ours.fwd_bwd), ("raw", raw.run), ("ours_step", ours.step), ("exact_fb", ours.exact_fwd_bwd)]
+        result = {"ours_fb": [], "ours_step": [], "raw": [], "torch_fb": [], "torch_step": [], "exact_fb": [],
+                  "unfused_fb": []}
+        plan = [("ours_fb", ours.fwd_bwd), ("raw", raw.run), ("ours_step", ours.step), ("exact_fb", ours.exact_fwd_bwd),
+                ("unfused_fb", ours.unfused_fwd_bwd)]
         if torch:
             plan += [("torch_fb", theirs.fwd_bwd), ("torch_step", theirs.step)]
         for _ in range(rounds):  # interleaved, so drift and noise hit both sides alike
@@ -175,7 +184,7 @@ def main() -> int:
           f"1-min load average {os.getloadavg()[0]:.2f}")
     print(f"gradmesh: {blas.describe_running(KERNEL_CHOICE) or 'BLAS is not OpenBLAS: no kernel choice'}")
     header = (f"{'MLP':<26} {'batch':>5} {'thr':>3} | {'fwd+bwd ms':>10} {'torch ms':>9} {'ratio':>6} | "
-              f"{'step ms':>8} {'torch ms':>9} {'ratio':>6} | {'GFLOP/s':>7} {'of GEMM':>7} | {'exact':>6}")
+              f"{'step ms':>8} {'torch ms':>9} {'ratio':>6} | {'GFLOP/s':>7} {'of GEMM':>7} | {'exact':>6} {'unfused':>7}")
     print(header)
     print("-" * len(header))
     for sizes, batch in SHAPES:
@@ -186,9 +195,10 @@ def main() -> int:
             print(f"{name:<26} {batch:>5} {threads:>3} | {m['ours_fb'] * 1e3:>10.3f} {m['torch_fb'] * 1e3:>9.3f} "
                   f"{m['ours_fb'] / m['torch_fb']:>6.2f} | {m['ours_step'] * 1e3:>8.3f} {m['torch_step'] * 1e3:>9.3f} "
                   f"{m['ours_step'] / m['torch_step']:>6.2f} | {gflops:>7.1f} {m['raw'] / m['ours_fb']:>6.0%} | "
-                  f"{m['exact_fb'] / m['ours_fb']:>6.2f}", flush=True)
+                  f"{m['exact_fb'] / m['ours_fb']:>6.2f} {m['unfused_fb'] / m['ours_fb']:>7.2f}", flush=True)
     print("ratio = gradmesh time / PyTorch time (target <= 0.90); of GEMM = raw GEMM time / gradmesh fwd+bwd time (target >= 90%)")
-    print(f"exact = the exact step's fwd+bwd ({EXACT_PARTS} micro-batches) / the plain fwd+bwd (target <= 1.05)")
+    print(f"exact = the exact step's fwd+bwd ({EXACT_PARTS} micro-batches) / the plain fwd+bwd (target <= 1.05); "
+          "unfused = the same with each weight gradient written, then added (GRADMESH_EXACT_FUSE=0)")
     return 0
 
 

@@ -8,7 +8,7 @@ callers import; the others sit below the face and never import it back:
   mlp.py, optim.py   the math: forward, backward (mlp_bylayer.py: micro-batches layer by layer), the
                      optimizers; stepsync.py, the step's one reduction;
                      stepexact.py, the exact step (the same bits at any rank count) over microbatch.py (the
-                     parts and the tree that adds them)
+                     parts and the tree that adds them) and sgemm.py (GEMM shortcuts probed to keep its bits)
   data.py            sources, split, sampler; over the formats csvsource.py and idx.py, over datacache.py
                      (converted once) and data_paths.py (DataError, the data-roots check)
   comm.py            every MPI call: the face (init_comm, the Comm protocol) over comm_mpi.py, comm_serial.py,

@@ -17,7 +17,13 @@ and the activations and the loss run once over all the rows. numpy's matmul comp
 one BLAS call per slice with that slice's shapes, so every part still gets the GEMM it gets alone (checked bit
 for bit by tests/test_exact_overlap.py); what goes is the Python and numpy overhead of calling each part's
 forward, loss and deltas one by one, which dominates when parts are a few rows (the digits demo: 4 rows).
-The weight gradients stay one GEMM per part: each is a sum over its own part's rows.
+Where worker/sgemm.py's probe finds that one GEMM over all the rows gives each part's rows those same bits
+(part sizes that fill the kernel's tiles), that product runs as one 2-D GEMM instead.
+The weight gradients stay one GEMM per part: each is a sum over its own part's rows. A part for which
+`adds_into(k)` is true has its gradient added into what grads_of(i, k) already holds (its left sibling, for
+the caller's tree): by the GEMM itself (worker/sgemm.py, beta = 1) on layers large enough to gain from it, one
+pass over the matrix instead of three, with the bits of writing it and adding after, which the caller checks
+per shape before it asks; on smaller layers through a scratch matrix, GEMM then add.
 
 The math of worker/mlp.py, reached through its private pieces (the buffers, forward, loss and activation
 derivative) on purpose: one implementation of each, so the two paths cannot drift apart. No MPI here.
@@ -29,18 +35,43 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worker.mlp import MLP, _Buffers
+from worker.sgemm import add_weight_grad, one_gemm_is_exact, worth_fusing
+
+
+def _no_adds(k: int) -> bool:
+    return False
+
+
+def _weight_grad(a_prev: np.ndarray, delta: np.ndarray, gW: np.ndarray, gb: np.ndarray, add: bool,
+                 cache: dict) -> None:
+    """(gW, gb) = one part's (a_prev^T delta, column sums of delta), or, with `add`, those added into (gW, gb):
+    by the GEMM itself on a layer worth it, else through a scratch matrix (the reference: GEMM, then add)."""
+    if add:
+        if worth_fusing(*gW.shape):
+            add_weight_grad(a_prev, delta, gW)
+        else:
+            scratch = cache.get(("scratch", gW.shape))
+            if scratch is None:
+                scratch = cache[("scratch", gW.shape)] = np.empty_like(gW)
+            np.matmul(a_prev.T, delta, out=scratch)
+            gW += scratch
+        gb += np.add.reduce(delta, axis=0)
+    else:
+        np.matmul(a_prev.T, delta, out=gW)
+        np.add.reduce(delta, axis=0, out=gb)   # np.sum itself (a plain sum down the rows), without its wrapper
 
 
 def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                    grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-                   after_part: Callable[[int, int], None], on_layer: Callable[[int], None]) -> list[float]:
+                   after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
+                   adds_into: Callable[[int], bool] = _no_adds) -> list[float]:
     """Each part's summed loss, in order; the gradients go where grads_of says (see the module docstring).
     `cache` keeps each part's buffers between calls (keyed by part and rows): pass the same dict each step."""
     gelu = model.activation == "gelu"
     xs = [model._as_input(x) for x in xs]
     rows = {x.shape[0] for x in xs}
     if len(xs) > 1 and len(rows) == 1 and 0 not in rows:
-        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer)
+        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer, adds_into)
     state = []                                   # per part: (input, buffers, current delta) or None if empty
     losses = []
     for k, (x, y) in enumerate(zip(xs, ys)):
@@ -64,9 +95,7 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                 gb[...] = 0
             else:
                 x, buf, delta = part
-                a_prev = x if i == 0 else buf.acts[i - 1]
-                np.matmul(a_prev.T, delta, out=gW)
-                np.sum(delta, axis=0, out=gb)     # as sum_loss_and_grad_parts: a plain sum down the rows
+                _weight_grad(x if i == 0 else buf.acts[i - 1], delta, gW, gb, adds_into(k), cache)
             after_part(i, k)
         on_layer(i)
         if i == 0:
@@ -83,7 +112,8 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
 
 def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
              grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-             after_part: Callable[[int, int], None], on_layer: Callable[[int], None]) -> list[float]:
+             after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
+             adds_into: Callable[[int], bool]) -> list[float]:
     """parts_by_layer for k non-empty parts of r rows each, as (k, r, n) stacks (see the module docstring)."""
     k, r = len(xs), xs[0].shape[0]
     key = ("stack", k, r)
@@ -92,6 +122,9 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
         held = cache[key] = (_Buffers(k * r, model.sizes, model.dtype, keep_preactivation=model.activation == "gelu"),
                              np.empty((k, r, model.sizes[0]), model.dtype))
     buf, x3 = held
+    whole = cache.get(("whole", k, r))     # per layer: may its forward / delta products run as one GEMM?
+    if whole is None:
+        whole = cache[("whole", k, r)] = [one_gemm_is_exact(i, o, k, r) for i, o in zip(model.sizes, model.sizes[1:])]
     for j, x in enumerate(xs):
         x3[j] = x
     last = len(model.layers) - 1
@@ -99,7 +132,10 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
     for i, layer in enumerate(model.layers):
         z = buf.acts[i]
         z3 = z.reshape(k, r, -1)
-        np.matmul(a3, layer.W, out=z3)        # slice by slice: each part's own GEMM
+        if whole[i][0]:
+            np.matmul(a3.reshape(k * r, -1), layer.W, out=z)   # probed: each part's rows have their own GEMM's bits
+        else:
+            np.matmul(a3, layer.W, out=z3)    # slice by slice: each part's own GEMM
         z += layer.b
         if i < last:
             model._activate(z, i, buf)       # element-wise: the same on a part's rows alone
@@ -108,19 +144,22 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
     losses, _ = model._loss_delta(buf.acts[last], y, buf, edges=[j * r for j in range(k + 1)])
     delta = buf.acts[last]
     x2 = x3.reshape(k * r, -1)
+    adding = [adds_into(j) for j in range(k)]
     for i in range(last, -1, -1):
         a_prev = x2 if i == 0 else buf.acts[i - 1]
         for j in range(k):
             gW, gb = grads_of(i, j)
             lo, hi = j * r, (j + 1) * r
-            np.matmul(a_prev[lo:hi].T, delta[lo:hi], out=gW)
-            np.add.reduce(delta[lo:hi], axis=0, out=gb)   # np.sum itself, without its Python wrapper
+            _weight_grad(a_prev[lo:hi], delta[lo:hi], gW, gb, adding[j], cache)
             after_part(i, j)
         on_layer(i)
         if i == 0:
             break
         d_prev = buf.deltas[i - 1]
-        np.matmul(delta.reshape(k, r, -1), model.layers[i].W.T, out=d_prev.reshape(k, r, -1))
+        if whole[i][1]:
+            np.matmul(delta, model.layers[i].W.T, out=d_prev)
+        else:
+            np.matmul(delta.reshape(k, r, -1), model.layers[i].W.T, out=d_prev.reshape(k, r, -1))
         model._activation_backward(d_prev, i - 1, buf)
         delta = d_prev
     return losses

@@ -26,7 +26,12 @@ Speed: a rank's parts run layer by layer (worker/mlp_bylayer.py), as one numpy s
 size: one matmul call per layer for all parts' forward and delta products, each slice still its own BLAS
 GEMM, so the bits are those of the parts computed one by one (GRADMESH_EXACT_STACK=0 computes them so, for
 comparison: measured 2026-12-07 on an AMD EPYC VM, the stack cuts the exact fwd+bwd from 5.3x to 3.1x the
-plain one on 64-128-128-10 at batch 32, and from 1.76x to 1.48x on 784-1024-1024-10 at batch 256).
+plain one on 64-128-128-10 at batch 32, and from 1.76x to 1.48x on 784-1024-1024-10 at batch 256); or as one
+GEMM over all the rank's rows, for a part size where worker/sgemm.py's probe finds that gives the same bits.
+A right leaf whose left sibling is this rank's previous part (the tree's first level: 4 of 8 parts) has its
+weight gradient added into the sibling's slot by the GEMM itself (sgemm with beta = 1, worker/sgemm.py), where
+that is checked, once per part size and layer, to give the bits of the GEMM and then the add; the add pass,
+the zeroing of the right leaf's buffer and its write go (GRADMESH_EXACT_FUSE=0 writes and adds, for comparison).
 And every `REBALANCE_EVERY` steps the ranks' measured seconds move at most `MAX_MOVE` parts between
 neighbours (worker/microbatch.py `weighted_ranges`), so a rank that shares its core with another
 process gets fewer parts; the bits do not change, whoever computes which part.
@@ -56,7 +61,7 @@ class PartsResult(list):
 class ExactStep:
     """The buffers, plan and reduction of the exact step. See the module docstring."""
 
-    def __init__(self, model: MLP, comm, parts: int, balance: bool = True):
+    def __init__(self, model: MLP, comm, parts: int, balance: bool = True, fuse: bool | None = None):
         if parts < 1:
             raise ValueError(f"parts must be at least 1, got {parts}")
         self.model, self.comm, self.parts, self.balance = model, comm, parts, balance
@@ -78,6 +83,8 @@ class ExactStep:
         # equal parts run as one numpy stack, layer by layer (worker/mlp_bylayer.py): the same bits, fewer calls
         self._stacks = os.environ.get("GRADMESH_EXACT_STACK", "1") != "0"
         self._part_buffers: dict = {}
+        self._fuses = os.environ.get("GRADMESH_EXACT_FUSE", "1") != "0" if fuse is None else fuse
+        self._fuse_checked: dict[int, bool] = {}   # part rows -> every layer's fused add is exact
 
     # ---- what train.py reads ------------------------------------------------------------------------
     @property
@@ -126,13 +133,19 @@ class ExactStep:
         if self._overlaps:
             self.reducer.begin(self._frontier, self.parts)
 
+        fused = [self._fusable(k, edges) for k in parts]
+        # a fused part's gradient goes into the slot of its first add (its left sibling's), which the GEMM does
+        target = [plan.adds[k][0][0] if fused[k] else plan.slot_of[k] for k in parts]
+        adds = [plan.adds[k][1:] if fused[k] else plan.adds[k] for k in parts]
+
         def after_part(i: int, k: int) -> None:
-            for d, s in plan.adds[k]:
+            for d, s in adds[k]:
                 slots[d][layer[i]] += slots[s][layer[i]]
         return PartsResult(parts_by_layer(
             self.model, self._part_buffers, [x[edges[k]:edges[k + 1]] for k in parts],
-            [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[plan.slot_of[k]][i],
-            after_part, (lambda i: self.reducer.start_layer(layer[i])) if self._overlaps else (lambda i: None)))
+            [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[target[k]][i],
+            after_part, (lambda i: self.reducer.start_layer(layer[i])) if self._overlaps else (lambda i: None),
+            fused.__getitem__))
 
     def reduce(self, losses: PartsResult, *, stop: bool = False, checkpoint: bool = False) -> Reduced:
         """Combine every rank's nodes to the total (slot 0, every rank) and gather the scalars."""
@@ -171,6 +184,24 @@ class ExactStep:
             self.ranges = new
             self._set_plan()
 
+    def _fusable(self, k: int, edges) -> bool:
+        """May part k's weight gradient be added by its GEMM into its left sibling's slot? When the plan's first
+        add for k is exactly that (the sibling is the previous part, still a leaf), both parts have rows, and
+        for this part size the fused GEMM gives the bits of the GEMM and then the add in every layer."""
+        plan = self.plan
+        if not self._fuses or k == 0 or plan.adds[k - 1] or not plan.adds[k] or \
+                plan.adds[k][0] != (plan.slot_of[k - 1], plan.slot_of[k]):
+            return False
+        rows, left = edges[k + 1] - edges[k], edges[k] - edges[k - 1]
+        if rows == 0 or left == 0:
+            return False
+        if rows not in self._fuse_checked:      # the layers whose GEMM adds (the others add after: the reference)
+            from worker.sgemm import fused_add_is_exact, worth_fusing
+            sizes = self.model.sizes
+            self._fuse_checked[rows] = all(fused_add_is_exact(i, o, rows) for i, o in zip(sizes[:-1], sizes[1:])
+                                           if worth_fusing(i, o))
+        return self._fuse_checked[rows]
+
     def _check_threads(self, rows: int, x, y) -> None:
         """Once per part size: does this rank's BLAS thread count give a part the bits of one thread? If
         not, pin one thread for the rest of the run (threadpoolctl, process-wide)."""
@@ -189,6 +220,8 @@ class ExactStep:
             if not same:
                 global _pinned
                 _pinned = threadpool_limits(limits=1)
+                self._fuse_checked.clear()     # checked at the old thread count: check again at one
+                self._part_buffers.clear()     # ... as are mlp_bylayer's one-GEMM verdicts kept with them
                 self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
                                     "threads differs from 1 thread's")
         self._thread_checked[rows] = same
