@@ -33,7 +33,7 @@ from worker import blas  # noqa: E402  (no numpy: the kernel is chosen before nu
 KERNEL_CHOICE = blas.choose_kernel("auto", [784, 1024, 1024, 10], 256, 1, hostname=socket.gethostname())
 
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+from threadpoolctl import ThreadpoolController, threadpool_limits  # noqa: E402
 
 from worker.mlp import MLP  # noqa: E402
 from worker.optim import make_optimizer  # noqa: E402
@@ -43,6 +43,9 @@ from worker.stepexact import ExactStep  # noqa: E402
 
 SHAPES = [([784, 256, 256, 10], 128), ([784, 1024, 1024, 10], 256), ([3072, 2048, 2048, 2048, 10], 512)]
 EXACT_PARTS = 8   # the spec's default train.micro_batches
+
+
+BLAS = ThreadpoolController()
 
 
 def step_flops(sizes, batch):
@@ -157,11 +160,17 @@ def measure(sizes, batch, threads, rounds, torch):
                 ("unfused_fb", ours.unfused_fwd_bwd)]
         if torch:
             plan += [("torch_fb", theirs.fwd_bwd), ("torch_step", theirs.step)]
+        # The exact step pins BLAS to 1 thread process-wide where 2 threads change a micro-batch's bits (its
+        # warm-up above did): every measurement sets the thread count it stands for, so the plain and PyTorch
+        # columns run at `threads` and the exact ones at what the exact step itself runs at.
+        pinned = bool(ours.exact.pinned_note)
+        blas_threads = {key: 1 if pinned and key in ("exact_fb", "unfused_fb") else threads for key, _ in plan}
         for _ in range(rounds):  # interleaved, so drift and noise hit both sides alike
             for key, fn in plan:
                 # BLAS and OpenMP worker threads spin for a while after their last task; a pause keeps one
                 # framework's spinning threads from stealing the core the other is being timed on
                 time.sleep(0.05 if threads > 1 else 0.0)
+                BLAS.limit(limits=blas_threads[key], user_api="blas")
                 result[key].append(timed_median(fn, 1, inner))
     med = {k: statistics.median(v) if v else float("nan") for k, v in result.items()}
     return flops, med
