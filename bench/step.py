@@ -39,6 +39,7 @@ from worker.mlp import MLP  # noqa: E402
 from worker.optim import make_optimizer  # noqa: E402
 from worker.comm import SerialComm  # noqa: E402
 from worker.spec import OptimSpec  # noqa: E402
+from worker import stepexact  # noqa: E402
 from worker.stepexact import ExactStep  # noqa: E402
 
 SHAPES = [([784, 256, 256, 10], 128), ([784, 1024, 1024, 10], 256), ([3072, 2048, 2048, 2048, 10], 512)]
@@ -147,6 +148,9 @@ class Torch:
 def measure(sizes, batch, threads, rounds, torch):
     flops = step_flops(sizes, batch)
     inner = max(1, int(2e9 / flops))  # about 2 GFLOP of work per timed round
+    # each row stands for a process of its own: forget an earlier row's one-thread pin and the threads it keeps
+    # for parts side by side (worker/stepexact.py), or a 1-thread row would run the exact step on 2
+    stepexact._pinned, stepexact._threads_before_pin = None, 1
     ours, raw = Gradmesh(sizes, batch), RawGemm(sizes, batch)
     theirs = Torch(torch, sizes, batch) if torch else None
     with threadpool_limits(limits=threads, user_api="blas"):

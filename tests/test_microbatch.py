@@ -135,3 +135,27 @@ def test_a_part_computed_alone_has_the_same_bits_wherever_its_rows_sit_and_batch
     assert np.array_equal(alone, copied)
     print(f"rows 32..63 batched in 256 rows {'equal' if np.array_equal(batched[32:64], alone) else 'differ from'} "
           "the part alone on this BLAS")
+
+
+def test_parts_run_side_by_side_on_spare_threads_keep_their_bits(monkeypatch):
+    """Where BLAS is pinned to one thread, the threads it had run groups of parts' forward and delta products
+    (worker/mlp_bylayer.py `_side_by_side`): each part keeps its own GEMM, so the gradient keeps its bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker import mlp_bylayer
+    sizes, batch = [256, 512, 512, 10], 256      # layers above SIDE_BY_SIDE_MIN_MACS: the threads are used
+    assert batch * 256 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=2) as executor:
+        alone, side = MLP(sizes, seed=1), MLP(sizes, seed=1)
+        steps = [ExactStep(alone, SerialComm(), 8), ExactStep(side, SerialComm(), 8)]
+        steps[1]._pool = (executor, 2)
+        used, real = [], mlp_bylayer._side_by_side
+        monkeypatch.setattr(mlp_bylayer, "_side_by_side", lambda *a: (used.append(1), real(*a)))
+        for step in steps:
+            rows = step.rows(np.arange(batch))
+            step.reduce(step.backward(x[rows], y[rows]))
+    assert used, "the side-by-side path did not run"
+    assert np.array_equal(alone.grad, side.grad)

@@ -64,14 +64,16 @@ def _weight_grad(a_prev: np.ndarray, delta: np.ndarray, gW: np.ndarray, gb: np.n
 def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                    grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                    after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
-                   adds_into: Callable[[int], bool] = _no_adds) -> list[float]:
+                   adds_into: Callable[[int], bool] = _no_adds, pool=None) -> list[float]:
     """Each part's summed loss, in order; the gradients go where grads_of says (see the module docstring).
-    `cache` keeps each part's buffers between calls (keyed by part and rows): pass the same dict each step."""
+    `cache` keeps each part's buffers between calls (keyed by part and rows): pass the same dict each step.
+    `pool` ((a concurrent.futures executor, its threads), BLAS at one thread): equal parts' forward and delta
+    products run in groups side by side on its threads and this one; each part keeps its own GEMM: the same bits."""
     gelu = model.activation == "gelu"
     xs = [model._as_input(x) for x in xs]
     rows = {x.shape[0] for x in xs}
     if len(xs) > 1 and len(rows) == 1 and 0 not in rows:
-        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer, adds_into)
+        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer, adds_into, pool)
     state = []                                   # per part: (input, buffers, current delta) or None if empty
     losses = []
     for k, (x, y) in enumerate(zip(xs, ys)):
@@ -113,7 +115,7 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
 def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
              grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
              after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
-             adds_into: Callable[[int], bool]) -> list[float]:
+             adds_into: Callable[[int], bool], pool=None) -> list[float]:
     """parts_by_layer for k non-empty parts of r rows each, as (k, r, n) stacks (see the module docstring)."""
     k, r = len(xs), xs[0].shape[0]
     key = ("stack", k, r)
@@ -132,7 +134,9 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
     for i, layer in enumerate(model.layers):
         z = buf.acts[i]
         z3 = z.reshape(k, r, -1)
-        if whole[i][0]:
+        if pool is not None and _worth_threads(a3, layer.W):
+            _side_by_side(pool, a3, layer.W, z3)
+        elif whole[i][0]:
             np.matmul(a3.reshape(k * r, -1), layer.W, out=z)   # probed: each part's rows have their own GEMM's bits
         else:
             np.matmul(a3, layer.W, out=z3)    # slice by slice: each part's own GEMM
@@ -156,10 +160,35 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
         if i == 0:
             break
         d_prev = buf.deltas[i - 1]
-        if whole[i][1]:
+        if pool is not None and _worth_threads(delta, model.layers[i].W):
+            _side_by_side(pool, delta.reshape(k, r, -1), model.layers[i].W.T, d_prev.reshape(k, r, -1))
+        elif whole[i][1]:
             np.matmul(delta, model.layers[i].W.T, out=d_prev)
         else:
             np.matmul(delta.reshape(k, r, -1), model.layers[i].W.T, out=d_prev.reshape(k, r, -1))
         model._activation_backward(d_prev, i - 1, buf)
         delta = d_prev
     return losses
+
+
+# Below this many multiply-adds a layer's products run on this thread alone: handing half of them to another
+# thread cost more than it saved (measured 2026-12-07, AMD EPYC VM: 784-256-256-10 at batch 128 went from
+# 3.2 to 3.8 ms a step with every layer split; 784-1024-1024-10 at 256 from 38.3 to 30.6 ms, 2 threads).
+SIDE_BY_SIDE_MIN_MACS = 1 << 25
+
+
+def _worth_threads(rows: np.ndarray, w: np.ndarray) -> bool:
+    return rows.size // rows.shape[-1] * w.shape[0] * w.shape[1] >= SIDE_BY_SIDE_MIN_MACS
+
+
+def _side_by_side(pool, a3: np.ndarray, w: np.ndarray, out3: np.ndarray) -> None:
+    """np.matmul(a3, w, out=out3) for a (k, r, n) stack, its parts cut into one group per thread (the pool's and
+    this one): every slice is still its own GEMM, and numpy lets go of the GIL inside each."""
+    executor, threads = pool
+    k = a3.shape[0]
+    groups = min(k, threads + 1)
+    cuts = [g * k // groups for g in range(groups + 1)]
+    pending = [executor.submit(np.matmul, a3[lo:hi], w, out=out3[lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
+    np.matmul(a3[:cuts[1]], w, out=out3[:cuts[1]])
+    for done in pending:
+        done.result()

@@ -20,7 +20,10 @@ Same shapes are not enough on their own: OpenBLAS's bits for a row depend on how
 and how many threads run it (measured on its Haswell kernel: a row matches only within whole 24-row
 tiles, and 1 and 2 threads differ). So a part is always computed alone, at a thread count checked once
 per part shape (`check_threads`): the part at this rank's threads against the part at one thread, and
-one thread is pinned when they differ. Every rank therefore computes what one thread computes.
+one thread is pinned when they differ. Every rank therefore computes what one thread computes. The threads
+a pin takes from BLAS are not lost: they run groups of a rank's parts side by side (each part's GEMM still
+alone, at one thread; worker/mlp_bylayer.py `_side_by_side`), for the forward and delta products of large
+layers. The weight gradients stay on one thread, since the tree's slots are reused as it goes.
 
 Speed: a rank's parts run layer by layer (worker/mlp_bylayer.py), as one numpy stack when they are of equal
 size: one matmul call per layer for all parts' forward and delta products, each slice still its own BLAS
@@ -85,6 +88,7 @@ class ExactStep:
         self._part_buffers: dict = {}
         self._fuses = os.environ.get("GRADMESH_EXACT_FUSE", "1") != "0" if fuse is None else fuse
         self._fuse_checked: dict[int, bool] = {}   # part rows -> every layer's fused add is exact
+        self._pool = None   # once BLAS is pinned to 1 thread: the threads it had, running groups of parts
 
     # ---- what train.py reads ------------------------------------------------------------------------
     @property
@@ -145,7 +149,16 @@ class ExactStep:
             self.model, self._part_buffers, [x[edges[k]:edges[k + 1]] for k in parts],
             [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[target[k]][i],
             after_part, (lambda i: self.reducer.start_layer(layer[i])) if self._overlaps else (lambda i: None),
-            fused.__getitem__))
+            fused.__getitem__, self._parts_pool()))
+
+    def _parts_pool(self):
+        """Where BLAS was pinned to 1 thread, the threads it had, as a pool that runs groups of parts' forward
+        and delta products side by side (each part's GEMM still alone, at one thread: the same bits)."""
+        if self._pool is None and _pinned is not None and _threads_before_pin > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            spare = _threads_before_pin - 1
+            self._pool = (ThreadPoolExecutor(max_workers=spare, thread_name_prefix="gradmesh-parts"), spare)
+        return self._pool
 
     def reduce(self, losses: PartsResult, *, stop: bool = False, checkpoint: bool = False) -> Reduced:
         """Combine every rank's nodes to the total (slot 0, every rank) and gather the scalars."""
@@ -218,8 +231,9 @@ class ExactStep:
                 one = self._part_grad(x, y)
             same = bool(np.array_equal(mine, one))
             if not same:
-                global _pinned
+                global _pinned, _threads_before_pin
                 _pinned = threadpool_limits(limits=1)
+                _threads_before_pin = threads
                 self._fuse_checked.clear()     # checked at the old thread count: check again at one
                 self._part_buffers.clear()     # ... as are mlp_bylayer's one-GEMM verdicts kept with them
                 self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
@@ -234,3 +248,4 @@ class ExactStep:
 
 
 _pinned = None   # the process-wide one-thread limit, kept alive once a check pinned it
+_threads_before_pin = 1
