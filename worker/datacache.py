@@ -55,8 +55,7 @@ def cached(source: Path, tag: str, names: Sequence[str], build: Callable[[dict[s
     cache is missing (it may raise; nothing is left in place then)."""
     key = source_hash(source, tag)
     directory = _cache_dir(source)
-    final = _built(directory, f".{source.name}{_MARK}", key, names, build)
-    return final
+    return _built(directory, f".{source.name}{_MARK}", key, names, build)
 
 
 KEEP_GENERATED = 4   # generated caches kept per cache directory (each may be tens of MB)

@@ -89,6 +89,7 @@ class ExactStep:
         self._fuses = os.environ.get("GRADMESH_EXACT_FUSE", "1") != "0" if fuse is None else fuse
         self._fuse_checked: dict[int, bool] = {}   # part rows -> every layer's fused add is exact
         self._pool = None   # once BLAS is pinned to 1 thread: the threads it had, running groups of parts
+        self._fusion_of: tuple = (None, None)   # ((plan, part edges), what _fusion worked out for them)
 
     # ---- what train.py reads ------------------------------------------------------------------------
     @property
@@ -137,10 +138,7 @@ class ExactStep:
         if self._overlaps:
             self.reducer.begin(self._frontier, self.parts)
 
-        fused = [self._fusable(k, edges) for k in parts]
-        # a fused part's gradient goes into the slot of its first add (its left sibling's), which the GEMM does
-        target = [plan.adds[k][0][0] if fused[k] else plan.slot_of[k] for k in parts]
-        adds = [plan.adds[k][1:] if fused[k] else plan.adds[k] for k in parts]
+        fused, target, adds = self._fusion(edges)
 
         def after_part(i: int, k: int) -> None:
             for d, s in adds[k]:
@@ -150,6 +148,19 @@ class ExactStep:
             [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[target[k]][i],
             after_part, (lambda i: self.reducer.start_layer(layer[i])) if self._overlaps else (lambda i: None),
             fused.__getitem__, self._parts_pool()))
+
+    def _fusion(self, edges) -> tuple[list[bool], list[int], list]:
+        """Per part: is its weight gradient added by its GEMM, which slot it goes to, and the plan's adds left
+        after that. A function of the plan and the part sizes, so worked out once per (plan, sizes)."""
+        key = (self.plan, tuple(edges))
+        if self._fusion_of[0] != key:
+            plan, parts = self.plan, range(self.plan.b - self.plan.a)
+            fused = [self._fusable(k, edges) for k in parts]
+            # a fused part's gradient goes into the slot of its first add (its left sibling's): the GEMM adds it
+            target = [plan.adds[k][0][0] if fused[k] else plan.slot_of[k] for k in parts]
+            adds = [plan.adds[k][1:] if fused[k] else plan.adds[k] for k in parts]
+            self._fusion_of = (key, (fused, target, adds))
+        return self._fusion_of[1]
 
     def _parts_pool(self):
         """Where BLAS was pinned to 1 thread, the threads it had, as a pool that runs groups of parts' forward
@@ -235,6 +246,7 @@ class ExactStep:
                 _pinned = threadpool_limits(limits=1)
                 _threads_before_pin = threads
                 self._fuse_checked.clear()     # checked at the old thread count: check again at one
+                self._fusion_of = (None, None)
                 self._part_buffers.clear()     # ... as are mlp_bylayer's one-GEMM verdicts kept with them
                 self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
                                     "threads differs from 1 thread's")
