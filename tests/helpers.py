@@ -382,29 +382,3 @@ class RecordingWorkerService:
         """The names of the non-heartbeat events received, in arrival order (e.g. "WORKER_EVENT_STARTED")."""
         with self._lock:
             return [self._pb.WorkerEvent.Name(r.worker_event) for r in self.reports if r.worker_event]
-
-
-# ---------------------------------------------------------------- the dashboard over plain HTTP
-
-def dashboard_login(port: int, token: str) -> dict[str, str]:
-    """Log in to the dashboard on 127.0.0.1:port; returns the headers (Cookie, X-CSRF-Token) of the session."""
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/login", body=f"token={token}", headers={"Content-Type": "application/x-www-form-urlencoded"})
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    assert response.status == 303, response.status
-    cookies = dict(c.split(";")[0].split("=", 1) for c in response.msg.get_all("Set-Cookie"))
-    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()), "X-CSRF-Token": cookies["gradmesh_csrf"]}
-
-
-def dashboard_get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    """GET path from the dashboard with the session's headers: (status, body)."""
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", path, headers=headers)
-    response = conn.getresponse()
-    body = response.read()
-    conn.close()
-    return response.status, body

@@ -29,7 +29,8 @@ from typing import Iterator
 import pytest
 
 from coordinator.dashboard import HttpLimits
-from helpers import cli_env, dashboard_get, dashboard_login, idle_server, running_job, wait_for
+from dashboard_http import dashboard_get, dashboard_login
+from helpers import cli_env, idle_server, running_job, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")

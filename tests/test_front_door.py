@@ -25,7 +25,8 @@ from coordinator.rpc import gradmesh_pb2_grpc as rpc
 from coordinator.states import JobState
 from coordinator.access.tokens import hash_token
 from coordinator.wire import JOB_TOKEN_HEADER
-from helpers import (SMALL_SPEC, cli_env, dashboard_get, dashboard_login, expect_error, idle_server, run_cli,
+from dashboard_http import dashboard_get, dashboard_login
+from helpers import (SMALL_SPEC, cli_env, expect_error, idle_server, run_cli,
                      running_job, scaled, small_digits_spec, upload_checkpoint, wait_for, worker_stub)
 
 pytestmark = pytest.mark.timeout(120)
