@@ -167,5 +167,7 @@ def test_graceful_shutdown_stops_jobs_and_records_why(start_coordinator, tmp_pat
         # the next coordinator on this directory relaunches it from its checkpoint
         assert job.state is JobState.RESTARTING and attempt.outcome == "interrupted"
         assert "the coordinator shut down and stopped the job" in job.message
+        # ... the one its ranks wrote as they stopped (they still reached the server), not the last periodic one
+        assert max(c.step for c in store.checkpoints("shut")) == job.step
     finally:
         store.close()

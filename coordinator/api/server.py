@@ -183,9 +183,11 @@ class RunningServer:
         self.core.signal.close()  # open watch/log streams end with UNAVAILABLE instead of hanging the stop
         if self.dashboard is not None:
             self.dashboard.stop()
+        # the jobs stop before gRPC does: a rank's stop writes a checkpoint and reports it, and those calls need
+        # a server that still answers (else the checkpoint is lost and the stop waits out its grace period)
+        self.core.close(stop_jobs=stop_jobs)
         self.grpc_server.stop(grace).wait()
         self.admission.close()
-        self.core.close(stop_jobs=stop_jobs)
         if self.monitoring is not None:
             self.monitoring.stop()
         self.store.close()
