@@ -30,7 +30,7 @@ from coordinator.telemetry.wiring import MonitoringOptions
 from helpers import digits_toml, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(420)
-TRAIN_S = 10.0      # how long the tracked job trains at the measured speed (see the test)
+TRAIN_S = 6.0       # how long the tracked job trains at the measured speed (see the test)
 EVAL_EVERY = 200
 
 
