@@ -246,6 +246,10 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=8, help="quiet/neighbour window pairs per --neighbour launch")
     parser.add_argument("--window-steps", type=int, default=300, help="timed steps per --neighbour window")
     parser.add_argument("--wait-variants", nargs="*", default=[], help="more GRADMESH_MPI_WAIT values to compare")
+    parser.add_argument("--pin", action="store_true",
+                        help="--neighbour: the neighbour on the last core, rank r on core r (else the kernel places all)")
+    parser.add_argument("--neighbour-model", default="784-128-127-126-125-124-123-10@128",
+                        help="--neighbour: the MLP's layer sizes and its global batch, as SIZES@BATCH")
     parser.add_argument("--small-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--parts", type=int, default=0, help=argparse.SUPPRESS)   # a --small-worker's micro-batches
     parser.add_argument("--torch", action="store_true", help="gradmesh against PyTorch DDP (see above)")

@@ -20,8 +20,17 @@ from worker.comm import init_comm
 
 SCALING = Path(__file__).resolve().with_name("scaling.py")   # what each launch runs, with --small-worker
 
-NEIGHBOUR_SIZES = [784, 128, 127, 126, 125, 124, 123, 10]
-NEIGHBOUR_BATCH = 128
+
+def parse_model(text: str) -> tuple[list[int], int]:
+    """"784-128-10@128" -> ([784, 128, 10], 128): the --neighbour-model option."""
+    sizes, _, batch = text.partition("@")
+    return [int(n) for n in sizes.split("-")], int(batch)
+
+
+def pin(cores: set[int]) -> None:
+    """This process on `cores` only (--pin): where the neighbour and the ranks run stops being the kernel's choice."""
+    os.sched_setaffinity(0, cores)
+
 # GRADMESH_MPI_WAIT: MPICH's default spinning; gradmesh's policy; gradmesh's policy with the exact step's
 # 16 micro-batches, handed to the ranks by their measured speed (worker/stepexact.py)
 WAIT_VARIANTS = ("spin", "auto", "auto+exact16")
@@ -35,15 +44,20 @@ def run_small_worker(args) -> int:
     import signal
     comm = init_comm(hang_timeout_s=60.0)
     from threadpoolctl import threadpool_limits
+    sizes, batch = parse_model(args.neighbour_model)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        pin({cores[comm.rank % len(cores)]})
     neighbour = None
     if comm.rank == 0:
-        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE])
+        last = {cores[-1]}
+        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE],
+                                     preexec_fn=(lambda: pin(last)) if args.pin else None)
         os.kill(neighbour.pid, signal.SIGSTOP)
     parts = args.parts
     try:
         with threadpool_limits(limits=1):
-            trainer = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False, sizes=NEIGHBOUR_SIZES,
-                              parts=parts)
+            trainer = Trainer(comm, batch // comm.size, seed=comm.rank, overlap=False, sizes=sizes, parts=parts)
             for _ in range(50):
                 trainer.step()
             for pair in range(args.pairs):
@@ -58,15 +72,14 @@ def run_small_worker(args) -> int:
                     elapsed = time.perf_counter() - start
                     if comm.rank == 0:  # a neighbour's cost is in every step it hits: all steps' time, not a median
                         print(f"WINDOW {pair} {'busy' if busy else 'quiet'} "
-                              f"{NEIGHBOUR_BATCH * args.window_steps / elapsed:.1f}"
+                              f"{batch * args.window_steps / elapsed:.1f}"
                               f"{' parts ' + str(trainer.sync.ranges) if parts else ''}", flush=True)
             if parts:   # the same training from scratch, quiet and then beside the neighbour: the same bits?
                 finals = []
                 for busy in (False, True):
                     if neighbour is not None:
                         os.kill(neighbour.pid, signal.SIGCONT if busy else signal.SIGSTOP)
-                    fresh = Trainer(comm, NEIGHBOUR_BATCH // comm.size, seed=comm.rank, overlap=False,
-                                    sizes=NEIGHBOUR_SIZES, parts=parts)
+                    fresh = Trainer(comm, batch // comm.size, seed=comm.rank, overlap=False, sizes=sizes, parts=parts)
                     for _ in range(CHECK_STEPS):
                         fresh.step()
                     finals.append((fresh.model.params.copy(), fresh.sync.ranges))
@@ -114,7 +127,7 @@ def neighbour_bench(args) -> int:
             policy, _, exact = wait.partition("+exact")
             cmd = [str(mpirun if mpirun.exists() else "mpirun"), "-n", "2", sys.executable, str(SCALING),
                    "--small-worker", "--pairs", str(args.pairs), "--window-steps", str(args.window_steps),
-                   "--parts", exact or "0"]
+                   "--parts", exact or "0", "--neighbour-model", args.neighbour_model] + (["--pin"] if args.pin else [])
             out = subprocess.run(cmd, env={**base, "GRADMESH_MPI_WAIT": policy}, capture_output=True,
                                  text=True, timeout=300)
             windows: dict[int, dict[str, float]] = {}
@@ -132,8 +145,9 @@ def neighbour_bench(args) -> int:
                 quiet[wait].append(w["quiet"])
                 busy[wait].append(w["busy"])
                 ratios[wait].append(w["busy"] / w["quiet"])
-    print(f"throughput under a neighbour: MLP {'-'.join(map(str, NEIGHBOUR_SIZES))}, global batch {NEIGHBOUR_BATCH}, "
-          f"2 ranks x 1 thread on {os.cpu_count()} cores; {args.rounds} launches per policy, interleaved, each "
+    sizes, batch = parse_model(args.neighbour_model)
+    print(f"throughput under a neighbour: MLP {'-'.join(map(str, sizes))}, global batch {batch}, "
+          f"2 ranks x 1 thread on {os.cpu_count()} cores{', neighbour and ranks pinned' if args.pin else ''}; {args.rounds} launches per policy, interleaved, each "
           f"{args.pairs} pairs of quiet/neighbour windows of {args.window_steps} steps "
           f"(1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
     print(f"  {'waiting':<60} {'quiet samples/s':>16} {'with neighbour':>16} {'neighbour/quiet':>16}  quartiles")
