@@ -108,10 +108,12 @@ class MpiComm:
                                f"waiting: {self.wait_policy}")
         return reducer.buffer
 
-    def exact_reducer(self, n: int, slots: int, tail: int):
+    def exact_reducer(self, n: int, slots: int, tail: int, wire: str = "fp32"):
         """The exact step's node vectors and their combine (worker/stepexact.py): in host-shared memory when
         every rank is on this host (worker/shmexact.py), else over MPI by slice owners (worker/comm_exact.py).
-        Collective: every rank calls it with the same sizes. Its `combine` runs under the hang watchdog."""
+        `wire` is what those MPI messages carry: "fp32", or "bf16" (half the bytes, not exact across rank
+        counts); sums in shared memory stay fp32. Collective: every rank calls it with the same arguments. Its
+        `combine` runs under the hang watchdog."""
         if self.local_size == self.size and os.environ.get(SHM_REDUCE_ENV, "1").strip() != "0":
             from worker.shmexact import HostExactReducer
             reducer = HostExactReducer(self._MPI, self._node, n, slots, tail)
@@ -123,7 +125,8 @@ class MpiComm:
             # on a quiet machine it won 10% at 1 Gbit/s and lost 55% at 10 Gbit/s (docs/benchmarks.md)
             overlap = (os.environ.get(OVERLAP_ENV, "0").strip() == "1"
                        and self._MPI.Query_thread() >= self._MPI.THREAD_MULTIPLE)
-            reducer = (OverlapExactReducer if overlap else MpiExactReducer)(self._MPI, self._comm, n, slots, tail, why)
+            reducer = (OverlapExactReducer if overlap else MpiExactReducer)(self._MPI, self._comm, n, slots, tail, why,
+                                                                            wire)
         for name in ("combine", "finish"):     # the step's sum, timed by the watchdog as before
             method = getattr(reducer, name, None)
             if method is not None:

@@ -49,6 +49,7 @@ import numpy as np
 from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, weighted_ranges
 from worker.mlp import MLP
 from worker.mlp_bylayer import parts_by_layer
+from worker.spec import BF16_WIRE_NOTE
 from worker.stepsync import Reduced
 
 STOP, STOP_CHECKPOINT, SECONDS = range(3)   # each rank's tail: these, then the loss of each part
@@ -64,11 +65,13 @@ class PartsResult(list):
 class ExactStep:
     """The buffers, plan and reduction of the exact step. See the module docstring."""
 
-    def __init__(self, model: MLP, comm, parts: int, balance: bool = True, fuse: bool | None = None):
+    def __init__(self, model: MLP, comm, parts: int, balance: bool = True, fuse: bool | None = None,
+                 wire: str = "fp32"):
         if parts < 1:
             raise ValueError(f"parts must be at least 1, got {parts}")
-        self.model, self.comm, self.parts, self.balance = model, comm, parts, balance
-        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts)
+        self.model, self.comm, self.parts, self.balance, self.wire = model, comm, parts, balance, wire
+        # wire "bf16" (spec train.wire): what crosses hosts is bfloat16, and the bits depend on the rank count
+        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts, wire)
         self.slots = self.reducer.slots
         model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
         self._views = [model.layer_views(slot) for slot in self.slots]
@@ -95,7 +98,8 @@ class ExactStep:
     @property
     def note(self) -> str:
         how = self.reducer.note
-        return (f"exact step: {self.parts} micro-batches summed in a fixed tree over their indices"
+        wire = f"{BF16_WIRE_NOTE}; " if self.wire == "bf16" else ""
+        return (f"{wire}exact step: {self.parts} micro-batches summed in a fixed tree over their indices"
                 f"{'; ' + how if how else ''}{'; ' + self.pinned_note if self.pinned_note else ''}")
 
     def rows(self, batch: np.ndarray) -> np.ndarray:
