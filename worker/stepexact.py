@@ -69,8 +69,11 @@ class ExactStep:
                  wire: str = "fp32"):
         if parts < 1:
             raise ValueError(f"parts must be at least 1, got {parts}")
+        # wire "bf16" (spec train.wire): what crosses hosts is bfloat16, rounded per frontier node, so the bits
+        # depend on which ranks hold which parts. Rebalancing would make that the machine's load: the split stays
+        # the even one, a function of the rank count, and a run repeats its bits at the same rank count.
+        balance = balance and wire != "bf16"
         self.model, self.comm, self.parts, self.balance, self.wire = model, comm, parts, balance, wire
-        # wire "bf16" (spec train.wire): what crosses hosts is bfloat16, and the bits depend on the rank count
         self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts, wire)
         self.slots = self.reducer.slots
         model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
@@ -98,7 +101,7 @@ class ExactStep:
     @property
     def note(self) -> str:
         how = self.reducer.note
-        wire = f"{BF16_WIRE_NOTE}; " if self.wire == "bf16" else ""
+        wire = f"{BF16_WIRE_NOTE} (parts not rebalanced); " if self.wire == "bf16" else ""
         return (f"{wire}exact step: {self.parts} micro-batches summed in a fixed tree over their indices"
                 f"{'; ' + how if how else ''}{'; ' + self.pinned_note if self.pinned_note else ''}")
 
