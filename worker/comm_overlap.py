@@ -19,7 +19,8 @@ the main thread is inside GEMMs. One thread per process does the layers' message
 the communicator, polling with Testall and sleeping POLL_S between polls (a spinning wait would take a core
 from the ranks' own compute: on a small host the ranks fill the cores). numpy's GEMMs release the GIL. Once
 the backward pass is over (finish), nothing competes with it: the thread then polls without sleeping.
-Opt-in, GRADMESH_OVERLAP=1 (worker/comm_mpi.py): without it the combine runs in one piece after the backward pass.
+Opt-in, GRADMESH_OVERLAP=1 (worker/comm_mpi.py): without it the combine runs in one piece after the backward pass;
+`[train] overlap = "auto"` builds this reducer and times both ways on the job (worker/overlapchoice.py).
 """
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ OVERLAP_ENV = "GRADMESH_OVERLAP"
 class OverlapExactReducer(MpiExactReducer):
     """MpiExactReducer's slots and tail, combined per layer by one communication thread."""
 
-    def __init__(self, MPI, comm, n: int, slots: int, tail: int, why: str, wire: str = "fp32"):
+    def __init__(self, MPI, comm, n: int, slots: int, tail: int, why: str, wire: str = "fp32",
+                 chooses: bool = False):
+        """`chooses`: the caller may also `combine` in one piece, step by step (worker/overlapchoice.py)."""
         super().__init__(MPI, comm, n, slots, tail, why, wire)
-        self.note += ", layer by layer during the backward pass"
+        self.note += ", layer by layer or in one piece" if chooses else ", layer by layer during the backward pass"
         self._layers = comm.Dup()          # the thread's own: its messages never meet the main thread's
         self._jobs: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()

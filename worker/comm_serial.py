@@ -37,7 +37,7 @@ class SerialComm:
         import numpy as np
         return np.zeros(n, dtype)
 
-    def exact_reducer(self, n: int, slots: int, tail: int, wire: str = "fp32"):
+    def exact_reducer(self, n: int, slots: int, tail: int, wire: str = "fp32", overlap: str = "env"):
         from worker.comm_exact import LocalExactReducer   # one process: nothing crosses a wire, whatever `wire` says
         return LocalExactReducer(n, slots, tail)
 

@@ -187,7 +187,7 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
     P = model.num_params
     # the exact step (the same bits at any rank count) unless the spec asks for per-rank sums
-    sync = (ExactStep(model, comm, t.micro_batches, wire=t.wire) if t.micro_batches
+    sync = (ExactStep(model, comm, t.micro_batches, wire=t.wire, choose_overlap=t.overlap == "auto") if t.micro_batches
             else StepSync(model, comm, overlap=t.overlap))
     if rank == 0 and sync.note:
         print(f"gradmesh: {sync.note}", flush=True)
@@ -283,6 +283,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
                 stop = None
             total = sync.reduce(s, stop=stop is not None or sigterm.raised,
                                 checkpoint=sigterm.raised or (stop is not None and stop.checkpoint))
+            news = sync.news() if rank == 0 and hasattr(sync, "news") else ""
+            if news:    # e.g. which way the combine runs, once the job has timed both
+                print(f"gradmesh: {news}", flush=True)
             loss_sum = fault.corrupt_loss(step, total.loss_sum)
             if not math.isfinite(loss_sum):
                 hooks.on_finish(step=step, epoch=sampler.epoch_of(step), status="nan",
