@@ -93,6 +93,17 @@ def test_a_bfloat16_value_survives_the_trip_and_the_error_is_at_most_half_a_unit
     assert np.all(np.abs(once - x) <= np.abs(x) * 2.0 ** -8)    # 8 significant bits: half a unit is 2^-8 relative
 
 
+def test_rounding_in_place_gives_the_bits_of_encode_then_decode():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 1 << 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x[:100] = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0] * 16 + [1.0] * 4, np.float32)
+    want = round_bf16(x)
+    got = Bf16Codec().round_(x.copy())
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))   # NaNs too, bit for bit
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        Bf16Codec().round_(x[::2])
+
+
 def test_the_codec_refuses_wrong_types_and_shapes():
     codec = Bf16Codec()
     with pytest.raises(ValueError, match="float32 in and uint16 out"):

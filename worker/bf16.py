@@ -3,6 +3,7 @@
     codec = Bf16Codec(n)                 # scratch for vectors of up to n elements, made once
     codec.encode(f32, words)             # words (uint16) = f32 rounded to nearest bfloat16, ties to even
     codec.decode(words, f32)             # f32 = the words widened (exactly: every bfloat16 is a float32)
+    codec.round_(f32)                    # in place: f32's values after encode and decode, without the words
     round_bf16(x)                        # x's values after a trip through bfloat16 (float32, a new array)
 
 bfloat16 is float32's sign, its 8 exponent bits and the top 7 of its 23 mantissa bits: the same range, about
@@ -21,6 +22,7 @@ import numpy as np
 
 QUIET_NAN_BIT = np.uint32(0x0040)   # in the top half: the highest mantissa bit bfloat16 keeps
 ROUNDING_BIAS = np.uint32(0x7FFF)
+UPPER_HALF = np.uint32(0xFFFF0000)
 
 
 class Bf16Codec:
@@ -55,6 +57,23 @@ class Bf16Codec:
         if nan.any():                              # rare (a diverging step): keep them NaN, quiet
             out[nan] = ((bits[nan] >> np.uint32(16)) | QUIET_NAN_BIT).astype(np.uint16)
         return out
+
+    def round_(self, x: np.ndarray) -> np.ndarray:
+        """Round float32 `x` to bfloat16 values in place: encode and decode in one, without the 16-bit words."""
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            raise ValueError(f"round_ needs a C-contiguous float32 array, got {x.dtype}")
+        bits = x.reshape(-1).view(np.uint32)
+        wide, nan = self._scratch(bits.size)
+        np.isnan(x.reshape(-1), out=nan)
+        saved = bits[nan] if nan.any() else None    # rare: NaNs keep their own top half, made quiet
+        np.right_shift(bits, 16, out=wide)
+        np.bitwise_and(wide, 1, out=wide)
+        np.add(wide, ROUNDING_BIAS, out=wide)
+        np.add(bits, wide, out=bits)
+        np.bitwise_and(bits, UPPER_HALF, out=bits)
+        if saved is not None:
+            bits[nan] = (saved & UPPER_HALF) | (QUIET_NAN_BIT << np.uint32(16))
+        return x
 
     @staticmethod
     def decode(words: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -11,10 +11,12 @@ not MPI's. With one node per rank (aligned splits: 2, 4, 8 ranks and 16 parts) e
 2 (N-1)/N of the vector, what an allreduce moves. The tails are gathered with Allgather (not summed).
 
 `wire = "bf16"` (the spec's `train.wire`, for slow links) halves those bytes and leaves the exact path: every
-node's vector is rounded to bfloat16 (worker/bf16.py) and sent as 16-bit words, the owner's own node rounded
-alike so a slice's sum does not depend on who owns it; the owner adds the widened values in float32 in the
-same tree order, rounds the total to bfloat16 again and the allgather carries those words. Every rank still
-ends with the same bits, but they depend on the frontier, so on the rank count. The tails stay float64.
+node's vector is rounded to bfloat16 (worker/bf16.py), what goes to another rank sent as 16-bit words, the
+owner's own slice rounded in place (so a sum does not depend on which rank owns the slice, and the combine in
+one piece gives the bits of worker/comm_overlap.py's, whose owners are per layer); the owner adds in float32
+in the same tree order, rounds the total to bfloat16, keeps those values itself and the allgather carries
+their words. Every rank ends with the same bits, and a job repeats them at the same rank count, but they
+depend on where the parts meet (the frontier), so on the rank count. The tails stay float64.
 
 MPI's own Allreduce would be exact only for two nodes (a + b = b + a); its order over more is MPI's to
 choose. This module calls methods of the communicator handed to it: it imports no mpi4py. It imports numpy
@@ -53,11 +55,15 @@ class MpiExactReducer:
 
     # ---- the bf16 wire's buffers and conversions (no-ops on the fp32 wire) ---------------------------------
     def _node_words(self, slot: int, vec: np.ndarray, lo: int, hi: int, a: int, b: int) -> np.ndarray:
-        """Encode vec[lo:hi] (a node of mine) into its words; its slice [a:b], summed here, becomes the rounded
-        values, as every other node arrives. The words of the slot span the whole vector."""
+        """The words of vec[lo:hi] (a node of mine) but for [a:b], my own slice, which is rounded in place
+        instead: it is added here, and rounded like every node's slice, so a sum does not depend on which rank
+        owns the slice (worker/comm_overlap.py's owners are per layer). The words span the whole vector."""
         words = self._buffer(("slot", slot), len(vec))
-        self._codec.encode(vec[lo:hi], words[lo:hi])
-        self._codec.decode(words[a:b], vec[a:b])
+        for x, y in ((lo, a), (b, hi)):
+            if y > x:
+                self._codec.encode(vec[x:y], words[x:y])
+        if b > a:
+            self._codec.round_(vec[a:b])
         return words
 
     def _buffer(self, key, n: int) -> np.ndarray:
@@ -114,7 +120,9 @@ class MpiExactReducer:
         if bf16:
             back = self._round_total(out, lo, hi)
             comm.Allgatherv(MPI.IN_PLACE, [back, (counts, self._edges[:-1]), MPI.UINT16_T])
-            self._codec.decode(back, out)
+            for x, y in ((0, lo), (hi, n)):     # the others' slices (mine is already its words' values)
+                if y > x:
+                    self._codec.decode(back[x:y], out[x:y])
         else:
             comm.Allgatherv(MPI.IN_PLACE, [out, (counts, self._edges[:-1]), MPI.FLOAT])
         return self._gathered.copy()
