@@ -38,6 +38,12 @@ the zeroing of the right leaf's buffer and its write go (GRADMESH_EXACT_FUSE=0 w
 And every `REBALANCE_EVERY` steps the ranks' measured seconds move at most `MAX_MOVE` parts between
 neighbours (worker/microbatch.py `weighted_ranges`), so a rank that shares its core with another
 process gets fewer parts; the bits do not change, whoever computes which part.
+
+Two choices of the spec's [train] table change how the combine between hosts runs. `wire = "bf16"` sends it
+as bfloat16 (worker/comm_exact.py): half the bytes, but the bits then depend on where the parts meet, so on
+the rank count, and the parts are not rebalanced. `overlap = "auto"` times the combine layer by layer and in
+one piece on the job and keeps the faster (worker/overlapchoice.py; each rank's previous step time rides in
+its tail); both ways give the same bits, on either wire.
 """
 from __future__ import annotations
 
