@@ -13,12 +13,18 @@ from __future__ import annotations
 import json
 import types
 
+import grpc
+
 import numpy as np
 import pytest
 from test_exact_overlap import run_on_hosts
 from test_exact_ranks import layer_arrays, serial_run
 
+from conftest import AuthedJobStub
+from coordinator.rpc import gradmesh_pb2 as pb
+from coordinator.states import JobState
 from coordinator.supervision.running import wire_note
+from helpers import digits_toml, watch_to_end
 from mpi_programs.launch import run_mpi
 from netns_hosts import netns_cluster
 from worker.bf16 import Bf16Codec, round_bf16
@@ -147,6 +153,21 @@ def test_a_running_jobs_status_says_it_left_the_exact_path():
     assert wire_note(job({"steps": 5, "wire": "bf16"})) == f"; {BF16_WIRE_NOTE}" == \
         "; bf16 wire: not exact across rank counts"
     assert wire_note(job({"steps": 5})) == "" and wire_note(job({"steps": 5, "wire": "fp32"})) == ""
+
+
+@pytest.mark.timeout(180)
+def test_a_coordinators_job_says_so_in_its_status_and_its_log(coordinator):
+    text = digits_toml("wire-status", steps=20).replace("[train]\n", '[train]\nwire = "bf16"\n')
+    with grpc.insecure_channel(coordinator.address) as channel:
+        api = AuthedJobStub(channel, coordinator.token, timeout=120)
+        job = api.SubmitJob(pb.SubmitJobRequest(spec=text, job_id="wire-1")).job
+        events = watch_to_end(api, job.id)
+        running = [h.message for h in events[0].snapshot.history if h.state == pb.RUNNING] + \
+                  [e.state.message for e in events[1:] if e.WhichOneof("event") == "state" and e.state.state == pb.RUNNING]
+        assert running and running[0].startswith("running on ") and running[0].endswith(f"; {BF16_WIRE_NOTE}"), running
+        assert JobState(events[-1].state.state) is JobState.SUCCEEDED, events[-1]
+        log = b"".join(chunk.data for chunk in api.StreamLogs(pb.StreamLogsRequest(job_id=job.id))).decode()
+        assert f"gradmesh: {BF16_WIRE_NOTE} (parts not rebalanced); exact step" in log, log
 
 
 # ---- jobs under mpirun ----------------------------------------------------------------------------------
