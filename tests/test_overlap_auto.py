@@ -4,7 +4,8 @@ the faster (worker/overlapchoice.py), without changing a bit.
 The schedule and the decision are checked alone (warm-up in one piece, then alternating, the lower median
 wins, said once); the spec refuses what it cannot use; and real jobs on two hosts made of network namespaces
 (tests/netns_hosts.py; root, else skipped) say which way they chose and end with the bits of one plain
-process, which the overlapped and the one-piece combines both give (tests/test_exact_overlap.py).
+process, which the overlapped and the one-piece combines both give (tests/test_exact_overlap.py); on the bf16
+wire, with the bits of the same job combined in one piece.
 """
 from __future__ import annotations
 
@@ -78,3 +79,14 @@ def test_jobs_on_two_hosts_choose_say_which_and_keep_the_bits_of_one_process(tmp
             assert "layer by layer or in one piece" in output, output
             assert len(CHOSE.findall(output)) == 1, output
             assert differing(reference, layer_arrays(out / "final.npz")) == [], per_host
+        # on the bf16 wire too: the choice changes when the layers go, not what the ranks end with
+        bf16 = tmp_path / "auto-bf16.toml"
+        bf16.write_text(spec.read_text().replace('overlap = "auto"', 'overlap = "auto"\nwire = "bf16"'))
+        plain = tmp_path / "bf16.toml"
+        plain.write_text(bf16.read_text().replace('overlap = "auto"\n', ""))
+        run_on_hosts(cluster, plain, tmp_path / "bf16-plain", (2, 1), took)
+        output = run_on_hosts(cluster, bf16, tmp_path / "bf16-auto", (2, 1), took)
+        assert len(CHOSE.findall(output)) == 1 and "bf16 on the wire" in output, output
+        assert differing(layer_arrays(tmp_path / "bf16-plain" / "final.npz"),
+                         layer_arrays(tmp_path / "bf16-auto" / "final.npz")) == []
+        assert differing(reference, layer_arrays(tmp_path / "bf16-auto" / "final.npz")) != []   # not fp32's
