@@ -15,6 +15,8 @@ Runs per rate (a few hundred steps each; the step time is the median of windows 
   exact8 no overlap     the same as shipped by default: the combine after the whole backward pass
   bf16 wire             gradmesh exact8 with `[train] wire = "bf16"`: the combine between hosts sends bfloat16, half
                         the bytes (not exact across rank counts); and `bf16 no overlap`, its combine after backward
+  exact8 auto           `[train] overlap = "auto"`: the job times both ways for 5 steps each (in the warm-up and the
+                        first timed steps) and keeps the faster; its note says which
   gradmesh sums         micro_batches = 0 (per-rank sums and one Allreduce: not exact across rank counts)
   PyTorch DDP           gloo over the same veths, one rank per namespace, the same MLP, batch and SGD
   compute exact8 / sums the compute alone: one process, a rank's half of the batch (and of the parts), no
@@ -51,12 +53,14 @@ RUNS = {  # name: (kind, parts, extra environment)
     "exact8 no overlap": ("gradmesh", 8, {}),
     "bf16 wire": ("gradmesh", 8, {"GRADMESH_OVERLAP": "1"}),
     "bf16 no overlap": ("gradmesh", 8, {}),
+    "exact8 auto": ("gradmesh", 8, {}),
     "gradmesh sums": ("gradmesh", 0, {}),
     "PyTorch DDP": ("torch", 0, {}),
     "compute exact8": ("compute", 8, {}),
     "compute sums": ("compute", 0, {}),
 }
 WIRE = {"bf16 wire": "bf16", "bf16 no overlap": "bf16"}   # the spec's train.wire of a run; the others: fp32
+AUTO = {"exact8 auto"}   # runs with the spec's train.overlap = "auto": the job times both ways, keeps the faster
 
 
 def base_env() -> dict[str, str]:
@@ -105,13 +109,14 @@ def stream_rate(topo, env, src: str, dst: str, seconds: float) -> float:
     return 8 * int(total) / float(took)
 
 
-def run(topo, env, kind: str, parts: int, steps: int, extra: dict, wire: str = "fp32") -> tuple[list[float], str]:
+def run(topo, env, kind: str, parts: int, steps: int, extra: dict, wire: str = "fp32",
+        auto: bool = False) -> tuple[list[float], str]:
     env = {**env, **extra}
     a, b = topo.hosts
     timeout = 120 + steps * 2.0
     common = ["--parts", str(parts), "--steps", str(steps)]
     if kind == "gradmesh":
-        common += ["--wire", wire]
+        common += ["--wire", wire, "--overlap", "auto" if auto else "env"]
         mpirun = str(Path(sys.executable).parent / "mpirun")
         genv = [x for k, v in extra.items() for x in ("-genv", k, v)]
         proc = in_ns(topo.switch, [mpirun, *topo.mpirun_args, *genv, "-hosts", f"{a}:1,{b}:1", "-n", "2",
@@ -209,7 +214,8 @@ def main() -> int:
             for r in range(args.rounds):
                 for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
                     kind, parts, extra = runs[name]
-                    got, notes[name] = run(topo, env, kind, parts, args.steps, extra, WIRE.get(name, "fp32"))
+                    got, notes[name] = run(topo, env, kind, parts, args.steps, extra, WIRE.get(name, "fp32"),
+                                           name in AUTO)
                     times[name].append(step_time(got, args.window))
             rows.append((rate or "unshaped", bw, shown[0].splitlines()[0], {n: float(np.median(t)) for n, t in times.items()}, notes))
             print(f"  {rate or 'unshaped'}: done (stream {bw / 1e9:.2f} Gbit/s)", flush=True)
@@ -225,8 +231,10 @@ def main() -> int:
             kind, parts, extra = RUNS[name]
             vs_ddp = f"{ddp / t:9.2f}" if ddp and kind != "compute" else f"{'-':>9}"
             overlap, width = extra.get("GRADMESH_OVERLAP") == "1", 2 if WIRE.get(name) == "bf16" else 4
-            model = (f"{1e3 * model_step(compute[parts], bw, parts > 0 and overlap, width=width):8.1f}"
-                     if kind == "gradmesh" else f"{'-':>8}")
+            predicted = model_step(compute[parts], bw, parts > 0 and overlap, width=width)
+            if name in AUTO:   # the faster of the two ways
+                predicted = min(predicted, model_step(compute[parts], bw, True, width=width))
+            model = f"{1e3 * predicted:8.1f}" if kind == "gradmesh" else f"{'-':>8}"
             print(f"  {rate:<11} {bw / 1e9:13.2f}  {1e3 * bound:8.1f}   {name:<20} {1e3 * t:7.1f}  {BATCH / t:9.0f}"
                   f"  {(f'{t / bound:7.2f}' if kind != 'compute' else '      -')}  {vs_ddp}  {model}")
             table.append((rate, bw / 1e9, 1e3 * bound, name, 1e3 * t, BATCH / t, "-" if kind == "compute" else
