@@ -13,6 +13,10 @@ Runs per rate (a few hundred steps each; the step time is the median of windows 
   gradmesh exact8       2 hosts x 1 rank, 784-1024-1024-10, global batch 256, the exact step (8 parts), overlapped
                         (GRADMESH_OVERLAP=1: each layer combined while the backward pass computes the ones below)
   exact8 no overlap     the same as shipped by default: the combine after the whole backward pass
+  bf16 wire             gradmesh exact8 with `[train] wire = "bf16"`: the combine between hosts sends bfloat16, half
+                        the bytes (not exact across rank counts); and `bf16 no overlap`, its combine after backward
+  exact8 auto           `[train] overlap = "auto"`: the job times both ways for 5 steps each (in the warm-up and the
+                        first timed steps) and keeps the faster; its note says which
   gradmesh sums         micro_batches = 0 (per-rank sums and one Allreduce: not exact across rank counts)
   PyTorch DDP           gloo over the same veths, one rank per namespace, the same MLP, batch and SGD
   compute exact8 / sums the compute alone: one process, a rank's half of the batch (and of the parts), no
@@ -47,11 +51,16 @@ BATCH = 256
 RUNS = {  # name: (kind, parts, extra environment)
     "gradmesh exact8": ("gradmesh", 8, {"GRADMESH_OVERLAP": "1"}),
     "exact8 no overlap": ("gradmesh", 8, {}),
+    "bf16 wire": ("gradmesh", 8, {"GRADMESH_OVERLAP": "1"}),
+    "bf16 no overlap": ("gradmesh", 8, {}),
+    "exact8 auto": ("gradmesh", 8, {}),
     "gradmesh sums": ("gradmesh", 0, {}),
     "PyTorch DDP": ("torch", 0, {}),
     "compute exact8": ("compute", 8, {}),
     "compute sums": ("compute", 0, {}),
 }
+WIRE = {"bf16 wire": "bf16", "bf16 no overlap": "bf16"}   # the spec's train.wire of a run; the others: fp32
+AUTO = {"exact8 auto"}   # runs with the spec's train.overlap = "auto": the job times both ways, keeps the faster
 
 
 def base_env() -> dict[str, str]:
@@ -100,12 +109,14 @@ def stream_rate(topo, env, src: str, dst: str, seconds: float) -> float:
     return 8 * int(total) / float(took)
 
 
-def run(topo, env, kind: str, parts: int, steps: int, extra: dict) -> tuple[list[float], str]:
+def run(topo, env, kind: str, parts: int, steps: int, extra: dict, wire: str = "fp32",
+        auto: bool = False) -> tuple[list[float], str]:
     env = {**env, **extra}
     a, b = topo.hosts
     timeout = 120 + steps * 2.0
     common = ["--parts", str(parts), "--steps", str(steps)]
     if kind == "gradmesh":
+        common += ["--wire", wire, "--overlap", "auto" if auto else "env"]
         mpirun = str(Path(sys.executable).parent / "mpirun")
         genv = [x for k, v in extra.items() for x in ("-genv", k, v)]
         proc = in_ns(topo.switch, [mpirun, *topo.mpirun_args, *genv, "-hosts", f"{a}:1,{b}:1", "-n", "2",
@@ -125,28 +136,29 @@ def run(topo, env, kind: str, parts: int, steps: int, extra: dict) -> tuple[list
     return [float(t) for t in read(out, "STEPS").split()], note
 
 
-def layers_ready(sizes=SIZES) -> list[tuple[float, int]]:
-    """(when its gradient is final, as a fraction of the compute; its gradient bytes) of each layer, last
-    first, counting multiply-adds: every forward GEMM, then per layer from the last its weight gradient and
-    (but for the first layer) the delta below it."""
+def layers_ready(sizes=SIZES, width: int = 4) -> list[tuple[float, int]]:
+    """(when its gradient is final, as a fraction of the compute; its gradient bytes at `width` bytes a value)
+    of each layer, last first, counting multiply-adds: every forward GEMM, then per layer from the last its
+    weight gradient and (but for the first layer) the delta below it."""
     macs = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
     total = 2 * sum(macs) + sum(macs[1:])
     done, out = sum(macs), []
     for i in range(len(macs) - 1, -1, -1):
         done += macs[i]
-        out.append((done / total, 4 * (macs[i] + sizes[i + 1])))
+        out.append((done / total, width * (macs[i] + sizes[i + 1])))
         done += macs[i] if i else 0
     return out
 
 
-def model_step(compute: float, bw: float, overlap: bool, hosts: int = 2) -> float:
+def model_step(compute: float, bw: float, overlap: bool, hosts: int = 2, width: int = 4) -> float:
     """docs/cost-model.md's step: T_compute + T_combine, less what the layer-by-layer combine hides: layer i
-    starts on the link when it is final and the layer before it has left (a combine of 2 (N-1)/N of its bytes)."""
+    starts on the link when it is final and the layer before it has left (a combine of 2 (N-1)/N of its bytes).
+    `width`: bytes a value takes on the wire (4 for fp32, 2 for the bf16 wire; its conversions are not counted)."""
     share = 2 * (hosts - 1) / hosts * 8 / bw
     if not overlap:
-        return compute + share * GRADIENT_BYTES
+        return compute + share * GRADIENT_BYTES * width / 4
     free = 0.0
-    for ready, nbytes in layers_ready():
+    for ready, nbytes in layers_ready(width=width):
         free = max(free, ready * compute) + share * nbytes
     return max(free, compute)
 
@@ -202,7 +214,8 @@ def main() -> int:
             for r in range(args.rounds):
                 for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
                     kind, parts, extra = runs[name]
-                    got, notes[name] = run(topo, env, kind, parts, args.steps, extra)
+                    got, notes[name] = run(topo, env, kind, parts, args.steps, extra, WIRE.get(name, "fp32"),
+                                           name in AUTO)
                     times[name].append(step_time(got, args.window))
             rows.append((rate or "unshaped", bw, shown[0].splitlines()[0], {n: float(np.median(t)) for n, t in times.items()}, notes))
             print(f"  {rate or 'unshaped'}: done (stream {bw / 1e9:.2f} Gbit/s)", flush=True)
@@ -217,13 +230,18 @@ def main() -> int:
             bound = max(compute[RUNS[name][1]], comm)
             kind, parts, extra = RUNS[name]
             vs_ddp = f"{ddp / t:9.2f}" if ddp and kind != "compute" else f"{'-':>9}"
-            model = f"{1e3 * model_step(compute[parts], bw, parts > 0 and not extra):8.1f}" if kind == "gradmesh" else f"{'-':>8}"
+            overlap, width = extra.get("GRADMESH_OVERLAP") == "1", 2 if WIRE.get(name) == "bf16" else 4
+            predicted = model_step(compute[parts], bw, parts > 0 and overlap, width=width)
+            if name in AUTO:   # the faster of the two ways
+                predicted = min(predicted, model_step(compute[parts], bw, True, width=width))
+            model = f"{1e3 * predicted:8.1f}" if kind == "gradmesh" else f"{'-':>8}"
             print(f"  {rate:<11} {bw / 1e9:13.2f}  {1e3 * bound:8.1f}   {name:<20} {1e3 * t:7.1f}  {BATCH / t:9.0f}"
                   f"  {(f'{t / bound:7.2f}' if kind != 'compute' else '      -')}  {vs_ddp}  {model}")
             table.append((rate, bw / 1e9, 1e3 * bound, name, 1e3 * t, BATCH / t, "-" if kind == "compute" else
                           f"{t / bound:.2f}", vs_ddp.strip(), model.strip()))
-    print(f"\n  bound = max(compute alone, 2 (N-1)/N x {GRADIENT_BYTES / 1e6:.2f} MB / stream rate), N = 2; the "
-          f"DDP row's bound uses the one-GEMM compute; load average after {load_after[0]:.2f}")
+    print(f"\n  bound = max(compute alone, 2 (N-1)/N x {GRADIENT_BYTES / 1e6:.2f} MB / stream rate), N = 2, for every "
+          f"row (the bf16 rows too: they move half those bytes, and leave the exact path); the DDP row's bound uses "
+          f"the one-GEMM compute; load average after {load_after[0]:.2f}")
     for rate, _bw, tc_line, _steps, notes in rows:
         print(f"  {rate}: tc: {tc_line}")
     for name, note in rows[-1][4].items():

@@ -1,6 +1,7 @@
 """The processes bench/links.py starts inside its namespace hosts; each prints one line the parent reads.
 
     python bench/links_workers.py gradmesh --parts 8 --steps 300      # under mpirun, one rank per host
+    python bench/links_workers.py gradmesh --parts 8 --wire bf16      # ... the combine's sums as bfloat16
     python bench/links_workers.py compute --parts 8 --steps 300       # one process: a rank's half, no combine
     python bench/links_workers.py torch --master ADDR:PORT --rank R --size 2 --steps 300   # DDP over gloo
     python bench/links_workers.py sink --bind ADDR:PORT               # a plain TCP stream, measured here
@@ -49,10 +50,11 @@ def gradmesh(args) -> int:
     comm = init_comm(hang_timeout_s=300.0)
     with threadpool_limits(limits=1):
         trainer = Trainer(comm, BATCH // comm.size, seed=comm.rank, overlap=False, parts=args.parts,
-                          balance=False)
+                          balance=False, wire=args.wire, choose_overlap=args.overlap == "auto")
         times = timed(trainer.step, args.steps)
     if comm.rank == 0:
-        report(times, getattr(trainer.sync, "note", "") or comm.reduction_note)
+        news = trainer.sync.news() if hasattr(trainer.sync, "news") else ""   # overlap auto: what it chose
+        report(times, (getattr(trainer.sync, "note", "") or comm.reduction_note) + (f"; {news}" if news else ""))
     return 0
 
 
@@ -121,6 +123,9 @@ def main() -> int:
     parser.add_argument("what", choices=["gradmesh", "compute", "torch", "sink", "source"])
     parser.add_argument("--parts", type=int, default=8, help="micro-batches of the global batch (0: per-rank sums)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps after the warm-up")
+    parser.add_argument("--wire", choices=["fp32", "bf16"], default="fp32", help="gradmesh: the spec's train.wire")
+    parser.add_argument("--overlap", choices=["env", "auto"], default="env",
+                        help='gradmesh: "auto" is the spec\'s train.overlap = "auto" (env: GRADMESH_OVERLAP decides)')
     parser.add_argument("--master", default="", help="torch: ADDR:PORT of rank 0's rendezvous")
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--size", type=int, default=2)

@@ -29,11 +29,12 @@ class Trainer:
     """One model replica and train.py's step (StepSync), for a given communicator, per-rank batch and mode."""
 
     def __init__(self, comm, batch_per_rank: int, seed: int, overlap: bool, sizes=SIZES, parts: int = 0,
-                 balance: bool = True):
+                 balance: bool = True, wire: str = "fp32", choose_overlap: bool = False):
         self.model = MLP(sizes, activation="relu", loss="cross_entropy", seed=0)
         self.parts = parts
         if parts:   # the exact step: every rank holds the global batch and takes its parts' rows each step
-            self.sync = ExactStep(self.model, comm, parts, balance=balance)
+            self.sync = ExactStep(self.model, comm, parts, balance=balance, wire=wire,
+                                  choose_overlap=choose_overlap)
             rng = np.random.default_rng(0)
             batch = batch_per_rank * comm.size
         else:

@@ -13,8 +13,8 @@ callers import; the others sit below the face and never import it back:
                      (converted once) and data_paths.py (DataError, the data-roots check)
   comm.py            every MPI call: the face (init_comm, the Comm protocol) over comm_mpi.py, comm_serial.py,
                      comm_buffers.py, comm_abort.py, comm_exact.py (the exact combine over MPI; comm_overlap.py, the
-                     same per layer during backward), and the helpers
-                     hangwatch.py, shmreduce.py, shmexact.py (the exact combine in shared memory), mpiwait.py
+                     same per layer during backward; bf16.py, the bfloat16 rounding of their bf16 wire), and
+                     the helpers hangwatch.py, shmreduce.py, shmexact.py (the exact combine in shared memory), mpiwait.py
   blas.py, threads.py  the BLAS kernel (chosen before numpy loads) and thread count of a rank
   train.py           the loop, with hooks.py (what it tells the outside), checkpoint.py, failure.py (exit
                      codes, typed failures) and faults.py (faults injected for tests)

@@ -108,10 +108,14 @@ class MpiComm:
                                f"waiting: {self.wait_policy}")
         return reducer.buffer
 
-    def exact_reducer(self, n: int, slots: int, tail: int):
+    def exact_reducer(self, n: int, slots: int, tail: int, wire: str = "fp32", overlap: str = "env"):
         """The exact step's node vectors and their combine (worker/stepexact.py): in host-shared memory when
         every rank is on this host (worker/shmexact.py), else over MPI by slice owners (worker/comm_exact.py).
-        Collective: every rank calls it with the same sizes. Its `combine` runs under the hang watchdog."""
+        `wire` is what those MPI messages carry: "fp32", or "bf16" (half the bytes, not exact across rank
+        counts); sums in shared memory stay fp32. `overlap`: "env" (GRADMESH_OVERLAP=1 combines layer by layer
+        during the backward pass) or "auto" (a reducer that can do both, for the caller to choose step by step:
+        `[train] overlap = "auto"`). Collective: every rank calls it with the same arguments. Its `combine` (and
+        `finish`) runs under the hang watchdog."""
         if self.local_size == self.size and os.environ.get(SHM_REDUCE_ENV, "1").strip() != "0":
             from worker.shmexact import HostExactReducer
             reducer = HostExactReducer(self._MPI, self._node, n, slots, tail)
@@ -121,9 +125,12 @@ class MpiComm:
             why = "ranks on several hosts" if self.local_size < self.size else f"{SHM_REDUCE_ENV}=0"
             # layer by layer during backward (its thread calls MPI beside the main thread's), when asked: measured
             # on a quiet machine it won 10% at 1 Gbit/s and lost 55% at 10 Gbit/s (docs/benchmarks.md)
-            overlap = (os.environ.get(OVERLAP_ENV, "0").strip() == "1"
-                       and self._MPI.Query_thread() >= self._MPI.THREAD_MULTIPLE)
-            reducer = (OverlapExactReducer if overlap else MpiExactReducer)(self._MPI, self._comm, n, slots, tail, why)
+            layered = (overlap == "auto" or os.environ.get(OVERLAP_ENV, "0").strip() == "1") \
+                and self._MPI.Query_thread() >= self._MPI.THREAD_MULTIPLE
+            if layered:
+                reducer = OverlapExactReducer(self._MPI, self._comm, n, slots, tail, why, wire, overlap == "auto")
+            else:
+                reducer = MpiExactReducer(self._MPI, self._comm, n, slots, tail, why, wire)
         for name in ("combine", "finish"):     # the step's sum, timed by the watchdog as before
             method = getattr(reducer, name, None)
             if method is not None:

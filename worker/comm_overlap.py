@@ -11,13 +11,16 @@ computes the parts layer by layer, last layer first), its part s goes to rank s 
 below are still being computed; the owner adds the frontier up in its part along the tree (the same
 `combine_frontier`, element by element, so the same bits as the one-piece combine) and sends the total to
 every other rank. The bytes are those of the one-piece combine: 2 (N-1)/N of the vector per rank.
+On the bf16 wire (`train.wire`) a layer's slices and totals are rounded and sent as worker/comm_exact.py's
+are: element by element, so the same bits as that combine in one piece.
 
 Why a thread: MPI moves a large message (UCX's rendezvous over TCP) only while someone calls into MPI, and
 the main thread is inside GEMMs. One thread per process does the layers' messages in order on a duplicate of
 the communicator, polling with Testall and sleeping POLL_S between polls (a spinning wait would take a core
 from the ranks' own compute: on a small host the ranks fill the cores). numpy's GEMMs release the GIL. Once
 the backward pass is over (finish), nothing competes with it: the thread then polls without sleeping.
-Opt-in, GRADMESH_OVERLAP=1 (worker/comm_mpi.py): without it the combine runs in one piece after the backward pass.
+Opt-in, GRADMESH_OVERLAP=1 (worker/comm_mpi.py): without it the combine runs in one piece after the backward pass;
+`[train] overlap = "auto"` builds this reducer and times both ways on the job (worker/overlapchoice.py).
 """
 from __future__ import annotations
 
@@ -38,9 +41,11 @@ OVERLAP_ENV = "GRADMESH_OVERLAP"
 class OverlapExactReducer(MpiExactReducer):
     """MpiExactReducer's slots and tail, combined per layer by one communication thread."""
 
-    def __init__(self, MPI, comm, n: int, slots: int, tail: int, why: str):
-        super().__init__(MPI, comm, n, slots, tail, why)
-        self.note += ", layer by layer during the backward pass"
+    def __init__(self, MPI, comm, n: int, slots: int, tail: int, why: str, wire: str = "fp32",
+                 chooses: bool = False):
+        """`chooses`: the caller may also `combine` in one piece, step by step (worker/overlapchoice.py)."""
+        super().__init__(MPI, comm, n, slots, tail, why, wire)
+        self.note += ", layer by layer or in one piece" if chooses else ", layer by layer during the backward pass"
         self._layers = comm.Dup()          # the thread's own: its messages never meet the main thread's
         self._jobs: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
@@ -91,18 +96,21 @@ class OverlapExactReducer(MpiExactReducer):
 
     def _layer(self, index: int, lo: int, hi: int) -> None:
         MPI, comm, me, size, nodes = self._MPI, self._layers, self.rank, self.size, self._nodes
+        bf16 = self._codec is not None      # the bf16 wire: the one-piece combine's roundings, layer by layer
+        kind = MPI.UINT16_T if bf16 else MPI.FLOAT
         n = hi - lo
         edges = [lo + min(n, -(-(n * r // size) // ALIGN) * ALIGN) for r in range(size)] + [hi]
         a, b = edges[me], edges[me + 1]
         tag = 2 * len(nodes) * index       # one tag per (layer, node) and phase; the step's layers in order
-        requests, mine = [], []
+        requests, mine, arriving = [], [], []
         for k, (rank, slot, _node) in enumerate(nodes):
             if rank == me:
                 vec = self.slots[slot]
+                sent = self._node_words(slot, vec, lo, hi, a, b) if bf16 else vec
                 mine.append(vec[a:b])
                 for dest in range(size):
                     if dest != me and edges[dest + 1] > edges[dest]:
-                        requests.append(comm.Isend([vec[edges[dest]:edges[dest + 1]], MPI.FLOAT], dest=dest,
+                        requests.append(comm.Isend([sent[edges[dest]:edges[dest + 1]], kind], dest=dest,
                                                    tag=tag + k))
             else:
                 buf = self._buffers.get((index, k))
@@ -110,8 +118,13 @@ class OverlapExactReducer(MpiExactReducer):
                     buf = self._buffers[(index, k)] = np.empty(b - a, np.float32)
                 mine.append(buf)
                 if b > a:
-                    requests.append(comm.Irecv([buf, MPI.FLOAT], source=rank, tag=tag + k))
+                    into = self._buffer(("recv", index, k), b - a) if bf16 else buf
+                    if bf16:
+                        arriving.append((into, buf))
+                    requests.append(comm.Irecv([into, kind], source=rank, tag=tag + k))
         self._wait(requests)
+        for words, values in arriving:
+            self._codec.decode(words, values)
         out = self.slots[0]
         if b > a:
             def add(i: int, j: int) -> None:
@@ -119,13 +132,18 @@ class OverlapExactReducer(MpiExactReducer):
             total = mine[combine_frontier(nodes, self._parts, add)]
             if not np.may_share_memory(out[a:b], total):
                 out[a:b] = total
+        back = self._round_total(out, a, b) if bf16 else out
         requests = []
         for peer in range(size):          # the allgather, point to point: my part to all, theirs to me
             if peer == me:
                 continue
             if b > a:
-                requests.append(comm.Isend([out[a:b], MPI.FLOAT], dest=peer, tag=tag + len(nodes)))
+                requests.append(comm.Isend([back[a:b], kind], dest=peer, tag=tag + len(nodes)))
             if edges[peer + 1] > edges[peer]:
-                requests.append(comm.Irecv([out[edges[peer]:edges[peer + 1]], MPI.FLOAT], source=peer,
+                requests.append(comm.Irecv([back[edges[peer]:edges[peer + 1]], kind], source=peer,
                                            tag=tag + len(nodes)))
         self._wait(requests)
+        if bf16:
+            for peer in range(size):
+                if peer != me:
+                    self._codec.decode(back[edges[peer]:edges[peer + 1]], out[edges[peer]:edges[peer + 1]])

@@ -37,8 +37,8 @@ class SerialComm:
         import numpy as np
         return np.zeros(n, dtype)
 
-    def exact_reducer(self, n: int, slots: int, tail: int):
-        from worker.comm_exact import LocalExactReducer
+    def exact_reducer(self, n: int, slots: int, tail: int, wire: str = "fp32", overlap: str = "env"):
+        from worker.comm_exact import LocalExactReducer   # one process: nothing crosses a wire, whatever `wire` says
         return LocalExactReducer(n, slots, tail)
 
     def allreduce_sum_(self, buf: np.ndarray) -> None:

@@ -119,7 +119,8 @@ class ConsoleHooks(Hooks):
                     if self.has_validation else f"{info.get('train_examples', 0):,} train examples, {NO_VALIDATION}")
         self._say(f"gradmesh: {info.get('name', 'job')}: {info.get('ranks', 1)} rank(s) × "
                   f"{info.get('threads_per_rank', '?')} BLAS thread(s), {info.get('params', 0):,} parameters, "
-                  f"{examples}, {total_steps} steps{resumed}")
+                  f"{examples}, {total_steps} steps{resumed}"
+                  f"{'; ' + info['wire_note'] if info.get('wire_note') else ''}")
 
     def on_metrics(self, point):
         self._say(format_point(point, self.total_steps, self.has_validation))

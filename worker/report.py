@@ -130,7 +130,7 @@ class CoordinatorHooks(CheckpointFetch, CheckpointUploads, Hooks):
     def on_start(self, *, step, total_steps, epoch, info):
         # the attempt's log (`gradmesh logs -f`, the dashboard) shows what a standalone run prints, as it is printed
         self._console.on_start(step=step, total_steps=total_steps, epoch=epoch, info=info)
-        ranks = f"{info.get('ranks', '?')} rank(s)"
+        ranks = f"{info.get('ranks', '?')} rank(s)" + (f", {info['wire_note']}" if info.get("wire_note") else "")
         with self._lock:
             self._progress = (step, total_steps, epoch)
             self._events.append((pb.WORKER_EVENT_STARTED, f"{ranks}, resumed at step {step}" if step else ranks, None))

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from worker.spec_parsing import (drop_unused, load_raw, load_spec, parse_spec, parse_spec_text, parse_stored_spec,
                                  with_overrides)
-from worker.spec_shape import (ACTIVATIONS, BUILTIN_SOURCES, INT64_MAX, INT64_MIN, LOSSES, MAX_BACKOFF_S,
-                               MAX_HANG_TIMEOUT_S, MAX_LAYER_SIZE, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS,
-                               SCHEDULES, CheckpointSpec, DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec,
+from worker.spec_shape import (ACTIVATIONS, BF16_WIRE_NOTE, BUILTIN_SOURCES, INT64_MAX, INT64_MIN, LOSSES,
+                               MAX_BACKOFF_S, MAX_HANG_TIMEOUT_S, MAX_LAYER_SIZE, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS,
+                               SCHEDULES, WIRES, CheckpointSpec, DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec,
                                SpecError, SyntheticSpec, TrackingSpec, TrainSpec, is_csv_source, is_idx_file_source,
                                short_repr, unused_settings)
 
@@ -32,7 +32,7 @@ __all__ = [
     "JobSpec", "ModelSpec", "DataSpec", "SyntheticSpec", "TrainSpec", "OptimSpec", "CheckpointSpec", "FaultSpec",
     "TrackingSpec",
     "SpecError", "unused_settings", "is_csv_source", "is_idx_file_source", "short_repr",
-    "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "BUILTIN_SOURCES",
+    "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "BUILTIN_SOURCES", "WIRES", "BF16_WIRE_NOTE",
     "MAX_LAYER_SIZE", "MAX_RESTARTS", "MAX_BACKOFF_S", "MAX_HANG_TIMEOUT_S", "INT64_MIN", "INT64_MAX",
     # reading and checking (worker/spec_parsing.py)
     "load_spec", "parse_spec_text", "load_raw", "parse_spec", "drop_unused", "parse_stored_spec", "with_overrides",

@@ -21,6 +21,7 @@ from typing import Any
 
 from worker.spec_shape import (ACTIVATIONS, INT64_MAX, INT64_MIN, LOSSES, MAX_BACKOFF_S, MAX_HANG_TIMEOUT_S,
                                MAX_LAYER_SIZE, MAX_MICRO_BATCHES, MAX_RESTARTS, NORMALIZATIONS, OPTIMIZERS, SCHEDULES,
+                               OVERLAP_WORDS, WIRES,
                                CheckpointSpec, DataSpec, FaultSpec, JobSpec, ModelSpec, OptimSpec, SpecError,
                                SyntheticSpec, TrainSpec, short_repr, unused_settings)
 
@@ -133,8 +134,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Type-check one scalar (or list) against the type of its default."""
     if isinstance(default, bool):
+        words = OVERLAP_WORDS if key == "train.overlap" else ()
+        if isinstance(value, str) and value in words:
+            return value
         if not isinstance(value, bool):
-            raise SpecError(key, f"must be true or false, got {short_repr(value)}")
+            allowed = "true, false or " + " or ".join(f'"{w}"' for w in words) if words else "true or false"
+            raise SpecError(key, f"must be {allowed}, got {short_repr(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -205,6 +210,12 @@ def _check_section(obj: Any, prefix: str) -> None:
         _require(obj.threads_per_rank >= 0, p + "threads_per_rank", "must not be negative (0 = automatic)")
         _require(0 <= obj.micro_batches <= MAX_MICRO_BATCHES, p + "micro_batches",
                  f"must be in 0..{MAX_MICRO_BATCHES} (0 = per-rank sums, not exact across rank counts)")
+        _require(obj.overlap != "auto" or obj.micro_batches > 0, p + "overlap",
+                 '"auto" chooses how the exact step combines between hosts: it needs micro_batches > 0')
+        _one_of(obj.wire, WIRES, p + "wire")
+        _require(obj.wire == "fp32" or obj.micro_batches > 0, p + "wire",
+                 "bf16 is the exact step's wire format: it needs micro_batches > 0 (the per-rank sums of "
+                 "micro_batches = 0 cross hosts in fp32)")
         _require(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", obj.blas_kernel) is not None, p + "blas_kernel",
                  f"must be auto, default or an OpenBLAS core name such as Haswell; got {short_repr(obj.blas_kernel)}")
     elif isinstance(obj, OptimSpec):

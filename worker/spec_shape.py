@@ -33,6 +33,9 @@ MAX_HANG_TIMEOUT_S = 7 * 86400.0
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # the store's integers are SQLite's int64
 MICRO_BATCHES_DEFAULT = 8       # enough parts for 8 ranks; more parts cost more per step (docs/cost-model.md)
 MAX_MICRO_BATCHES = 1024
+OVERLAP_WORDS = ("auto",)       # what train.overlap takes beside true and false
+WIRES = ("fp32", "bf16")       # train.wire: what the exact step's combine sends between hosts
+BF16_WIRE_NOTE = "bf16 wire: not exact across rank counts"   # said wherever a job's run is described
 
 
 class SpecError(ValueError):
@@ -77,12 +80,17 @@ class TrainSpec:
     seed: int = 0                 # initialisation and epoch order
     eval_every: int = 100         # steps between evaluations (and progress lines); also at the end
     threads_per_rank: int = 0     # BLAS threads per rank; 0 = cores on the host / ranks on the host
-    overlap: bool = False         # per-layer MPI allreduces during backward; slower than the default
-                                  # host-shared-memory sum when ranks share a host (bench/scaling.py)
+    overlap: bool | str = False   # per-layer MPI allreduces during backward; slower than the default
+                                  # host-shared-memory sum when ranks share a host (bench/scaling.py).
+                                  # "auto" (the exact step, micro_batches > 0): between hosts, time the combine
+                                  # layer by layer and in one piece on the job, keep the faster (same bits)
     blas_kernel: str = "auto"     # OpenBLAS kernel: auto (fastest measured on each host, worker/blas.py) | default | a core name
     micro_batches: int = MICRO_BATCHES_DEFAULT  # the global batch in this many parts summed in a fixed order:
                                   # the same bits at any rank count (worker/stepexact.py); 0 = per-rank sums
                                   # (the path before: faster, exact only at a fixed rank count)
+    wire: str = "fp32"            # fp32 | bf16: the exact step's sums cross hosts as bfloat16, half the bytes for
+                                  # slow links; leaves the exact path (~3 significant digits per sum, and the
+                                  # bits depend on the rank count). Sums within a host stay fp32
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,8 @@ class JobSpec:
             del raw["fault"]["min_workers"]
         if self.train.micro_batches == MICRO_BATCHES_DEFAULT:   # likewise
             del raw["train"]["micro_batches"]
+        if self.train.wire == "fp32":   # likewise
+            del raw["train"]["wire"]
         if self.tracking == TrackingSpec():  # likewise no [tracking] section unless it says something
             del raw["tracking"]
         return raw

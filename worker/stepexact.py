@@ -38,6 +38,12 @@ the zeroing of the right leaf's buffer and its write go (GRADMESH_EXACT_FUSE=0 w
 And every `REBALANCE_EVERY` steps the ranks' measured seconds move at most `MAX_MOVE` parts between
 neighbours (worker/microbatch.py `weighted_ranges`), so a rank that shares its core with another
 process gets fewer parts; the bits do not change, whoever computes which part.
+
+Two choices of the spec's [train] table change how the combine between hosts runs. `wire = "bf16"` sends it
+as bfloat16 (worker/comm_exact.py): half the bytes, but the bits then depend on where the parts meet, so on
+the rank count, and the parts are not rebalanced. `overlap = "auto"` times the combine layer by layer and in
+one piece on the job and keeps the faster (worker/overlapchoice.py; each rank's previous step time rides in
+its tail); both ways give the same bits, on either wire.
 """
 from __future__ import annotations
 
@@ -49,10 +55,12 @@ import numpy as np
 from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, weighted_ranges
 from worker.mlp import MLP
 from worker.mlp_bylayer import parts_by_layer
+from worker.overlapchoice import OverlapChoice
+from worker.spec import BF16_WIRE_NOTE
 from worker.stepsync import Reduced
 
-STOP, STOP_CHECKPOINT, SECONDS = range(3)   # each rank's tail: these, then the loss of each part
-TAIL = 3
+STOP, STOP_CHECKPOINT, SECONDS, STEP_SECONDS = range(4)   # each rank's tail: these, then the loss of each part
+TAIL = 4   # SECONDS: this step's backward pass; STEP_SECONDS: the previous step, backward start to combine end
 REBALANCE_EVERY = 5      # steps between decisions on who computes which part
 MAX_MOVE = 2             # parts a boundary between two ranks moves at most per decision
 
@@ -64,11 +72,17 @@ class PartsResult(list):
 class ExactStep:
     """The buffers, plan and reduction of the exact step. See the module docstring."""
 
-    def __init__(self, model: MLP, comm, parts: int, balance: bool = True, fuse: bool | None = None):
+    def __init__(self, model: MLP, comm, parts: int, balance: bool = True, fuse: bool | None = None,
+                 wire: str = "fp32", choose_overlap: bool = False):
         if parts < 1:
             raise ValueError(f"parts must be at least 1, got {parts}")
-        self.model, self.comm, self.parts, self.balance = model, comm, parts, balance
-        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts)
+        # wire "bf16" (spec train.wire): what crosses hosts is bfloat16, rounded per frontier node, so the bits
+        # depend on which ranks hold which parts. Rebalancing would make that the machine's load: the split stays
+        # the even one, a function of the rank count, and a run repeats its bits at the same rank count.
+        balance = balance and wire != "bf16"
+        self.model, self.comm, self.parts, self.balance, self.wire = model, comm, parts, balance, wire
+        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts, wire,
+                                          "auto" if choose_overlap else "env")
         self.slots = self.reducer.slots
         model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
         self._views = [model.layer_views(slot) for slot in self.slots]
@@ -83,6 +97,11 @@ class ExactStep:
         self._thread_checked: dict[int, bool] = {}
         self.pinned_note = ""
         self._overlaps = hasattr(self.reducer, "start_layer")   # layer by layer (worker/comm_overlap.py)
+        # [train] overlap = "auto": that or one piece, step by step, until the faster is known (same bits)
+        self.choice = OverlapChoice() if choose_overlap and self._overlaps else None
+        self._index = 0                 # steps reduced by this process
+        self._step_started = 0.0
+        self._step_seconds = 0.0        # the last step's, sent with the next
         # equal parts run as one numpy stack, layer by layer (worker/mlp_bylayer.py): the same bits, fewer calls
         self._stacks = os.environ.get("GRADMESH_EXACT_STACK", "1") != "0"
         self._part_buffers: dict = {}
@@ -95,8 +114,14 @@ class ExactStep:
     @property
     def note(self) -> str:
         how = self.reducer.note
-        return (f"exact step: {self.parts} micro-batches summed in a fixed tree over their indices"
-                f"{'; ' + how if how else ''}{'; ' + self.pinned_note if self.pinned_note else ''}")
+        wire = f"{BF16_WIRE_NOTE} (parts not rebalanced); " if self.wire == "bf16" else ""
+        choice = f"; {self.choice.note}" if self.choice is not None else ""
+        return (f"{wire}exact step: {self.parts} micro-batches summed in a fixed tree over their indices"
+                f"{'; ' + how if how else ''}{choice}{'; ' + self.pinned_note if self.pinned_note else ''}")
+
+    def news(self) -> str:
+        """What changed since the start-up note, once ("" when nothing did): the overlap's choice."""
+        return self.choice.news() if self.choice is not None else ""
 
     def rows(self, batch: np.ndarray) -> np.ndarray:
         """This rank's rows of the global batch `batch` (its parts, in order); remembered for backward."""
@@ -109,7 +134,9 @@ class ExactStep:
     # ---- the two halves of the step -----------------------------------------------------------------
     def backward(self, x, y) -> PartsResult:
         """Each of this rank's parts alone (forward, backward), its gradient added up along the plan."""
-        started = time.perf_counter()
+        started = self._step_started = time.perf_counter()
+        if self.choice is not None:
+            self._overlaps = self.choice.layered(self._index)
         plan, edges, model = self.plan, self._edges, self.model
         x = np.asarray(x)
         if self._overlaps or self._stacks:
@@ -178,8 +205,13 @@ class ExactStep:
         tail[STOP] = 1.0 if stop else 0.0
         tail[STOP_CHECKPOINT] = 1.0 if checkpoint else 0.0
         tail[SECONDS] = self._busy
+        tail[STEP_SECONDS] = self._step_seconds
         tail[TAIL + self.plan.a:TAIL + self.plan.b] = losses
         tails = self.reducer.finish() if self._overlaps else self.reducer.combine(self._frontier, self.parts)
+        self._step_seconds = time.perf_counter() - self._step_started
+        if self.choice is not None and self._index > 0:     # the previous step's time, the slowest rank's
+            self.choice.record(self._index - 1, float(tails[:, STEP_SECONDS].max()))
+        self._index += 1
         loss_sum = 0.0
         for rank, (a, b) in enumerate(self.ranges):   # part order: the same float additions on every rank
             for j in range(a, b):

@@ -40,7 +40,7 @@ from worker.data import Normalizer, Sampler, load_dataset
 from worker.hooks import Hooks
 from worker.mlp import MLP
 from worker.optim import learning_rate, make_optimizer
-from worker.spec import JobSpec
+from worker.spec import BF16_WIRE_NOTE, JobSpec
 from worker.stepexact import ExactStep
 from worker.stepsync import StepSync
 
@@ -187,7 +187,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     model = MLP(spec.model.layers, spec.model.activation, spec.model.loss, seed=t.seed)
     P = model.num_params
     # the exact step (the same bits at any rank count) unless the spec asks for per-rank sums
-    sync = ExactStep(model, comm, t.micro_batches) if t.micro_batches else StepSync(model, comm, overlap=t.overlap)
+    sync = (ExactStep(model, comm, t.micro_batches, wire=t.wire, choose_overlap=t.overlap == "auto") if t.micro_batches
+            else StepSync(model, comm, overlap=t.overlap))
     if rank == 0 and sync.note:
         print(f"gradmesh: {sync.note}", flush=True)
     grad = model.grad
@@ -259,7 +260,8 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
 
     info = {"name": spec.name, "ranks": size, "threads_per_rank": threads[0], "threads_source": threads[1],
             "params": P, "train_examples": len(data.train), "val_examples": len(data.val),
-            "steps_per_epoch": sampler.steps_per_epoch, "data": data.description}
+            "steps_per_epoch": sampler.steps_per_epoch, "data": data.description,
+            "wire_note": BF16_WIRE_NOTE if t.micro_batches and t.wire == "bf16" else ""}
     hooks.on_start(step=step, total_steps=total_steps, epoch=sampler.epoch_of(step), info=info)
     fault = faults.from_environment(rank)
 
@@ -281,6 +283,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
                 stop = None
             total = sync.reduce(s, stop=stop is not None or sigterm.raised,
                                 checkpoint=sigterm.raised or (stop is not None and stop.checkpoint))
+            news = sync.news() if rank == 0 and hasattr(sync, "news") else ""
+            if news:    # e.g. which way the combine runs, once the job has timed both
+                print(f"gradmesh: {news}", flush=True)
             loss_sum = fault.corrupt_loss(step, total.loss_sum)
             if not math.isfinite(loss_sum):
                 hooks.on_finish(step=step, epoch=sampler.epoch_of(step), status="nan",

@@ -3,7 +3,7 @@ reads how it ran, the re-adoption builds one for each attempt an earlier coordin
 
 `fault_policy(job)` is the spec's "fault" table (hang timeout, restarts, backoff) that decides how a job's
 attempts are watched and moved on; missing keys take the defaults where they are read (`hang_timeout_s(job)`:
-the spec's own default).
+the spec's own default). `wire_note(job)`: what a running job's status adds when it left the exact path.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from coordinator.supervision.executors import Handle
 from coordinator.hosts import Allocation
 from coordinator.store.records import JobRow
-from worker.spec import FaultSpec
+from worker.spec import BF16_WIRE_NOTE, FaultSpec
 
 
 @dataclass
@@ -38,3 +38,10 @@ def fault_policy(job: JobRow) -> dict:
 def hang_timeout_s(job: JobRow) -> float:
     """How long the job's progress may stall before its attempt counts as hung (the spec's default if unset)."""
     return fault_policy(job).get("hang_timeout_s", FaultSpec.hang_timeout_s)
+
+
+def wire_note(job: JobRow) -> str:
+    """"; bf16 wire: not exact across rank counts" for a job whose spec asks for the bf16 wire (train.wire),
+    else "": a running job's status says that it left the exact path."""
+    train = json.loads(job.spec_json).get("train", {})
+    return f"; {BF16_WIRE_NOTE}" if train.get("wire") == "bf16" else ""

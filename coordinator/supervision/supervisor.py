@@ -38,7 +38,7 @@ from coordinator.supervision.external_runs import ExternalRuns
 from coordinator.hosts import Allocation, format_hosts
 from coordinator.supervision.launcher import Exit, build_worker_env
 from coordinator.store.records import EXTERNAL, JobRow
-from coordinator.supervision.running import Running, hang_timeout_s
+from coordinator.supervision.running import Running, hang_timeout_s, wire_note
 from coordinator.supervision.settlement import Settlement
 from coordinator.supervision.shm_leftovers import Janitor
 from coordinator.states import IllegalTransition, JobState
@@ -101,7 +101,8 @@ class Supervisor:
         ranks = sum(n for _, n in allocation)  # an elastic job may run on fewer than job.workers
         size = f" ({ranks} of {job.workers} ranks)" if ranks != job.workers else ""
         restart = f" (restart {job.restarts})" if job.restarts else ""
-        message = (f"submitting to Slurm{restart}" if queued else f"running on {hosts}{size}{restart}")
+        message = (f"submitting to Slurm{restart}" if queued
+                   else f"running on {hosts}{size}{restart}{wire_note(job)}")
         trouble = getattr(self.executor, "trouble", lambda: "")()
         if trouble:  # an outage's retry: its words stay while sbatch tries again (it may take Slurm's ~9 s)
             message = f"{trouble}; submitting to Slurm again{restart}"
@@ -146,7 +147,8 @@ class Supervisor:
             run.waiting = False
         restart = f" (restart {job.restarts})" if job.restarts else ""
         try:
-            self.store.transition(job.id, JobState.RUNNING, f"running as {run.process.where()}{restart}",
+            self.store.transition(job.id, JobState.RUNNING,
+                                  f"running as {run.process.where()}{restart}{wire_note(job)}",
                                   attempt=run.attempt, expect=[JobState.QUEUED, JobState.RESTARTING])
         except IllegalTransition:
             log.warning("job %s: its ranks called but it is no longer waiting", job.id)
