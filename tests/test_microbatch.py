@@ -31,17 +31,31 @@ def tree(lo: int, size: int, parts: int):
     return left if right is None else (left, right)
 
 
-def symbolic_total(ranges, parts):
+def run_plan(plan: LeafPlan) -> dict:
+    """A rank's plan on symbols: each run alone (checking that no run touches another's slots, so they may go
+    side by side), then the joins. Returns slot -> expression."""
+    slots, owner = {}, {}
+    for run, (lo, hi) in enumerate(plan.runs):
+        for j in range(lo, hi):
+            touched = [plan.slot_of[j - plan.a]] + [s for add in plan.adds[j - plan.a] for s in add]
+            assert all(owner.setdefault(s, run) == run for s in touched), (plan, j)
+            slots[plan.slot_of[j - plan.a]] = ("p", j)
+            for dst, src in plan.adds[j - plan.a]:
+                slots[dst] = (slots[dst], slots.pop(src))
+    for dst, src in plan.joins:
+        slots[dst] = (slots[dst], slots.pop(src))
+    return slots
+
+
+def symbolic_total(ranges, parts, runs=1):
     values = {}
     for rank, (a, b) in enumerate(ranges):
-        plan = LeafPlan.make(a, b, parts)
-        slots = {}
-        for j in range(a, b):
-            slots[plan.slot_of[j - a]] = ("p", j)
-            for dst, src in plan.adds[j - a]:
-                slots[dst] = (slots[dst], slots.pop(src))
+        plan = LeafPlan.make(a, b, parts, runs)
+        slots = run_plan(plan)
         assert sorted(slots) == sorted(plan.cover_slots)
-        assert plan.slots <= most_slots(parts) and (not plan.cover_slots or plan.cover_slots[0] == 0)
+        assert plan.cover_slots == LeafPlan.make(a, b, parts).cover_slots     # where `frontier` says they are
+        assert len(plan.runs) == min(runs, b - a) or (a == b and len(plan.runs) == 1)
+        assert plan.slots <= most_slots(parts, runs) and (not plan.cover_slots or plan.cover_slots[0] == 0)
         for node, slot in zip(plan.cover, plan.cover_slots):
             assert slots[slot] == tree(*node, parts)
             values[rank, slot] = slots[slot]
@@ -62,6 +76,24 @@ def test_any_split_adds_the_parts_in_the_one_tree_order(parts):
     for _ in range(40):
         cuts = sorted(rng.randint(0, parts) for _ in range(rng.randint(0, parts + 2)))
         assert symbolic_total(list(zip([0] + cuts, cuts + [parts])), parts) == reference
+        # the same ranks with each rank's parts in runs computed side by side (a rank's threads)
+        assert symbolic_total(list(zip([0] + cuts, cuts + [parts])), parts, rng.randint(2, 5)) == reference
+
+
+def test_runs_are_even_keep_first_level_siblings_together_and_fit_the_slots():
+    assert LeafPlan.make(0, 8, 8, runs=2).runs == ((0, 4), (4, 8))
+    assert LeafPlan.make(3, 8, 8, runs=2).runs == ((3, 6), (6, 8))    # 3+2 either way: (4, 5) stay together
+    assert LeafPlan.make(0, 8, 8, runs=3).runs == ((0, 2), (2, 5), (5, 8))   # not 2+4+2 for the siblings' sake
+    assert LeafPlan.make(0, 7, 8, runs=3).runs == ((0, 2), (2, 4), (4, 7))
+    assert LeafPlan.make(2, 3, 8, runs=4).runs == ((2, 3),)
+    two = LeafPlan.make(0, 8, 8, runs=2)
+    assert two.joins == ((0, two.slot_of[4]),)        # the one addition left: (p0..p3) + (p4..p7)
+    for parts in (8, 16, 64):
+        for runs in (1, 2, 3, 4):
+            worst = max(LeafPlan.make(a, b, parts, runs).slots for a in range(parts) for b in range(a, parts + 1))
+            assert worst <= most_slots(parts, runs)
+    with pytest.raises(ValueError):
+        LeafPlan.make(0, 8, 8, runs=0)
 
 
 def test_covers_and_edges():
@@ -137,25 +169,35 @@ def test_a_part_computed_alone_has_the_same_bits_wherever_its_rows_sit_and_batch
           "the part alone on this BLAS")
 
 
-def test_parts_run_side_by_side_on_spare_threads_keep_their_bits(monkeypatch):
+@pytest.mark.parametrize("batch", [256, 250], ids=["equal-parts", "unequal-parts"])
+def test_parts_run_side_by_side_on_spare_threads_keep_their_bits(monkeypatch, batch):
     """Where BLAS is pinned to one thread, the threads it had run groups of parts' forward and delta products
-    (worker/mlp_bylayer.py `_side_by_side`): each part keeps its own GEMM, so the gradient keeps its bits."""
+    (worker/mlp_bylayer.py `_side_by_side`) and runs of parts' weight gradients, each run in slots of its own,
+    added up after (worker/microbatch.py, LeafPlan runs): each part keeps its own GEMM and every node of the
+    tree is still its halves' sum, so the gradient keeps its bits. Equal parts go as a numpy stack, unequal
+    ones (batch 250) part by part."""
     from concurrent.futures import ThreadPoolExecutor
 
     from worker import mlp_bylayer
-    sizes, batch = [256, 512, 512, 10], 256      # layers above SIDE_BY_SIDE_MIN_MACS: the threads are used
-    assert batch * 256 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS
+    sizes = [256, 512, 512, 10]      # layers above SIDE_BY_SIDE_MIN_MACS: the threads are used
+    assert 250 * 256 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS // 2 and 250 * 512 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS
     rng = np.random.default_rng(3)
     x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], batch)
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=2) as executor:
-        alone, side = MLP(sizes, seed=1), MLP(sizes, seed=1)
-        steps = [ExactStep(alone, SerialComm(), 8), ExactStep(side, SerialComm(), 8)]
-        steps[1]._pool = (executor, 2)
-        used, real = [], mlp_bylayer._side_by_side
-        monkeypatch.setattr(mlp_bylayer, "_side_by_side", lambda *a: (used.append(1), real(*a)))
-        for step in steps:
-            rows = step.rows(np.arange(batch))
-            step.reduce(step.backward(x[rows], y[rows]))
-    assert used, "the side-by-side path did not run"
-    assert np.array_equal(alone.grad, side.grad)
+        models = [MLP(sizes, seed=1) for _ in range(3)]
+        steps = [ExactStep(model, SerialComm(), 8) for model in models]
+        steps[0]._parts_pool = lambda: None           # one thread: the reference
+        for step, threads in zip(steps[1:], (1, 2)):   # 2 and 3 runs side by side
+            step._pool = (executor, threads)
+        used, real_side, real_runs = [], mlp_bylayer._side_by_side, mlp_bylayer._in_runs
+        monkeypatch.setattr(mlp_bylayer, "_side_by_side", lambda *a: (used.append("products"), real_side(*a)))
+        monkeypatch.setattr(mlp_bylayer, "_in_runs", lambda pool, runs, f: (
+            used.append(len(runs) if pool is not None else 1), real_runs(pool, runs, f)))
+        for _ in range(2):                              # a second step reuses every buffer and plan
+            for step in steps:
+                rows = step.rows(np.arange(batch))
+                step.reduce(step.backward(x[rows], y[rows]))
+            assert np.array_equal(models[0].grad, models[1].grad) and np.array_equal(models[0].grad, models[2].grad)
+    assert 2 in used and 3 in used, f"the weight gradients did not run side by side: {used}"
+    assert ("products" in used) == (batch == 256), used

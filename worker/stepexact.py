@@ -21,9 +21,11 @@ and how many threads run it (measured on its Haswell kernel: a row matches only 
 tiles, and 1 and 2 threads differ). So a part is always computed alone, at a thread count checked once
 per part shape (`check_threads`): the part at this rank's threads against the part at one thread, and
 one thread is pinned when they differ. Every rank therefore computes what one thread computes. The threads
-a pin takes from BLAS are not lost: they run groups of a rank's parts side by side (each part's GEMM still
-alone, at one thread; worker/mlp_bylayer.py `_side_by_side`), for the forward and delta products of large
-layers. The weight gradients stay on one thread, since the tree's slots are reused as it goes.
+a pin takes from BLAS are not lost: they run a rank's parts side by side, each part's GEMM still alone at one
+thread, on the large layers (worker/mlp_bylayer.py): the forward and delta products of groups of parts, and
+the weight gradients of runs of parts, each run adding its parts up to its own subtrees in slots no other run
+touches, the runs' subtrees then added to the rank's cover in the tree's order (worker/microbatch.py, LeafPlan
+`runs` and `joins`): the same additions of the same values, so the same bits at any thread count.
 
 Speed: a rank's parts run layer by layer (worker/mlp_bylayer.py), as one numpy stack when they are of equal
 size: one matmul call per layer for all parts' forward and delta products, each slice still its own BLAS
@@ -68,7 +70,11 @@ class ExactStep:
         if parts < 1:
             raise ValueError(f"parts must be at least 1, got {parts}")
         self.model, self.comm, self.parts, self.balance = model, comm, parts, balance
-        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts)
+        from worker.threads import blas_threads_in_use
+        # where BLAS gets pinned to 1 thread, the threads it had compute runs of parts side by side, each run in
+        # slots of its own (worker/microbatch.py LeafPlan runs): room for as many runs as this rank has threads
+        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts, blas_threads_in_use() or 1),
+                                          TAIL + parts)
         self.slots = self.reducer.slots
         model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
         self._views = [model.layer_views(slot) for slot in self.slots]
@@ -89,7 +95,7 @@ class ExactStep:
         self._fuses = os.environ.get("GRADMESH_EXACT_FUSE", "1") != "0" if fuse is None else fuse
         self._fuse_checked: dict[int, bool] = {}   # part rows -> every layer's fused add is exact
         self._pool = None   # once BLAS is pinned to 1 thread: the threads it had, running groups of parts
-        self._fusion_of: tuple = (None, None)   # ((plan, part edges), what _fusion worked out for them)
+        self._fusion_of: tuple = (None, None)   # ((plan, part edges, runs), what _fusion worked out for them)
 
     # ---- what train.py reads ------------------------------------------------------------------------
     @property
@@ -138,33 +144,44 @@ class ExactStep:
         if self._overlaps:
             self.reducer.begin(self._frontier, self.parts)
 
-        fused, target, adds = self._fusion(edges)
+        pool = self._parts_pool()
+        plan, fused, target, adds = self._fusion(edges, pool[1] + 1 if pool else 1)
 
         def after_part(i: int, k: int) -> None:
             for d, s in adds[k]:
                 slots[d][layer[i]] += slots[s][layer[i]]
+
+        def on_layer(i: int) -> None:
+            for d, s in plan.joins:         # the runs' covers, added up to the rank's cover
+                slots[d][layer[i]] += slots[s][layer[i]]
+            if self._overlaps:
+                self.reducer.start_layer(layer[i])
         return PartsResult(parts_by_layer(
             self.model, self._part_buffers, [x[edges[k]:edges[k + 1]] for k in parts],
             [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[target[k]][i],
-            after_part, (lambda i: self.reducer.start_layer(layer[i])) if self._overlaps else (lambda i: None),
-            fused.__getitem__, self._parts_pool()))
+            after_part, on_layer, fused.__getitem__, pool, [(lo - plan.a, hi - plan.a) for lo, hi in plan.runs]))
 
-    def _fusion(self, edges) -> tuple[list[bool], list[int], list]:
-        """Per part: is its weight gradient added by its GEMM, which slot it goes to, and the plan's adds left
-        after that. A function of the plan and the part sizes, so worked out once per (plan, sizes)."""
-        key = (self.plan, tuple(edges))
+    def _fusion(self, edges, runs: int) -> tuple[LeafPlan, list[bool], list[int], list]:
+        """The plan in `runs` runs (fewer if the slots do not hold them), and per part: is its weight gradient
+        added by its GEMM, which slot it goes to, and the plan's adds left after that. A function of the range,
+        the part sizes and the runs, so worked out once per (plan, sizes, runs)."""
+        key = (self.plan, tuple(edges), runs)
         if self._fusion_of[0] != key:
-            plan, parts = self.plan, range(self.plan.b - self.plan.a)
-            fused = [self._fusable(k, edges) for k in parts]
+            plan = LeafPlan.make(self.plan.a, self.plan.b, self.parts, runs)
+            while plan.slots > len(self.slots):
+                runs -= 1
+                plan = LeafPlan.make(self.plan.a, self.plan.b, self.parts, runs)
+            parts = range(plan.b - plan.a)
+            fused = [self._fusable(plan, k, edges) for k in parts]
             # a fused part's gradient goes into the slot of its first add (its left sibling's): the GEMM adds it
             target = [plan.adds[k][0][0] if fused[k] else plan.slot_of[k] for k in parts]
             adds = [plan.adds[k][1:] if fused[k] else plan.adds[k] for k in parts]
-            self._fusion_of = (key, (fused, target, adds))
+            self._fusion_of = (key, (plan, fused, target, adds))
         return self._fusion_of[1]
 
     def _parts_pool(self):
-        """Where BLAS was pinned to 1 thread, the threads it had, as a pool that runs groups of parts' forward
-        and delta products side by side (each part's GEMM still alone, at one thread: the same bits)."""
+        """Where BLAS was pinned to 1 thread, the threads it had, as a pool that runs groups of parts' products
+        and runs of parts' weight gradients side by side (each part's GEMM still alone, at one thread: the same bits)."""
         if self._pool is None and _pinned is not None and _threads_before_pin > 1:
             from concurrent.futures import ThreadPoolExecutor
             spare = _threads_before_pin - 1
@@ -208,11 +225,10 @@ class ExactStep:
             self.ranges = new
             self._set_plan()
 
-    def _fusable(self, k: int, edges) -> bool:
+    def _fusable(self, plan: LeafPlan, k: int, edges) -> bool:
         """May part k's weight gradient be added by its GEMM into its left sibling's slot? When the plan's first
-        add for k is exactly that (the sibling is the previous part, still a leaf), both parts have rows, and
-        for this part size the fused GEMM gives the bits of the GEMM and then the add in every layer."""
-        plan = self.plan
+        add for k is exactly that (the sibling is the previous part, still a leaf, in the same run), both parts
+        have rows, and for this part size the fused GEMM gives the bits of the GEMM and then the add in every layer."""
         if not self._fuses or k == 0 or plan.adds[k - 1] or not plan.adds[k] or \
                 plan.adds[k][0] != (plan.slot_of[k - 1], plan.slot_of[k]):
             return False
@@ -249,7 +265,8 @@ class ExactStep:
                 self._fusion_of = (None, None)
                 self._part_buffers.clear()     # ... as are mlp_bylayer's one-GEMM verdicts kept with them
                 self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
-                                    "threads differs from 1 thread's")
+                                    f"threads differs from 1 thread's; the {threads} threads compute parts side by "
+                                    "side, each at 1 thread")
         self._thread_checked[rows] = same
 
     def _part_grad(self, x, y) -> np.ndarray:
