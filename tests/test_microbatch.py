@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from worker.comm import SerialComm
 from worker.microbatch import (LeafPlan, combine_frontier, cover, even_ranges, frontier, most_slots, padded,
-                               part_edges, weighted_ranges)
+                               part_edges, stack_waves, weighted_ranges)
 from worker.mlp import MLP
 from worker.spec import SpecError, parse_spec
 from worker.stepexact import ExactStep
@@ -52,6 +52,13 @@ def symbolic_total(ranges, parts, runs=1):
     for rank, (a, b) in enumerate(ranges):
         plan = LeafPlan.make(a, b, parts, runs)
         slots = run_plan(plan)
+        rows = [("p", j) for j in range(a, b)]        # the same additions as waves on a stack of the parts
+        waves, cover_rows = stack_waves(plan)
+        for dst, src in waves:
+            assert len(set(dst + src)) == len(dst + src)
+            for d, s in zip(dst, src):
+                rows[d] = (rows[d], rows[s])
+        assert [rows[r] for r in cover_rows] == [slots[slot] for slot in plan.cover_slots]
         assert sorted(slots) == sorted(plan.cover_slots)
         assert plan.cover_slots == LeafPlan.make(a, b, parts).cover_slots     # where `frontier` says they are
         assert len(plan.runs) == min(runs, b - a) or (a == b and len(plan.runs) == 1)
@@ -152,6 +159,46 @@ def test_one_process_exact_step_equals_the_tree_of_separately_computed_parts():
         alone = [alone[k] + alone[k + 1] for k in range(0, len(alone), 2)]
     assert np.array_equal(model.grad, alone[0] * np.float32(1.0 / n))
     assert total.count == n and np.isfinite(total.loss_sum)
+
+
+@pytest.mark.parametrize("parts,n", [(8, 64), (6, 48), (16, 16), (4, 80)])
+@pytest.mark.parametrize("tree", [True, False], ids=["stacked-tree", "part-by-part"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])     # mse: one output, bias sums of one column
+def test_equal_parts_small_layers_as_one_stack_keep_the_bits_of_the_parts_alone(monkeypatch, parts, n, tree, loss):
+    """Equal parts' small layers: every part's weight gradient from one matmul over the stack, added up wave by
+    wave (worker/microbatch.py stack_waves), against each part computed alone and added along the tree by hand;
+    and the same through the part-by-part path (GRADMESH_EXACT_TREE=0)."""
+    from worker import mlp_bylayer
+    sizes = [20, 16, 12, 5 if loss == "cross_entropy" else 1]
+    rng = np.random.default_rng(parts)
+    x = rng.standard_normal((n, 20), dtype=np.float32)
+    y = rng.integers(0, 5, n) if loss == "cross_entropy" else rng.standard_normal((n, 1), dtype=np.float32)
+    model = MLP(sizes, loss=loss, seed=3)
+    step = ExactStep(model, SerialComm(), parts)
+    step._tree = tree
+    stacks, real = [], mlp_bylayer._stacked_grads
+    monkeypatch.setattr(mlp_bylayer, "_stacked_grads", lambda *a: (stacks.append(1), real(*a))[1])
+    for _ in range(2):
+        rows = step.rows(np.arange(n))
+        step.reduce(step.backward(x[rows], y[rows]))
+    edges = part_edges(n, parts)
+    values = []
+    for j in range(parts):
+        out = np.zeros(model.num_params, np.float32)
+        views = model.layer_views(out)
+        model.sum_loss_and_grad_parts(x[edges[j]:edges[j + 1]], y[edges[j]:edges[j + 1]], (0, edges[j + 1] - edges[j]),
+                                      lambda i, _j: views[i], lambda i, _j: None)
+        values.append(out)
+
+    def total(lo, size):
+        if lo >= parts:
+            return None
+        if size == 1:
+            return values[lo]
+        left, right = total(lo, size // 2), total(lo + size // 2, size // 2)
+        return left if right is None else left + right
+    assert np.array_equal(model.grad, total(0, padded(parts)) * np.float32(1.0 / n))
+    assert len(stacks) == (6 if tree else 0)      # 3 layers, 2 steps
 
 
 def test_a_part_computed_alone_has_the_same_bits_wherever_its_rows_sit_and_batched_rows_may_not():

@@ -5,6 +5,7 @@
     plan = LeafPlan.make(*ranges[rank], 16)        # where each part's gradient goes, which adds follow
     plan = LeafPlan.make(*ranges[rank], 16, runs=2)   # the same additions, in two runs computed side by side
     frontier(ranges, 16)                           # every rank's finished nodes, in the order they combine
+    waves, cover_rows = stack_waves(plan)          # the same additions on a stack of the parts' gradients
 
 Why: the gradient of a batch is a sum over its examples, and float addition is not associative, so the
 bits of a sum depend on how it is grouped. Data parallelism over N ranks groups it by rank, so N ranks and
@@ -158,6 +159,33 @@ class LeafPlan:
             adds.append(tuple(mine))
         return cls(a, b, parts, tuple(slot_of), tuple(adds), tuple(n for n, _ in stack),
                    tuple(s for _, s in stack), used, ((a, b),))
+
+
+def stack_waves(plan: LeafPlan) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """The plan's additions (adds, then joins) for parts held as rows of one stack, row k = part a + k, each node
+    kept in its left child's row: (waves, cover_rows). A wave is (dst rows, src rows), rows all distinct, done as
+    stack[dst] += stack[src]; each addition goes in the first wave after every earlier one that touched its rows,
+    so the waves in order give each element the plan's additions in the plan's order. The cover ends in
+    `cover_rows` (in cover order)."""
+    holder: dict[int, int] = {}             # slot -> row whose value it holds
+    last: dict[int, int] = {}               # row -> the last wave that touched it
+    waves: list[tuple[list[int], list[int]]] = []
+
+    def add(d: int, s: int) -> None:
+        dst, src = holder[d], holder.pop(s)
+        wave = max(last.get(dst, -1), last.get(src, -1)) + 1
+        if wave == len(waves):
+            waves.append(([], []))
+        waves[wave][0].append(dst)
+        waves[wave][1].append(src)
+        last[dst] = last[src] = wave
+    for k, slot in enumerate(plan.slot_of):
+        holder[slot] = k
+        for d, s in plan.adds[k]:
+            add(d, s)
+    for d, s in plan.joins:
+        add(d, s)
+    return waves, [holder[slot] for slot in plan.cover_slots]
 
 
 def run_cuts(a: int, b: int, runs: int) -> list[int]:

@@ -67,19 +67,23 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
                    grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                    after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
                    adds_into: Callable[[int], bool] = _no_adds, pool=None,
-                   runs: Sequence[tuple[int, int]] = ()) -> list[float]:
+                   runs: Sequence[tuple[int, int]] = (), tree=None) -> list[float]:
     """Each part's summed loss, in order; the gradients go where grads_of says (see the module docstring).
     `cache` keeps each part's buffers between calls (keyed by part and rows): pass the same dict each step.
     `pool` ((a concurrent.futures executor, its threads), BLAS at one thread): equal parts' forward and delta
     products run in groups side by side on its threads and this one; each part keeps its own GEMM: the same bits.
     `runs` (part ranges [lo, hi) that tile the parts; default one run): the weight gradients of one run go in part
     order on one thread, each followed by its after_part, and with a pool the runs of a large layer go side by
-    side (the caller's after_part must then touch, per run, memory no other run touches)."""
+    side (the caller's after_part must then touch, per run, memory no other run touches).
+    `tree(i, G)` (optional): where equal parts go as a stack, a small layer's weight gradients (under the fused
+    GEMM's and the threads' sizes) are all computed by one matmul into a (parts, layer size) stack G, row k part
+    k's (W, b) laid out as in the flat vector, and handed to tree instead of going part by part to grads_of and
+    after_part: the same GEMM per part, so the same bits, with one call instead of a few per part."""
     gelu = model.activation == "gelu"
     xs = [model._as_input(x) for x in xs]
     rows = {x.shape[0] for x in xs}
     if len(xs) > 1 and len(rows) == 1 and 0 not in rows:
-        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer, adds_into, pool, runs)
+        return _stacked(model, cache, xs, ys, grads_of, after_part, on_layer, adds_into, pool, runs, tree)
     runs = runs or [(0, len(xs))]
     state = []                                   # per part: (input, buffers, current delta) or None if empty
     losses = []
@@ -124,7 +128,8 @@ def parts_by_layer(model: MLP, cache: dict, xs: Sequence, ys: Sequence,
 def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
              grads_of: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
              after_part: Callable[[int, int], None], on_layer: Callable[[int], None],
-             adds_into: Callable[[int], bool], pool=None, runs: Sequence[tuple[int, int]] = ()) -> list[float]:
+             adds_into: Callable[[int], bool], pool=None, runs: Sequence[tuple[int, int]] = (),
+             tree=None) -> list[float]:
     """parts_by_layer for k non-empty parts of r rows each, as (k, r, n) stacks (see the module docstring)."""
     k, r = len(xs), xs[0].shape[0]
     key = ("stack", k, r)
@@ -166,7 +171,12 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
             gW, gb = grads_of(i, j)
             _weight_grad(a_prev[j * r:(j + 1) * r], delta[j * r:(j + 1) * r], gW, gb, adding[j], cache, run)
             after_part(i, j)
-        _in_runs(pool if _worth(k * r, model.layers[i].W) else None, runs, one_part)
+        w = model.layers[i].W
+        threads = pool is not None and _worth(k * r, w)
+        if tree is not None and not threads and not worth_fusing(*w.shape):
+            tree(i, _stacked_grads(cache, a_prev.reshape(k, r, -1), delta.reshape(k, r, -1), w.shape))
+        else:
+            _in_runs(pool if threads else None, runs, one_part)
         on_layer(i)
         if i == 0:
             break
@@ -180,6 +190,21 @@ def _stacked(model: MLP, cache: dict, xs: Sequence[np.ndarray], ys: Sequence,
         model._activation_backward(d_prev, i - 1, buf)
         delta = d_prev
     return losses
+
+
+def _stacked_grads(cache: dict, a3: np.ndarray, d3: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Every part's (a^T delta, column sums of delta) of one layer, as rows of a (parts, fan_in*fan_out + fan_out)
+    stack: numpy's matmul calls each slice's own GEMM, the one a part gets alone (a.T of a C-contiguous part, so
+    the same transposed call), and the sums run down each part's rows as np.add.reduce does on the part alone."""
+    k, (fan_in, fan_out) = a3.shape[0], shape
+    size = fan_in * fan_out + fan_out
+    held = cache.get(("tree", k))
+    if held is None or held.size < k * size:
+        held = cache[("tree", k)] = np.empty(k * size, a3.dtype)
+    stack = held[:k * size].reshape(k, size)
+    np.matmul(a3.transpose(0, 2, 1), d3, out=stack[:, :fan_in * fan_out].reshape(k, fan_in, fan_out))
+    np.add.reduce(d3, axis=1, out=stack[:, fan_in * fan_out:])
+    return stack
 
 
 # Below this many multiply-adds a layer's products run on this thread alone: handing half of them to another

@@ -37,6 +37,10 @@ A right leaf whose left sibling is this rank's previous part (the tree's first l
 weight gradient added into the sibling's slot by the GEMM itself (sgemm with beta = 1, worker/sgemm.py), where
 that is checked, once per part size and layer, to give the bits of the GEMM and then the add; the add pass,
 the zeroing of the right leaf's buffer and its write go (GRADMESH_EXACT_FUSE=0 writes and adds, for comparison).
+On small layers (under the fused GEMM's size) of equal parts, every part's weight gradient comes from one matmul
+over the stack and the plan's additions run on its rows a tree level at a time (worker/microbatch.py
+`stack_waves`), the cover then copied to its slots: the same GEMMs and additions, a few numpy calls a layer
+instead of a few per part (GRADMESH_EXACT_TREE=0 goes part by part, for comparison).
 And every `REBALANCE_EVERY` steps the ranks' measured seconds move at most `MAX_MOVE` parts between
 neighbours (worker/microbatch.py `weighted_ranges`), so a rank that shares its core with another
 process gets fewer parts; the bits do not change, whoever computes which part.
@@ -48,7 +52,7 @@ import time
 
 import numpy as np
 
-from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, weighted_ranges
+from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, stack_waves, weighted_ranges
 from worker.mlp import MLP
 from worker.mlp_bylayer import parts_by_layer
 from worker.stepsync import Reduced
@@ -93,6 +97,8 @@ class ExactStep:
         self._stacks = os.environ.get("GRADMESH_EXACT_STACK", "1") != "0"
         self._part_buffers: dict = {}
         self._fuses = os.environ.get("GRADMESH_EXACT_FUSE", "1") != "0" if fuse is None else fuse
+        # small layers' weight gradients as one stack, added up wave by wave (the same bits, fewer calls)
+        self._tree = os.environ.get("GRADMESH_EXACT_TREE", "1") != "0"
         self._fuse_checked: dict[int, bool] = {}   # part rows -> every layer's fused add is exact
         self._pool = None   # once BLAS is pinned to 1 thread: the threads it had, running groups of parts
         self._fusion_of: tuple = (None, None)   # ((plan, part edges, runs), what _fusion worked out for them)
@@ -145,26 +151,39 @@ class ExactStep:
             self.reducer.begin(self._frontier, self.parts)
 
         pool = self._parts_pool()
-        plan, fused, target, adds = self._fusion(edges, pool[1] + 1 if pool else 1)
+        plan, fused, target, adds, waves, cover_rows = self._fusion(edges, pool[1] + 1 if pool else 1)
 
         def after_part(i: int, k: int) -> None:
             for d, s in adds[k]:
                 slots[d][layer[i]] += slots[s][layer[i]]
 
+        stacked: set[int] = set()           # layers whose parts' gradients came as one stack (tree below)
+
+        def tree(i: int, stack: np.ndarray) -> None:
+            """The plan's additions on the rows of the stack, wave by wave, then the cover into its slots."""
+            for dst, src in waves:
+                stack[dst] += stack[src]
+            for slot, row in zip(plan.cover_slots, cover_rows):
+                slots[slot][layer[i]] = stack[row]
+            stacked.add(i)
+
         def on_layer(i: int) -> None:
-            for d, s in plan.joins:         # the runs' covers, added up to the rank's cover
-                slots[d][layer[i]] += slots[s][layer[i]]
+            if i not in stacked:
+                for d, s in plan.joins:         # the runs' covers, added up to the rank's cover
+                    slots[d][layer[i]] += slots[s][layer[i]]
             if self._overlaps:
                 self.reducer.start_layer(layer[i])
         return PartsResult(parts_by_layer(
             self.model, self._part_buffers, [x[edges[k]:edges[k + 1]] for k in parts],
             [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[target[k]][i],
-            after_part, on_layer, fused.__getitem__, pool, [(lo - plan.a, hi - plan.a) for lo, hi in plan.runs]))
+            after_part, on_layer, fused.__getitem__, pool, [(lo - plan.a, hi - plan.a) for lo, hi in plan.runs],
+            tree if self._tree else None))
 
-    def _fusion(self, edges, runs: int) -> tuple[LeafPlan, list[bool], list[int], list]:
+    def _fusion(self, edges, runs: int) -> tuple:
         """The plan in `runs` runs (fewer if the slots do not hold them), and per part: is its weight gradient
-        added by its GEMM, which slot it goes to, and the plan's adds left after that. A function of the range,
-        the part sizes and the runs, so worked out once per (plan, sizes, runs)."""
+        added by its GEMM, which slot it goes to, and the plan's adds left after that; and the plan's additions
+        as waves over a stack of the parts' gradients (worker/microbatch.py stack_waves). A function of the
+        range, the part sizes and the runs, so worked out once per (plan, sizes, runs)."""
         key = (self.plan, tuple(edges), runs)
         if self._fusion_of[0] != key:
             plan = LeafPlan.make(self.plan.a, self.plan.b, self.parts, runs)
@@ -176,7 +195,8 @@ class ExactStep:
             # a fused part's gradient goes into the slot of its first add (its left sibling's): the GEMM adds it
             target = [plan.adds[k][0][0] if fused[k] else plan.slot_of[k] for k in parts]
             adds = [plan.adds[k][1:] if fused[k] else plan.adds[k] for k in parts]
-            self._fusion_of = (key, (plan, fused, target, adds))
+            waves, cover_rows = stack_waves(plan)
+            self._fusion_of = (key, (plan, fused, target, adds, [(_rows(d), _rows(s)) for d, s in waves], cover_rows))
         return self._fusion_of[1]
 
     def _parts_pool(self):
@@ -278,3 +298,11 @@ class ExactStep:
 
 _pinned = None   # the process-wide one-thread limit, kept alive once a check pinned it
 _threads_before_pin = 1
+
+
+def _rows(rows: list[int]):
+    """Rows of a stack as a slice where they are evenly spaced (a view: the addition runs in place), else a list."""
+    step = rows[1] - rows[0] if len(rows) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(rows, rows[1:])):
+        return slice(rows[0], rows[-1] + 1, step)
+    return rows
