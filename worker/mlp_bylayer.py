@@ -210,6 +210,7 @@ def _stacked_grads(cache: dict, a3: np.ndarray, d3: np.ndarray, shape: tuple[int
 # Below this many multiply-adds a layer's products run on this thread alone: handing half of them to another
 # thread cost more than it saved (measured 2026-12-07, AMD EPYC VM: 784-256-256-10 at batch 128 went from
 # 3.2 to 3.8 ms a step with every layer split; 784-1024-1024-10 at 256 from 38.3 to 30.6 ms, 2 threads).
+# The weight gradients' runs use the same line: their GEMMs have the products' multiply-adds (not measured apart).
 SIDE_BY_SIDE_MIN_MACS = 1 << 25
 
 
