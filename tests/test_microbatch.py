@@ -248,3 +248,15 @@ def test_parts_run_side_by_side_on_spare_threads_keep_their_bits(monkeypatch, ba
             assert np.array_equal(models[0].grad, models[1].grad) and np.array_equal(models[0].grad, models[2].grad)
     assert 2 in used and 3 in used, f"the weight gradients did not run side by side: {used}"
     assert ("products" in used) == (batch == 256), used
+
+
+def test_a_step_made_after_a_pin_still_has_room_for_a_run_per_thread(monkeypatch):
+    """A resize makes a new ExactStep in a process whose BLAS an earlier step pinned: its slots are counted by
+    the threads the pin took, not by the one BLAS now has, so its runs still fit."""
+    from worker import stepexact
+    from worker.microbatch import most_slots
+    monkeypatch.setattr(stepexact, "_pinned", object())
+    monkeypatch.setattr(stepexact, "_threads_before_pin", 2)
+    with threadpool_limits(limits=1):
+        step = ExactStep(MLP([8, 6, 3], seed=0), SerialComm(), 8)
+    assert len(step.slots) == most_slots(8, 2) > most_slots(8)

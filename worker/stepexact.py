@@ -77,8 +77,9 @@ class ExactStep:
         from worker.threads import blas_threads_in_use
         # where BLAS gets pinned to 1 thread, the threads it had compute runs of parts side by side, each run in
         # slots of its own (worker/microbatch.py LeafPlan runs): room for as many runs as this rank has threads
-        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts, blas_threads_in_use() or 1),
-                                          TAIL + parts)
+        # (an earlier step of this process, before an elastic resize, may have pinned them already)
+        threads = max(blas_threads_in_use() or 1, _threads_before_pin if _pinned is not None else 1)
+        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts, threads), TAIL + parts)
         self.slots = self.reducer.slots
         model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
         self._views = [model.layer_views(slot) for slot in self.slots]
