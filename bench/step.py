@@ -13,7 +13,8 @@ GFLOP/s, and that over raw numpy GEMM GFLOP/s for exactly the matrix products a 
 `exact`: the fwd+bwd of the exact step (worker/stepexact.py, one process, EXACT_PARTS micro-batches computed
 alone and added along the tree) over the plain fwd+bwd on the whole batch (target <= 1.05), and `unfused`, the
 same without the GEMM adding a right leaf into its sibling (worker/sgemm.py). At 2 threads the
-exact step keeps 2 only where a micro-batch's bits at 2 threads equal 1 thread's (else it pins 1 and says so).
+exact step keeps 2 for BLAS only where a micro-batch's bits at 2 threads equal 1 thread's; else it pins 1 and
+runs its parts side by side on the 2 threads, each part's GEMM at one (worker/stepexact.py).
 """
 from __future__ import annotations
 

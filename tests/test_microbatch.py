@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from worker.comm import SerialComm
 from worker.microbatch import (LeafPlan, combine_frontier, cover, even_ranges, frontier, most_slots, padded,
-                               part_edges, weighted_ranges)
+                               part_edges, stack_waves, weighted_ranges)
 from worker.mlp import MLP
 from worker.spec import SpecError, parse_spec
 from worker.stepexact import ExactStep
@@ -31,17 +31,38 @@ def tree(lo: int, size: int, parts: int):
     return left if right is None else (left, right)
 
 
-def symbolic_total(ranges, parts):
+def run_plan(plan: LeafPlan) -> dict:
+    """A rank's plan on symbols: each run alone (checking that no run touches another's slots, so they may go
+    side by side), then the joins. Returns slot -> expression."""
+    slots, owner = {}, {}
+    for run, (lo, hi) in enumerate(plan.runs):
+        for j in range(lo, hi):
+            touched = [plan.slot_of[j - plan.a]] + [s for add in plan.adds[j - plan.a] for s in add]
+            assert all(owner.setdefault(s, run) == run for s in touched), (plan, j)
+            slots[plan.slot_of[j - plan.a]] = ("p", j)
+            for dst, src in plan.adds[j - plan.a]:
+                slots[dst] = (slots[dst], slots.pop(src))
+    for dst, src in plan.joins:
+        slots[dst] = (slots[dst], slots.pop(src))
+    return slots
+
+
+def symbolic_total(ranges, parts, runs=1):
     values = {}
     for rank, (a, b) in enumerate(ranges):
-        plan = LeafPlan.make(a, b, parts)
-        slots = {}
-        for j in range(a, b):
-            slots[plan.slot_of[j - a]] = ("p", j)
-            for dst, src in plan.adds[j - a]:
-                slots[dst] = (slots[dst], slots.pop(src))
+        plan = LeafPlan.make(a, b, parts, runs)
+        slots = run_plan(plan)
+        rows = [("p", j) for j in range(a, b)]        # the same additions as waves on a stack of the parts
+        waves, cover_rows = stack_waves(plan)
+        for dst, src in waves:
+            assert len(set(dst + src)) == len(dst + src)
+            for d, s in zip(dst, src):
+                rows[d] = (rows[d], rows[s])
+        assert [rows[r] for r in cover_rows] == [slots[slot] for slot in plan.cover_slots]
         assert sorted(slots) == sorted(plan.cover_slots)
-        assert plan.slots <= most_slots(parts) and (not plan.cover_slots or plan.cover_slots[0] == 0)
+        assert plan.cover_slots == LeafPlan.make(a, b, parts).cover_slots     # where `frontier` says they are
+        assert len(plan.runs) == min(runs, b - a) or (a == b and len(plan.runs) == 1)
+        assert plan.slots <= most_slots(parts, runs) and (not plan.cover_slots or plan.cover_slots[0] == 0)
         for node, slot in zip(plan.cover, plan.cover_slots):
             assert slots[slot] == tree(*node, parts)
             values[rank, slot] = slots[slot]
@@ -62,6 +83,24 @@ def test_any_split_adds_the_parts_in_the_one_tree_order(parts):
     for _ in range(40):
         cuts = sorted(rng.randint(0, parts) for _ in range(rng.randint(0, parts + 2)))
         assert symbolic_total(list(zip([0] + cuts, cuts + [parts])), parts) == reference
+        # the same ranks with each rank's parts in runs computed side by side (a rank's threads)
+        assert symbolic_total(list(zip([0] + cuts, cuts + [parts])), parts, rng.randint(2, 5)) == reference
+
+
+def test_runs_are_even_keep_first_level_siblings_together_and_fit_the_slots():
+    assert LeafPlan.make(0, 8, 8, runs=2).runs == ((0, 4), (4, 8))
+    assert LeafPlan.make(3, 8, 8, runs=2).runs == ((3, 6), (6, 8))    # 3+2 either way: (4, 5) stay together
+    assert LeafPlan.make(0, 8, 8, runs=3).runs == ((0, 2), (2, 5), (5, 8))   # not 2+4+2 for the siblings' sake
+    assert LeafPlan.make(0, 7, 8, runs=3).runs == ((0, 2), (2, 4), (4, 7))
+    assert LeafPlan.make(2, 3, 8, runs=4).runs == ((2, 3),)
+    two = LeafPlan.make(0, 8, 8, runs=2)
+    assert two.joins == ((0, two.slot_of[4]),)        # the one addition left: (p0..p3) + (p4..p7)
+    for parts in (8, 16, 64):
+        for runs in (1, 2, 3, 4):
+            worst = max(LeafPlan.make(a, b, parts, runs).slots for a in range(parts) for b in range(a, parts + 1))
+            assert worst <= most_slots(parts, runs)
+    with pytest.raises(ValueError):
+        LeafPlan.make(0, 8, 8, runs=0)
 
 
 def test_covers_and_edges():
@@ -122,6 +161,46 @@ def test_one_process_exact_step_equals_the_tree_of_separately_computed_parts():
     assert total.count == n and np.isfinite(total.loss_sum)
 
 
+@pytest.mark.parametrize("parts,n", [(8, 64), (6, 48), (16, 16), (4, 80)])
+@pytest.mark.parametrize("tree", [True, False], ids=["stacked-tree", "part-by-part"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])     # mse: one output, bias sums of one column
+def test_equal_parts_small_layers_as_one_stack_keep_the_bits_of_the_parts_alone(monkeypatch, parts, n, tree, loss):
+    """Equal parts' small layers: every part's weight gradient from one matmul over the stack, added up wave by
+    wave (worker/microbatch.py stack_waves), against each part computed alone and added along the tree by hand;
+    and the same through the part-by-part path (GRADMESH_EXACT_TREE=0)."""
+    from worker import mlp_bylayer
+    sizes = [20, 16, 12, 5 if loss == "cross_entropy" else 1]
+    rng = np.random.default_rng(parts)
+    x = rng.standard_normal((n, 20), dtype=np.float32)
+    y = rng.integers(0, 5, n) if loss == "cross_entropy" else rng.standard_normal((n, 1), dtype=np.float32)
+    model = MLP(sizes, loss=loss, seed=3)
+    step = ExactStep(model, SerialComm(), parts)
+    step._tree = tree
+    stacks, real = [], mlp_bylayer._stacked_grads
+    monkeypatch.setattr(mlp_bylayer, "_stacked_grads", lambda *a: (stacks.append(1), real(*a))[1])
+    for _ in range(2):
+        rows = step.rows(np.arange(n))
+        step.reduce(step.backward(x[rows], y[rows]))
+    edges = part_edges(n, parts)
+    values = []
+    for j in range(parts):
+        out = np.zeros(model.num_params, np.float32)
+        views = model.layer_views(out)
+        model.sum_loss_and_grad_parts(x[edges[j]:edges[j + 1]], y[edges[j]:edges[j + 1]], (0, edges[j + 1] - edges[j]),
+                                      lambda i, _j: views[i], lambda i, _j: None)
+        values.append(out)
+
+    def total(lo, size):
+        if lo >= parts:
+            return None
+        if size == 1:
+            return values[lo]
+        left, right = total(lo, size // 2), total(lo + size // 2, size // 2)
+        return left if right is None else left + right
+    assert np.array_equal(model.grad, total(0, padded(parts)) * np.float32(1.0 / n))
+    assert len(stacks) == (6 if tree else 0)      # 3 layers, 2 steps
+
+
 def test_a_part_computed_alone_has_the_same_bits_wherever_its_rows_sit_and_batched_rows_may_not():
     """What the exact step relies on (a part alone, at one thread, depends only on its rows), and why it does
     not batch the forward pass (OpenBLAS rounds a row by the GEMM's row count: noted, not required)."""
@@ -137,25 +216,47 @@ def test_a_part_computed_alone_has_the_same_bits_wherever_its_rows_sit_and_batch
           "the part alone on this BLAS")
 
 
-def test_parts_run_side_by_side_on_spare_threads_keep_their_bits(monkeypatch):
+@pytest.mark.parametrize("batch", [256, 250], ids=["equal-parts", "unequal-parts"])
+def test_parts_run_side_by_side_on_spare_threads_keep_their_bits(monkeypatch, batch):
     """Where BLAS is pinned to one thread, the threads it had run groups of parts' forward and delta products
-    (worker/mlp_bylayer.py `_side_by_side`): each part keeps its own GEMM, so the gradient keeps its bits."""
+    (worker/mlp_bylayer.py `_side_by_side`) and runs of parts' weight gradients, each run in slots of its own,
+    added up after (worker/microbatch.py, LeafPlan runs): each part keeps its own GEMM and every node of the
+    tree is still its halves' sum, so the gradient keeps its bits. Equal parts go as a numpy stack, unequal
+    ones (batch 250) part by part."""
     from concurrent.futures import ThreadPoolExecutor
 
     from worker import mlp_bylayer
-    sizes, batch = [256, 512, 512, 10], 256      # layers above SIDE_BY_SIDE_MIN_MACS: the threads are used
-    assert batch * 256 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS
+    sizes = [256, 512, 512, 10]      # layers above SIDE_BY_SIDE_MIN_MACS: the threads are used
+    assert 250 * 256 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS // 2 and 250 * 512 * 512 >= mlp_bylayer.SIDE_BY_SIDE_MIN_MACS
     rng = np.random.default_rng(3)
     x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], batch)
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=2) as executor:
-        alone, side = MLP(sizes, seed=1), MLP(sizes, seed=1)
-        steps = [ExactStep(alone, SerialComm(), 8), ExactStep(side, SerialComm(), 8)]
-        steps[1]._pool = (executor, 2)
-        used, real = [], mlp_bylayer._side_by_side
-        monkeypatch.setattr(mlp_bylayer, "_side_by_side", lambda *a: (used.append(1), real(*a)))
-        for step in steps:
-            rows = step.rows(np.arange(batch))
-            step.reduce(step.backward(x[rows], y[rows]))
-    assert used, "the side-by-side path did not run"
-    assert np.array_equal(alone.grad, side.grad)
+        models = [MLP(sizes, seed=1) for _ in range(3)]
+        steps = [ExactStep(model, SerialComm(), 8) for model in models]
+        steps[0]._parts_pool = lambda: None           # one thread: the reference
+        for step, threads in zip(steps[1:], (1, 2)):   # 2 and 3 runs side by side
+            step._pool = (executor, threads)
+        used, real_side, real_runs = [], mlp_bylayer._side_by_side, mlp_bylayer._in_runs
+        monkeypatch.setattr(mlp_bylayer, "_side_by_side", lambda *a: (used.append("products"), real_side(*a)))
+        monkeypatch.setattr(mlp_bylayer, "_in_runs", lambda pool, runs, f: (
+            used.append(len(runs) if pool is not None else 1), real_runs(pool, runs, f)))
+        for _ in range(2):                              # a second step reuses every buffer and plan
+            for step in steps:
+                rows = step.rows(np.arange(batch))
+                step.reduce(step.backward(x[rows], y[rows]))
+            assert np.array_equal(models[0].grad, models[1].grad) and np.array_equal(models[0].grad, models[2].grad)
+    assert 2 in used and 3 in used, f"the weight gradients did not run side by side: {used}"
+    assert ("products" in used) == (batch == 256), used
+
+
+def test_a_step_made_after_a_pin_still_has_room_for_a_run_per_thread(monkeypatch):
+    """A resize makes a new ExactStep in a process whose BLAS an earlier step pinned: its slots are counted by
+    the threads the pin took, not by the one BLAS now has, so its runs still fit."""
+    from worker import stepexact
+    from worker.microbatch import most_slots
+    monkeypatch.setattr(stepexact, "_pinned", object())
+    monkeypatch.setattr(stepexact, "_threads_before_pin", 2)
+    with threadpool_limits(limits=1):
+        step = ExactStep(MLP([8, 6, 3], seed=0), SerialComm(), 8)
+    assert len(step.slots) == most_slots(8, 2) > most_slots(8)

@@ -2,8 +2,10 @@
 
     edges = part_edges(len(batch), 16)             # rows [edges[j], edges[j+1]) of the batch are part j
     ranges = even_ranges(16, comm.size)            # rank r computes parts ranges[r] = [a, b)
-    plan = LeafPlan(*ranges[rank], 16)             # where each part's gradient goes, which adds follow
+    plan = LeafPlan.make(*ranges[rank], 16)        # where each part's gradient goes, which adds follow
+    plan = LeafPlan.make(*ranges[rank], 16, runs=2)   # the same additions, in two runs computed side by side
     frontier(ranges, 16)                           # every rank's finished nodes, in the order they combine
+    waves, cover_rows = stack_waves(plan)          # the same additions on a stack of the parts' gradients
 
 Why: the gradient of a batch is a sum over its examples, and float addition is not associative, so the
 bits of a sum depend on how it is grouped. Data parallelism over N ranks groups it by rank, so N ranks and
@@ -92,7 +94,12 @@ def cover(a: int, b: int, parts: int) -> list[Node]:
 class LeafPlan:
     """How one rank turns its parts [a, b) into its cover: part j's gradient is written to slot
     `slot_of[j - a]`, then `adds[j - a]` run in order (slot d += slot s); the cover ends in `cover_slots`
-    (the first always slot 0). Slots are the rank's node vectors; `slots` is how many the plan uses."""
+    (the first always slot 0). Slots are the rank's node vectors; `slots` is how many the plan uses.
+
+    With `runs` > 1 the parts are cut into that many contiguous runs (`runs`, part ranges) that may be computed
+    at the same time, one per thread: each run's parts and adds touch slots no other run touches, and once every
+    run is done, `joins` (slot d += slot s, in order) add the runs' covers up to the rank's cover, in the same
+    cover slots. Every node is still its two halves' sum, so the additions are the one-run plan's: the same bits."""
     a: int
     b: int
     parts: int
@@ -101,11 +108,39 @@ class LeafPlan:
     cover: tuple[Node, ...]
     cover_slots: tuple[int, ...]
     slots: int
+    runs: tuple[tuple[int, int], ...] = ()
+    joins: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def make(cls, a: int, b: int, parts: int) -> LeafPlan:
+    def make(cls, a: int, b: int, parts: int, runs: int = 1) -> LeafPlan:
         if not 0 <= a <= b <= parts:
             raise ValueError(f"parts range [{a}, {b}) outside 0..{parts}")
+        if runs < 1:
+            raise ValueError(f"runs must be at least 1, got {runs}")
+        whole = cls._one_run(a, b, parts)
+        cuts = run_cuts(a, b, runs)
+        if len(cuts) <= 2:
+            return whole
+        subs = [cls._one_run(lo, hi, parts) for lo, hi in zip(cuts, cuts[1:])]
+        tops = [(node, (r, slot)) for r, sub in enumerate(subs) for node, slot in zip(sub.cover, sub.cover_slots)]
+        joins: list[tuple[int, int]] = []
+        rest = merge_in_order([node for node, _ in tops], parts, lambda d, s: joins.append((d, s)), b == parts)
+        if tuple(node for node, _ in rest) != whole.cover:
+            raise AssertionError(f"runs {cuts} did not add up to the cover {whole.cover}: {rest}")  # pragma: no cover
+        # the rank's cover stays where the one-run plan keeps it (what `frontier` tells the other ranks); every
+        # other slot of every run gets one of its own after those, since the runs are live at the same time
+        where = {tops[index][1]: position for position, (_, index) in enumerate(rest)}
+        for r, sub in enumerate(subs):
+            for slot in range(sub.slots):
+                where.setdefault((r, slot), len(where))
+        return cls(a, b, parts, tuple(where[r, s] for r, sub in enumerate(subs) for s in sub.slot_of),
+                   tuple(tuple((where[r, d], where[r, s]) for d, s in adds) for r, sub in enumerate(subs)
+                         for adds in sub.adds),
+                   whole.cover, whole.cover_slots, len(where), tuple(zip(cuts, cuts[1:])),
+                   tuple((where[tops[d][1]], where[tops[s][1]]) for d, s in joins))
+
+    @classmethod
+    def _one_run(cls, a: int, b: int, parts: int) -> LeafPlan:
         stack: list[tuple[Node, int]] = []      # (node, slot)
         slot_of, adds = [], []
         used = 1 if a < b else 0
@@ -123,14 +158,58 @@ class LeafPlan:
                 nodes, parts, lambda d, s: mine.append((slots[d], slots[s])), closing)]
             adds.append(tuple(mine))
         return cls(a, b, parts, tuple(slot_of), tuple(adds), tuple(n for n, _ in stack),
-                   tuple(s for _, s in stack), used)
+                   tuple(s for _, s in stack), used, ((a, b),))
 
 
-def most_slots(parts: int) -> int:
-    """Slots enough for any range's plan: what a communicator allocates per rank. A range's stack rises
-    and falls once (sizes up to the middle, then down), so it holds at most 2 log2 S nodes, and the part
-    being added takes one more. Slots a plan does not use are never touched (no memory in practice)."""
-    return 2 * (padded(parts).bit_length() - 1) + 1
+def stack_waves(plan: LeafPlan) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """The plan's additions (adds, then joins) for parts held as rows of one stack, row k = part a + k, each node
+    kept in its left child's row: (waves, cover_rows). A wave is (dst rows, src rows), rows all distinct, done as
+    stack[dst] += stack[src]; each addition goes in the first wave after every earlier one that touched its rows,
+    so the waves in order give each element the plan's additions in the plan's order. The cover ends in
+    `cover_rows` (in cover order)."""
+    holder: dict[int, int] = {}             # slot -> row whose value it holds
+    last: dict[int, int] = {}               # row -> the last wave that touched it
+    waves: list[tuple[list[int], list[int]]] = []
+
+    def add(d: int, s: int) -> None:
+        dst, src = holder[d], holder.pop(s)
+        wave = max(last.get(dst, -1), last.get(src, -1)) + 1
+        if wave == len(waves):
+            waves.append(([], []))
+        waves[wave][0].append(dst)
+        waves[wave][1].append(src)
+        last[dst] = last[src] = wave
+    for k, slot in enumerate(plan.slot_of):
+        holder[slot] = k
+        for d, s in plan.adds[k]:
+            add(d, s)
+    for d, s in plan.joins:
+        add(d, s)
+    return waves, [holder[slot] for slot in plan.cover_slots]
+
+
+def run_cuts(a: int, b: int, runs: int) -> list[int]:
+    """Edges of `runs` runs of parts [a, b) (fewer when there are fewer parts), none longer than ceil(n / runs);
+    where an edge could fall on either of two parts, on the even one if no run gets longer, so first-level
+    siblings stay in one run (where the GEMM adds a right leaf into its sibling: worker/sgemm.py)."""
+    n = b - a
+    runs = max(1, min(runs, n))
+    cuts = [a + r * n // runs + (1 if r * n % runs and (a + r * n // runs) % 2 else 0) for r in range(runs + 1)]
+    if any(not 0 < hi - lo <= -(-n // runs) for lo, hi in zip(cuts, cuts[1:])):
+        cuts = [a + r * n // runs for r in range(runs + 1)]
+    return cuts
+
+
+def most_slots(parts: int, runs: int = 1) -> int:
+    """Slots enough for any range's plan: what a communicator allocates per rank. A run's stack rises and falls
+    once (sizes up to the middle, then down), so a run of m parts holds at most 2 log2 m nodes, and the part
+    being added takes one more; runs computed at the same time each need their own. Slots a plan does not use
+    are never touched (no memory in practice)."""
+    one = 2 * (padded(parts).bit_length() - 1) + 1
+    if runs <= 1:
+        return one
+    longest = -(-parts // runs)
+    return max(one, runs * (2 * (longest.bit_length() - 1) + 1))
 
 
 def frontier(ranges: Sequence[tuple[int, int]], parts: int) -> list[tuple[int, int, Node]]:

@@ -21,9 +21,11 @@ and how many threads run it (measured on its Haswell kernel: a row matches only 
 tiles, and 1 and 2 threads differ). So a part is always computed alone, at a thread count checked once
 per part shape (`check_threads`): the part at this rank's threads against the part at one thread, and
 one thread is pinned when they differ. Every rank therefore computes what one thread computes. The threads
-a pin takes from BLAS are not lost: they run groups of a rank's parts side by side (each part's GEMM still
-alone, at one thread; worker/mlp_bylayer.py `_side_by_side`), for the forward and delta products of large
-layers. The weight gradients stay on one thread, since the tree's slots are reused as it goes.
+a pin takes from BLAS are not lost: they run a rank's parts side by side, each part's GEMM still alone at one
+thread, on the large layers (worker/mlp_bylayer.py): the forward and delta products of groups of parts, and
+the weight gradients of runs of parts, each run adding its parts up to its own subtrees in slots no other run
+touches, the runs' subtrees then added to the rank's cover in the tree's order (worker/microbatch.py, LeafPlan
+`runs` and `joins`): the same additions of the same values, so the same bits at any thread count.
 
 Speed: a rank's parts run layer by layer (worker/mlp_bylayer.py), as one numpy stack when they are of equal
 size: one matmul call per layer for all parts' forward and delta products, each slice still its own BLAS
@@ -35,6 +37,10 @@ A right leaf whose left sibling is this rank's previous part (the tree's first l
 weight gradient added into the sibling's slot by the GEMM itself (sgemm with beta = 1, worker/sgemm.py), where
 that is checked, once per part size and layer, to give the bits of the GEMM and then the add; the add pass,
 the zeroing of the right leaf's buffer and its write go (GRADMESH_EXACT_FUSE=0 writes and adds, for comparison).
+On small layers (under the fused GEMM's size) of equal parts, every part's weight gradient comes from one matmul
+over the stack and the plan's additions run on its rows a tree level at a time (worker/microbatch.py
+`stack_waves`), the cover then copied to its slots: the same GEMMs and additions, a few numpy calls a layer
+instead of a few per part (GRADMESH_EXACT_TREE=0 goes part by part, for comparison).
 And every `REBALANCE_EVERY` steps the ranks' measured seconds move at most `MAX_MOVE` parts between
 neighbours (worker/microbatch.py `weighted_ranges`), so a rank that shares its core with another
 process gets fewer parts; the bits do not change, whoever computes which part.
@@ -52,7 +58,7 @@ import time
 
 import numpy as np
 
-from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, weighted_ranges
+from worker.microbatch import LeafPlan, even_ranges, frontier, most_slots, part_edges, stack_waves, weighted_ranges
 from worker.mlp import MLP
 from worker.mlp_bylayer import parts_by_layer
 from worker.overlapchoice import OverlapChoice
@@ -81,7 +87,12 @@ class ExactStep:
         # the even one, a function of the rank count, and a run repeats its bits at the same rank count.
         balance = balance and wire != "bf16"
         self.model, self.comm, self.parts, self.balance, self.wire = model, comm, parts, balance, wire
-        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts), TAIL + parts, wire,
+        from worker.threads import blas_threads_in_use
+        # where BLAS gets pinned to 1 thread, the threads it had compute runs of parts side by side, each run in
+        # slots of its own (worker/microbatch.py LeafPlan runs): room for as many runs as this rank has threads
+        # (an earlier step of this process, before an elastic resize, may have pinned them already)
+        threads = max(blas_threads_in_use() or 1, _threads_before_pin if _pinned is not None else 1)
+        self.reducer = comm.exact_reducer(model.num_params, most_slots(parts, threads), TAIL + parts, wire,
                                           "auto" if choose_overlap else "env")
         self.slots = self.reducer.slots
         model.use_grad_buffer(self.slots[0])          # the total lands in slot 0 of every rank
@@ -106,9 +117,11 @@ class ExactStep:
         self._stacks = os.environ.get("GRADMESH_EXACT_STACK", "1") != "0"
         self._part_buffers: dict = {}
         self._fuses = os.environ.get("GRADMESH_EXACT_FUSE", "1") != "0" if fuse is None else fuse
+        # small layers' weight gradients as one stack, added up wave by wave (the same bits, fewer calls)
+        self._tree = os.environ.get("GRADMESH_EXACT_TREE", "1") != "0"
         self._fuse_checked: dict[int, bool] = {}   # part rows -> every layer's fused add is exact
         self._pool = None   # once BLAS is pinned to 1 thread: the threads it had, running groups of parts
-        self._fusion_of: tuple = (None, None)   # ((plan, part edges), what _fusion worked out for them)
+        self._fusion_of: tuple = (None, None)   # ((plan, part edges, runs), what _fusion worked out for them)
 
     # ---- what train.py reads ------------------------------------------------------------------------
     @property
@@ -165,33 +178,58 @@ class ExactStep:
         if self._overlaps:
             self.reducer.begin(self._frontier, self.parts)
 
-        fused, target, adds = self._fusion(edges)
+        pool = self._parts_pool()
+        plan, fused, target, adds, waves, cover_rows = self._fusion(edges, pool[1] + 1 if pool else 1)
 
         def after_part(i: int, k: int) -> None:
             for d, s in adds[k]:
                 slots[d][layer[i]] += slots[s][layer[i]]
+
+        stacked: set[int] = set()           # layers whose parts' gradients came as one stack (tree below)
+
+        def tree(i: int, stack: np.ndarray) -> None:
+            """The plan's additions on the rows of the stack, wave by wave, then the cover into its slots."""
+            for dst, src in waves:
+                stack[dst] += stack[src]
+            for slot, row in zip(plan.cover_slots, cover_rows):
+                slots[slot][layer[i]] = stack[row]
+            stacked.add(i)
+
+        def on_layer(i: int) -> None:
+            if i not in stacked:
+                for d, s in plan.joins:         # the runs' covers, added up to the rank's cover
+                    slots[d][layer[i]] += slots[s][layer[i]]
+            if self._overlaps:
+                self.reducer.start_layer(layer[i])
         return PartsResult(parts_by_layer(
             self.model, self._part_buffers, [x[edges[k]:edges[k + 1]] for k in parts],
             [y[edges[k]:edges[k + 1]] for k in parts], lambda i, k: self._views[target[k]][i],
-            after_part, (lambda i: self.reducer.start_layer(layer[i])) if self._overlaps else (lambda i: None),
-            fused.__getitem__, self._parts_pool()))
+            after_part, on_layer, fused.__getitem__, pool, [(lo - plan.a, hi - plan.a) for lo, hi in plan.runs],
+            tree if self._tree else None))
 
-    def _fusion(self, edges) -> tuple[list[bool], list[int], list]:
-        """Per part: is its weight gradient added by its GEMM, which slot it goes to, and the plan's adds left
-        after that. A function of the plan and the part sizes, so worked out once per (plan, sizes)."""
-        key = (self.plan, tuple(edges))
+    def _fusion(self, edges, runs: int) -> tuple:
+        """The plan in `runs` runs (fewer if the slots do not hold them), and per part: is its weight gradient
+        added by its GEMM, which slot it goes to, and the plan's adds left after that; and the plan's additions
+        as waves over a stack of the parts' gradients (worker/microbatch.py stack_waves). A function of the
+        range, the part sizes and the runs, so worked out once per (plan, sizes, runs)."""
+        key = (self.plan, tuple(edges), runs)
         if self._fusion_of[0] != key:
-            plan, parts = self.plan, range(self.plan.b - self.plan.a)
-            fused = [self._fusable(k, edges) for k in parts]
+            plan = LeafPlan.make(self.plan.a, self.plan.b, self.parts, runs)
+            while plan.slots > len(self.slots):
+                runs -= 1
+                plan = LeafPlan.make(self.plan.a, self.plan.b, self.parts, runs)
+            parts = range(plan.b - plan.a)
+            fused = [self._fusable(plan, k, edges) for k in parts]
             # a fused part's gradient goes into the slot of its first add (its left sibling's): the GEMM adds it
             target = [plan.adds[k][0][0] if fused[k] else plan.slot_of[k] for k in parts]
             adds = [plan.adds[k][1:] if fused[k] else plan.adds[k] for k in parts]
-            self._fusion_of = (key, (fused, target, adds))
+            waves, cover_rows = stack_waves(plan)
+            self._fusion_of = (key, (plan, fused, target, adds, [(_rows(d), _rows(s)) for d, s in waves], cover_rows))
         return self._fusion_of[1]
 
     def _parts_pool(self):
-        """Where BLAS was pinned to 1 thread, the threads it had, as a pool that runs groups of parts' forward
-        and delta products side by side (each part's GEMM still alone, at one thread: the same bits)."""
+        """Where BLAS was pinned to 1 thread, the threads it had, as a pool that runs groups of parts' products
+        and runs of parts' weight gradients side by side (each part's GEMM still alone, at one thread: the same bits)."""
         if self._pool is None and _pinned is not None and _threads_before_pin > 1:
             from concurrent.futures import ThreadPoolExecutor
             spare = _threads_before_pin - 1
@@ -240,11 +278,10 @@ class ExactStep:
             self.ranges = new
             self._set_plan()
 
-    def _fusable(self, k: int, edges) -> bool:
+    def _fusable(self, plan: LeafPlan, k: int, edges) -> bool:
         """May part k's weight gradient be added by its GEMM into its left sibling's slot? When the plan's first
-        add for k is exactly that (the sibling is the previous part, still a leaf), both parts have rows, and
-        for this part size the fused GEMM gives the bits of the GEMM and then the add in every layer."""
-        plan = self.plan
+        add for k is exactly that (the sibling is the previous part, still a leaf, in the same run), both parts
+        have rows, and for this part size the fused GEMM gives the bits of the GEMM and then the add in every layer."""
         if not self._fuses or k == 0 or plan.adds[k - 1] or not plan.adds[k] or \
                 plan.adds[k][0] != (plan.slot_of[k - 1], plan.slot_of[k]):
             return False
@@ -281,7 +318,8 @@ class ExactStep:
                 self._fusion_of = (None, None)
                 self._part_buffers.clear()     # ... as are mlp_bylayer's one-GEMM verdicts kept with them
                 self.pinned_note = (f"BLAS pinned to 1 thread: a {rows}-row micro-batch's gradient at {threads} "
-                                    "threads differs from 1 thread's")
+                                    f"threads differs from 1 thread's; the {threads} threads compute parts side by "
+                                    "side, each at 1 thread")
         self._thread_checked[rows] = same
 
     def _part_grad(self, x, y) -> np.ndarray:
@@ -293,3 +331,11 @@ class ExactStep:
 
 _pinned = None   # the process-wide one-thread limit, kept alive once a check pinned it
 _threads_before_pin = 1
+
+
+def _rows(rows: list[int]):
+    """Rows of a stack as a slice where they are evenly spaced (a view: the addition runs in place), else a list."""
+    step = rows[1] - rows[0] if len(rows) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(rows, rows[1:])):
+        return slice(rows[0], rows[-1] + 1, step)
+    return rows

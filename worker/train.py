@@ -189,8 +189,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
     # the exact step (the same bits at any rank count) unless the spec asks for per-rank sums
     sync = (ExactStep(model, comm, t.micro_batches, wire=t.wire, choose_overlap=t.overlap == "auto") if t.micro_batches
             else StepSync(model, comm, overlap=t.overlap))
-    if rank == 0 and sync.note:
-        print(f"gradmesh: {sync.note}", flush=True)
+    said = sync.note
+    if rank == 0 and said:
+        print(f"gradmesh: {said}", flush=True)
     grad = model.grad
     optimizer = make_optimizer(spec.optim, P, total_steps)
 
@@ -293,6 +294,9 @@ def train(spec: JobSpec, comm, hooks: Hooks | None = None, out_dir: str | Path =
                 raise Divergence(step, loss_sum)
             lr = optimizer.step(model.params, grad)
             step = progress.step = step + 1
+            if rank == 0 and sync.note != said:     # the exact step's first steps may pin BLAS (worker/stepexact.py)
+                said = sync.note
+                print(f"gradmesh: {said}", flush=True)
             window_loss += loss_sum
             window_count += total.count
 
