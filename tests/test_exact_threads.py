@@ -64,7 +64,9 @@ def run(tmp_path: Path, optimizer: str, ranks: int, threads: int, budget: float,
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+# Threads change how a gradient is computed, never how it is applied: one optimizer shows it, and Adam (whose
+# update divides by the gradient's running size) is the one that amplifies a differing bit the most
+@pytest.mark.parametrize("optimizer", ["adam"])
 def test_one_and_two_threads_per_rank_give_the_same_bits_at_one_and_two_ranks(tmp_path, optimizer):
     reference, output, took = run(tmp_path, optimizer, 1, 1, budget=300)
     assert "pinned" not in output, output

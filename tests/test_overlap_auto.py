@@ -72,7 +72,7 @@ def test_jobs_on_two_hosts_choose_say_which_and_keep_the_bits_of_one_process(tmp
     spec.write_text(SPEC.format(optimizer="adam").replace("threads_per_rank = 1", 'threads_per_rank = 1\noverlap = "auto"'))
     reference, took = serial_run(spec, tmp_path / "serial")
     with netns_cluster(tmp_path, hosts=2) as cluster:
-        for per_host in ((1, 1), (2, 1)):
+        for per_host in ((2, 1),):   # a host of 2 ranks and a host of 1: uneven hosts, where the choice is made alike
             out = tmp_path / f"auto-{per_host[0]}x{per_host[1]}"
             output = run_on_hosts(cluster, spec, out, per_host, took)
             assert "overlap auto: the combine runs in one piece and layer by layer for 5 steps each after 5" in output
